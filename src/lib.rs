@@ -1,0 +1,22 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod audit;
+pub mod error;
+pub mod principal;
+
+#[cfg(feature = "jwt")]
+pub mod oauth;
+
+#[cfg(feature = "policy")]
+pub mod policy;
+
+pub mod secrets;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use error::ConfigError;
+pub use principal::Principal;

@@ -1,0 +1,238 @@
+//! The authenticated caller, as tools and policies see it.
+//!
+//! [`BearerAuthLayer`](crate::BearerAuthLayer) inserts a [`Principal`] into the
+//! request extensions after it has verified the bearer token. rmcp copies the
+//! HTTP request's [`http::request::Parts`] into every JSON-RPC request, so a
+//! tool reads the caller in one line:
+//!
+//! ```
+//! use rmcp::handler::server::tool::Extension;
+//! use rmcp_guard::Principal;
+//!
+//! async fn whoami(Extension(parts): Extension<http::request::Parts>) -> Result<String, rmcp::ErrorData> {
+//!     let caller = Principal::from_parts(&parts)?;
+//!     Ok(format!("hello {}", caller.subject()))
+//! }
+//! ```
+//!
+//! A `Principal` is cheap to clone (one reference count): the verified-token
+//! cache hands out the same value for every request of a session.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Map, Value};
+
+/// The caller behind a verified access token.
+///
+/// Only the bearer layer (or another validator of this crate) inserts one into
+/// a request; [`Principal::unverified`] exists for tests and offline tools such
+/// as a permission matrix, and says so in its name.
+#[derive(Clone)]
+pub struct Principal {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    subject: String,
+    issuer: String,
+    client_id: Option<String>,
+    scopes: BTreeSet<String>,
+    audiences: Vec<String>,
+    expires_at: u64,
+    tenant: Option<String>,
+    groups: Vec<String>,
+    claims: Map<String, Value>,
+}
+
+impl Principal {
+    /// The `sub` claim: who the token speaks for.
+    pub fn subject(&self) -> &str {
+        &self.inner.subject
+    }
+
+    /// The `iss` claim, exactly one of the configured trusted issuers.
+    pub fn issuer(&self) -> &str {
+        &self.inner.issuer
+    }
+
+    /// The OAuth client the token was issued to (`client_id`, else `azp`).
+    pub fn client_id(&self) -> Option<&str> {
+        self.inner.client_id.as_deref()
+    }
+
+    /// The granted scopes (`scope`, space-separated, or `scp`).
+    pub fn scopes(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        self.inner.scopes.iter().map(String::as_str)
+    }
+
+    /// Whether the token grants `scope`.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.inner.scopes.contains(scope)
+    }
+
+    /// The audiences the token was issued for (`aud`).
+    pub fn audiences(&self) -> &[String] {
+        &self.inner.audiences
+    }
+
+    /// When the token expires, in seconds since the Unix epoch (`exp`).
+    pub fn expires_at_unix(&self) -> u64 {
+        self.inner.expires_at
+    }
+
+    /// When the token expires (`exp`).
+    pub fn expires_at(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(self.inner.expires_at)
+    }
+
+    /// The tenant, read from the configured tenant claim.
+    pub fn tenant(&self) -> Option<&str> {
+        self.inner.tenant.as_deref()
+    }
+
+    /// The groups, read from the configured groups claim.
+    pub fn groups(&self) -> &[String] {
+        &self.inner.groups
+    }
+
+    /// Every claim of the token, as JSON.
+    pub fn claims(&self) -> &Map<String, Value> {
+        &self.inner.claims
+    }
+
+    /// A stable identity for the caller across tokens: issuer and subject.
+    ///
+    /// Used to bind sessions and cache entries to one caller.
+    pub fn key(&self) -> (&str, &str) {
+        (&self.inner.issuer, &self.inner.subject)
+    }
+
+    /// The principal that the bearer layer attached to this request.
+    ///
+    /// This is the one-line accessor for tool authors. It fails with an MCP
+    /// error (never a panic) when the request did not pass through
+    /// [`BearerAuthLayer`](crate::BearerAuthLayer), which means the server is
+    /// wired wrong: fail closed.
+    pub fn from_parts(parts: &http::request::Parts) -> Result<&Principal, rmcp::ErrorData> {
+        parts.extensions.get::<Principal>().ok_or_else(|| {
+            rmcp::ErrorData::invalid_request("request is not authenticated", None)
+        })
+    }
+
+    /// Start building a principal that no token stands behind.
+    ///
+    /// For tests, permission matrices and other offline tools. The bearer
+    /// layer never trusts a principal it did not build itself; do not insert
+    /// one into a live request.
+    pub fn unverified(issuer: impl Into<String>, subject: impl Into<String>) -> PrincipalBuilder {
+        PrincipalBuilder {
+            inner: Inner {
+                subject: subject.into(),
+                issuer: issuer.into(),
+                client_id: None,
+                scopes: BTreeSet::new(),
+                audiences: Vec::new(),
+                expires_at: 0,
+                tenant: None,
+                groups: Vec::new(),
+                claims: Map::new(),
+            },
+        }
+    }
+}
+
+impl fmt::Debug for Principal {
+    // Claims can be large and may hold personal data: show the identity only.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Principal")
+            .field("subject", &self.inner.subject)
+            .field("issuer", &self.inner.issuer)
+            .field("client_id", &self.inner.client_id)
+            .field("scopes", &self.inner.scopes)
+            .field("tenant", &self.inner.tenant)
+            .field("groups", &self.inner.groups)
+            .field("expires_at", &self.inner.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Principal`]; see [`Principal::unverified`].
+#[derive(Debug)]
+pub struct PrincipalBuilder {
+    inner: Inner,
+}
+
+impl fmt::Debug for Inner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Inner")
+            .field("subject", &self.subject)
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PrincipalBuilder {
+    /// Set the client id. Defaults to none.
+    pub fn client_id(mut self, client_id: impl Into<String>) -> Self {
+        self.inner.client_id = Some(client_id.into());
+        self
+    }
+
+    /// Set the scopes. Defaults to none.
+    pub fn scopes<I, S>(mut self, scopes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.inner.scopes = scopes.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Set the audiences. Defaults to none.
+    pub fn audiences<I, S>(mut self, audiences: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.inner.audiences = audiences.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Set the expiry in seconds since the Unix epoch. Defaults to `0`.
+    pub fn expires_at_unix(mut self, exp: u64) -> Self {
+        self.inner.expires_at = exp;
+        self
+    }
+
+    /// Set the tenant. Defaults to none.
+    pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
+        self.inner.tenant = Some(tenant.into());
+        self
+    }
+
+    /// Set the groups. Defaults to none.
+    pub fn groups<I, S>(mut self, groups: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.inner.groups = groups.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Set all claims. Defaults to an empty object.
+    pub fn claims(mut self, claims: Map<String, Value>) -> Self {
+        self.inner.claims = claims;
+        self
+    }
+
+    /// Finish.
+    pub fn build(self) -> Principal {
+        Principal {
+            inner: Arc::new(self.inner),
+        }
+    }
+}
