@@ -1,0 +1,86 @@
+//! Test kit: an in-process token issuer on a loopback port (feature `testing`).
+//!
+//! [`TestIssuer::start`] binds `127.0.0.1:0`, generates ephemeral keys (RSA
+//! 2048, ECDSA P-256, Ed25519), serves RFC 8414 / OpenID Connect metadata and a
+//! JWK set, and mints access tokens with whatever claims a test needs. Point
+//! the guarded server's trusted issuer at [`TestIssuer::issuer`] and send the
+//! token as `Authorization: Bearer ...`.
+//!
+//! ```
+//! use rmcp_guard::testing::{KeyAlg, TestIssuer};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let issuer = TestIssuer::start().await?;
+//! let token = issuer
+//!     .token()
+//!     .audience("http://127.0.0.1:8080/mcp")
+//!     .scope("mcp:tools")
+//!     .algorithm(KeyAlg::Es256)
+//!     .sign();
+//! println!("Authorization: Bearer {token}");
+//!
+//! // The issuer serves the keys a validator needs, and counts the fetches.
+//! let response = reqwest::get(issuer.jwks_uri()).await?;
+//! assert_eq!(response.status(), 200);
+//! assert_eq!(issuer.jwks_fetches(), 1);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Hostile tokens
+//!
+//! The kit exists as much to attack the validator as to feed it:
+//!
+//! - [`TokenBuilder::claim`], [`TokenBuilder::without_claim`],
+//!   [`TokenBuilder::header`] and [`TokenBuilder::without_header`] write
+//!   claims and header parameters verbatim (`exp` as a string, `crit`, `jku`,
+//!   `x5u`, `jwk`, a lying `alg`, no `kid`).
+//! - [`TestKey`] is a key nobody publishes; [`TokenBuilder::signed_with`]
+//!   signs with it while keeping the issuer's `kid`.
+//! - [`TestIssuer::sign_raw`] / [`TestIssuer::sign_raw_bytes`] sign exactly
+//!   the header you give; [`unsigned_token`] builds `alg: none` style tokens;
+//!   [`shared_secret_token`] signs HS256, e.g. with
+//!   [`TestIssuer::rsa_public_key_pem`] as the secret (algorithm confusion).
+//! - [`TestIssuer::rotate`], [`TestIssuer::publish_extra_jwk`],
+//!   [`TestIssuer::set_available`], [`TestIssuer::set_cache_control`],
+//!   [`TestIssuer::set_jwks_body`], [`TestIssuer::set_metadata_field`] and
+//!   [`TestIssuer::set_delay`] change what the endpoints serve at run time.
+//!
+//! The issuer listens on loopback only and its keys live only in memory. It
+//! is meant for tests and examples, never for production.
+
+mod issuer;
+mod keys;
+mod token;
+
+#[cfg(test)]
+mod tests;
+
+pub use issuer::TestIssuer;
+pub use keys::{KeyAlg, TestKey};
+pub use token::TokenBuilder;
+
+use aws_lc_rs::hmac;
+use serde_json::Value;
+
+use keys::{b64, compact_jws, json_bytes};
+
+/// A compact JWS over exactly `header` and `claims`, signed with HMAC-SHA256
+/// under `secret` (whatever the header's `alg` says).
+///
+/// For issuers configured with a shared secret, and for algorithm-confusion
+/// attacks that use an RSA public key as the HMAC secret.
+pub fn shared_secret_token(secret: &[u8], header: &Value, claims: &Value) -> String {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
+    compact_jws(&json_bytes(header), &json_bytes(claims), |input| {
+        hmac::sign(&key, input).as_ref().to_vec()
+    })
+}
+
+/// `b64(header).b64(claims).` with an empty signature, as an `alg: none`
+/// token is written. The header is used verbatim (try `"none"`, `"None"`,
+/// `"NONE"`, `"nOnE"`).
+pub fn unsigned_token(header: &Value, claims: &Value) -> String {
+    format!("{}.{}.", b64(&json_bytes(header)), b64(&json_bytes(claims)))
+}
