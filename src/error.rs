@@ -1,9 +1,27 @@
-//! Errors: [`ConfigError`] at build time.
+//! Errors: [`ConfigError`] for what fails when a configuration is built,
+//! [`AuthError`] for why a request was refused.
+//!
+//! A `ConfigError` says what to fix and stops the server from starting. An
+//! `AuthError` becomes an HTTP response (see [`AuthError::status`]) with an
+//! RFC 6750 challenge; its `Display` text is the short, token-free
+//! `error_description` a client sees.
+
+use http::StatusCode;
 
 /// A configuration the library refuses to build, with what to fix.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
+    /// A URL setting could not be parsed or has a part it must not have.
+    #[error("{what} is not a valid URL ({reason}): {url}")]
+    InvalidUrl {
+        /// Which setting.
+        what: &'static str,
+        /// The offending value.
+        url: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// A URL that must be https is not (loopback http is allowed for development).
     #[error("{what} must be an https URL (http is allowed only for loopback): {url}")]
     InsecureUrl {
@@ -12,4 +30,244 @@ pub enum ConfigError {
         /// The offending URL.
         url: String,
     },
+    /// The same issuer was configured twice.
+    #[error("issuer {0} is configured twice")]
+    DuplicateIssuer(String),
+    /// The list of accepted audiences is empty.
+    #[error("at least one accepted audience is required (the default is the resource URI)")]
+    NoAudience,
+    /// The list of allowed algorithms is empty.
+    #[error("at least one signature algorithm must be allowed")]
+    NoAlgorithms,
+    /// An algorithm that cannot be allowed in this position.
+    #[error("algorithm {alg} cannot be allowed here: {reason}")]
+    AlgorithmNotAllowed {
+        /// The algorithm.
+        alg: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A shared secret for HS* tokens is shorter than the algorithm's hash.
+    #[error("the shared secret must be at least {min} bytes for {alg}")]
+    SharedSecretTooShort {
+        /// The algorithm.
+        alg: String,
+        /// The minimum length in bytes.
+        min: usize,
+    },
+    /// A scope is empty or has characters RFC 6749 forbids (space, `"`, `\`).
+    #[error("invalid scope {0:?}: scopes are non-empty and have no spaces, quotes or backslashes")]
+    InvalidScope(String),
+    /// A numeric or duration setting is out of its allowed range.
+    #[error("{what} is out of range: {reason}")]
+    OutOfRange {
+        /// Which setting.
+        what: &'static str,
+        /// The allowed range.
+        reason: &'static str,
+    },
+    /// A claim name is empty.
+    #[error("the {0} claim name must not be empty")]
+    EmptyClaimName(&'static str),
+    /// The HTTP client for metadata and JWKS fetches could not be built.
+    #[error("could not build the HTTP client: {0}")]
+    HttpClient(String),
+
+    // ---- policy (feature `policy`); owned by src/policy/ ----
+    /// No Rego module was given to the policy engine.
+    #[error("no Rego policy module was loaded")]
+    PolicyEmpty,
+    /// A policy file or directory could not be read.
+    #[error("cannot read policy source {path}: {source}")]
+    PolicyIo {
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// Why reading failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A Rego module does not parse or compile (as Rego v1 nor as v0).
+    #[error("policy module {module} does not compile: {message}")]
+    PolicyCompile {
+        /// The module's file name or given name.
+        module: String,
+        /// The compiler's message, with the position.
+        message: String,
+    },
+    /// A data document is not a JSON object, or conflicts with another one.
+    #[error("policy data document {document} is invalid: {message}")]
+    PolicyData {
+        /// The document's file name or given name.
+        document: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The configured entrypoint rule is declared by no loaded module.
+    #[error("policy entrypoint {entrypoint} is not declared by any loaded module")]
+    PolicyEntrypoint {
+        /// The rule path, e.g. `data.mcp.authz.allow`.
+        entrypoint: String,
+    },
+    /// The policy compiled but its smoke evaluation did not yield a boolean.
+    #[error("policy failed its smoke evaluation: {message}")]
+    PolicySmoke {
+        /// What the evaluation returned or why it failed.
+        message: String,
+    },
+    // ---- end policy ----
+}
+
+/// Why a request was refused.
+///
+/// Each variant maps to one HTTP status and RFC 6750 error code
+/// ([`status`](Self::status), [`error_code`](Self::error_code)) and has a
+/// stable [`reason`](Self::reason) code for audit events. The `Display` text
+/// never contains the token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// No `Authorization: Bearer` credentials: 401 without an error code.
+    #[error("bearer token required")]
+    MissingToken,
+    /// The request is malformed (two Authorization headers, a token in the
+    /// query string, an empty bearer value...): 400 `invalid_request`.
+    #[error("{0}")]
+    InvalidRequest(&'static str),
+    /// The token is not acceptable: 401 `invalid_token`.
+    #[error("{}", .0.description())]
+    InvalidToken(TokenRejection),
+    /// The token lacks scopes this resource requires: 403 `insufficient_scope`.
+    #[error("insufficient scope")]
+    InsufficientScope {
+        /// Every scope the request needs (the challenge's `scope`).
+        required: Vec<String>,
+    },
+    /// The issuer's keys cannot be fetched and none are cached: 503.
+    #[error("token keys are temporarily unavailable")]
+    KeysUnavailable,
+}
+
+impl AuthError {
+    /// The HTTP status of the rejection.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AuthError::MissingToken | AuthError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
+            AuthError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            AuthError::InsufficientScope { .. } => StatusCode::FORBIDDEN,
+            AuthError::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The RFC 6750 `error` code, if the challenge carries one.
+    pub fn error_code(&self) -> Option<&'static str> {
+        match self {
+            AuthError::MissingToken => None,
+            AuthError::InvalidRequest(_) => Some("invalid_request"),
+            AuthError::InvalidToken(_) => Some("invalid_token"),
+            AuthError::InsufficientScope { .. } => Some("insufficient_scope"),
+            AuthError::KeysUnavailable => Some("temporarily_unavailable"),
+        }
+    }
+
+    /// A stable, machine-readable reason code for audit events.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::MissingToken => "missing_token",
+            AuthError::InvalidRequest(_) => "invalid_request",
+            AuthError::InvalidToken(r) => r.code(),
+            AuthError::InsufficientScope { .. } => "insufficient_scope",
+            AuthError::KeysUnavailable => "keys_unavailable",
+        }
+    }
+}
+
+/// Why a bearer token was rejected (401 `invalid_token`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TokenRejection {
+    /// Longer than the configured maximum token size.
+    TooLarge,
+    /// Not three base64url segments, or a segment is not valid JSON.
+    Malformed,
+    /// Five segments: an encrypted JWT (JWE), which this server does not accept.
+    Encrypted,
+    /// `alg` is missing, `none`, or not in the allow-list.
+    AlgorithmNotAllowed,
+    /// The header carries `crit` or `b64`, which this server does not implement.
+    CriticalHeader,
+    /// `typ` is not an access-token type (or strict mode requires `at+jwt`).
+    WrongType,
+    /// `iss` is missing or not a trusted issuer.
+    UntrustedIssuer,
+    /// No key of the issuer matches `kid` and `alg`.
+    UnknownKey,
+    /// The signature does not verify.
+    BadSignature,
+    /// `exp` is missing.
+    MissingExpiry,
+    /// The token has expired.
+    Expired,
+    /// `nbf` is in the future.
+    NotYetValid,
+    /// `iat` is in the future.
+    IssuedInFuture,
+    /// `aud` is missing or names no accepted audience.
+    WrongAudience,
+    /// A registered claim has the wrong type (for example `exp` as a string)
+    /// or `sub` is missing.
+    InvalidClaim,
+    /// The introspection endpoint says the token is not active.
+    Inactive,
+}
+
+impl TokenRejection {
+    /// A stable, machine-readable reason code.
+    pub fn code(self) -> &'static str {
+        match self {
+            TokenRejection::TooLarge => "token_too_large",
+            TokenRejection::Malformed => "malformed_token",
+            TokenRejection::Encrypted => "encrypted_token",
+            TokenRejection::AlgorithmNotAllowed => "algorithm_not_allowed",
+            TokenRejection::CriticalHeader => "critical_header",
+            TokenRejection::WrongType => "wrong_token_type",
+            TokenRejection::UntrustedIssuer => "untrusted_issuer",
+            TokenRejection::UnknownKey => "unknown_key",
+            TokenRejection::BadSignature => "bad_signature",
+            TokenRejection::MissingExpiry => "missing_exp",
+            TokenRejection::Expired => "expired",
+            TokenRejection::NotYetValid => "not_yet_valid",
+            TokenRejection::IssuedInFuture => "issued_in_future",
+            TokenRejection::WrongAudience => "wrong_audience",
+            TokenRejection::InvalidClaim => "invalid_claim",
+            TokenRejection::Inactive => "inactive_token",
+        }
+    }
+
+    /// The short text sent as `error_description`.
+    pub fn description(self) -> &'static str {
+        match self {
+            TokenRejection::TooLarge => "token too large",
+            TokenRejection::Malformed => "malformed token",
+            TokenRejection::Encrypted => "encrypted tokens are not accepted",
+            TokenRejection::AlgorithmNotAllowed => "token algorithm not allowed",
+            TokenRejection::CriticalHeader => "unsupported critical header",
+            TokenRejection::WrongType => "not an access token",
+            TokenRejection::UntrustedIssuer => "untrusted issuer",
+            TokenRejection::UnknownKey => "unknown signing key",
+            TokenRejection::BadSignature => "invalid signature",
+            TokenRejection::MissingExpiry => "token has no expiry",
+            TokenRejection::Expired => "token expired",
+            TokenRejection::NotYetValid => "token not yet valid",
+            TokenRejection::IssuedInFuture => "token issued in the future",
+            TokenRejection::WrongAudience => "token not issued for this resource",
+            TokenRejection::InvalidClaim => "invalid token claims",
+            TokenRejection::Inactive => "token is not active",
+        }
+    }
+}
+
+impl From<TokenRejection> for AuthError {
+    fn from(r: TokenRejection) -> Self {
+        AuthError::InvalidToken(r)
+    }
 }

@@ -18,5 +18,7 @@ pub mod secrets;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use error::ConfigError;
+pub use error::{AuthError, ConfigError};
+#[cfg(feature = "jwt")]
+pub use oauth::{BearerAuthLayer, Issuer, ResourceServer};
 pub use principal::Principal;

@@ -117,9 +117,10 @@ impl Principal {
     /// [`BearerAuthLayer`](crate::BearerAuthLayer), which means the server is
     /// wired wrong: fail closed.
     pub fn from_parts(parts: &http::request::Parts) -> Result<&Principal, rmcp::ErrorData> {
-        parts.extensions.get::<Principal>().ok_or_else(|| {
-            rmcp::ErrorData::invalid_request("request is not authenticated", None)
-        })
+        parts
+            .extensions
+            .get::<Principal>()
+            .ok_or_else(|| rmcp::ErrorData::invalid_request("request is not authenticated", None))
     }
 
     /// Start building a principal that no token stands behind.

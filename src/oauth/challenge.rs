@@ -1,0 +1,165 @@
+//! `WWW-Authenticate` challenges (RFC 6750 section 3, MCP 2025-11-25) and the
+//! rejection responses that carry them.
+//!
+//! | situation | status | challenge |
+//! |---|---|---|
+//! | no credentials | 401 | `Bearer resource_metadata="…", scope="…"` (no error code) |
+//! | malformed request | 400 | `Bearer error="invalid_request", …` |
+//! | bad token | 401 | `Bearer error="invalid_token", error_description="…", resource_metadata="…"` |
+//! | missing scope | 403 | `Bearer error="insufficient_scope", scope="<needed>", resource_metadata="…"` |
+//! | keys unavailable | 503 | none; `Retry-After` |
+//!
+//! The body is a short JSON object `{"error": …, "error_description": …}`.
+//! Nothing in a rejection is copied from the request, so a token can never
+//! be echoed.
+//!
+//! ```
+//! use rmcp_guard::error::AuthError;
+//! use rmcp_guard::oauth::{Issuer, ResourceServer};
+//!
+//! let rs = ResourceServer::builder("https://mcp.example.com/mcp", Issuer::discover("https://idp.example.com"))
+//!     .required_scopes(["mcp:tools"])
+//!     .build()
+//!     .unwrap();
+//! let response = rs.reject(&AuthError::MissingToken);
+//! assert_eq!(response.status(), 401);
+//! assert_eq!(
+//!     response.headers()["www-authenticate"],
+//!     r#"Bearer resource_metadata="https://mcp.example.com/.well-known/oauth-protected-resource/mcp", scope="mcp:tools""#
+//! );
+//! ```
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, header};
+
+use super::ResourceServer;
+use crate::error::AuthError;
+
+impl ResourceServer {
+    /// The `WWW-Authenticate` value for `error`, or `None` when the rejection
+    /// is not an authentication challenge (503).
+    pub fn challenge(&self, error: &AuthError) -> Option<String> {
+        let metadata = quote(&self.shared.metadata_url);
+        let scope = |scopes: &[String]| (!scopes.is_empty()).then(|| quote(&scopes.join(" ")));
+        let mut params: Vec<(&str, String)> = Vec::with_capacity(4);
+        match error {
+            AuthError::KeysUnavailable => return None,
+            AuthError::MissingToken => {
+                params.push(("resource_metadata", metadata));
+                if let Some(s) = scope(&self.shared.required_scopes) {
+                    params.push(("scope", s));
+                }
+            }
+            AuthError::InsufficientScope { required } => {
+                params.push(("error", quote("insufficient_scope")));
+                if let Some(s) = scope(required) {
+                    params.push(("scope", s));
+                }
+                params.push(("resource_metadata", metadata));
+                params.push(("error_description", quote(&error.to_string())));
+            }
+            AuthError::InvalidRequest(_) | AuthError::InvalidToken(_) => {
+                params.push(("error", quote(error.error_code().unwrap_or("invalid_token"))));
+                params.push(("error_description", quote(&error.to_string())));
+                params.push(("resource_metadata", metadata));
+                if let Some(s) = scope(&self.shared.required_scopes) {
+                    params.push(("scope", s));
+                }
+            }
+        }
+        let joined: Vec<String> = params.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+        Some(format!("Bearer {}", joined.join(", ")))
+    }
+
+    /// The HTTP response for `error`: status, challenge and a short JSON body.
+    pub fn reject(&self, error: &AuthError) -> Response<Bytes> {
+        let body = serde_json::json!({
+            "error": error.error_code().unwrap_or("unauthorized"),
+            "error_description": error.to_string(),
+        });
+        let mut response = Response::new(Bytes::from(body.to_string()));
+        *response.status_mut() = error.status();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(value) = self.challenge(error).and_then(|c| HeaderValue::from_str(&c).ok()) {
+            headers.insert(header::WWW_AUTHENTICATE, value);
+        }
+        if matches!(error, AuthError::KeysUnavailable) {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        response
+    }
+}
+
+/// An RFC 7230 quoted-string. Every value passed here comes from the
+/// configuration or a static description, never from the request.
+fn quote(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for c in value.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        if c.is_ascii() && !c.is_ascii_control() {
+            out.push(c);
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::TokenRejection;
+    use crate::oauth::Issuer;
+
+    fn rs() -> ResourceServer {
+        ResourceServer::builder(
+            "https://mcp.example.com/mcp",
+            Issuer::discover("https://idp.example.com"),
+        )
+        .required_scopes(["mcp:tools"])
+        .build()
+        .unwrap()
+    }
+
+    #[test]
+    fn invalid_token_challenge() {
+        let c = rs().challenge(&TokenRejection::Expired.into()).unwrap();
+        assert_eq!(
+            c,
+            "Bearer error=\"invalid_token\", error_description=\"token expired\", \
+             resource_metadata=\"https://mcp.example.com/.well-known/oauth-protected-resource/mcp\", scope=\"mcp:tools\""
+        );
+    }
+
+    #[test]
+    fn insufficient_scope_challenge_names_the_needed_scopes() {
+        let err = AuthError::InsufficientScope {
+            required: vec!["mcp:tools".into(), "admin".into()],
+        };
+        let response = rs().reject(&err);
+        assert_eq!(response.status(), 403);
+        let c = response.headers()["www-authenticate"].to_str().unwrap();
+        assert!(
+            c.starts_with("Bearer error=\"insufficient_scope\", scope=\"mcp:tools admin\""),
+            "{c}"
+        );
+        assert!(c.contains("resource_metadata="), "{c}");
+    }
+
+    #[test]
+    fn unavailable_has_no_challenge() {
+        let response = rs().reject(&AuthError::KeysUnavailable);
+        assert_eq!(response.status(), 503);
+        assert!(response.headers().get("www-authenticate").is_none());
+        assert_eq!(response.headers()["retry-after"], "5");
+    }
+
+    #[test]
+    fn quoting_escapes() {
+        assert_eq!(quote("a\"b\\c\n"), "\"a\\\"b\\\\c\"");
+    }
+}

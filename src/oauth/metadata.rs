@@ -1,0 +1,118 @@
+//! RFC 9728 OAuth 2.0 Protected Resource Metadata.
+//!
+//! The document is built once from the [`ResourceServer`] and served at both
+//! `/.well-known/oauth-protected-resource` and the path-suffixed form for the
+//! resource path (`/.well-known/oauth-protected-resource/mcp`), which is the
+//! URL the `resource_metadata` challenge parameter points to.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! use rmcp_guard::oauth::{Issuer, ResourceServer};
+//! use tower::ServiceExt;
+//!
+//! let rs = ResourceServer::builder("https://mcp.example.com/mcp", Issuer::discover("https://idp.example.com"))
+//!     .required_scopes(["mcp:tools"])
+//!     .build()
+//!     .unwrap();
+//! let response = rs
+//!     .metadata_router()
+//!     .oneshot(
+//!         http::Request::get("/.well-known/oauth-protected-resource/mcp")
+//!             .body(axum::body::Body::empty())
+//!             .unwrap(),
+//!     )
+//!     .await
+//!     .unwrap();
+//! assert_eq!(response.status(), 200);
+//! # }
+//! ```
+
+use axum::Router;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use http::{HeaderValue, header};
+use serde::{Deserialize, Serialize};
+
+use super::ResourceServer;
+
+/// The RFC 9728 metadata document of a protected resource.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ProtectedResourceMetadata {
+    /// The canonical resource URI.
+    pub resource: String,
+    /// The trusted authorization servers (issuer identifiers).
+    pub authorization_servers: Vec<String>,
+    /// Scopes a client may request for this resource.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub scopes_supported: Vec<String>,
+    /// How the token may be presented: only `header`.
+    pub bearer_methods_supported: Vec<String>,
+    /// Signing algorithms for signed resource responses (unused: none).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub resource_signing_alg_values_supported: Option<Vec<String>>,
+    /// A human-readable name.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub resource_name: Option<String>,
+    /// A URL of human-readable documentation.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub resource_documentation: Option<String>,
+}
+
+/// The well-known path prefix of RFC 9728.
+pub const WELL_KNOWN_PATH: &str = "/.well-known/oauth-protected-resource";
+
+impl ResourceServer {
+    /// A router serving the metadata at [`WELL_KNOWN_PATH`] and at the
+    /// path-suffixed form for the resource path. Merge it into the router that
+    /// serves the MCP endpoint; it needs no authentication.
+    pub fn metadata_router<S>(&self) -> Router<S>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        let body = self.shared.metadata_json.clone();
+        let handler = move || {
+            let body = body.clone();
+            async move {
+                (
+                    [
+                        (header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
+                        (header::CACHE_CONTROL, HeaderValue::from_static("max-age=3600")),
+                        (header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*")),
+                    ],
+                    body,
+                )
+                    .into_response()
+            }
+        };
+        let mut router = Router::new().route(WELL_KNOWN_PATH, get(handler.clone()));
+        let path = self.resource_path().trim_end_matches('/');
+        if !path.is_empty() {
+            router = router.route(&format!("{WELL_KNOWN_PATH}{path}"), get(handler));
+        }
+        router
+    }
+
+    /// An axum router with the guarded MCP service at the resource path and
+    /// the metadata routes beside it: the whole HTTP surface in one call.
+    ///
+    /// `mcp` is typically rmcp's `StreamableHttpService`.
+    pub fn router<M, B>(&self, mcp: M) -> Router
+    where
+        M: tower_service::Service<
+                http::Request<axum::body::Body>,
+                Response = http::Response<B>,
+                Error = std::convert::Infallible,
+            > + Clone
+            + Send
+            + Sync
+            + 'static,
+        M::Future: Send + 'static,
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
+        let guarded = tower_layer::Layer::layer(&self.layer(), mcp);
+        self.metadata_router().route_service(self.resource_path(), guarded)
+    }
+}
