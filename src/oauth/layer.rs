@@ -366,18 +366,18 @@ where
 
 pin_project! {
     /// The response body of [`BearerAuth`]: the inner service's body, or a
-    /// rejection's short JSON.
+    /// rejection's short JSON (`body` in each variant).
     #[project = BodyProj]
+    #[allow(missing_docs)] // pin-project-lite takes no attributes on variant fields
+
     pub enum ResponseBody<B> {
         /// The inner service answered.
         Inner {
-            /// The inner body.
             #[pin]
             body: B,
         },
         /// The request was refused.
         Rejection {
-            /// The JSON error, until it has been sent.
             body: Option<Bytes>,
         },
     }
