@@ -43,6 +43,14 @@ const JWKS_PATH: &str = "/jwks.json";
 /// [`TestIssuer::token`] instead.
 ///
 /// The handle is cheap to clone; the server stops when the last clone drops.
+/// The server runs on the tokio runtime that called `start`: on a
+/// current-thread runtime (plain `#[tokio::test]`) reach it with an async
+/// client, never a blocking one.
+///
+/// To prove that a validator never fetches a `jku` / `x5u` URL, point the
+/// header at a second `TestIssuer` (the attacker) and assert its counters
+/// stay at zero, or at a path of this one and check
+/// [`TestIssuer::other_requests`].
 /// Requests are counted with atomics, so tests can prove caching and refresh
 /// behaviour ([`TestIssuer::jwks_fetches`], [`TestIssuer::metadata_fetches`]).
 #[derive(Clone)]
@@ -115,10 +123,7 @@ impl KeyState {
             .retired
             .iter()
             .map(|(alg, key)| key.public_jwk(&key.kid(*alg), *alg));
-        let keys: Vec<Value> = current
-            .chain(retired)
-            .chain(self.extra.iter().cloned())
-            .collect();
+        let keys: Vec<Value> = current.chain(retired).chain(self.extra.iter().cloned()).collect();
         json!({ "keys": keys })
     }
 }
@@ -377,8 +382,7 @@ impl TestIssuer {
     /// If `value` is not a valid HTTP header value (e.g. contains a newline).
     pub fn set_cache_control(&self, value: Option<&str>) {
         let value = value.map(|v| {
-            HeaderValue::from_str(v)
-                .unwrap_or_else(|_| panic!("set_cache_control: {v:?} is not a valid header value"))
+            HeaderValue::from_str(v).unwrap_or_else(|_| panic!("set_cache_control: {v:?} is not a valid header value"))
         });
         self.shared().lock().cache_control = value;
     }
@@ -392,16 +396,14 @@ impl TestIssuer {
 
     /// Overrides one member of the metadata documents: `Some(value)` sets it
     /// (e.g. a wrong `issuer`, an attacker `jwks_uri`), `None` removes it.
-    /// Defaults to no overrides.
+    /// Defaults to `{}` (no overrides: the built-in document).
     pub fn set_metadata_field(&self, name: impl Into<String>, value: Option<Value>) {
-        self.shared()
-            .lock()
-            .metadata_fields
-            .insert(name.into(), value);
+        self.shared().lock().metadata_fields.insert(name.into(), value);
     }
 
     /// Delay before the metadata and JWKS endpoints answer (to hold fetches
-    /// in flight, e.g. to prove single-flight refresh). Defaults to zero.
+    /// in flight, e.g. to prove single-flight refresh). Defaults to
+    /// `Duration::ZERO`.
     pub fn set_delay(&self, delay: Duration) {
         self.shared().lock().delay = delay;
     }

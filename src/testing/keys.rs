@@ -7,9 +7,7 @@ use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::error::Unspecified;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::KeySize;
-use aws_lc_rs::signature::{
-    self, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _, RsaEncoding, RsaKeyPair,
-};
+use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _, RsaEncoding, RsaKeyPair};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
@@ -36,7 +34,7 @@ pub enum KeyAlg {
 
 impl KeyAlg {
     /// Every algorithm, in the order the issuer publishes its keys.
-    pub const ALL: [KeyAlg; 4] = [KeyAlg::Rs256, KeyAlg::Ps256, KeyAlg::Es256, KeyAlg::EdDsa];
+    pub const ALL: &'static [KeyAlg] = &[KeyAlg::Rs256, KeyAlg::Ps256, KeyAlg::Es256, KeyAlg::EdDsa];
 
     /// The JOSE `alg` value: `"RS256"`, `"PS256"`, `"ES256"` or `"EdDSA"`.
     pub fn name(self) -> &'static str {
@@ -103,9 +101,7 @@ impl KeyMaterial {
     pub(crate) fn generate(kind: KeyKind) -> Result<Self, Unspecified> {
         Ok(match kind {
             KeyKind::Rsa => KeyMaterial::Rsa(RsaKeyPair::generate(KeySize::Rsa2048)?),
-            KeyKind::Ec => KeyMaterial::Ec(EcdsaKeyPair::generate(
-                &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
-            )?),
+            KeyKind::Ec => KeyMaterial::Ec(EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_FIXED_SIGNING)?),
             KeyKind::Okp => KeyMaterial::Ed(Ed25519KeyPair::generate()?),
         })
     }
@@ -243,11 +239,7 @@ pub(crate) fn b64(bytes: &[u8]) -> String {
 }
 
 /// A compact JWS: `b64(header).b64(payload).b64(sign(signing_input))`.
-pub(crate) fn compact_jws(
-    header: &[u8],
-    payload: &[u8],
-    sign: impl FnOnce(&[u8]) -> Vec<u8>,
-) -> String {
+pub(crate) fn compact_jws(header: &[u8], payload: &[u8], sign: impl FnOnce(&[u8]) -> Vec<u8>) -> String {
     let mut out = b64(header);
     out.push('.');
     URL_SAFE_NO_PAD.encode_string(payload, &mut out);

@@ -45,12 +45,7 @@ fn jose_alg(alg: KeyAlg) -> Algorithm {
 
 /// Verifies `token` the way a validator would: the JWK named by the header's
 /// kid in the served set, the algorithm `alg`, issuer and audience checked.
-fn verify(
-    jwks: &Value,
-    token: &str,
-    alg: KeyAlg,
-    iss: &str,
-) -> jsonwebtoken::errors::Result<Value> {
+fn verify(jwks: &Value, token: &str, alg: KeyAlg, iss: &str) -> jsonwebtoken::errors::Result<Value> {
     let header = decode_header(token)?;
     let kid = header.kid.expect("kid in header");
     let jwk_json = jwks["keys"]
@@ -78,13 +73,13 @@ fn segment(token: &str, i: usize) -> Value {
 async fn tokens_of_every_algorithm_verify_with_the_published_jwk() {
     let issuer = TestIssuer::start().await.unwrap();
     let jwks = fetch_jwks(&issuer).await;
-    for alg in KeyAlg::ALL {
+    for &alg in KeyAlg::ALL {
         let token = issuer.token().algorithm(alg).audience(AUD).sign();
         let header = segment(&token, 0);
         assert_eq!(header["alg"], alg.name());
         assert_eq!(header["kid"], issuer.kid(alg));
-        let claims = verify(&jwks, &token, alg, issuer.issuer())
-            .unwrap_or_else(|e| panic!("{alg} token must verify: {e}"));
+        let claims =
+            verify(&jwks, &token, alg, issuer.issuer()).unwrap_or_else(|e| panic!("{alg} token must verify: {e}"));
         assert_eq!(claims["sub"], "alice");
     }
 }
@@ -139,13 +134,7 @@ async fn builder_edits_claims_and_header_verbatim() {
 
     let expired = segment(&issuer.token().expired().sign(), 1);
     assert!(expired["exp"].as_u64().unwrap() + 3000 < now());
-    let future = segment(
-        &issuer
-            .token()
-            .not_before_in(Duration::from_secs(600))
-            .sign(),
-        1,
-    );
+    let future = segment(&issuer.token().not_before_in(Duration::from_secs(600)).sign(), 1);
     assert!(future["nbf"].as_u64().unwrap() > now() + 500);
 }
 
@@ -155,10 +144,7 @@ async fn expired_token_is_rejected_by_jsonwebtoken() {
     let jwks = fetch_jwks(&issuer).await;
     let token = issuer.token().audience(AUD).expired().sign();
     let err = verify(&jwks, &token, KeyAlg::Rs256, issuer.issuer()).unwrap_err();
-    assert_eq!(
-        *err.kind(),
-        jsonwebtoken::errors::ErrorKind::ExpiredSignature
-    );
+    assert_eq!(*err.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature);
 }
 
 #[tokio::test]
@@ -193,11 +179,7 @@ async fn rotate_keeps_or_drops_old_kids() {
     let new_rs = issuer.rotate(KeyAlg::Rs256, true);
     assert_ne!(new_rs, old_rs);
     assert_eq!(issuer.kid(KeyAlg::Rs256), new_rs);
-    assert_ne!(
-        issuer.kid(KeyAlg::Ps256),
-        old_ps,
-        "PS256 shares the RSA key"
-    );
+    assert_ne!(issuer.kid(KeyAlg::Ps256), old_ps, "PS256 shares the RSA key");
     let served = kids(&fetch_jwks(&issuer).await);
     for kid in [&old_rs, &old_ps, &new_rs, &old_es] {
         assert!(served.contains(kid), "{kid} must be published: {served:?}");
@@ -225,11 +207,7 @@ async fn rotate_keeps_or_drops_old_kids() {
 async fn counters_count_requests() {
     let issuer = TestIssuer::start().await.unwrap();
     assert_eq!((issuer.jwks_fetches(), issuer.metadata_fetches()), (0, 0));
-    let meta: Value = get(&issuer.oauth_metadata_url())
-        .await
-        .json()
-        .await
-        .unwrap();
+    let meta: Value = get(&issuer.oauth_metadata_url()).await.json().await.unwrap();
     assert_eq!(meta["issuer"], issuer.issuer());
     assert_eq!(meta["jwks_uri"], issuer.jwks_uri());
     assert_eq!(meta["response_types_supported"], json!(["code"]));
@@ -237,11 +215,7 @@ async fn counters_count_requests() {
         meta["id_token_signing_alg_values_supported"],
         json!(["RS256", "PS256", "ES256", "EdDSA"])
     );
-    let oidc: Value = get(&issuer.openid_configuration_url())
-        .await
-        .json()
-        .await
-        .unwrap();
+    let oidc: Value = get(&issuer.openid_configuration_url()).await.json().await.unwrap();
     assert_eq!(oidc, meta);
     assert_eq!(issuer.metadata_fetches(), 2);
     fetch_jwks(&issuer).await;
@@ -290,10 +264,7 @@ async fn extra_jwks_body_and_metadata_overrides_are_served() {
     let issuer = TestIssuer::start().await.unwrap();
     issuer.publish_extra_jwk(json!({"kty": "foo", "kid": "weird"}));
     issuer.publish_extra_jwk(json!({"kty": "RSA", "use": "enc", "n": "AQAB", "e": "AQAB"}));
-    let keys = fetch_jwks(&issuer).await["keys"]
-        .as_array()
-        .unwrap()
-        .clone();
+    let keys = fetch_jwks(&issuer).await["keys"].as_array().unwrap().clone();
     assert_eq!(keys.len(), 6);
     assert_eq!(keys[4]["kty"], "foo");
     assert_eq!(keys[5]["use"], "enc");
@@ -301,19 +272,12 @@ async fn extra_jwks_body_and_metadata_overrides_are_served() {
     assert_eq!(kids(&fetch_jwks(&issuer).await).len(), 4);
 
     issuer.set_jwks_body(Some("not json".to_owned()));
-    assert_eq!(
-        get(&issuer.jwks_uri()).await.text().await.unwrap(),
-        "not json"
-    );
+    assert_eq!(get(&issuer.jwks_uri()).await.text().await.unwrap(), "not json");
     issuer.set_jwks_body(None);
 
     issuer.set_metadata_field("jwks_uri", Some(json!("http://attacker.invalid/jwks")));
     issuer.set_metadata_field("scopes_supported", None);
-    let meta: Value = get(&issuer.oauth_metadata_url())
-        .await
-        .json()
-        .await
-        .unwrap();
+    let meta: Value = get(&issuer.oauth_metadata_url()).await.json().await.unwrap();
     assert_eq!(meta["jwks_uri"], "http://attacker.invalid/jwks");
     assert_eq!(meta.get("scopes_supported"), None);
     assert_eq!(meta["issuer"], issuer.issuer());
@@ -323,7 +287,7 @@ async fn extra_jwks_body_and_metadata_overrides_are_served() {
 async fn foreign_key_reuses_the_real_kid_and_fails_verification() {
     let issuer = TestIssuer::start().await.unwrap();
     let jwks = fetch_jwks(&issuer).await;
-    for alg in KeyAlg::ALL {
+    for &alg in KeyAlg::ALL {
         let attacker = TestKey::generate(alg);
         let token = issuer
             .token()
@@ -333,11 +297,7 @@ async fn foreign_key_reuses_the_real_kid_and_fails_verification() {
             .sign();
         assert_eq!(segment(&token, 0)["kid"], issuer.kid(alg));
         let err = verify(&jwks, &token, alg, issuer.issuer()).unwrap_err();
-        assert_eq!(
-            *err.kind(),
-            jsonwebtoken::errors::ErrorKind::InvalidSignature,
-            "{alg}"
-        );
+        assert_eq!(*err.kind(), jsonwebtoken::errors::ErrorKind::InvalidSignature, "{alg}");
 
         // The attacker's key does verify it: the signature is real.
         let mut own = attacker.public_jwk();
@@ -356,8 +316,7 @@ async fn foreign_key_reuses_the_real_kid_and_fails_verification() {
 async fn sign_raw_signs_exactly_the_given_header() {
     let issuer = TestIssuer::start().await.unwrap();
     let jwks = fetch_jwks(&issuer).await;
-    let header =
-        json!({"alg": "ES256", "kid": issuer.kid(KeyAlg::Es256), "x5u": "http://x.invalid"});
+    let header = json!({"alg": "ES256", "kid": issuer.kid(KeyAlg::Es256), "x5u": "http://x.invalid"});
     let claims = json!({"iss": issuer.issuer(), "aud": AUD, "exp": 4_000_000_000u64});
     let token = issuer.sign_raw(&header, &claims, KeyAlg::Es256);
     assert_eq!(segment(&token, 0), header);
@@ -370,11 +329,7 @@ async fn sign_raw_signs_exactly_the_given_header() {
     let lying = json!({"alg": "none", "kid": issuer.kid(KeyAlg::Rs256)});
     let token = issuer.sign_raw(&lying, &claims, KeyAlg::Rs256);
     assert_eq!(segment(&token, 0)["alg"], "none");
-    assert_eq!(
-        token.split('.').nth(2).unwrap().len(),
-        342,
-        "2048-bit RSA signature"
-    );
+    assert_eq!(token.split('.').nth(2).unwrap().len(), 342, "2048-bit RSA signature");
 
     let dup = issuer.sign_raw_bytes(br#"{"alg":"RS256","alg":"none"}"#, b"{}", KeyAlg::Rs256);
     assert!(dup.starts_with(&URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256","alg":"none"}"#)));
@@ -425,11 +380,7 @@ async fn dropping_the_last_handle_stops_the_server() {
     let addr = issuer.local_addr();
     let clone = issuer.clone();
     drop(issuer);
-    assert_eq!(
-        get(&clone.jwks_uri()).await.status(),
-        200,
-        "a clone keeps it up"
-    );
+    assert_eq!(get(&clone.jwks_uri()).await.status(), 200, "a clone keeps it up");
     drop(clone);
     // Let the aborted task unwind and release the listener.
     tokio::task::yield_now().await;
@@ -451,19 +402,10 @@ fn test_key_exports_its_public_jwk() {
     assert_eq!(jwk["kty"], "EC");
     assert_eq!(jwk["crv"], "P-256");
     assert_eq!(jwk["kid"], key.kid());
-    assert_eq!(
-        URL_SAFE_NO_PAD
-            .decode(jwk["x"].as_str().unwrap())
-            .unwrap()
-            .len(),
-        32
-    );
+    assert_eq!(URL_SAFE_NO_PAD.decode(jwk["x"].as_str().unwrap()).unwrap().len(), 32);
     assert!(key.rsa_public_key_der().is_none());
     let ed = TestKey::generate(KeyAlg::EdDsa).public_jwk();
-    assert_eq!(
-        (ed["kty"].as_str(), ed["crv"].as_str()),
-        (Some("OKP"), Some("Ed25519"))
-    );
+    assert_eq!((ed["kty"].as_str(), ed["crv"].as_str()), (Some("OKP"), Some("Ed25519")));
     let rsa = TestKey::generate(KeyAlg::Ps256);
     assert_eq!(rsa.public_jwk()["alg"], "PS256");
     assert_eq!(rsa.public_jwk()["e"], "AQAB");

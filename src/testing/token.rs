@@ -79,12 +79,12 @@ impl TokenBuilder<'_> {
         self.claim("sub", Value::String(s.into()))
     }
 
-    /// Sets `aud` to a single string. Defaults to no `aud`.
+    /// Sets `aud` to a single string. Defaults to `None` (no `aud` claim).
     pub fn audience(self, aud: impl Into<String>) -> Self {
         self.claim("aud", Value::String(aud.into()))
     }
 
-    /// Sets `aud` to an array of strings. Defaults to no `aud`.
+    /// Sets `aud` to an array of strings. Defaults to `None` (no `aud` claim).
     pub fn audiences<I, S>(self, auds: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -95,12 +95,12 @@ impl TokenBuilder<'_> {
     }
 
     /// Sets `scope` (space-separated, e.g. `"mcp:tools mcp:admin"`).
-    /// Defaults to no `scope`.
+    /// Defaults to `None` (no `scope` claim).
     pub fn scope(self, scope: impl Into<String>) -> Self {
         self.claim("scope", Value::String(scope.into()))
     }
 
-    /// Sets `client_id` (RFC 9068). Defaults to no `client_id`.
+    /// Sets `client_id` (RFC 9068). Defaults to `None` (no `client_id` claim).
     pub fn client_id(self, id: impl Into<String>) -> Self {
         self.claim("client_id", Value::String(id.into()))
     }
@@ -118,7 +118,7 @@ impl TokenBuilder<'_> {
         self
     }
 
-    /// Sets `exp` to now + `d`. Defaults to now + 300 s.
+    /// Sets `exp` to now + `d`. Defaults to `now + 300 s`.
     pub fn expires_in(self, d: Duration) -> Self {
         self.claim("exp", json!(now().saturating_add(d.as_secs())))
     }
@@ -131,13 +131,13 @@ impl TokenBuilder<'_> {
             .claim("iat", json!(exp.saturating_sub(DEFAULT_LIFETIME.as_secs())))
     }
 
-    /// Sets `nbf` to now + `d` (not yet valid). Defaults to no `nbf`.
+    /// Sets `nbf` to now + `d` (not yet valid). Defaults to `None` (no `nbf` claim).
     pub fn not_before_in(self, d: Duration) -> Self {
         self.claim("nbf", json!(now().saturating_add(d.as_secs())))
     }
 
     /// Chooses the signing algorithm: the header's `alg`, the default `kid`
-    /// and the issuer key used. Defaults to [`KeyAlg::Rs256`].
+    /// and the issuer key used. Defaults to `KeyAlg::Rs256`.
     pub fn algorithm(mut self, alg: KeyAlg) -> Self {
         self.alg = alg;
         self
@@ -178,9 +178,7 @@ impl TokenBuilder<'_> {
     /// Signs and returns the compact JWS (`header.payload.signature`).
     pub fn sign(self) -> String {
         let (key, alg): (Arc<KeyMaterial>, KeyAlg) = match &self.foreign {
-            Some(foreign) if foreign.alg().kind() != self.alg.kind() => {
-                (Arc::clone(foreign.material()), foreign.alg())
-            }
+            Some(foreign) if foreign.alg().kind() != self.alg.kind() => (Arc::clone(foreign.material()), foreign.alg()),
             Some(foreign) => (Arc::clone(foreign.material()), self.alg),
             None => (self.issuer.current_key(self.alg), self.alg),
         };
