@@ -1,0 +1,124 @@
+//! The result of one policy evaluation.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why a decision denied without the policy saying so.
+pub(crate) mod reason {
+    /// The policy raised an error while evaluating.
+    pub(crate) const EVAL_ERROR: &str = "policy_error";
+    /// The entrypoint was undefined for this input (and has no default).
+    pub(crate) const UNDEFINED: &str = "policy_undefined";
+    /// The entrypoint evaluated to something other than a boolean.
+    pub(crate) const NOT_BOOLEAN: &str = "policy_not_boolean";
+    /// The policy denied and gave no reason.
+    pub(crate) const DENIED: &str = "denied_by_policy";
+    /// The request carried no authenticated principal.
+    pub(crate) const NO_PRINCIPAL: &str = "no_principal";
+    /// No authorization context was in scope (`require_permission`).
+    pub(crate) const NO_CONTEXT: &str = "no_authorization_context";
+}
+
+/// What the policy says, shared by memoized decisions.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Outcome {
+    pub(crate) allowed: bool,
+    pub(crate) reasons: Vec<String>,
+    pub(crate) required_scopes: Vec<String>,
+    /// True when the policy itself did not yield a boolean (error,
+    /// undefined, wrong type): never memoized.
+    pub(crate) fault: bool,
+}
+
+impl Outcome {
+    pub(crate) fn deny(reason: &str, fault: bool) -> Self {
+        Self {
+            allowed: false,
+            reasons: vec![reason.to_owned()],
+            required_scopes: Vec::new(),
+            fault,
+        }
+    }
+}
+
+/// One authorization decision.
+///
+/// ```
+/// # fn main() -> Result<(), rmcp_guard::ConfigError> {
+/// use rmcp_guard::Principal;
+/// use rmcp_guard::policy::{PolicyEngine, PolicyInput};
+///
+/// let engine = PolicyEngine::rbac_example()?;
+/// let bob = Principal::unverified("https://idp", "bob").groups(["service-desk"]).scopes(["mcp:tools"]).build();
+/// let d = engine.decide(&PolicyInput::new(&bob, "tools/call", "deploy_template"));
+/// assert!(!d.allowed());
+/// assert!(d.policy_version().starts_with("sha256:"));
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub(crate) outcome: Arc<Outcome>,
+    pub(crate) policy_version: Arc<str>,
+    pub(crate) duration: Duration,
+    pub(crate) cached: bool,
+}
+
+impl Decision {
+    /// A denial made without evaluating a policy (no principal, no context).
+    pub(crate) fn deny_without_policy(reason: &str) -> Self {
+        Self {
+            outcome: Arc::new(Outcome::deny(reason, true)),
+            policy_version: Arc::from(""),
+            duration: Duration::ZERO,
+            cached: false,
+        }
+    }
+
+    /// Whether the action is allowed. Anything but a policy's `true` is `false`.
+    pub fn allowed(&self) -> bool {
+        self.outcome.allowed
+    }
+
+    /// The first reason for the decision, if any.
+    ///
+    /// For a denial this is what the policy's reasons rule gave, or one of
+    /// `denied_by_policy`, `policy_error`, `policy_undefined`,
+    /// `policy_not_boolean`, `no_principal`, `no_authorization_context`.
+    pub fn reason(&self) -> Option<&str> {
+        self.outcome.reasons.first().map(String::as_str)
+    }
+
+    /// Every reason the policy gave, sorted.
+    pub fn reasons(&self) -> &[String] {
+        &self.outcome.reasons
+    }
+
+    /// Scopes that would grant the action, from the policy's
+    /// required-scopes rule (for a step-up `insufficient_scope` challenge).
+    pub fn required_scopes(&self) -> &[String] {
+        &self.outcome.required_scopes
+    }
+
+    /// The version (content hash) of the policy that decided, e.g.
+    /// `sha256:3f2a...`; empty when no policy was evaluated.
+    pub fn policy_version(&self) -> &str {
+        &self.policy_version
+    }
+
+    /// How long the decision took.
+    pub fn duration(&self) -> Duration {
+        self.duration
+    }
+
+    /// Whether the decision was served from the memo of an earlier,
+    /// identical (for this policy) input.
+    pub fn from_cache(&self) -> bool {
+        self.cached
+    }
+
+    /// Whether the policy failed to produce a boolean (error, undefined,
+    /// non-boolean) or was not evaluated; such a decision always denies.
+    pub fn is_fault(&self) -> bool {
+        self.outcome.fault
+    }
+}

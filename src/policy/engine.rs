@@ -1,0 +1,673 @@
+//! The policy engine: compile once, decide on every thread without a lock.
+//!
+//! A loaded policy is compiled to a regorus RVM program ([`Loaded`]) and
+//! shared read-only. Each thread keeps its own VM for it (a VM is mutable
+//! while it runs) and its own bounded memo of decisions; the only shared
+//! state read on the hot path is one atomic generation counter, so decisions
+//! scale with cores. A reload compiles and smoke-evaluates the new policy
+//! first, then swaps it in under a mutex and bumps the generation; each
+//! thread notices at its next decision and rebuilds its VM and memo.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use regorus::rvm::program::Program;
+use regorus::rvm::vm::RegoVM;
+
+use super::analysis::{self, InputUse};
+use super::decision::{Decision, Outcome, reason};
+use super::input::PolicyInput;
+use super::source::{Bundle, DataSource, ModuleSource, Sources};
+use crate::{ConfigError, Principal};
+
+/// The entrypoint evaluated for every decision unless configured otherwise.
+pub const DEFAULT_ENTRYPOINT: &str = "data.mcp.authz.allow";
+/// The reasons rule read on a denial unless configured otherwise.
+pub const DEFAULT_REASONS_RULE: &str = "data.mcp.authz.reasons";
+/// The required-scopes rule read on a denial unless configured otherwise.
+pub const DEFAULT_REQUIRED_SCOPES_RULE: &str = "data.mcp.authz.required_scopes";
+/// How many decisions each thread memoizes per policy unless configured otherwise.
+pub const DEFAULT_MEMO_CAPACITY: usize = 4096;
+/// The instruction budget of one evaluation unless configured otherwise.
+pub const DEFAULT_MAX_INSTRUCTIONS: usize = 100_000;
+
+/// How many engines' VMs one thread keeps before it drops the oldest.
+const WORKERS_PER_THREAD: usize = 8;
+
+/// Which Rego syntax the modules are written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum RegoVersion {
+    /// Each module is parsed as Rego v1 and, if that fails, as v0; a module
+    /// that parses as both means the same in both.
+    #[default]
+    Auto,
+    /// Rego v1 only (`allow if { ... }`, `contains`).
+    V1,
+    /// Rego v0 only (`allow { ... }`, as OPA before 1.0); a module can still
+    /// opt in to v1 with `import rego.v1`.
+    V0,
+}
+
+#[derive(Debug, Clone)]
+struct Options {
+    entrypoint: String,
+    reasons_rule: Option<String>,
+    required_scopes_rule: Option<String>,
+    rego_version: RegoVersion,
+    memoize: bool,
+    memo_capacity: usize,
+    max_instructions: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            entrypoint: DEFAULT_ENTRYPOINT.to_owned(),
+            reasons_rule: Some(DEFAULT_REASONS_RULE.to_owned()),
+            required_scopes_rule: Some(DEFAULT_REQUIRED_SCOPES_RULE.to_owned()),
+            rego_version: RegoVersion::Auto,
+            memoize: true,
+            memo_capacity: DEFAULT_MEMO_CAPACITY,
+            max_instructions: DEFAULT_MAX_INSTRUCTIONS,
+        }
+    }
+}
+
+/// Builds a [`PolicyEngine`]; see [`PolicyEngine::builder`].
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct PolicyEngineBuilder {
+    sources: Sources,
+    options: Options,
+}
+
+impl PolicyEngineBuilder {
+    /// Add a Rego module given as text; `name` appears in compile errors.
+    /// Defaults to no modules (at least one is required).
+    pub fn module(mut self, name: impl Into<String>, text: impl Into<String>) -> Self {
+        self.sources.modules.push(ModuleSource::Inline {
+            name: name.into(),
+            text: text.into(),
+        });
+        self
+    }
+
+    /// Add a `.rego` file; it is read at [`build`](Self::build) and again on
+    /// every [`PolicyEngine::reload`]. Defaults to no files.
+    pub fn module_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.sources.modules.push(ModuleSource::File(path.into()));
+        self
+    }
+
+    /// Add a directory: every `*.rego` in it (recursively, except
+    /// `*_test.rego`) is a module and every `*.json` a data document, read at
+    /// build and on every reload. Defaults to no directories.
+    pub fn directory(mut self, path: impl Into<PathBuf>) -> Self {
+        self.sources.modules.push(ModuleSource::Directory(path.into()));
+        self
+    }
+
+    /// Add a `.rego` file or a directory, whichever `path` is. Defaults to none.
+    pub fn path(self, path: impl AsRef<Path>) -> Self {
+        let path = path.as_ref();
+        if path.is_dir() {
+            self.directory(path)
+        } else {
+            self.module_file(path)
+        }
+    }
+
+    /// Add a JSON data document, merged under `data`. Defaults to none.
+    pub fn data(mut self, name: impl Into<String>, value: serde_json::Value) -> Self {
+        self.sources.data.push(DataSource::Inline {
+            name: name.into(),
+            value,
+        });
+        self
+    }
+
+    /// Add a JSON data file, read at build and on every reload. Defaults to none.
+    pub fn data_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.sources.data.push(DataSource::File(path.into()));
+        self
+    }
+
+    /// The rule whose value decides: it must be declared, and anything but
+    /// `true` denies. Defaults to `data.mcp.authz.allow`.
+    pub fn entrypoint(mut self, rule: impl Into<String>) -> Self {
+        self.options.entrypoint = rule.into();
+        self
+    }
+
+    /// The rule (a set or array of strings) read on a denial to say why;
+    /// ignored when no module declares it. Defaults to `data.mcp.authz.reasons`.
+    pub fn reasons_rule(mut self, rule: Option<&str>) -> Self {
+        self.options.reasons_rule = rule.map(str::to_owned);
+        self
+    }
+
+    /// The rule (a set or array of scope strings) read on a denial to say
+    /// which scopes would grant it; ignored when no module declares it.
+    /// Defaults to `data.mcp.authz.required_scopes`.
+    pub fn required_scopes_rule(mut self, rule: Option<&str>) -> Self {
+        self.options.required_scopes_rule = rule.map(str::to_owned);
+        self
+    }
+
+    /// The Rego syntax of the modules. Defaults to `RegoVersion::Auto`.
+    pub fn rego_version(mut self, version: RegoVersion) -> Self {
+        self.options.rego_version = version;
+        self
+    }
+
+    /// Memoize decisions when the policy provably reads neither
+    /// `input.arguments` nor the input as a whole (see the module docs of
+    /// `analysis`). Defaults to `true`.
+    pub fn memoize(mut self, memoize: bool) -> Self {
+        self.options.memoize = memoize;
+        self
+    }
+
+    /// How many decisions each thread keeps per policy version; the memo is
+    /// emptied when full. Defaults to `4096`.
+    pub fn memo_capacity(mut self, capacity: usize) -> Self {
+        self.options.memo_capacity = capacity;
+        self
+    }
+
+    /// The instruction budget of one evaluation; a policy that exceeds it
+    /// denies with `policy_error`. Defaults to `100000`.
+    pub fn max_instructions(mut self, max: usize) -> Self {
+        self.options.max_instructions = max;
+        self
+    }
+
+    /// Read, compile and smoke-evaluate the policy.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] when a source cannot be read, a module does not
+    /// compile, a data document is not a JSON object, the entrypoint is not
+    /// declared, or the smoke evaluation errs or yields a non-boolean.
+    pub fn build(self) -> Result<PolicyEngine, ConfigError> {
+        let bundle = self.sources.load()?;
+        let loaded = compile(&bundle, &self.options, 0)?;
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        Ok(PolicyEngine {
+            shared: Arc::new(Shared {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                generation: AtomicU64::new(0),
+                current: Mutex::new(Arc::new(loaded)),
+                reload: Mutex::new(()),
+                sources: self.sources,
+                options: self.options,
+            }),
+        })
+    }
+}
+
+/// A compiled policy version, shared read-only by every thread.
+struct Loaded {
+    generation: u64,
+    version: Arc<str>,
+    program: Arc<Program>,
+    data: regorus::Value,
+    entrypoint: String,
+    reasons_rule: Option<String>,
+    required_scopes_rule: Option<String>,
+    /// `Some(fields)` when decisions may be memoized, keyed by these fields.
+    memo_fields: Option<Vec<&'static str>>,
+    memo_capacity: usize,
+    max_instructions: usize,
+}
+
+struct Shared {
+    id: u64,
+    generation: AtomicU64,
+    current: Mutex<Arc<Loaded>>,
+    /// Serializes reloads (not decisions).
+    reload: Mutex<()>,
+    sources: Sources,
+    options: Options,
+}
+
+/// The Rego policy that decides who may do what.
+///
+/// Cheap to clone (one reference count); clones share the policy and see
+/// every reload. Decisions never take a lock: see the module docs.
+///
+/// ```
+/// # fn main() -> Result<(), rmcp_guard::ConfigError> {
+/// use rmcp_guard::Principal;
+/// use rmcp_guard::policy::{PolicyEngine, PolicyInput};
+///
+/// let engine = PolicyEngine::builder()
+///     .module("authz.rego", r#"
+///         package mcp.authz
+///         default allow := false
+///         allow if "admin" in input.groups
+///     "#)
+///     .build()?;
+/// let root = Principal::unverified("https://idp", "root").groups(["admin"]).build();
+/// assert!(engine.decide(&PolicyInput::new(&root, "tools/call", "anything")).allowed());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct PolicyEngine {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for PolicyEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyEngine")
+            .field("version", &self.version())
+            .field("entrypoint", &self.shared.options.entrypoint)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The guarded values are replaced whole, never left half-written, so a
+    // panic elsewhere cannot leave them inconsistent: ignore poisoning.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl PolicyEngine {
+    /// Start configuring an engine.
+    pub fn builder() -> PolicyEngineBuilder {
+        PolicyEngineBuilder::default()
+    }
+
+    /// An engine for a `.rego` file or a directory of `.rego` and `.json`
+    /// files, with every other setting at its default.
+    ///
+    /// # Errors
+    ///
+    /// As [`PolicyEngineBuilder::build`].
+    pub fn from_path(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        Self::builder().path(path).build()
+    }
+
+    /// The version (content hash) of the policy now in force.
+    pub fn version(&self) -> String {
+        lock(&self.shared.current).version.to_string()
+    }
+
+    /// Whether decisions of the policy now in force may be memoized.
+    pub fn is_memoized(&self) -> bool {
+        lock(&self.shared.current).memo_fields.is_some()
+    }
+
+    /// Decide, and emit one audit event for the decision.
+    pub fn decide(&self, input: &PolicyInput) -> Decision {
+        let decision = self.evaluate(input);
+        crate::audit::policy_decision(input, &decision);
+        decision
+    }
+
+    /// Decide without an audit event: for listings (filtered per item, one
+    /// event per listing) and offline tools such as a permission matrix.
+    pub fn evaluate(&self, input: &PolicyInput) -> Decision {
+        let start = Instant::now();
+        let generation = self.shared.generation.load(Ordering::Acquire);
+        let result = WORKERS.try_with(|cell| match cell.try_borrow_mut() {
+            Ok(mut workers) => {
+                let worker = self.worker(&mut workers, generation);
+                worker.decide(input)
+            }
+            // Re-entered on this thread (a tracing subscriber that decides?):
+            // use a one-off worker rather than fail.
+            Err(_) => Worker::new(self.shared.id, self.current()).decide(input),
+        });
+        let (outcome, version, cached) = result.unwrap_or_else(|_| {
+            // Thread-local storage is being torn down: one-off worker.
+            Worker::new(self.shared.id, self.current()).decide(input)
+        });
+        Decision {
+            outcome,
+            policy_version: version,
+            duration: start.elapsed(),
+            cached,
+        }
+    }
+
+    fn current(&self) -> Arc<Loaded> {
+        lock(&self.shared.current).clone()
+    }
+
+    fn worker<'w>(&self, workers: &'w mut Vec<Worker>, generation: u64) -> &'w mut Worker {
+        let id = self.shared.id;
+        let index = match workers.iter().position(|w| w.engine_id == id) {
+            Some(i) => i,
+            None => {
+                if workers.len() >= WORKERS_PER_THREAD {
+                    workers.remove(0);
+                }
+                workers.push(Worker::new(id, self.current()));
+                workers.len() - 1
+            }
+        };
+        let worker = &mut workers[index];
+        if worker.loaded.generation < generation {
+            *worker = Worker::new(id, self.current());
+        }
+        worker
+    }
+
+    /// Read the sources again and, if they changed, compile and
+    /// smoke-evaluate the new policy, then swap it in atomically. On any
+    /// error the policy in force keeps serving, an error event is emitted on
+    /// the audit target, and the error is returned.
+    ///
+    /// Returns the version in force afterwards.
+    ///
+    /// # Errors
+    ///
+    /// As [`PolicyEngineBuilder::build`].
+    pub fn reload(&self) -> Result<String, ConfigError> {
+        let _one_at_a_time = lock(&self.shared.reload);
+        let previous = self.current();
+        let result = self.shared.sources.load().and_then(|bundle| {
+            if bundle.version(&rules(&self.shared.options)) == *previous.version {
+                return Ok(None);
+            }
+            compile(&bundle, &self.shared.options, previous.generation + 1).map(Some)
+        });
+        match result {
+            Ok(None) => Ok(previous.version.to_string()),
+            Ok(Some(loaded)) => {
+                let version = loaded.version.to_string();
+                let generation = loaded.generation;
+                *lock(&self.shared.current) = Arc::new(loaded);
+                self.shared.generation.store(generation, Ordering::Release);
+                crate::audit::policy_reloaded(&previous.version, &version);
+                Ok(version)
+            }
+            Err(error) => {
+                crate::audit::policy_reload_failed(&previous.version, &error);
+                Err(error)
+            }
+        }
+    }
+
+    /// Reload every `period` (see [`reload`](Self::reload); unchanged
+    /// sources cost one read and one hash). The task ends when every clone
+    /// of this engine is dropped. Must be called within a Tokio runtime.
+    pub fn spawn_reload_every(&self, period: Duration) -> tokio::task::JoinHandle<()> {
+        let weak: Weak<Shared> = Arc::downgrade(&self.shared);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(period);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                let Some(shared) = weak.upgrade() else { return };
+                let engine = PolicyEngine { shared };
+                // Compiling is CPU work: keep it off the async workers. The
+                // outcome is already reported by `reload`.
+                let _ = tokio::task::spawn_blocking(move || engine.reload()).await;
+            }
+        })
+    }
+}
+
+fn rules(options: &Options) -> Vec<&str> {
+    let mut rules = vec![options.entrypoint.as_str()];
+    rules.extend(options.reasons_rule.as_deref());
+    rules.extend(options.required_scopes_rule.as_deref());
+    rules
+}
+
+fn add_module(
+    engine: &mut regorus::Engine,
+    name: &str,
+    text: &str,
+    version: RegoVersion,
+) -> Result<String, ConfigError> {
+    let mut attempt = |v0: bool| {
+        engine.set_rego_v0(v0);
+        engine.add_policy(name.to_owned(), text.to_owned())
+    };
+    let result = match version {
+        RegoVersion::V1 => attempt(false),
+        RegoVersion::V0 => attempt(true),
+        RegoVersion::Auto => attempt(false).or_else(|v1_error| attempt(true).map_err(|_| v1_error)),
+    };
+    result.map_err(|e| ConfigError::PolicyCompile {
+        module: name.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// Whether some module declares `rule` (a full path such as `data.a.b.c`).
+fn declared(engine: &regorus::Engine, packages: &[(String, String)], rule: &str) -> bool {
+    packages.iter().any(|(module, package)| {
+        rule.strip_prefix(package.as_str())
+            .and_then(|rest| rest.strip_prefix('.'))
+            .is_some_and(|root| engine.has_declared_rule_rooted_at(module, root).unwrap_or(false))
+    })
+}
+
+fn compile(bundle: &Bundle, options: &Options, generation: u64) -> Result<Loaded, ConfigError> {
+    let mut engine = regorus::Engine::new();
+    let mut packages = Vec::with_capacity(bundle.modules.len());
+    for (name, text) in &bundle.modules {
+        let package = add_module(&mut engine, name, text, options.rego_version)?;
+        packages.push((name.clone(), package));
+    }
+    for (name, value) in &bundle.data {
+        if !value.is_object() {
+            return Err(ConfigError::PolicyData {
+                document: name.clone(),
+                message: "a data document must be a JSON object".to_owned(),
+            });
+        }
+        engine
+            .add_data(regorus::Value::from(value.clone()))
+            .map_err(|e| ConfigError::PolicyData {
+                document: name.clone(),
+                message: e.to_string(),
+            })?;
+    }
+    if !declared(&engine, &packages, &options.entrypoint) {
+        return Err(ConfigError::PolicyEntrypoint {
+            entrypoint: options.entrypoint.clone(),
+        });
+    }
+    let optional = |rule: &Option<String>| rule.as_ref().filter(|r| declared(&engine, &packages, r)).cloned();
+    let reasons_rule = optional(&options.reasons_rule);
+    let required_scopes_rule = optional(&options.required_scopes_rule);
+
+    let whole = |e: &dyn std::fmt::Display| ConfigError::PolicyCompile {
+        module: "(policy)".to_owned(),
+        message: e.to_string(),
+    };
+    let entry: regorus::Rc<str> = options.entrypoint.as_str().into();
+    let compiled = engine.compile_with_entrypoint(&entry).map_err(|e| whole(&e))?;
+    let mut entrypoints = vec![options.entrypoint.as_str()];
+    entrypoints.extend(reasons_rule.as_deref());
+    entrypoints.extend(required_scopes_rule.as_deref());
+    let program = regorus::languages::rego::compiler::Compiler::compile_from_policy(&compiled, &entrypoints)
+        .map_err(|e| whole(&e))?;
+
+    let memo_fields = if options.memoize && options.memo_capacity > 0 {
+        match analysis::scan(bundle.modules.iter().map(|(_, t)| t.as_str())) {
+            InputUse::Fields(fields) => Some(fields),
+            InputUse::Opaque(why) => {
+                tracing::debug!(why, "policy decisions are not memoized");
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    let loaded = Loaded {
+        generation,
+        version: bundle.version(&rules(options)).into(),
+        program,
+        data: engine.get_data(),
+        entrypoint: options.entrypoint.clone(),
+        reasons_rule,
+        required_scopes_rule,
+        memo_fields,
+        memo_capacity: options.memo_capacity,
+        max_instructions: options.max_instructions,
+    };
+    smoke(&loaded)?;
+    Ok(loaded)
+}
+
+/// Evaluate once with a caller who has nothing: it must not err and must
+/// yield a boolean (or be undefined, which denies).
+fn smoke(loaded: &Loaded) -> Result<(), ConfigError> {
+    let nobody = Principal::unverified("urn:rmcp-guard:smoke", "smoke-test").build();
+    let input = PolicyInput::new(&nobody, super::input::ACTION_CALL_TOOL, "smoke-test");
+    let mut vm = new_vm(loaded).map_err(|e| ConfigError::PolicySmoke { message: e.to_string() })?;
+    vm.set_input(regorus::Value::from(input.to_json()));
+    match vm.execute_entry_point_by_name(&loaded.entrypoint) {
+        Ok(regorus::Value::Bool(_) | regorus::Value::Undefined) => Ok(()),
+        Ok(other) => Err(ConfigError::PolicySmoke {
+            message: format!("{} is not a boolean: {other}", loaded.entrypoint),
+        }),
+        Err(e) => Err(ConfigError::PolicySmoke { message: e.to_string() }),
+    }
+}
+
+fn new_vm(loaded: &Loaded) -> Result<RegoVM, regorus::rvm::vm::VmError> {
+    let mut vm = RegoVM::new();
+    vm.load_program(loaded.program.clone());
+    vm.set_max_instructions(loaded.max_instructions);
+    vm.set_data(loaded.data.clone())?;
+    Ok(vm)
+}
+
+thread_local! {
+    static WORKERS: RefCell<Vec<Worker>> = const { RefCell::new(Vec::new()) };
+}
+
+/// One thread's evaluation state for one engine.
+struct Worker {
+    engine_id: u64,
+    loaded: Arc<Loaded>,
+    /// `None` when the VM could not be set up (data rejected): deny.
+    vm: Option<RegoVM>,
+    memo: HashMap<Box<[u8]>, Arc<Outcome>>,
+    key: Vec<u8>,
+}
+
+impl Worker {
+    fn new(engine_id: u64, loaded: Arc<Loaded>) -> Self {
+        let vm = match new_vm(&loaded) {
+            Ok(vm) => Some(vm),
+            Err(error) => {
+                tracing::error!(%error, "policy VM setup failed; denying");
+                None
+            }
+        };
+        Self {
+            engine_id,
+            loaded,
+            vm,
+            memo: HashMap::new(),
+            key: Vec::new(),
+        }
+    }
+
+    fn decide(&mut self, input: &PolicyInput) -> (Arc<Outcome>, Arc<str>, bool) {
+        let version = self.loaded.version.clone();
+        if let Some(fields) = &self.loaded.memo_fields {
+            self.key.clear();
+            for field in fields {
+                input.write_key_field(field, &mut self.key);
+            }
+            if let Some(hit) = self.memo.get(self.key.as_slice()) {
+                return (hit.clone(), version, true);
+            }
+        }
+        let outcome = Arc::new(self.run(input));
+        if self.loaded.memo_fields.is_some() && !outcome.fault {
+            if self.memo.len() >= self.loaded.memo_capacity {
+                self.memo.clear();
+            }
+            self.memo.insert(self.key.clone().into_boxed_slice(), outcome.clone());
+        }
+        (outcome, version, false)
+    }
+
+    fn run(&mut self, input: &PolicyInput) -> Outcome {
+        let Some(vm) = self.vm.as_mut() else {
+            return Outcome::deny(reason::EVAL_ERROR, true);
+        };
+        let loaded = &self.loaded;
+        vm.set_input(regorus::Value::from(input.to_json()));
+        let allowed = match vm.execute_entry_point_by_name(&loaded.entrypoint) {
+            Ok(regorus::Value::Bool(b)) => b,
+            Ok(regorus::Value::Undefined) => return Outcome::deny(reason::UNDEFINED, true),
+            Ok(_) => return Outcome::deny(reason::NOT_BOOLEAN, true),
+            Err(error) => {
+                tracing::warn!(
+                    %error,
+                    policy_version = %loaded.version,
+                    action = input.action(),
+                    resource = input.resource(),
+                    "policy evaluation failed; denying"
+                );
+                return Outcome::deny(reason::EVAL_ERROR, true);
+            }
+        };
+        if allowed {
+            return Outcome {
+                allowed,
+                reasons: Vec::new(),
+                required_scopes: Vec::new(),
+                fault: false,
+            };
+        }
+        let mut strings = |rule: &Option<String>| -> Vec<String> {
+            let Some(rule) = rule else { return Vec::new() };
+            match vm.execute_entry_point_by_name(rule) {
+                Ok(value) => string_list(&value),
+                Err(error) => {
+                    tracing::debug!(%error, rule, "policy explanation rule failed");
+                    Vec::new()
+                }
+            }
+        };
+        let mut reasons = strings(&loaded.reasons_rule);
+        let required_scopes = strings(&loaded.required_scopes_rule);
+        if reasons.is_empty() {
+            reasons.push(reason::DENIED.to_owned());
+        }
+        Outcome {
+            allowed: false,
+            reasons,
+            required_scopes,
+            fault: false,
+        }
+    }
+}
+
+/// The strings of a set or array (sorted, deduplicated); nothing otherwise.
+fn string_list(value: &regorus::Value) -> Vec<String> {
+    let mut out: Vec<String> = match value {
+        regorus::Value::Set(items) => items
+            .iter()
+            .filter_map(|v| v.as_string().ok().map(|s| s.to_string()))
+            .collect(),
+        regorus::Value::Array(items) => items
+            .iter()
+            .filter_map(|v| v.as_string().ok().map(|s| s.to_string()))
+            .collect(),
+        regorus::Value::String(s) => vec![s.to_string()],
+        _ => Vec::new(),
+    };
+    out.sort();
+    out.dedup();
+    out
+}
