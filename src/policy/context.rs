@@ -1,0 +1,163 @@
+//! The authorization context of the request being handled, for checks made
+//! from inside a tool body (`#[require_permission]`).
+//!
+//! [`Guarded`](super::Guarded) runs the inner handler's `call_tool`,
+//! `read_resource` and `get_prompt` inside a Tokio task-local scope holding
+//! the engine, the principal and the request's arguments. A tool (or the
+//! code `#[require_permission]` generates) calls [`require_permission`]
+//! without any change to its signature. Outside such a scope (a handler not
+//! wrapped in `Guarded`, or work moved to another task with `tokio::spawn`)
+//! there is no context and every check **denies**.
+
+use std::future::Future;
+
+use rmcp::ErrorData;
+use serde_json::Value;
+
+use super::decision::{Decision, reason};
+use super::engine::PolicyEngine;
+use super::input::PolicyInput;
+use crate::Principal;
+
+/// The JSON-RPC error code of a policy denial.
+///
+/// JSON-RPC leaves -32000..-32099 to implementations; MCP defines no
+/// "forbidden" code. The error's `data` is `{"error": "forbidden"}`, or
+/// `{"error": "insufficient_scope", "scope": "<space-separated scopes>"}`
+/// when the policy said which scopes would grant the request, so a
+/// transport layer can answer HTTP 403 with a step-up challenge.
+pub const PERMISSION_DENIED: rmcp::model::ErrorCode = rmcp::model::ErrorCode(-32003);
+
+/// The JSON-RPC error for a denial: a short message that names neither the
+/// policy's reasons nor whether the target exists.
+pub fn denial_error(decision: &Decision) -> ErrorData {
+    let data = if decision.required_scopes().is_empty() {
+        serde_json::json!({ "error": "forbidden" })
+    } else {
+        serde_json::json!({
+            "error": "insufficient_scope",
+            "scope": decision.required_scopes().join(" "),
+        })
+    };
+    ErrorData::new(PERMISSION_DENIED, "permission denied", Some(data))
+}
+
+/// What a check inside a request needs: who asks, and which policy answers.
+#[derive(Debug, Clone)]
+pub(crate) struct AuthzContext {
+    pub(crate) engine: PolicyEngine,
+    pub(crate) principal: Principal,
+    pub(crate) session_id: Option<String>,
+    /// The arguments of the tool call or prompt being handled.
+    pub(crate) arguments: Option<Value>,
+}
+
+tokio::task_local! {
+    static CONTEXT: AuthzContext;
+}
+
+/// Run `future` with `context` as the current authorization context.
+pub(crate) async fn scope<F: Future>(context: AuthzContext, future: F) -> F::Output {
+    CONTEXT.scope(context, future).await
+}
+
+/// The principal of the request being handled, when inside a
+/// [`Guarded`](super::Guarded) handler's tool, resource or prompt handler.
+pub fn current_principal() -> Option<Principal> {
+    CONTEXT.try_with(|c| c.principal.clone()).ok()
+}
+
+/// Decide whether the current caller may perform `action` on `resource`,
+/// and emit one audit event.
+///
+/// This is what `#[require_permission(resource = "...", action = "...")]`
+/// calls before the tool body. The policy sees `input.action = action`,
+/// `input.resource = resource` and `input.arguments = arguments`, or, when
+/// `arguments` is `None`, the arguments of the tool call being handled.
+///
+/// # Errors
+///
+/// A JSON-RPC error with code [`PERMISSION_DENIED`] when the policy denies,
+/// and also when there is no authorization context (fail closed): the
+/// handler is not wrapped in [`Guarded`](super::Guarded), or the check runs
+/// in a task spawned away from the request.
+pub async fn require_permission(
+    resource: &str,
+    action: &str,
+    arguments: Option<&Value>,
+) -> Result<(), ErrorData> {
+    let decision = CONTEXT.try_with(|c| {
+        let mut input = PolicyInput::new(&c.principal, action, resource);
+        if let Some(args) = arguments.or(c.arguments.as_ref()) {
+            input = input.with_arguments(args.clone());
+        }
+        if let Some(session) = &c.session_id {
+            input = input.with_session_id(session.clone());
+        }
+        c.engine.decide(&input)
+    });
+    match decision {
+        Ok(d) if d.allowed() => Ok(()),
+        Ok(d) => Err(denial_error(&d)),
+        Err(_) => {
+            crate::audit::policy_denied_unauthenticated(action, resource, reason::NO_CONTEXT);
+            Err(denial_error(&Decision::deny_without_policy(
+                reason::NO_CONTEXT,
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn no_context_denies() {
+        let err = require_permission("github", "read", None).await.unwrap_err();
+        assert_eq!(err.code, PERMISSION_DENIED);
+        assert!(current_principal().is_none());
+    }
+
+    #[tokio::test]
+    async fn context_decides_with_the_call_arguments() {
+        let engine = PolicyEngine::builder()
+            .module(
+                "p.rego",
+                "package mcp.authz\nallow if { input.action == \"write\"; input.arguments.n < 10 }",
+            )
+            .build()
+            .unwrap();
+        let who = Principal::unverified("i", "alice").build();
+        let ctx = |n: i64| AuthzContext {
+            engine: engine.clone(),
+            principal: who.clone(),
+            session_id: None,
+            arguments: Some(serde_json::json!({ "n": n })),
+        };
+        let ok = scope(ctx(1), async {
+            assert_eq!(current_principal().unwrap().subject(), "alice");
+            require_permission("x", "write", None).await
+        })
+        .await;
+        assert!(ok.is_ok());
+        let denied = scope(ctx(50), require_permission("x", "write", None)).await;
+        assert_eq!(denied.unwrap_err().code, PERMISSION_DENIED);
+        let explicit = serde_json::json!({ "n": 2 });
+        let ok = scope(ctx(50), require_permission("x", "write", Some(&explicit))).await;
+        assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn denial_error_names_scopes_only() {
+        let engine = PolicyEngine::default_policy("mcp:tools").unwrap();
+        let who = Principal::unverified("i", "s").build();
+        let d = engine.evaluate(&PolicyInput::new(&who, "tools/call", "secret_tool"));
+        let e = denial_error(&d);
+        assert_eq!(e.message, "permission denied");
+        let data = e.data.unwrap();
+        assert_eq!(data["error"], "insufficient_scope");
+        assert_eq!(data["scope"], "mcp:tools");
+        assert!(!data.to_string().contains("secret_tool"));
+    }
+}

@@ -1,0 +1,566 @@
+//! Enforcement: [`Guarded`] wraps any rmcp [`ServerHandler`] and asks the
+//! policy before the inner handler runs.
+//!
+//! # Why a handler wrapper covers every path
+//!
+//! rmcp implements its `Service<RoleServer>` once, for every `H:
+//! ServerHandler` (`rmcp/src/handler/server.rs`), by matching each decoded
+//! `ClientRequest` / `ClientNotification` variant to exactly one
+//! `ServerHandler` method. A request reaches a tool only through
+//! `call_tool`, a resource only through `read_resource` (and `subscribe`,
+//! `listen`, `skills/*`, `resources/directory/read`), a prompt only through
+//! `get_prompt`. `Guarded<H>` is itself a `ServerHandler` and implements
+//! **every** method of the trait explicitly (none falls back to a default
+//! that would bypass the wrapper or hide the inner handler), so:
+//!
+//! * `tools/call`, `resources/read`, `prompts/get`, `resources/subscribe`,
+//!   `skills/get`, `resources/directory/read` and `completion/complete` (on
+//!   the prompt or resource it refers to) are decided before the inner
+//!   handler runs; a denial is a JSON-RPC error ([`PERMISSION_DENIED`],
+//!   "permission denied"), never a successful tool result.
+//! * `tools/list`, `resources/list`, `resources/templates/list`,
+//!   `prompts/list` and `skills/list` are decided as a listing, then filtered
+//!   to the items the caller may use (each tool by its `tools/call`
+//!   decision, each resource by `resources/read` on its URI or URI template,
+//!   each prompt by `prompts/get`).
+//! * Unknown methods arrive as `CustomRequest` in `on_custom_request` and are
+//!   decided with `input.action` = the method name and an empty resource;
+//!   unknown notifications (`on_custom_notification`) likewise, and are
+//!   dropped when denied (a notification has no answer).
+//! * `tasks/*` need an authenticated caller; a task only exists because an
+//!   allowed `tools/call` created it.
+//! * Lifecycle methods (`initialize`, `ping`, `discover`, `logging/setLevel`,
+//!   `notifications/initialized`, `cancelled`, `progress`,
+//!   `roots/list_changed`) are forwarded: they reach no tool or data.
+//! * JSON-RPC batches: rmcp 3.11's `JsonRpcMessage` has no batch variant, so
+//!   a batch body fails to decode in the transport and never reaches a
+//!   handler; each message of a session is dispatched on its own and passes
+//!   through the methods above. Malformed bodies likewise never reach it.
+//! * No principal in the request (the bearer layer is missing or bypassed)
+//!   denies everything that is decided, with reason `no_principal`.
+//!
+//! The principal is read from the `http::request::Parts` that rmcp's
+//! streamable HTTP transport copies into each request's extensions (where
+//! the bearer layer put it), or from a `Principal` inserted directly into the
+//! rmcp extensions by a custom transport.
+//!
+//! An HTTP layer that reads JSON-RPC bodies could decide too, but it would
+//! duplicate rmcp's parser (and its edge cases); this wrapper decides on the
+//! values the handler will actually receive. The bearer layer can turn a
+//! denial whose `data.error` is `insufficient_scope` into an HTTP 403
+//! step-up challenge.
+//!
+//! ```
+//! # fn main() -> Result<(), rmcp_guard::ConfigError> {
+//! use rmcp::ServerHandler;
+//! use rmcp_guard::policy::{Guarded, PolicyEngine};
+//!
+//! #[derive(Clone)]
+//! struct MyServer;
+//! impl ServerHandler for MyServer {}
+//!
+//! let engine = PolicyEngine::rbac_example()?;
+//! let guarded = Guarded::new(MyServer, engine);
+//! # let _ = guarded;
+//! # Ok(()) }
+//! ```
+
+use std::borrow::Cow;
+
+use rmcp::model::*;
+use rmcp::service::{NotificationContext, RequestContext, RoleServer, SubscriptionContext};
+use rmcp::{ErrorData, ServerHandler};
+use serde_json::Value;
+
+use super::context::{self, AuthzContext, denial_error};
+#[cfg(doc)]
+use super::context::PERMISSION_DENIED;
+use super::decision::{Decision, reason};
+use super::engine::PolicyEngine;
+use super::input::{self as actions, PolicyInput};
+use crate::Principal;
+
+/// An rmcp [`ServerHandler`] that asks a [`PolicyEngine`] before `H` runs;
+/// see the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct Guarded<H> {
+    inner: H,
+    engine: PolicyEngine,
+}
+
+impl<H> Guarded<H> {
+    /// Wrap `inner`; every decision is made by `engine`.
+    pub fn new(inner: H, engine: PolicyEngine) -> Self {
+        Self { inner, engine }
+    }
+
+    /// The wrapped handler.
+    pub fn get_ref(&self) -> &H {
+        &self.inner
+    }
+
+    /// The wrapped handler, mutably.
+    pub fn get_mut(&mut self) -> &mut H {
+        &mut self.inner
+    }
+
+    /// Unwrap.
+    pub fn into_inner(self) -> H {
+        self.inner
+    }
+
+    /// The policy engine.
+    pub fn engine(&self) -> &PolicyEngine {
+        &self.engine
+    }
+}
+
+/// The authenticated caller of a request and its session.
+struct Caller {
+    principal: Principal,
+    session_id: Option<String>,
+}
+
+fn caller(extensions: &Extensions) -> Option<Caller> {
+    let parts = extensions.get::<http::request::Parts>();
+    let principal = parts
+        .and_then(|p| p.extensions.get::<Principal>())
+        .or_else(|| extensions.get::<Principal>())?
+        .clone();
+    let session_id = parts
+        .and_then(|p| p.headers.get("mcp-session-id"))
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    Some(Caller {
+        principal,
+        session_id,
+    })
+}
+
+fn no_principal(action: &str, resource: &str) -> ErrorData {
+    crate::audit::policy_denied_unauthenticated(action, resource, reason::NO_PRINCIPAL);
+    denial_error(&Decision::deny_without_policy(reason::NO_PRINCIPAL))
+}
+
+fn input(caller: &Caller, action: &str, resource: &str, arguments: Option<&Value>) -> PolicyInput {
+    let mut input = PolicyInput::new(&caller.principal, action, resource);
+    if let Some(arguments) = arguments {
+        input = input.with_arguments(arguments.clone());
+    }
+    if let Some(session) = &caller.session_id {
+        input = input.with_session_id(session.clone());
+    }
+    input
+}
+
+impl<H> Guarded<H> {
+    /// Decide (with an audit event); on allow, the context for the handler.
+    fn authorize(
+        &self,
+        extensions: &Extensions,
+        action: &str,
+        resource: &str,
+        arguments: Option<Value>,
+    ) -> Result<AuthzContext, ErrorData> {
+        let Some(caller) = caller(extensions) else {
+            return Err(no_principal(action, resource));
+        };
+        let decision = self
+            .engine
+            .decide(&input(&caller, action, resource, arguments.as_ref()));
+        if !decision.allowed() {
+            return Err(denial_error(&decision));
+        }
+        Ok(AuthzContext {
+            engine: self.engine.clone(),
+            principal: caller.principal,
+            session_id: caller.session_id,
+            arguments,
+        })
+    }
+
+    /// Decide a listing (audited); on allow, a per-item filter (not audited
+    /// per item: one event per listing).
+    fn lister(
+        &self,
+        extensions: &Extensions,
+        list_action: &str,
+        item_action: &'static str,
+    ) -> Result<impl Fn(&str) -> bool + '_, ErrorData> {
+        let ctx = self.authorize(extensions, list_action, "", None)?;
+        let caller = Caller {
+            principal: ctx.principal,
+            session_id: ctx.session_id,
+        };
+        Ok(move |resource: &str| {
+            self.engine
+                .evaluate(&input(&caller, item_action, resource, None))
+                .allowed()
+        })
+    }
+}
+
+fn object(arguments: Option<JsonObject>) -> Option<Value> {
+    arguments.map(Value::Object)
+}
+
+#[allow(deprecated)] // `subscribe`/`unsubscribe` are legacy but still routed.
+impl<H: ServerHandler> ServerHandler for Guarded<H> {
+    async fn ping(&self, context: RequestContext<RoleServer>) -> Result<(), ErrorData> {
+        self.inner.ping(context).await
+    }
+
+    async fn initialize(
+        &self,
+        request: InitializeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<InitializeResult, ErrorData> {
+        self.inner.initialize(request, context).await
+    }
+
+    fn negotiate_initialize(
+        &self,
+        request: &InitializeRequestParams,
+    ) -> Result<InitializeResult, ErrorData> {
+        self.inner.negotiate_initialize(request)
+    }
+
+    fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {
+        self.inner.supported_protocol_versions()
+    }
+
+    async fn discover(
+        &self,
+        context: RequestContext<RoleServer>,
+    ) -> Result<DiscoverResult, ErrorData> {
+        self.inner.discover(context).await
+    }
+
+    async fn complete(
+        &self,
+        request: CompleteRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, ErrorData> {
+        // Completing an argument of a prompt or resource needs the right to use it.
+        let (action, resource) = match &request.r#ref {
+            Reference::Prompt(p) => (actions::ACTION_GET_PROMPT, p.name.clone()),
+            Reference::Resource(r) => (actions::ACTION_READ_RESOURCE, r.uri.clone()),
+            #[allow(unreachable_patterns)] // `Reference` is non-exhaustive.
+            _ => ("completion/complete", String::new()),
+        };
+        self.authorize(&context.extensions, action, &resource, None)?;
+        self.inner.complete(request, context).await
+    }
+
+    async fn set_level(
+        &self,
+        request: SetLevelRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.inner.set_level(request, context).await
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        let ctx = self.authorize(
+            &context.extensions,
+            actions::ACTION_GET_PROMPT,
+            &request.name,
+            object(request.arguments.clone()),
+        )?;
+        context::scope(ctx, self.inner.get_prompt(request, context)).await
+    }
+
+    async fn list_prompts(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, ErrorData> {
+        let may = self.lister(
+            &context.extensions,
+            actions::ACTION_LIST_PROMPTS,
+            actions::ACTION_GET_PROMPT,
+        )?;
+        let mut result = self.inner.list_prompts(request, context).await?;
+        result.prompts.retain(|p| may(&p.name));
+        Ok(result)
+    }
+
+    async fn list_resources(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        let may = self.lister(
+            &context.extensions,
+            actions::ACTION_LIST_RESOURCES,
+            actions::ACTION_READ_RESOURCE,
+        )?;
+        let mut result = self.inner.list_resources(request, context).await?;
+        result.resources.retain(|r| may(&r.uri));
+        Ok(result)
+    }
+
+    async fn list_resource_templates(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        let may = self.lister(
+            &context.extensions,
+            actions::ACTION_LIST_RESOURCE_TEMPLATES,
+            actions::ACTION_READ_RESOURCE,
+        )?;
+        let mut result = self.inner.list_resource_templates(request, context).await?;
+        result.resource_templates.retain(|t| may(&t.uri_template));
+        Ok(result)
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let ctx = self.authorize(
+            &context.extensions,
+            actions::ACTION_READ_RESOURCE,
+            &request.uri,
+            None,
+        )?;
+        context::scope(ctx, self.inner.read_resource(request, context)).await
+    }
+
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        self.inner.accepted_subscription_filter(requested)
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        // Notifications about a resource need the right to read it.
+        let extensions = &context.request_context().extensions;
+        let uris = context
+            .accepted()
+            .resource_subscriptions
+            .iter()
+            .flatten()
+            .chain(context.requested().resource_subscriptions.iter().flatten());
+        let mut checked = false;
+        for uri in uris {
+            self.authorize(extensions, actions::ACTION_READ_RESOURCE, uri, None)?;
+            checked = true;
+        }
+        if !checked && caller(extensions).is_none() {
+            return Err(no_principal("subscriptions/listen", ""));
+        }
+        self.inner.listen(context).await
+    }
+
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.authorize(
+            &context.extensions,
+            actions::ACTION_READ_RESOURCE,
+            &request.uri,
+            None,
+        )?;
+        self.inner.subscribe(request, context).await
+    }
+
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.inner.unsubscribe(request, context).await
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let ctx = self.authorize(
+            &context.extensions,
+            actions::ACTION_CALL_TOOL,
+            &request.name,
+            object(request.arguments.clone()),
+        )?;
+        context::scope(ctx, self.inner.call_tool(request, context)).await
+    }
+
+    async fn list_tools(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let may = self.lister(
+            &context.extensions,
+            actions::ACTION_LIST_TOOLS,
+            actions::ACTION_CALL_TOOL,
+        )?;
+        let mut result = self.inner.list_tools(request, context).await?;
+        result.tools.retain(|t| may(&t.name));
+        Ok(result)
+    }
+
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        self.inner.get_tool(name)
+    }
+
+    async fn on_custom_request(
+        &self,
+        request: CustomRequest,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CustomResult, ErrorData> {
+        let ctx = self.authorize(
+            &context.extensions,
+            &request.method,
+            "",
+            request.params.clone(),
+        )?;
+        context::scope(ctx, self.inner.on_custom_request(request, context)).await
+    }
+
+    async fn on_cancelled(
+        &self,
+        notification: CancelledNotificationParam,
+        context: NotificationContext<RoleServer>,
+    ) {
+        self.inner.on_cancelled(notification, context).await
+    }
+
+    async fn on_progress(
+        &self,
+        notification: ProgressNotificationParam,
+        context: NotificationContext<RoleServer>,
+    ) {
+        self.inner.on_progress(notification, context).await
+    }
+
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        self.inner.on_initialized(context).await
+    }
+
+    async fn on_roots_list_changed(&self, context: NotificationContext<RoleServer>) {
+        self.inner.on_roots_list_changed(context).await
+    }
+
+    async fn on_custom_notification(
+        &self,
+        notification: CustomNotification,
+        context: NotificationContext<RoleServer>,
+    ) {
+        match self.authorize(
+            &context.extensions,
+            &notification.method,
+            "",
+            notification.params.clone(),
+        ) {
+            Ok(ctx) => {
+                context::scope(ctx, self.inner.on_custom_notification(notification, context))
+                    .await
+            }
+            // A notification has no answer: drop it (the decision is audited).
+            Err(_) => {}
+        }
+    }
+
+    fn get_info(&self) -> ServerConfig {
+        self.inner.get_info()
+    }
+
+    async fn get_task(
+        &self,
+        request: GetTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetTaskResult, ErrorData> {
+        if caller(&context.extensions).is_none() {
+            return Err(no_principal("tasks/get", ""));
+        }
+        self.inner.get_task(request, context).await
+    }
+
+    async fn update_task(
+        &self,
+        request: UpdateTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        if caller(&context.extensions).is_none() {
+            return Err(no_principal("tasks/update", ""));
+        }
+        self.inner.update_task(request, context).await
+    }
+
+    async fn cancel_task(
+        &self,
+        request: CancelTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        if caller(&context.extensions).is_none() {
+            return Err(no_principal("tasks/cancel", ""));
+        }
+        self.inner.cancel_task(request, context).await
+    }
+
+    async fn list_skills(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListSkillsResult, ErrorData> {
+        let may = self.lister(
+            &context.extensions,
+            "skills/list",
+            actions::ACTION_READ_RESOURCE,
+        )?;
+        let mut result = self.inner.list_skills(request, context).await?;
+        result.skills.retain(|s| may(&s.uri));
+        Ok(result)
+    }
+
+    async fn get_skill(
+        &self,
+        request: GetSkillRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetSkillResult, ErrorData> {
+        let ctx = self.authorize(
+            &context.extensions,
+            actions::ACTION_READ_RESOURCE,
+            &request.uri,
+            None,
+        )?;
+        context::scope(ctx, self.inner.get_skill(request, context)).await
+    }
+
+    async fn read_resource_directory(
+        &self,
+        request: ReadResourceDirectoryRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceDirectoryResult, ErrorData> {
+        let ctx = self.authorize(
+            &context.extensions,
+            actions::ACTION_READ_RESOURCE,
+            &request.uri,
+            None,
+        )?;
+        let caller = Caller {
+            principal: ctx.principal.clone(),
+            session_id: ctx.session_id.clone(),
+        };
+        let mut result =
+            context::scope(ctx, self.inner.read_resource_directory(request, context)).await?;
+        result.resources.retain(|r| {
+            self.engine
+                .evaluate(&input(&caller, actions::ACTION_READ_RESOURCE, &r.uri, None))
+                .allowed()
+        });
+        Ok(result)
+    }
+}
