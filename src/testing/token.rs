@@ -34,6 +34,7 @@ fn now() -> u64 {
 /// Claims and header parameters set through [`TokenBuilder::claim`] and
 /// [`TokenBuilder::header`] are written verbatim, so hostile values (`exp` as
 /// a string, `alg: none`, `crit`, `jku`...) are one call away.
+#[derive(Clone)]
 #[must_use = "a TokenBuilder does nothing until `.sign()` is called"]
 pub struct TokenBuilder<'a> {
     issuer: &'a TestIssuer,
