@@ -22,3 +22,7 @@ pub use error::{AuthError, ConfigError};
 #[cfg(feature = "jwt")]
 pub use oauth::{BearerAuthLayer, Issuer, ResourceServer};
 pub use principal::Principal;
+
+/// Check the policy before a tool body runs; see [`policy::require_permission`].
+#[cfg(feature = "macros")]
+pub use rmcp_guard_macros::require_permission;
