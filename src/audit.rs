@@ -107,6 +107,34 @@ pub(crate) fn secret_access(
 }
 // ---- end credential access ----
 
+// ---- downstream tokens (feature `introspection`); owned by src/oauth/exchange.rs ----
+
+/// One downstream token request (`oauth::exchange`): `event =
+/// "token_exchange"`, with `subject`, `issuer` (empty for client
+/// credentials), `grant` (`token_exchange` or `client_credentials`),
+/// `audience`, `outcome` (`ok` or an `ExchangeError::code`) and `cache`
+/// (`hit`, `miss`, `joined`, `none`). Never a token.
+#[cfg(feature = "introspection")]
+pub(crate) fn token_exchange(
+    principal: Option<&crate::Principal>,
+    grant: &str,
+    audience: &str,
+    outcome: &str,
+    cache: &str,
+) {
+    tracing::info!(
+        target: TARGET,
+        event = "token_exchange",
+        subject = principal.map_or("", |p| p.subject()),
+        issuer = principal.map_or("", |p| p.issuer()),
+        grant,
+        audience,
+        outcome,
+        cache,
+    );
+}
+// ---- end downstream tokens ----
+
 use crate::error::AuthError;
 use crate::principal::Principal;
 

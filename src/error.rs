@@ -73,6 +73,24 @@ pub enum ConfigError {
     #[error("could not build the HTTP client: {0}")]
     HttpClient(String),
 
+    // ---- introspection and token exchange (feature `introspection`) ----
+    /// A client secret file could not be read.
+    #[error("cannot read the client secret file {path}: {source}")]
+    ClientSecretFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why reading failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A client id or client secret is empty.
+    #[error("the OAuth client {0} must not be empty")]
+    EmptyClientCredential(&'static str),
+    /// More than one issuer is configured for token introspection.
+    #[error("at most one introspection issuer can be configured (found {0} and {1})")]
+    MultipleIntrospectionIssuers(String, String),
+    // ---- end introspection ----
+
     // ---- policy (feature `policy`); owned by src/policy/ ----
     /// No Rego module was given to the policy engine.
     #[error("no Rego policy module was loaded")]
@@ -145,6 +163,11 @@ pub enum AuthError {
     /// The issuer's keys cannot be fetched and none are cached: 503.
     #[error("token keys are temporarily unavailable")]
     KeysUnavailable,
+    /// The introspection endpoint did not answer usably (down, timed out,
+    /// refused this server's client credentials, or sent an unreadable
+    /// answer): 503, never allow.
+    #[error("token introspection is temporarily unavailable")]
+    IntrospectionUnavailable,
 }
 
 impl AuthError {
@@ -154,7 +177,7 @@ impl AuthError {
             AuthError::MissingToken | AuthError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             AuthError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             AuthError::InsufficientScope { .. } => StatusCode::FORBIDDEN,
-            AuthError::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            AuthError::KeysUnavailable | AuthError::IntrospectionUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -165,7 +188,7 @@ impl AuthError {
             AuthError::InvalidRequest(_) => Some("invalid_request"),
             AuthError::InvalidToken(_) => Some("invalid_token"),
             AuthError::InsufficientScope { .. } => Some("insufficient_scope"),
-            AuthError::KeysUnavailable => Some("temporarily_unavailable"),
+            AuthError::KeysUnavailable | AuthError::IntrospectionUnavailable => Some("temporarily_unavailable"),
         }
     }
 
@@ -177,6 +200,7 @@ impl AuthError {
             AuthError::InvalidToken(r) => r.code(),
             AuthError::InsufficientScope { .. } => "insufficient_scope",
             AuthError::KeysUnavailable => "keys_unavailable",
+            AuthError::IntrospectionUnavailable => "introspection_unavailable",
         }
     }
 }

@@ -89,7 +89,14 @@ impl TokenCache {
 
     /// Remember a verified principal until its `exp` or the TTL.
     pub(crate) fn insert(&self, hash: TokenHash, principal: &Principal, now: u64) {
-        let valid_until = principal.expires_at_unix().min(now.saturating_add(self.ttl));
+        self.insert_for(hash, principal, now, Duration::MAX);
+    }
+
+    /// Like [`insert`](Self::insert), for at most `max_ttl` (a validator with
+    /// a shorter bound of its own, such as introspection).
+    pub(crate) fn insert_for(&self, hash: TokenHash, principal: &Principal, now: u64, max_ttl: Duration) {
+        let ttl = self.ttl.min(max_ttl.as_secs());
+        let valid_until = principal.expires_at_unix().min(now.saturating_add(ttl));
         if self.per_shard == 0 || valid_until <= now {
             return;
         }

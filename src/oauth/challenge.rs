@@ -43,7 +43,7 @@ impl ResourceServer {
         let scope = |scopes: &[String]| (!scopes.is_empty()).then(|| quote(&scopes.join(" ")));
         let mut params: Vec<(&str, String)> = Vec::with_capacity(4);
         match error {
-            AuthError::KeysUnavailable => return None,
+            AuthError::KeysUnavailable | AuthError::IntrospectionUnavailable => return None,
             AuthError::MissingToken => {
                 params.push(("resource_metadata", metadata));
                 if let Some(s) = scope(&self.shared.required_scopes) {
@@ -85,7 +85,7 @@ impl ResourceServer {
         if let Some(value) = self.challenge(error).and_then(|c| HeaderValue::from_str(&c).ok()) {
             headers.insert(header::WWW_AUTHENTICATE, value);
         }
-        if matches!(error, AuthError::KeysUnavailable) {
+        if matches!(error, AuthError::KeysUnavailable | AuthError::IntrospectionUnavailable) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
         response

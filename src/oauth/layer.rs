@@ -103,13 +103,28 @@ impl<S> BearerAuth<S> {
 
 /// What the synchronous first look at a request decided.
 enum Begin {
-    Accept(Principal),
+    Accept(Principal, Inbound),
     Reject(AuthError),
     Verify {
         token: zeroize::Zeroizing<String>,
         hash: TokenHash,
     },
 }
+
+/// The caller's token as kept in the request extensions for downstream token
+/// exchange (feature `introspection`); nothing otherwise.
+#[cfg(feature = "introspection")]
+type Inbound = super::exchange::InboundToken;
+#[cfg(not(feature = "introspection"))]
+type Inbound = ();
+
+#[cfg(feature = "introspection")]
+fn inbound(token: &str) -> Inbound {
+    super::exchange::InboundToken::new(token)
+}
+
+#[cfg(not(feature = "introspection"))]
+fn inbound(_token: &str) -> Inbound {}
 
 fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
@@ -156,7 +171,7 @@ impl ResourceServer {
             Some(principal) => match self.check_scopes(&principal) {
                 Ok(()) => {
                     audit::authn_accepted(&principal, true);
-                    Begin::Accept(principal)
+                    Begin::Accept(principal, inbound(token))
                 }
                 Err(error) => {
                     audit::authn_rejected(
@@ -189,7 +204,7 @@ impl ResourceServer {
     /// Verify a token the cache did not know; remember it when valid.
     async fn finish(&self, token: &str, hash: TokenHash) -> Result<Principal, AuthError> {
         let now = now_unix();
-        let result = jwt::verify(&self.shared, token, now).await;
+        let result = self.validate(token, hash, now).await;
         let principal = match result {
             Ok(principal) => principal,
             Err(Failure {
@@ -202,7 +217,6 @@ impl ResourceServer {
                 return Err(error);
             }
         };
-        self.shared.cache.insert(hash, &principal, now);
         if let Err(error) = self.check_scopes(&principal) {
             audit::authn_rejected(
                 &error,
@@ -216,11 +230,26 @@ impl ResourceServer {
         Ok(principal)
     }
 
+    /// The one validator for this token (see
+    /// [`introspection`](super::introspection) for the rule); a valid
+    /// principal is in the verified-token cache afterwards.
+    async fn validate(&self, token: &str, hash: TokenHash, now: u64) -> Result<Principal, Failure> {
+        #[cfg(feature = "introspection")]
+        if let Some(introspector) = &self.shared.introspection
+            && !super::introspection::is_jwt_issuer_token(&self.shared, token)
+        {
+            return introspector.verify(&self.shared, token, hash, now).await;
+        }
+        let principal = jwt::verify(&self.shared, token, now).await?;
+        self.shared.cache.insert(hash, &principal, now);
+        Ok(principal)
+    }
+
     /// Authenticate a request's headers exactly as [`BearerAuthLayer`] does,
     /// for servers that are not built on tower.
     pub async fn authenticate(&self, headers: &http::HeaderMap, uri: &http::Uri) -> Result<Principal, AuthError> {
         match self.begin(headers, uri) {
-            Begin::Accept(principal) => Ok(principal),
+            Begin::Accept(principal, _) => Ok(principal),
             Begin::Reject(error) => {
                 if !matches!(error, AuthError::InsufficientScope { .. }) {
                     audit::authn_rejected(&error, None, None, None);
@@ -247,8 +276,9 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let state = match self.rs.begin(req.headers(), req.uri()) {
-            Begin::Accept(principal) => {
+            Begin::Accept(principal, token) => {
                 req.extensions_mut().insert(principal);
+                req.extensions_mut().insert(token);
                 State::Inner {
                     future: self.inner.call(req),
                 }
@@ -262,6 +292,8 @@ where
                 }
             }
             Begin::Verify { token, hash } => {
+                // Dropped with the request if the token is refused.
+                req.extensions_mut().insert(inbound(&token));
                 // The ready service goes with the request; a fresh clone stays.
                 let clone = self.inner.clone();
                 let service = std::mem::replace(&mut self.inner, clone);

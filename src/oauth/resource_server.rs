@@ -48,6 +48,11 @@ enum IssuerKeys {
         secret: Arc<zeroize::Zeroizing<Vec<u8>>>,
         alg: Algorithm,
     },
+    #[cfg(feature = "introspection")]
+    Introspection {
+        endpoint: String,
+        auth: super::ClientAuth,
+    },
 }
 
 impl fmt::Debug for Issuer {
@@ -56,6 +61,10 @@ impl fmt::Debug for Issuer {
             IssuerKeys::Discover => "discover".to_owned(),
             IssuerKeys::JwksUri(u) => format!("jwks_uri={u}"),
             IssuerKeys::SharedSecret { alg, .. } => format!("shared secret ({alg:?}, redacted)"),
+            #[cfg(feature = "introspection")]
+            IssuerKeys::Introspection { endpoint, auth } => {
+                format!("introspection={endpoint} as {}", auth.client_id())
+            }
         };
         f.debug_struct("Issuer")
             .field("url", &self.url)
@@ -96,6 +105,28 @@ impl Issuer {
             keys: IssuerKeys::SharedSecret {
                 secret: Arc::new(zeroize::Zeroizing::new(secret.into())),
                 alg,
+            },
+        }
+    }
+
+    /// An issuer whose tokens (typically opaque) are checked by asking its
+    /// RFC 7662 introspection endpoint, authenticating as `client`.
+    ///
+    /// Every token that is not a JWT of another configured issuer goes there;
+    /// see [`introspection`](super::introspection) for the rules, the checks
+    /// and the caches. At most one introspection issuer can be configured.
+    #[cfg(feature = "introspection")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "introspection")))]
+    pub fn introspection(
+        url: impl Into<String>,
+        introspection_endpoint: impl Into<String>,
+        client: super::ClientAuth,
+    ) -> Self {
+        Issuer {
+            url: url.into(),
+            keys: IssuerKeys::Introspection {
+                endpoint: introspection_endpoint.into(),
+                auth: client,
             },
         }
     }
@@ -148,6 +179,8 @@ pub(crate) struct Shared {
     pub(crate) groups_claim: String,
     pub(crate) require_access_token_type: bool,
     pub(crate) cache: TokenCache,
+    #[cfg(feature = "introspection")]
+    pub(crate) introspection: Option<super::introspection::Introspector>,
 }
 
 pub(crate) struct TrustedIssuer {
@@ -177,6 +210,10 @@ pub struct ResourceServerBuilder {
     keys: KeyCacheSettings,
     http_timeout: Duration,
     http_client: Option<reqwest::Client>,
+    #[cfg(feature = "introspection")]
+    introspection_cache_ttl: Duration,
+    #[cfg(feature = "introspection")]
+    introspection_negative_cache_ttl: Duration,
 }
 
 impl ResourceServer {
@@ -205,6 +242,10 @@ impl ResourceServer {
             keys: KeyCacheSettings::default(),
             http_timeout: Duration::from_secs(5),
             http_client: None,
+            #[cfg(feature = "introspection")]
+            introspection_cache_ttl: super::introspection::DEFAULT_CACHE_TTL,
+            #[cfg(feature = "introspection")]
+            introspection_negative_cache_ttl: super::introspection::DEFAULT_NEGATIVE_CACHE_TTL,
         }
     }
 
@@ -235,9 +276,9 @@ impl ResourceServer {
         &self.shared.required_scopes
     }
 
-    /// The trusted issuers, in configuration order.
+    /// The trusted issuers (JWT and introspection), in configuration order.
     pub fn issuers(&self) -> impl Iterator<Item = &str> + '_ {
-        self.shared.issuers.iter().map(|i| i.url.as_str())
+        self.shared.metadata.authorization_servers.iter().map(String::as_str)
     }
 
     /// The tower layer that authenticates every request with this
@@ -356,6 +397,28 @@ impl ResourceServerBuilder {
     /// Defaults to off: `at+jwt`, `JWT` and no `typ` are accepted.
     pub fn require_access_token_type(mut self) -> Self {
         self.require_access_token_type = true;
+        self
+    }
+
+    /// How long an accepted introspection answer is reused at most; never
+    /// past the token's `exp` nor [`token_cache_ttl`](Self::token_cache_ttl).
+    /// Revocation at the provider takes effect within this time; 0 asks the
+    /// provider on every request. Defaults to 60 seconds.
+    #[cfg(feature = "introspection")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "introspection")))]
+    pub fn introspection_cache_ttl(mut self, ttl: Duration) -> Self {
+        self.introspection_cache_ttl = ttl;
+        self
+    }
+
+    /// How long a refused introspection answer (`active: false`, wrong
+    /// audience, expired...) is reused, so that a flood of one bad token is
+    /// not a flood at the provider; at most 5 minutes, 0 disables. Defaults
+    /// to 10 seconds.
+    #[cfg(feature = "introspection")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "introspection")))]
+    pub fn introspection_negative_cache_ttl(mut self, ttl: Duration) -> Self {
+        self.introspection_negative_cache_ttl = ttl;
         self
     }
 
@@ -508,7 +571,17 @@ impl ResourceServerBuilder {
                 .map_err(|e| ConfigError::HttpClient(e.to_string()))?,
         };
 
+        #[cfg(feature = "introspection")]
+        if self.introspection_negative_cache_ttl > Duration::from_secs(300) {
+            return Err(ConfigError::OutOfRange {
+                what: "introspection_negative_cache_ttl",
+                reason: "at most 5 minutes",
+            });
+        }
+        #[cfg(feature = "introspection")]
+        let mut introspection: Option<super::introspection::Introspector> = None;
         let mut seen = HashSet::new();
+        let mut all_issuers = Vec::with_capacity(self.issuers.len());
         let mut issuers = Vec::with_capacity(self.issuers.len());
         for issuer in self.issuers {
             let url = parse_url("issuer", &issuer.url)?;
@@ -522,6 +595,7 @@ impl ResourceServerBuilder {
             if !seen.insert(issuer.url.clone()) {
                 return Err(ConfigError::DuplicateIssuer(issuer.url));
             }
+            all_issuers.push(issuer.url.clone());
             let source = match issuer.keys {
                 IssuerKeys::Discover => KeySource::Discover {
                     candidates: discovery_urls(&url),
@@ -550,6 +624,24 @@ impl ResourceServerBuilder {
                     }
                     KeySource::SharedSecret { secret, alg }
                 }
+                #[cfg(feature = "introspection")]
+                IssuerKeys::Introspection { endpoint, auth } => {
+                    if let Some(first) = &introspection {
+                        return Err(ConfigError::MultipleIntrospectionIssuers(
+                            first.issuer().to_owned(),
+                            issuer.url,
+                        ));
+                    }
+                    introspection = Some(super::introspection::Introspector::new(
+                        issuer.url,
+                        &endpoint,
+                        &auth,
+                        client.clone(),
+                        self.introspection_cache_ttl,
+                        self.introspection_negative_cache_ttl,
+                    )?);
+                    continue;
+                }
             };
             issuers.push(TrustedIssuer {
                 keys: KeyCache::new(issuer.url.clone(), source, client.clone(), self.keys.clone()),
@@ -559,7 +651,7 @@ impl ResourceServerBuilder {
 
         let metadata = ProtectedResourceMetadata {
             resource: self.resource.clone(),
-            authorization_servers: issuers.iter().map(|i| i.url.clone()).collect(),
+            authorization_servers: all_issuers,
             scopes_supported: self.scopes_supported.unwrap_or_else(|| self.required_scopes.clone()),
             bearer_methods_supported: vec!["header".to_owned()],
             resource_signing_alg_values_supported: None,
@@ -586,6 +678,8 @@ impl ResourceServerBuilder {
                 groups_claim: self.groups_claim,
                 require_access_token_type: self.require_access_token_type,
                 cache: TokenCache::new(self.token_cache_capacity, self.token_cache_ttl),
+                #[cfg(feature = "introspection")]
+                introspection,
             }),
         })
     }
@@ -692,6 +786,11 @@ mod tests {
         assert_eq!(b.token_cache_ttl, Duration::from_secs(300));
         assert_eq!(b.http_timeout, Duration::from_secs(5));
         assert_eq!(b.keys.unknown_kid_cooldown, Duration::from_secs(30));
+        #[cfg(feature = "introspection")]
+        {
+            assert_eq!(b.introspection_cache_ttl, Duration::from_secs(60));
+            assert_eq!(b.introspection_negative_cache_ttl, Duration::from_secs(10));
+        }
         let rs = b.build().unwrap();
         assert_eq!(
             rs.shared.audiences,

@@ -1,0 +1,853 @@
+//! Downstream tokens: RFC 8693 token exchange on the caller's behalf, and
+//! client credentials as the server itself.
+//!
+//! A tool that calls another API must not pass the caller's token on (the
+//! MCP specification forbids it: the token was minted for *this* resource,
+//! and forwarding it makes every downstream API a confused deputy). Instead
+//! the server exchanges the caller's validated token at the authorization
+//! server for a token scoped to the downstream audience, authenticating as
+//! its own confidential client ([`ClientAuth`]).
+//!
+//! # For tool authors: one line
+//!
+//! ```
+//! use rmcp::handler::server::tool::Extension;
+//! use rmcp_guard::oauth::downstream_token;
+//!
+//! async fn list_tickets(Extension(parts): Extension<http::request::Parts>) -> Result<String, rmcp::ErrorData> {
+//!     let token = downstream_token(&parts, "https://tickets.example.com").await?; // a clear MCP error on failure
+//!     // call the API with `Authorization: {token.authorization_header()}`; never return the token itself
+//!     Ok(format!("scopes granted: {:?}", token.scopes()))
+//! }
+//! ```
+//!
+//! [`downstream_token`] takes the caller's [`Principal`] and [`InboundToken`]
+//! (both inserted by the bearer layer) and the [`TokenExchange`] (inserted by
+//! [`TokenExchange::layer`]) from the request. [`downstream_token_with`] also
+//! sets `resource` (RFC 8707) and `scope`.
+//!
+//! # For the server: wiring
+//!
+//! ```
+//! use rmcp_guard::oauth::{ClientAuth, TokenExchange};
+//!
+//! # fn main() -> Result<(), rmcp_guard::ConfigError> {
+//! let exchange = TokenExchange::builder(
+//!     "https://idp.example.com/oauth2/token",
+//!     ClientAuth::client_secret("mcp-server", "s3cret")?, // or client_secret_file
+//! )
+//! .build()?;
+//! // axum: Router::new().nest_service("/mcp", mcp).layer(exchange.layer()).layer(rs.layer())
+//! let _layer = exchange.layer();
+//! # Ok(()) }
+//! ```
+//!
+//! # The request
+//!
+//! `grant_type=urn:ietf:params:oauth:grant-type:token-exchange`,
+//! `subject_token` (the caller's token), `subject_token_type`
+//! (`urn:ietf:params:oauth:token-type:access_token`), `audience` and/or
+//! `resource`, `scope`, and `actor_token` / `actor_token_type` when the server
+//! is configured with an [`actor_token`](TokenExchangeBuilder::actor_token) of
+//! its own (delegation rather than impersonation). `oauth2` has no RFC 8693
+//! grant: the request is an `oauth2` [`HttpRequest`](oauth2::HttpRequest) with
+//! client authentication done exactly as `oauth2` does it, sent through the same
+//! reqwest hook, and the answer is parsed as an `oauth2`
+//! `StandardTokenResponse` / `StandardErrorResponse`. Client credentials
+//! ([`TokenExchange::client_credentials`]) is `oauth2`'s own request.
+//!
+//! # Guarantees
+//!
+//! - **The inbound token goes to one place**: the configured token endpoint,
+//!   as `subject_token` in a POST body. [`InboundToken`] has no public way to
+//!   read it, prints `[REDACTED]`, and is zeroized when the last request
+//!   holding it ends. Tests assert that no other URL ever sees it.
+//! - **Cache**: a downstream token is reused per (caller's token, principal,
+//!   audience, resources, scopes) until [`refresh_margin`](TokenExchangeBuilder::refresh_margin)
+//!   (default 30 s) before its `expires_in`, at most
+//!   [`max_cache_ttl`](TokenExchangeBuilder::max_cache_ttl) (default 5 min), and
+//!   never past the caller's token's `exp`. A token without `expires_in` is not
+//!   cached. Keying on the caller's token (not only on the principal) means a
+//!   downstream token obtained with one inbound token is never handed to a
+//!   request made with another, narrower one.
+//! - **Single flight**: concurrent calls with the same key share one request.
+//! - **Fail closed**: a refusal or an unreachable authorization server is an
+//!   [`ExchangeError`] (an MCP error for the tool), never a fallback to the
+//!   caller's token.
+//! - **Audit**: one event per call on [`audit::TARGET`](crate::audit::TARGET),
+//!   `event = "token_exchange"`, with the outcome and cache status; never a
+//!   token.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use oauth2::basic::{
+    BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse, BasicTokenType,
+};
+use oauth2::{
+    EndpointNotSet, EndpointSet, ExtraTokenFields, RequestTokenError, Scope, StandardRevocableToken,
+    StandardTokenResponse, TokenResponse, TokenUrl,
+};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use super::client::{ClientAuth, default_http_client, send};
+use super::flight::{SingleFlight, TtlMap};
+use crate::error::ConfigError;
+use crate::principal::Principal;
+
+/// RFC 8693 grant type.
+pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// RFC 8693 token type of an OAuth access token.
+pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// The caller's validated bearer token, as the bearer layer put it into the
+/// request extensions next to the [`Principal`].
+///
+/// It exists so that [`downstream_token`] can send it, as `subject_token`, to
+/// the token endpoint and nowhere else: there is no public way to read it,
+/// `Debug` prints `[REDACTED]`, and the value is zeroized when the last
+/// clone is dropped.
+#[derive(Clone)]
+pub struct InboundToken(Arc<Zeroizing<String>>);
+
+impl InboundToken {
+    pub(crate) fn new(token: &str) -> Self {
+        InboundToken(Arc::new(Zeroizing::new(token.to_owned())))
+    }
+
+    fn expose(&self) -> &str {
+        self.0.as_str()
+    }
+
+    /// The caller's token from the request, if the bearer layer put it there.
+    pub fn from_parts(parts: &http::request::Parts) -> Option<&InboundToken> {
+        parts.extensions.get::<InboundToken>()
+    }
+}
+
+impl fmt::Debug for InboundToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("InboundToken([REDACTED])")
+    }
+}
+
+/// What to ask for: the downstream `audience`, `resource`s and `scope`s.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DownstreamRequest {
+    audience: Option<String>,
+    resources: Vec<String>,
+    scopes: Vec<String>,
+}
+
+impl DownstreamRequest {
+    /// A token for the logical `audience` (RFC 8693 `audience`, the name the
+    /// authorization server knows the downstream API by).
+    pub fn audience(audience: impl Into<String>) -> Self {
+        DownstreamRequest {
+            audience: Some(audience.into()),
+            ..Self::default()
+        }
+    }
+
+    /// A token for the downstream API at `resource` (RFC 8707 `resource`, an
+    /// absolute URI).
+    pub fn resource(resource: impl Into<String>) -> Self {
+        DownstreamRequest {
+            resources: vec![resource.into()],
+            ..Self::default()
+        }
+    }
+
+    /// Also ask for `resource`. Defaults to none besides the constructor's.
+    pub fn and_resource(mut self, resource: impl Into<String>) -> Self {
+        self.resources.push(resource.into());
+        self
+    }
+
+    /// Ask for these scopes (`scope`). Defaults to none: the authorization
+    /// server's default for the audience.
+    pub fn scopes<I, S>(mut self, scopes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.scopes = scopes.into_iter().map(Into::into).collect();
+        self.scopes.sort();
+        self.scopes.dedup();
+        self
+    }
+
+    /// The audience, or else the first resource: what the token is for.
+    fn target(&self) -> &str {
+        self.audience
+            .as_deref()
+            .or(self.resources.first().map(String::as_str))
+            .unwrap_or("")
+    }
+}
+
+/// A token obtained for a downstream API. Cheap to clone.
+///
+/// `Debug` prints `[REDACTED]` for the token; use
+/// [`authorization_header`](Self::authorization_header) to call the API and
+/// never return the token from a tool.
+#[derive(Clone)]
+pub struct DownstreamToken {
+    inner: Arc<TokenInner>,
+}
+
+struct TokenInner {
+    access_token: Zeroizing<String>,
+    audience: String,
+    scopes: Vec<String>,
+    issued_token_type: Option<String>,
+    expires_at: Option<SystemTime>,
+}
+
+impl fmt::Debug for DownstreamToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DownstreamToken")
+            .field("access_token", &"[REDACTED]")
+            .field("audience", &self.inner.audience)
+            .field("scopes", &self.inner.scopes)
+            .field("expires_at", &self.inner.expires_at)
+            .finish()
+    }
+}
+
+impl DownstreamToken {
+    /// The access token itself, to put in a downstream request.
+    pub fn secret(&self) -> &str {
+        &self.inner.access_token
+    }
+
+    /// `Bearer <token>`, marked sensitive so that HTTP libraries do not log it.
+    pub fn authorization_header(&self) -> Result<http::HeaderValue, http::header::InvalidHeaderValue> {
+        let value = Zeroizing::new(format!("Bearer {}", self.secret()));
+        let mut header = http::HeaderValue::from_str(&value)?;
+        header.set_sensitive(true);
+        Ok(header)
+    }
+
+    /// What the token was asked for: the requested audience, or else the
+    /// first requested resource.
+    pub fn audience(&self) -> &str {
+        &self.inner.audience
+    }
+
+    /// The scopes granted: the answer's `scope`, or the requested scopes when
+    /// the answer has none (RFC 6749 section 5.1).
+    pub fn scopes(&self) -> &[String] {
+        &self.inner.scopes
+    }
+
+    /// The RFC 8693 `issued_token_type`, when the answer has one.
+    pub fn issued_token_type(&self) -> Option<&str> {
+        self.inner.issued_token_type.as_deref()
+    }
+
+    /// When the token expires, from `expires_in`.
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        self.inner.expires_at
+    }
+}
+
+/// Why no downstream token was obtained. The text is safe to show a client:
+/// it never holds a token or a response body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExchangeError {
+    /// The request carries no validated caller (it did not pass the bearer
+    /// layer): the server is wired wrong.
+    #[error("request is not authenticated")]
+    Unauthenticated,
+    /// No [`TokenExchange`] is in the request extensions (see
+    /// [`TokenExchange::layer`]).
+    #[error("token exchange is not configured on this server")]
+    NotConfigured,
+    /// The authorization server refused, with this OAuth error code
+    /// (`invalid_target`, `invalid_grant`, `invalid_scope`...).
+    #[error("the authorization server refused the token request ({0})")]
+    Refused(String),
+    /// The authorization server could not be reached, timed out, answered
+    /// 5xx, or refused this server's client credentials.
+    #[error("the authorization server is unavailable")]
+    Unavailable,
+    /// The answer is not a usable bearer token response.
+    #[error("the authorization server's answer is unusable")]
+    InvalidResponse,
+}
+
+impl ExchangeError {
+    /// A stable, machine-readable code for audit events.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ExchangeError::Unauthenticated => "unauthenticated",
+            ExchangeError::NotConfigured => "not_configured",
+            ExchangeError::Refused(_) => "refused",
+            ExchangeError::Unavailable => "unavailable",
+            ExchangeError::InvalidResponse => "invalid_response",
+        }
+    }
+}
+
+impl From<ExchangeError> for rmcp::ErrorData {
+    fn from(e: ExchangeError) -> Self {
+        match e {
+            ExchangeError::Unauthenticated | ExchangeError::Refused(_) => {
+                rmcp::ErrorData::invalid_request(e.to_string(), None)
+            }
+            ExchangeError::NotConfigured | ExchangeError::Unavailable | ExchangeError::InvalidResponse => {
+                rmcp::ErrorData::internal_error(e.to_string(), None)
+            }
+        }
+    }
+}
+
+/// `issued_token_type` (RFC 8693 section 2.2.1) besides oauth2's fields.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+struct ExchangeFields {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    issued_token_type: Option<String>,
+}
+
+impl ExtraTokenFields for ExchangeFields {}
+
+type Answer = StandardTokenResponse<ExchangeFields, BasicTokenType>;
+
+type TokenClient = oauth2::Client<
+    BasicErrorResponse,
+    Answer,
+    BasicTokenIntrospectionResponse,
+    StandardRevocableToken,
+    BasicRevocationErrorResponse,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointSet,
+>;
+
+type CacheKey = [u8; 32];
+
+/// Token exchange and client credentials at one authorization server; see
+/// the [module docs](self). Cheap to clone (one reference count).
+#[derive(Clone)]
+pub struct TokenExchange {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: TokenClient,
+    auth: ClientAuth,
+    http: reqwest::Client,
+    actor: Option<(Zeroizing<String>, String)>,
+    refresh_margin: Duration,
+    max_cache_ttl: Duration,
+    cache: TtlMap<CacheKey, DownstreamToken>,
+    flight: SingleFlight<CacheKey, Result<DownstreamToken, ExchangeError>>,
+}
+
+impl fmt::Debug for TokenExchange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenExchange")
+            .field("token_endpoint", &self.inner.client.token_uri().as_str())
+            .field("client", &self.inner.auth)
+            .field("actor_token", &self.inner.actor.as_ref().map(|_| "[REDACTED]"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures a [`TokenExchange`]; from [`TokenExchange::builder`].
+#[must_use]
+pub struct TokenExchangeBuilder {
+    token_endpoint: String,
+    auth: ClientAuth,
+    actor: Option<(Zeroizing<String>, String)>,
+    refresh_margin: Duration,
+    max_cache_ttl: Duration,
+    cache_capacity: usize,
+    http_timeout: Duration,
+    http_client: Option<reqwest::Client>,
+}
+
+impl fmt::Debug for TokenExchangeBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenExchangeBuilder")
+            .field("token_endpoint", &self.token_endpoint)
+            .field("client", &self.auth)
+            .field("refresh_margin", &self.refresh_margin)
+            .field("max_cache_ttl", &self.max_cache_ttl)
+            .field("cache_capacity", &self.cache_capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenExchangeBuilder {
+    /// Present `token` (of RFC 8693 type `token_type`, for example
+    /// [`ACCESS_TOKEN_TYPE`]) as `actor_token` in every exchange, so the
+    /// downstream token says the server acts for the caller (delegation).
+    /// Defaults to none (impersonation, as most providers implement it).
+    pub fn actor_token(mut self, token: impl Into<String>, token_type: impl Into<String>) -> Self {
+        self.actor = Some((Zeroizing::new(token.into()), token_type.into()));
+        self
+    }
+
+    /// How long before its expiry a cached downstream token is replaced.
+    /// Defaults to 30 seconds.
+    pub fn refresh_margin(mut self, margin: Duration) -> Self {
+        self.refresh_margin = margin;
+        self
+    }
+
+    /// How long a downstream token is reused at most (0 disables the cache).
+    /// Defaults to 5 minutes.
+    pub fn max_cache_ttl(mut self, ttl: Duration) -> Self {
+        self.max_cache_ttl = ttl;
+        self
+    }
+
+    /// How many downstream tokens are remembered. Defaults to 10 000.
+    pub fn cache_capacity(mut self, entries: usize) -> Self {
+        self.cache_capacity = entries;
+        self
+    }
+
+    /// Timeout of each request to the token endpoint. Defaults to 5 seconds.
+    pub fn http_timeout(mut self, timeout: Duration) -> Self {
+        self.http_timeout = timeout;
+        self
+    }
+
+    /// Use this reqwest client (configure redirects off yourself). Defaults to
+    /// a client that never follows redirects, with
+    /// [`http_timeout`](Self::http_timeout).
+    pub fn http_client(mut self, client: reqwest::Client) -> Self {
+        self.http_client = Some(client);
+        self
+    }
+
+    /// Check the configuration and build.
+    pub fn build(self) -> Result<TokenExchange, ConfigError> {
+        super::resource_server::parse_url("token_endpoint", &self.token_endpoint)?;
+        let url = TokenUrl::new(self.token_endpoint.clone()).map_err(|_| ConfigError::InvalidUrl {
+            what: "token_endpoint",
+            url: self.token_endpoint.clone(),
+            reason: "not an absolute URL",
+        })?;
+        if self.refresh_margin > Duration::from_secs(3600) {
+            return Err(ConfigError::OutOfRange {
+                what: "refresh_margin",
+                reason: "at most 1 hour",
+            });
+        }
+        let http = match self.http_client {
+            Some(c) => c,
+            None => default_http_client(self.http_timeout)?,
+        };
+        let client = oauth2::Client::new(self.auth.oauth2_id())
+            .set_client_secret(self.auth.oauth2_secret())
+            .set_auth_type(self.auth.oauth2_auth_type())
+            .set_token_uri(url);
+        Ok(TokenExchange {
+            inner: Arc::new(Inner {
+                client,
+                auth: self.auth,
+                http,
+                actor: self.actor,
+                refresh_margin: self.refresh_margin,
+                max_cache_ttl: self.max_cache_ttl,
+                cache: TtlMap::new(self.cache_capacity),
+                flight: SingleFlight::new(),
+            }),
+        })
+    }
+}
+
+enum Grant<'a> {
+    Exchange {
+        principal: &'a Principal,
+        subject_token: &'a InboundToken,
+    },
+    ClientCredentials,
+}
+
+impl TokenExchange {
+    /// Start a configuration for the authorization server's token endpoint,
+    /// authenticating as `client`.
+    pub fn builder(token_endpoint: impl Into<String>, client: ClientAuth) -> TokenExchangeBuilder {
+        TokenExchangeBuilder {
+            token_endpoint: token_endpoint.into(),
+            auth: client,
+            actor: None,
+            refresh_margin: Duration::from_secs(30),
+            max_cache_ttl: Duration::from_secs(300),
+            cache_capacity: 10_000,
+            http_timeout: Duration::from_secs(5),
+            http_client: None,
+        }
+    }
+
+    /// A layer that puts this `TokenExchange` into every request's
+    /// extensions, where [`downstream_token`] finds it. Apply it inside (after)
+    /// the bearer layer.
+    pub fn layer(&self) -> axum::Extension<TokenExchange> {
+        axum::Extension(self.clone())
+    }
+
+    /// The `TokenExchange` of this request (see [`layer`](Self::layer)).
+    pub fn from_parts(parts: &http::request::Parts) -> Result<&TokenExchange, ExchangeError> {
+        parts
+            .extensions
+            .get::<TokenExchange>()
+            .ok_or(ExchangeError::NotConfigured)
+    }
+
+    /// Exchange the caller's token for one scoped by `request` (RFC 8693).
+    pub async fn exchange(
+        &self,
+        principal: &Principal,
+        subject_token: &InboundToken,
+        request: &DownstreamRequest,
+    ) -> Result<DownstreamToken, ExchangeError> {
+        self.obtain(
+            Grant::Exchange {
+                principal,
+                subject_token,
+            },
+            request,
+        )
+        .await
+    }
+
+    /// A token for the server itself (client credentials), scoped by
+    /// `request`; `audience` and `resource` are sent as extra parameters.
+    pub async fn client_credentials(&self, request: &DownstreamRequest) -> Result<DownstreamToken, ExchangeError> {
+        self.obtain(Grant::ClientCredentials, request).await
+    }
+
+    /// Forget every cached downstream token.
+    pub fn clear_cache(&self) {
+        self.inner.cache.clear();
+    }
+
+    async fn obtain(&self, grant: Grant<'_>, request: &DownstreamRequest) -> Result<DownstreamToken, ExchangeError> {
+        let key = cache_key(&grant, request);
+        let principal = match &grant {
+            Grant::Exchange { principal, .. } => Some(*principal),
+            Grant::ClientCredentials => None,
+        };
+        let kind = match grant {
+            Grant::Exchange { .. } => "token_exchange",
+            Grant::ClientCredentials => "client_credentials",
+        };
+        if let Some(token) = self.inner.cache.get(&key, Instant::now()) {
+            audit(principal, kind, request.target(), "ok", "hit");
+            return Ok(token);
+        }
+        let led = std::sync::atomic::AtomicBool::new(false);
+        let (this, grant, led_flag) = (self, &grant, &led);
+        let result = self
+            .inner
+            .flight
+            .run(key, move || {
+                led_flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                async move {
+                    let (result, principal) = match grant {
+                        Grant::Exchange {
+                            principal,
+                            subject_token,
+                        } => (this.request_exchange(subject_token, request).await, Some(*principal)),
+                        Grant::ClientCredentials => (this.request_client_credentials(request).await, None),
+                    };
+                    if let Ok(token) = &result {
+                        this.remember(key, token, principal);
+                    }
+                    result
+                }
+            })
+            .await;
+        let led = led.load(std::sync::atomic::Ordering::Relaxed);
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.code(),
+        };
+        audit(
+            principal,
+            kind,
+            request.target(),
+            outcome,
+            if led { "miss" } else { "joined" },
+        );
+        result
+    }
+
+    fn remember(&self, key: CacheKey, token: &DownstreamToken, principal: Option<&Principal>) {
+        let Some(expires_at) = token.expires_at() else {
+            return;
+        };
+        let now = Instant::now();
+        let system_now = SystemTime::now();
+        let mut lifetime = expires_at
+            .duration_since(system_now)
+            .unwrap_or_default()
+            .saturating_sub(self.inner.refresh_margin)
+            .min(self.inner.max_cache_ttl);
+        if let Some(p) = principal {
+            lifetime = lifetime.min(p.expires_at().duration_since(system_now).unwrap_or_default());
+        }
+        self.inner.cache.insert(key, token.clone(), now + lifetime, now);
+    }
+
+    async fn request_exchange(
+        &self,
+        subject_token: &InboundToken,
+        request: &DownstreamRequest,
+    ) -> Result<DownstreamToken, ExchangeError> {
+        let mut form = url::form_urlencoded::Serializer::new(String::new());
+        form.append_pair("grant_type", TOKEN_EXCHANGE_GRANT);
+        form.append_pair("subject_token", subject_token.expose());
+        form.append_pair("subject_token_type", ACCESS_TOKEN_TYPE);
+        form.append_pair("requested_token_type", ACCESS_TOKEN_TYPE);
+        if let Some(audience) = &request.audience {
+            form.append_pair("audience", audience);
+        }
+        for resource in &request.resources {
+            form.append_pair("resource", resource);
+        }
+        if !request.scopes.is_empty() {
+            form.append_pair("scope", &request.scopes.join(" "));
+        }
+        if let Some((token, token_type)) = &self.inner.actor {
+            form.append_pair("actor_token", token);
+            form.append_pair("actor_token_type", token_type);
+        }
+        let builder = http::Request::builder()
+            .method(http::Method::POST)
+            .uri(self.inner.client.token_uri().as_str())
+            .header(http::header::ACCEPT, "application/json")
+            .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        let builder = self
+            .inner
+            .auth
+            .apply(builder, &mut form)
+            .map_err(|_| ExchangeError::InvalidResponse)?;
+        let body = Zeroizing::new(form.finish());
+        let http_request: oauth2::HttpRequest = builder
+            .body(body.as_bytes().to_vec())
+            .map_err(|_| ExchangeError::InvalidResponse)?;
+        let response = send(self.inner.http.clone(), http_request).await.map_err(|e| {
+            tracing::warn!(error = %e, "token exchange request failed");
+            ExchangeError::Unavailable
+        })?;
+        if response.status() != http::StatusCode::OK {
+            return Err(refusal(response.status(), response.body()));
+        }
+        let answer: Answer = serde_json::from_slice(response.body()).map_err(|_| ExchangeError::InvalidResponse)?;
+        downstream(&answer, request)
+    }
+
+    async fn request_client_credentials(&self, request: &DownstreamRequest) -> Result<DownstreamToken, ExchangeError> {
+        let mut call = self
+            .inner
+            .client
+            .exchange_client_credentials()
+            .add_scopes(request.scopes.iter().cloned().map(Scope::new));
+        if let Some(audience) = &request.audience {
+            call = call.add_extra_param("audience", audience.as_str());
+        }
+        for resource in &request.resources {
+            call = call.add_extra_param("resource", resource.as_str());
+        }
+        let http = &self.inner.http;
+        match call.request_async(&|r| send(http.clone(), r)).await {
+            Ok(answer) => downstream(&answer, request),
+            Err(RequestTokenError::ServerResponse(e)) => Err(refused_code(e.error().as_ref())),
+            Err(RequestTokenError::Request(e)) => {
+                tracing::warn!(error = %e, "client credentials request failed");
+                Err(ExchangeError::Unavailable)
+            }
+            Err(RequestTokenError::Parse(..) | RequestTokenError::Other(_)) => Err(ExchangeError::InvalidResponse),
+        }
+    }
+}
+
+/// A non-200 answer: the OAuth error code of a 4xx, else unavailable.
+fn refusal(status: http::StatusCode, body: &[u8]) -> ExchangeError {
+    if status.is_server_error() {
+        return ExchangeError::Unavailable;
+    }
+    match serde_json::from_slice::<BasicErrorResponse>(body) {
+        Ok(e) => refused_code(e.error().as_ref()),
+        Err(_) => ExchangeError::InvalidResponse,
+    }
+}
+
+fn refused_code(code: &str) -> ExchangeError {
+    if code == "invalid_client" || code == "unauthorized_client" {
+        tracing::error!(
+            error = code,
+            "the token endpoint refused this server's client credentials"
+        );
+        return ExchangeError::Unavailable;
+    }
+    // The code is the provider's; pass on only a well-formed one.
+    let safe = !code.is_empty() && code.len() <= 64 && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+    ExchangeError::Refused(if safe { code.to_owned() } else { "unknown".to_owned() })
+}
+
+fn downstream(answer: &Answer, request: &DownstreamRequest) -> Result<DownstreamToken, ExchangeError> {
+    if !matches!(answer.token_type(), BasicTokenType::Bearer) || answer.access_token().secret().is_empty() {
+        return Err(ExchangeError::InvalidResponse);
+    }
+    let scopes = match answer.scopes() {
+        Some(s) => s.iter().map(|s| s.as_str().to_owned()).collect(),
+        None => request.scopes.clone(),
+    };
+    Ok(DownstreamToken {
+        inner: Arc::new(TokenInner {
+            access_token: Zeroizing::new(answer.access_token().secret().clone()),
+            audience: request.target().to_owned(),
+            scopes,
+            issued_token_type: answer.extra_fields().issued_token_type.clone(),
+            expires_at: answer.expires_in().map(|d| SystemTime::now() + d),
+        }),
+    })
+}
+
+/// SHA-256 over the grant, the caller and the request, each field
+/// length-prefixed so that no two requests share a key.
+fn cache_key(grant: &Grant<'_>, request: &DownstreamRequest) -> CacheKey {
+    let mut h = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    };
+    match grant {
+        Grant::Exchange {
+            principal,
+            subject_token,
+        } => {
+            field(b"exchange");
+            field(principal.issuer().as_bytes());
+            field(principal.subject().as_bytes());
+            field(&Sha256::digest(subject_token.expose().as_bytes()));
+        }
+        Grant::ClientCredentials => field(b"client_credentials"),
+    }
+    field(request.audience.as_deref().unwrap_or("").as_bytes());
+    field(&(request.resources.len() as u64).to_le_bytes());
+    for r in &request.resources {
+        field(r.as_bytes());
+    }
+    field(request.scopes.join(" ").as_bytes());
+    h.finalize().into()
+}
+
+fn audit(principal: Option<&Principal>, grant: &str, audience: &str, outcome: &str, cache: &str) {
+    crate::audit::token_exchange(principal, grant, audience, outcome, cache);
+}
+
+/// The one-line accessor for tool authors: a token for `audience`, obtained
+/// by exchanging the caller's token. See the [module docs](self).
+pub async fn downstream_token(parts: &http::request::Parts, audience: &str) -> Result<DownstreamToken, ExchangeError> {
+    downstream_token_with(parts, &DownstreamRequest::audience(audience)).await
+}
+
+/// Like [`downstream_token`], with `resource` and `scope` as well.
+pub async fn downstream_token_with(
+    parts: &http::request::Parts,
+    request: &DownstreamRequest,
+) -> Result<DownstreamToken, ExchangeError> {
+    let principal = parts.extensions.get::<Principal>();
+    let token = parts.extensions.get::<InboundToken>();
+    let (Some(principal), Some(token)) = (principal, token) else {
+        audit(principal, "token_exchange", request.target(), "unauthenticated", "none");
+        return Err(ExchangeError::Unauthenticated);
+    };
+    let exchange = TokenExchange::from_parts(parts).inspect_err(|e| {
+        audit(Some(principal), "token_exchange", request.target(), e.code(), "none");
+    })?;
+    exchange.exchange(principal, token, request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_pinned() {
+        let b = TokenExchange::builder(
+            "https://idp.example.com/token",
+            ClientAuth::client_secret("id", "secret").unwrap(),
+        );
+        assert_eq!(b.refresh_margin, Duration::from_secs(30));
+        assert_eq!(b.max_cache_ttl, Duration::from_secs(300));
+        assert_eq!(b.cache_capacity, 10_000);
+        assert_eq!(b.http_timeout, Duration::from_secs(5));
+        assert!(b.actor.is_none());
+        b.build().unwrap();
+    }
+
+    #[test]
+    fn insecure_token_endpoint_is_refused() {
+        let err = TokenExchange::builder(
+            "http://idp.example.com/token",
+            ClientAuth::client_secret("id", "secret").unwrap(),
+        )
+        .build()
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::InsecureUrl { .. }), "{err}");
+    }
+
+    #[test]
+    fn tokens_are_redacted() {
+        let inbound = InboundToken::new("inbound-secret-token");
+        assert!(!format!("{inbound:?}").contains("inbound-secret"));
+        let t = DownstreamToken {
+            inner: Arc::new(TokenInner {
+                access_token: Zeroizing::new("downstream-secret".into()),
+                audience: "a".into(),
+                scopes: vec![],
+                issued_token_type: None,
+                expires_at: None,
+            }),
+        };
+        assert!(!format!("{t:?}").contains("downstream-secret"));
+        assert!(t.authorization_header().unwrap().is_sensitive());
+    }
+
+    #[test]
+    fn cache_keys_differ_by_token_and_request() {
+        let p = Principal::unverified("https://idp", "alice").build();
+        let (a, b) = (InboundToken::new("a"), InboundToken::new("b"));
+        let ga = Grant::Exchange {
+            principal: &p,
+            subject_token: &a,
+        };
+        let gb = Grant::Exchange {
+            principal: &p,
+            subject_token: &b,
+        };
+        let r = DownstreamRequest::audience("x");
+        assert_ne!(cache_key(&ga, &r), cache_key(&gb, &r));
+        assert_ne!(cache_key(&ga, &r), cache_key(&ga, &r.clone().scopes(["s"])));
+        assert_ne!(cache_key(&ga, &r), cache_key(&Grant::ClientCredentials, &r));
+        assert_eq!(
+            cache_key(&ga, &r.clone().scopes(["b", "a"])),
+            cache_key(&ga, &r.scopes(["a", "b"]))
+        );
+    }
+
+    #[test]
+    fn provider_error_codes_are_sanitized() {
+        assert_eq!(
+            refused_code("invalid_target"),
+            ExchangeError::Refused("invalid_target".into())
+        );
+        assert_eq!(refused_code("<script>"), ExchangeError::Refused("unknown".into()));
+        assert_eq!(refused_code("invalid_client"), ExchangeError::Unavailable);
+    }
+}
