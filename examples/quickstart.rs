@@ -13,8 +13,8 @@
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::Extension;
 use rmcp::model::{ServerCapabilities, ServerConfig};
+use rmcp::transport::streamable_http_server::StreamableHttpService;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
-use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, ServerHandler, tool, tool_handler, tool_router};
 use rmcp_guard::testing::TestIssuer;
 use rmcp_guard::{Issuer, Principal, ResourceServer};
@@ -72,7 +72,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mcp = StreamableHttpService::new(
         || Ok(Hello::new()),
         LocalSessionManager::default().into(),
-        StreamableHttpServerConfig::default().with_allowed_hosts(rs.allowed_hosts()),
+        rs.streamable_http_config(),
     );
     let app = rs.router(mcp);
 

@@ -22,8 +22,8 @@ use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::Extension;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{ServerCapabilities, ServerConfig};
+use rmcp::transport::streamable_http_server::StreamableHttpService;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
-use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, ServerHandler, schemars, tool, tool_handler, tool_router};
 use rmcp_guard::{Issuer, Principal, ResourceServer};
 
@@ -127,7 +127,7 @@ async fn main() -> ExitCode {
     let mcp = StreamableHttpService::new(
         || Ok(Tools::new()),
         LocalSessionManager::default().into(),
-        StreamableHttpServerConfig::default().with_allowed_hosts(rs.allowed_hosts()),
+        rs.streamable_http_config(),
     );
     let app = rs.router(mcp);
 

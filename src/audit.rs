@@ -167,3 +167,9 @@ pub(crate) fn authn_rejected(error: &AuthError, issuer: Option<&str>, subject: O
         issuer,
     );
 }
+
+/// A request naming an MCP session was refused by the session-binding layer.
+#[cfg(feature = "jwt")]
+pub(crate) fn session_refused(subject: Option<String>, reason: &'static str) {
+    tracing::info!(target: TARGET, event = "session", outcome = "deny", reason, subject);
+}

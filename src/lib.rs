@@ -13,6 +13,9 @@ pub mod oauth;
 #[cfg(feature = "policy")]
 pub mod policy;
 
+#[cfg(feature = "jwt")]
+pub mod session;
+
 pub mod secrets;
 
 #[cfg(feature = "testing")]

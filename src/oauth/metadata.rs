@@ -97,7 +97,10 @@ impl ResourceServer {
     /// An axum router with the guarded MCP service at the resource path and
     /// the metadata routes beside it: the whole HTTP surface in one call.
     ///
-    /// `mcp` is typically rmcp's `StreamableHttpService`.
+    /// `mcp` is typically rmcp's `StreamableHttpService`. Requests pass
+    /// [`BearerAuthLayer`](super::BearerAuthLayer), then
+    /// [`SessionBindingLayer`](crate::session::SessionBindingLayer) (an
+    /// `Mcp-Session-Id` only works for the principal that created it).
     pub fn router<M, B>(&self, mcp: M) -> Router
     where
         M: tower_service::Service<
@@ -112,7 +115,8 @@ impl ResourceServer {
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
     {
-        let guarded = tower_layer::Layer::layer(&self.layer(), mcp);
+        let bound = tower_layer::Layer::layer(&crate::session::SessionBindingLayer::default(), mcp);
+        let guarded = tower_layer::Layer::layer(&self.layer(), bound);
         self.metadata_router().route_service(self.resource_path(), guarded)
     }
 }

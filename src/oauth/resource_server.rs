@@ -179,6 +179,8 @@ pub(crate) struct Shared {
     pub(crate) groups_claim: String,
     pub(crate) require_access_token_type: bool,
     pub(crate) cache: TokenCache,
+    pub(crate) allowed_hosts: Vec<String>,
+    pub(crate) allowed_origins: Vec<String>,
     #[cfg(feature = "introspection")]
     pub(crate) introspection: Option<super::introspection::Introspector>,
 }
@@ -210,6 +212,8 @@ pub struct ResourceServerBuilder {
     keys: KeyCacheSettings,
     http_timeout: Duration,
     http_client: Option<reqwest::Client>,
+    allowed_hosts: Option<Vec<String>>,
+    allowed_origins: Option<Vec<String>>,
     #[cfg(feature = "introspection")]
     introspection_cache_ttl: Duration,
     #[cfg(feature = "introspection")]
@@ -242,6 +246,8 @@ impl ResourceServer {
             keys: KeyCacheSettings::default(),
             http_timeout: Duration::from_secs(5),
             http_client: None,
+            allowed_hosts: None,
+            allowed_origins: None,
             #[cfg(feature = "introspection")]
             introspection_cache_ttl: super::introspection::DEFAULT_CACHE_TTL,
             #[cfg(feature = "introspection")]
@@ -287,25 +293,32 @@ impl ResourceServer {
         BearerAuthLayer::new(self.clone())
     }
 
-    /// The `Host` values rmcp's DNS-rebinding check should accept for this
-    /// resource: the resource URI's host and `host:port`.
-    ///
-    /// Pass them to
-    /// `StreamableHttpServerConfig::with_allowed_hosts` so a server deployed at
-    /// its public URI does not answer 403 to every request.
-    pub fn allowed_hosts(&self) -> Vec<String> {
-        let Ok(url) = Url::parse(&self.shared.resource) else {
-            // `build` parsed this URL already; an unparsable one cannot occur.
-            return Vec::new();
-        };
-        let mut hosts = Vec::new();
-        if let Some(host) = url.host_str() {
-            hosts.push(host.to_owned());
-            if let Some(port) = url.port_or_known_default() {
-                hosts.push(format!("{host}:{port}"));
-            }
-        }
-        hosts
+    /// The `Host` values rmcp's DNS-rebinding check accepts for this
+    /// resource. Defaults to the resource URI's host (any port) and
+    /// `host:port`; for a loopback resource also `localhost`, `127.0.0.1` and
+    /// `::1`. Override with
+    /// [`ResourceServerBuilder::allowed_hosts`].
+    pub fn allowed_hosts(&self) -> &[String] {
+        &self.shared.allowed_hosts
+    }
+
+    /// The browser `Origin` values accepted when a request carries one.
+    /// Defaults to the resource URI's origin (`scheme://host:port`); a
+    /// request from any other origin is refused by rmcp with 403. Override
+    /// with [`ResourceServerBuilder::allowed_origins`].
+    pub fn allowed_origins(&self) -> &[String] {
+        &self.shared.allowed_origins
+    }
+
+    /// rmcp's Streamable HTTP configuration with DNS-rebinding protection
+    /// kept on: [`allowed_hosts`](Self::allowed_hosts) and
+    /// [`allowed_origins`](Self::allowed_origins) from this resource, so a
+    /// server deployed at its public URI does not answer 403 to every request
+    /// and a foreign web page cannot drive it.
+    pub fn streamable_http_config(&self) -> rmcp::transport::streamable_http_server::StreamableHttpServerConfig {
+        rmcp::transport::streamable_http_server::StreamableHttpServerConfig::default()
+            .with_allowed_hosts(self.shared.allowed_hosts.iter().cloned())
+            .with_allowed_origins(self.shared.allowed_origins.iter().cloned())
     }
 
     /// Fetch every issuer's signing keys now, so the first request does not
@@ -492,6 +505,30 @@ impl ResourceServerBuilder {
         self
     }
 
+    /// The `Host` values the MCP endpoint answers to (`host` or `host:port`).
+    /// Defaults to the resource URI's host; see
+    /// [`ResourceServer::allowed_hosts`].
+    pub fn allowed_hosts<I, S>(mut self, hosts: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.allowed_hosts = Some(hosts.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// The browser origins allowed to call the MCP endpoint
+    /// (`scheme://host:port`, `:*` for any port). Defaults to the resource
+    /// URI's origin; see [`ResourceServer::allowed_origins`].
+    pub fn allowed_origins<I, S>(mut self, origins: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.allowed_origins = Some(origins.into_iter().map(Into::into).collect());
+        self
+    }
+
     /// Check the configuration and build the resource server.
     pub fn build(self) -> Result<ResourceServer, ConfigError> {
         let resource_url = parse_url("resource", &self.resource)?;
@@ -507,6 +544,14 @@ impl ResourceServerBuilder {
             p => p.to_owned(),
         };
         let metadata_url = metadata_url_for(&resource_url);
+        let allowed_hosts = self.allowed_hosts.unwrap_or_else(|| hosts_for(&resource_url));
+        let allowed_origins = self.allowed_origins.unwrap_or_else(|| origins_for(&resource_url));
+        if allowed_hosts.is_empty() {
+            return Err(ConfigError::OutOfRange {
+                what: "allowed_hosts",
+                reason: "at least one host (an empty list would disable DNS-rebinding protection)",
+            });
+        }
 
         let audiences: HashSet<String> = match self.audiences {
             Some(a) => a.into_iter().collect(),
@@ -678,6 +723,8 @@ impl ResourceServerBuilder {
                 groups_claim: self.groups_claim,
                 require_access_token_type: self.require_access_token_type,
                 cache: TokenCache::new(self.token_cache_capacity, self.token_cache_ttl),
+                allowed_hosts,
+                allowed_origins,
                 #[cfg(feature = "introspection")]
                 introspection,
             }),
@@ -735,6 +782,32 @@ fn is_loopback(url: &Url) -> bool {
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
         Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
         None => false,
+    }
+}
+
+fn hosts_for(resource: &Url) -> Vec<String> {
+    let mut hosts = Vec::new();
+    if let Some(host) = resource.host_str() {
+        hosts.push(host.to_owned());
+        if let Some(port) = resource.port_or_known_default() {
+            hosts.push(format!("{host}:{port}"));
+        }
+    }
+    if is_loopback(resource) {
+        for alias in ["localhost", "127.0.0.1", "::1"] {
+            if !hosts.iter().any(|h| h == alias) {
+                hosts.push(alias.to_owned());
+            }
+        }
+    }
+    hosts
+}
+
+fn origins_for(resource: &Url) -> Vec<String> {
+    let host = resource.host_str().unwrap_or_default();
+    match resource.port_or_known_default() {
+        Some(port) => vec![format!("{}://{host}:{port}", resource.scheme())],
+        None => vec![format!("{}://{host}", resource.scheme())],
     }
 }
 
