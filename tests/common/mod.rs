@@ -100,10 +100,11 @@ pub enum Mode {
     Sessions,
 }
 
-fn mcp_service(mode: Mode, allowed_hosts: Vec<String>) -> (StreamableHttpService<Tools, LocalSessionManager>, Box<dyn FnOnce() + Send>) {
-    let mut config = StreamableHttpServerConfig::default()
-        .with_allowed_hosts(allowed_hosts)
-        .with_sse_keep_alive(None);
+fn mcp_service(
+    mode: Mode,
+    config: StreamableHttpServerConfig,
+) -> (StreamableHttpService<Tools, LocalSessionManager>, Box<dyn FnOnce() + Send>) {
+    let mut config = config.with_sse_keep_alive(None);
     if mode == Mode::Stateless {
         config = config.with_legacy_session_mode(false).with_json_response(true);
     }
@@ -191,7 +192,7 @@ pub async fn start_guarded_with(
         .required_scopes([SCOPE])
         .http_timeout(Duration::from_secs(3));
     let rs = configure(builder).build().expect("valid test configuration");
-    let (mcp, cancel) = mcp_service(mode, rs.allowed_hosts());
+    let (mcp, cancel) = mcp_service(mode, rs.streamable_http_config());
     let app = rs.router(mcp);
     GuardedServer {
         rs,
@@ -222,7 +223,10 @@ pub struct PlainServer {
 /// Start the unguarded rmcp server on `127.0.0.1:0`.
 pub async fn start_unguarded(mode: Mode) -> PlainServer {
     let (listener, addr) = bind().await;
-    let (mcp, cancel) = mcp_service(mode, vec!["127.0.0.1".to_owned(), addr.to_string()]);
+    let (mcp, cancel) = mcp_service(
+        mode,
+        StreamableHttpServerConfig::default().with_allowed_hosts(["127.0.0.1".to_owned(), addr.to_string()]),
+    );
     let app = Router::new().route_service("/mcp", mcp);
     PlainServer {
         url: format!("http://{addr}/mcp"),
