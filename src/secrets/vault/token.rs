@@ -14,6 +14,9 @@ use crate::secrets::SecretError;
 const MIN_WAIT: Duration = Duration::from_millis(500);
 /// The longest wait between two failed attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// After a failed login, reads that find the token dead fail with the same
+/// error for this long instead of each trying to log in (no login storm).
+const LOGIN_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// What the store knows about its current token.
 pub(super) struct State {
@@ -26,6 +29,8 @@ pub(super) struct State {
     pub(super) creation_ttl: Option<Duration>,
     pub(super) renewals: u64,
     pub(super) logins: u64,
+    /// The last failed login, to rate-limit the next attempts.
+    pub(super) login_failure: Option<(Instant, SecretError)>,
 }
 
 /// What `lookup-self` said about a fresh token.
@@ -48,6 +53,7 @@ impl State {
             creation_ttl: l.creation_ttl,
             renewals: 0,
             logins,
+            login_failure: None,
         }
     }
 }
@@ -94,7 +100,18 @@ impl Shared {
         if self.generation.load(Ordering::Acquire) != seen {
             return Ok(());
         }
-        let (client, lookup) = self.conn.fresh().await?;
+        if let Some((at, e)) = &self.lock_state().login_failure
+            && at.elapsed() < LOGIN_RETRY_AFTER
+        {
+            return Err(e.clone());
+        }
+        let (client, lookup) = match self.conn.fresh().await {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                self.lock_state().login_failure = Some((Instant::now(), e.clone()));
+                return Err(e);
+            }
+        };
         *self.client.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(client);
         self.generation.fetch_add(1, Ordering::AcqRel);
         {
