@@ -6,9 +6,11 @@
 //! identifier `input` must be followed directly by `.field`. Anything else
 //! (`input[...]`, `input` passed whole to a function, `import input`,
 //! `with input as ...`) means "the policy may read everything", and then
-//! nothing is memoized. A policy that names `input.arguments`, or calls a
-//! builtin whose result changes between calls (time, randomness, HTTP), is
-//! never memoized either. Data documents are fixed for a loaded policy
+//! nothing is memoized. A policy that names `input.arguments` (the engine
+//! checks the returned fields), or calls a builtin whose result changes
+//! between calls (time, randomness, HTTP), is never memoized either. When
+//! the scan succeeds the engine also hands the policy only the fields it
+//! reads, which saves converting the rest. Data documents are fixed for a loaded policy
 //! version, and the memo is discarded with it.
 //!
 //! Being wrong in the conservative direction costs speed; being wrong in the
@@ -25,7 +27,8 @@ const NONDETERMINISTIC: [&str; 6] = ["time.", "rand.", "uuid.", "http.", "opa.",
 /// What the scan found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum InputUse {
-    /// Decisions depend only on these input fields (in [`FIELDS`] order).
+    /// Decisions depend only on these input fields (in [`FIELDS`] order);
+    /// memoizable unless `arguments` is among them.
     Fields(Vec<&'static str>),
     /// Do not memoize; the reason is for the logs.
     Opaque(&'static str),
@@ -38,9 +41,6 @@ pub(crate) fn scan<'a>(modules: impl IntoIterator<Item = &'a str>) -> InputUse {
         if let Err(reason) = scan_module(source, &mut fields) {
             return InputUse::Opaque(reason);
         }
-    }
-    if fields.contains("arguments") {
-        return InputUse::Opaque("policy reads input.arguments");
     }
     // Unknown field names are undefined for every request: not part of the key.
     InputUse::Fields(FIELDS.iter().copied().filter(|f| fields.contains(*f)).collect())
@@ -135,9 +135,9 @@ mod tests {
     }
 
     #[test]
-    fn arguments_are_never_memoized() {
+    fn arguments_are_reported() {
         let p = "package x\nallow if input.arguments.x == 1";
-        assert!(matches!(scan([p]), InputUse::Opaque(_)));
+        assert_eq!(scan([p]), InputUse::Fields(vec!["arguments"]));
     }
 
     #[test]

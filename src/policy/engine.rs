@@ -220,8 +220,11 @@ struct Loaded {
     entrypoint: String,
     reasons_rule: Option<String>,
     required_scopes_rule: Option<String>,
-    /// `Some(fields)` when decisions may be memoized, keyed by these fields.
-    memo_fields: Option<Vec<&'static str>>,
+    /// `Some(fields)` when the policy provably reads only these input
+    /// fields (and not `arguments`): the input is trimmed to them, and
+    /// decisions are memoized keyed by them when memoization is on.
+    input_fields: Option<Vec<&'static str>>,
+    memoize: bool,
     memo_capacity: usize,
     max_instructions: usize,
 }
@@ -300,7 +303,12 @@ impl PolicyEngine {
 
     /// Whether decisions of the policy now in force may be memoized.
     pub fn is_memoized(&self) -> bool {
-        lock(&self.shared.current).memo_fields.is_some()
+        let loaded = lock(&self.shared.current);
+        loaded.memoize
+            && loaded
+                .input_fields
+                .as_ref()
+                .is_some_and(|fields| !fields.contains(&"arguments"))
     }
 
     /// Decide, and emit one audit event for the decision.
@@ -495,16 +503,12 @@ fn compile(bundle: &Bundle, options: &Options, generation: u64) -> Result<Loaded
     let program = regorus::languages::rego::compiler::Compiler::compile_from_policy(&compiled, &entrypoints)
         .map_err(|e| whole(&e))?;
 
-    let memo_fields = if options.memoize && options.memo_capacity > 0 {
-        match analysis::scan(bundle.modules.iter().map(|(_, t)| t.as_str())) {
-            InputUse::Fields(fields) => Some(fields),
-            InputUse::Opaque(why) => {
-                tracing::debug!(why, "policy decisions are not memoized");
-                None
-            }
+    let input_fields = match analysis::scan(bundle.modules.iter().map(|(_, t)| t.as_str())) {
+        InputUse::Fields(fields) => Some(fields),
+        InputUse::Opaque(why) => {
+            tracing::debug!(why, "policy decisions are not memoized");
+            None
         }
-    } else {
-        None
     };
 
     let loaded = Loaded {
@@ -515,7 +519,8 @@ fn compile(bundle: &Bundle, options: &Options, generation: u64) -> Result<Loaded
         entrypoint: options.entrypoint.clone(),
         reasons_rule,
         required_scopes_rule,
-        memo_fields,
+        input_fields,
+        memoize: options.memoize && options.memo_capacity > 0,
         memo_capacity: options.memo_capacity,
         max_instructions: options.max_instructions,
     };
@@ -554,6 +559,8 @@ thread_local! {
 /// One thread's evaluation state for one engine.
 struct Worker {
     engine_id: u64,
+    /// Whether this policy's decisions are memoized (computed once).
+    memoizing: bool,
     loaded: Arc<Loaded>,
     /// `None` when the VM could not be set up (data rejected): deny.
     vm: Option<RegoVM>,
@@ -570,8 +577,14 @@ impl Worker {
                 None
             }
         };
+        let memoizing = loaded.memoize
+            && loaded
+                .input_fields
+                .as_ref()
+                .is_some_and(|fields| !fields.contains(&"arguments"));
         Self {
             engine_id,
+            memoizing,
             loaded,
             vm,
             memo: HashMap::new(),
@@ -581,7 +594,8 @@ impl Worker {
 
     fn decide(&mut self, input: &PolicyInput) -> (Arc<Outcome>, Arc<str>, bool) {
         let version = self.loaded.version.clone();
-        if let Some(fields) = &self.loaded.memo_fields {
+        let memo_fields = self.memoizing.then_some(()).and(self.loaded.input_fields.as_ref());
+        if let Some(fields) = memo_fields {
             self.key.clear();
             for field in fields {
                 input.write_key_field(field, &mut self.key);
@@ -591,7 +605,7 @@ impl Worker {
             }
         }
         let outcome = Arc::new(self.run(input));
-        if self.loaded.memo_fields.is_some() && !outcome.fault {
+        if self.memoizing && !outcome.fault {
             if self.memo.len() >= self.loaded.memo_capacity {
                 self.memo.clear();
             }
@@ -605,7 +619,12 @@ impl Worker {
             return Outcome::deny(reason::EVAL_ERROR, true);
         };
         let loaded = &self.loaded;
-        vm.set_input(regorus::Value::from(input.to_json()));
+        let document = match &loaded.input_fields {
+            // The policy reads nothing else: skip converting the rest.
+            Some(fields) => input.to_json_fields(fields),
+            None => input.to_json(),
+        };
+        vm.set_input(regorus::Value::from(document));
         let allowed = match vm.execute_entry_point_by_name(&loaded.entrypoint) {
             Ok(regorus::Value::Bool(b)) => b,
             Ok(regorus::Value::Undefined) => return Outcome::deny(reason::UNDEFINED, true),

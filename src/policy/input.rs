@@ -164,6 +164,16 @@ impl PolicyInput {
         Value::Object(doc)
     }
 
+    /// The document with only `fields` (for a policy that provably reads
+    /// nothing else).
+    pub(crate) fn to_json_fields(&self, fields: &[&str]) -> Value {
+        let mut doc = Map::with_capacity(fields.len());
+        for field in fields {
+            doc.insert((*field).to_owned(), self.field(field));
+        }
+        Value::Object(doc)
+    }
+
     /// One field of the document by name; `null` for an unknown name.
     pub(crate) fn field(&self, name: &str) -> Value {
         let p = &self.principal;
