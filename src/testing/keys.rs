@@ -285,11 +285,17 @@ impl TestKey {
     /// test cannot recover from anyway.
     pub fn generate(alg: KeyAlg) -> TestKey {
         // Invariant: key generation only fails when the system RNG fails.
-        let key = KeyMaterial::generate(alg.kind()).expect("aws-lc key generation failed");
-        TestKey {
+        TestKey::try_generate(alg).expect("aws-lc key generation failed")
+    }
+
+    /// Like [`TestKey::generate`], but reports a failed random source as an
+    /// error instead of panicking (for servers that must not panic, such as
+    /// the development authorization server).
+    pub(crate) fn try_generate(alg: KeyAlg) -> Result<TestKey, Unspecified> {
+        Ok(TestKey {
             alg,
-            key: Arc::new(key),
-        }
+            key: Arc::new(KeyMaterial::generate(alg.kind())?),
+        })
     }
 
     /// The algorithm this key signs with by default.

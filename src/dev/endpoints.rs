@@ -1,0 +1,798 @@
+//! The HTTP endpoints of the development authorization server and the grants
+//! they keep.
+//!
+//! Every handler turns every input into a response: request bodies are read
+//! as bytes under a size limit and parsed by hand, so no extractor rejection,
+//! parse failure or lock poisoning can panic. Codes and refresh tokens are
+//! kept only as SHA-256 hashes and are never logged.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::rand::{SecureRandom as _, SystemRandom};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use serde_json::{Map, Value, json};
+use sha2::{Digest as _, Sha256};
+use url::{Host, Url, form_urlencoded};
+
+use super::store::Store;
+use super::{AUTHORIZE_PATH, JWKS_PATH, METADATA_PATH, REGISTER_PATH, Shared, TOKEN_PATH};
+
+/// Largest request body accepted (registration JSON, token form).
+const MAX_BODY_BYTES: usize = 16 * 1024;
+/// Most redirect URIs one client may register.
+const MAX_REDIRECT_URIS: usize = 8;
+/// Longest redirect URI accepted, in bytes.
+const MAX_URI_BYTES: usize = 2048;
+/// Longest client name kept, in characters.
+const MAX_CLIENT_NAME_CHARS: usize = 200;
+/// The grant types clients may register and use.
+const GRANT_TYPES: [&str; 2] = ["authorization_code", "refresh_token"];
+
+/// SHA-256 of a code or refresh token: what the stores keep instead of it.
+type Digest = [u8; 32];
+
+/// A registered public client.
+#[derive(Debug, Clone)]
+pub(super) struct Client {
+    redirect_uris: Vec<String>,
+    refresh_tokens: bool,
+}
+
+/// An issued, not yet redeemed authorization code.
+#[derive(Debug)]
+struct CodeGrant {
+    client_id: String,
+    redirect_uri: String,
+    challenge: String,
+    scopes: Vec<String>,
+    family: u64,
+}
+
+/// A live refresh token.
+#[derive(Debug)]
+struct RefreshGrant {
+    client_id: String,
+    scopes: Vec<String>,
+    family: u64,
+}
+
+/// Everything the server remembers, each bounded and expiring.
+pub(super) struct Stores {
+    pub(super) clients: Store<String, Client>,
+    codes: Store<Digest, CodeGrant>,
+    /// Redeemed codes, to revoke the refresh tokens of a replayed one.
+    used_codes: Store<Digest, u64>,
+    refresh_tokens: Store<Digest, RefreshGrant>,
+    /// Rotated-out refresh tokens, to revoke the family on reuse.
+    retired_refresh_tokens: Store<Digest, u64>,
+}
+
+impl Stores {
+    pub(super) fn new(capacity: usize) -> Self {
+        Stores {
+            clients: Store::new(capacity),
+            codes: Store::new(capacity),
+            used_codes: Store::new(capacity),
+            refresh_tokens: Store::new(capacity),
+            retired_refresh_tokens: Store::new(capacity),
+        }
+    }
+
+    /// Revokes every refresh token of `family`.
+    fn revoke_family(&mut self, family: u64) {
+        self.refresh_tokens.retain(|grant| grant.family != family);
+    }
+}
+
+pub(super) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route(METADATA_PATH, get(metadata))
+        .route(JWKS_PATH, get(jwks))
+        .route(AUTHORIZE_PATH, get(authorize))
+        .route(TOKEN_PATH, post(token))
+        .route(REGISTER_PATH, post(register))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(shared)
+}
+
+// ---------------------------------------------------------------------------
+// Helpers.
+
+/// Seconds since the Unix epoch.
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// 32 random bytes, base64url: codes, refresh tokens, client ids, `jti`.
+fn random_token() -> Option<String> {
+    let mut bytes = [0u8; 32];
+    SystemRandom::new().fill(&mut bytes).ok()?;
+    Some(URL_SAFE_NO_PAD.encode(bytes))
+}
+
+fn digest(secret: &str) -> Digest {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+/// Compares without an early exit.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// RFC 7636 `code_verifier` / S256 `code_challenge` syntax: 43 to 128
+/// characters of `[A-Za-z0-9-._~]`.
+fn is_pkce_string(value: &str) -> bool {
+    (43..=128).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+}
+
+/// An OAuth error: status, `error`, `error_description`.
+#[derive(Debug)]
+struct OAuthError {
+    status: StatusCode,
+    code: &'static str,
+    description: &'static str,
+}
+
+fn bad_request(code: &'static str, description: &'static str) -> OAuthError {
+    OAuthError {
+        status: StatusCode::BAD_REQUEST,
+        code,
+        description,
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        tracing::debug!(
+            error = self.code,
+            description = self.description,
+            "dev authorization server refused a request"
+        );
+        let body = json!({"error": self.code, "error_description": self.description});
+        let mut response = (self.status, no_store(), axum::Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"token\""),
+            );
+        }
+        response
+    }
+}
+
+fn no_store() -> [(header::HeaderName, HeaderValue); 2] {
+    [
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        (header::PRAGMA, HeaderValue::from_static("no-cache")),
+    ]
+}
+
+/// Form or query parameters. Empty values count as absent (RFC 6749 section
+/// 3.1); a repeated parameter is an error (RFC 6749 section 3.1).
+fn parse_params(raw: &[u8]) -> Result<HashMap<String, String>, OAuthError> {
+    let mut params = HashMap::new();
+    for (name, value) in form_urlencoded::parse(raw) {
+        if value.is_empty() {
+            continue;
+        }
+        if params.insert(name.into_owned(), value.into_owned()).is_some() {
+            return Err(bad_request("invalid_request", "a parameter is repeated"));
+        }
+    }
+    Ok(params)
+}
+
+/// Whether `header` has the media type `expected` (parameters ignored).
+fn has_media_type(headers: &HeaderMap, expected: &str) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(expected))
+}
+
+/// Requested scopes, deduplicated in order; each must be supported.
+fn parse_scopes(shared: &Shared, scope: Option<&String>) -> Result<Vec<String>, OAuthError> {
+    let mut scopes: Vec<String> = Vec::new();
+    for scope in scope.map(|s| s.split_whitespace()).into_iter().flatten() {
+        if !shared.scopes_supported.iter().any(|s| s == scope) {
+            return Err(bad_request("invalid_scope", "a requested scope is not supported"));
+        }
+        if !scopes.iter().any(|s| s == scope) {
+            scopes.push(scope.to_owned());
+        }
+    }
+    Ok(scopes)
+}
+
+/// `https` anywhere, or `http` on a loopback host; no fragment, no userinfo.
+fn is_acceptable_redirect_uri(uri: &str) -> bool {
+    if uri.len() > MAX_URI_BYTES {
+        return false;
+    }
+    let Ok(url) = Url::parse(uri) else {
+        return false;
+    };
+    if url.fragment().is_some() || !url.username().is_empty() || url.password().is_some() {
+        return false;
+    }
+    match (url.scheme(), url.host()) {
+        ("https", Some(_)) => true,
+        ("http", Some(Host::Ipv4(ip))) => ip.is_loopback(),
+        ("http", Some(Host::Ipv6(ip))) => ip.is_loopback(),
+        ("http", Some(Host::Domain(domain))) => domain.eq_ignore_ascii_case("localhost"),
+        _ => false,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Tokens.
+
+pub(super) fn jwks_document(shared: &Shared) -> Value {
+    json!({ "keys": [shared.key.public_jwk()] })
+}
+
+/// Signs an RFC 9068 access token for the demo user and the protected resource.
+pub(super) fn sign_access_token(shared: &Shared, client_id: &str, scopes: &[String], lifetime: Duration) -> String {
+    let now = now_unix();
+    let mut claims = Map::new();
+    claims.insert("iss".into(), json!(shared.issuer));
+    claims.insert("sub".into(), json!(shared.user.subject));
+    claims.insert("aud".into(), json!(shared.resource));
+    claims.insert("iat".into(), json!(now));
+    claims.insert("exp".into(), json!(now.saturating_add(lifetime.as_secs().max(1))));
+    claims.insert("client_id".into(), json!(client_id));
+    if let Some(jti) = random_token() {
+        claims.insert("jti".into(), json!(jti));
+    }
+    if !scopes.is_empty() {
+        claims.insert("scope".into(), json!(scopes.join(" ")));
+    }
+    if !shared.user.groups.is_empty() {
+        claims.insert("groups".into(), json!(shared.user.groups));
+    }
+    if let Some(tenant) = &shared.user.tenant {
+        claims.insert("tenant".into(), json!(tenant));
+    }
+    let header = json!({"alg": shared.key.alg().name(), "typ": "at+jwt", "kid": shared.key.kid()});
+    shared.key.sign_raw(&header, &Value::Object(claims))
+}
+
+/// The token response: a fresh access token, and a fresh refresh token of
+/// `family` when the client may refresh.
+fn token_response(shared: &Shared, client_id: &str, client: &Client, scopes: Vec<String>, family: u64) -> Response {
+    let lifetime = shared.lifetimes.access_token;
+    let access_token = sign_access_token(shared, client_id, &scopes, lifetime);
+    let mut body = json!({
+        "access_token": access_token,
+        "token_type": "Bearer",
+        "expires_in": lifetime.as_secs().max(1),
+    });
+    if !scopes.is_empty() {
+        body["scope"] = json!(scopes.join(" "));
+    }
+    if client.refresh_tokens {
+        let Some(refresh_token) = random_token() else {
+            return server_error();
+        };
+        let grant = RefreshGrant {
+            client_id: client_id.to_owned(),
+            scopes,
+            family,
+        };
+        shared
+            .stores()
+            .refresh_tokens
+            .insert(digest(&refresh_token), grant, shared.lifetimes.refresh_token);
+        body["refresh_token"] = json!(refresh_token);
+    }
+    (StatusCode::OK, no_store(), axum::Json(body)).into_response()
+}
+
+fn server_error() -> Response {
+    tracing::error!("dev authorization server: the system random source failed");
+    OAuthError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        code: "server_error",
+        description: "the server could not generate a random value",
+    }
+    .into_response()
+}
+
+// ---------------------------------------------------------------------------
+// Handlers.
+
+async fn metadata(State(shared): State<Arc<Shared>>) -> Response {
+    let iss = &shared.issuer;
+    let body = json!({
+        "issuer": iss,
+        "authorization_endpoint": format!("{iss}{AUTHORIZE_PATH}"),
+        "token_endpoint": format!("{iss}{TOKEN_PATH}"),
+        "registration_endpoint": format!("{iss}{REGISTER_PATH}"),
+        "jwks_uri": format!("{iss}{JWKS_PATH}"),
+        "scopes_supported": shared.scopes_supported,
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "grant_types_supported": GRANT_TYPES,
+        "token_endpoint_auth_methods_supported": ["none"],
+        "code_challenge_methods_supported": ["S256"],
+        "authorization_response_iss_parameter_supported": true,
+        "service_documentation": "https://docs.rs/rmcp-guard/latest/rmcp_guard/dev/",
+    });
+    axum::Json(body).into_response()
+}
+
+async fn jwks(State(shared): State<Arc<Shared>>) -> Response {
+    axum::Json(jwks_document(&shared)).into_response()
+}
+
+/// RFC 7591 registration of a public client.
+async fn register(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let invalid = |description| bad_request("invalid_client_metadata", description).into_response();
+    if !has_media_type(&headers, "application/json") {
+        return bad_request("invalid_request", "the body must be application/json").into_response();
+    }
+    let Ok(Value::Object(metadata)) = serde_json::from_slice::<Value>(&body) else {
+        return invalid("the body must be a JSON object");
+    };
+
+    let Some(Value::Array(uris)) = metadata.get("redirect_uris") else {
+        return bad_request("invalid_redirect_uri", "redirect_uris is required").into_response();
+    };
+    if uris.is_empty() || uris.len() > MAX_REDIRECT_URIS {
+        return bad_request("invalid_redirect_uri", "between 1 and 8 redirect_uris are required").into_response();
+    }
+    let mut redirect_uris = Vec::with_capacity(uris.len());
+    for uri in uris {
+        match uri.as_str() {
+            Some(uri) if is_acceptable_redirect_uri(uri) => redirect_uris.push(uri.to_owned()),
+            _ => {
+                return bad_request(
+                    "invalid_redirect_uri",
+                    "redirect URIs must be https, or http on a loopback host, without a fragment",
+                )
+                .into_response();
+            }
+        }
+    }
+
+    match metadata.get("token_endpoint_auth_method") {
+        None => {}
+        Some(method) if method == "none" => {}
+        Some(_) => return invalid("only public clients (token_endpoint_auth_method none) are supported"),
+    }
+    let grant_types: Vec<String> = match metadata.get("grant_types") {
+        None => vec!["authorization_code".to_owned()],
+        Some(Value::Array(types)) => {
+            let mut out = Vec::new();
+            for t in types {
+                match t.as_str() {
+                    Some(t) if GRANT_TYPES.contains(&t) => out.push(t.to_owned()),
+                    _ => return invalid("grant_types may hold only authorization_code and refresh_token"),
+                }
+            }
+            out
+        }
+        Some(_) => return invalid("grant_types must be an array"),
+    };
+    if !grant_types.iter().any(|t| t == "authorization_code") {
+        return invalid("grant_types must include authorization_code");
+    }
+    match metadata.get("response_types") {
+        None => {}
+        Some(Value::Array(types)) if types.iter().all(|t| t == "code") && !types.is_empty() => {}
+        Some(_) => return invalid("response_types may hold only code"),
+    }
+    let client_name = match metadata.get("client_name") {
+        None => None,
+        Some(Value::String(name)) => Some(name.chars().take(MAX_CLIENT_NAME_CHARS).collect::<String>()),
+        Some(_) => return invalid("client_name must be a string"),
+    };
+
+    let Some(client_id) = random_token() else {
+        return server_error();
+    };
+    let client = Client {
+        redirect_uris: redirect_uris.clone(),
+        refresh_tokens: grant_types.iter().any(|t| t == "refresh_token"),
+    };
+    shared
+        .stores()
+        .clients
+        .insert(client_id.clone(), client, shared.lifetimes.client);
+    tracing::debug!(
+        client_name = client_name.as_deref().unwrap_or(""),
+        "dev authorization server registered a client"
+    );
+
+    let mut body = json!({
+        "client_id": client_id,
+        "client_id_issued_at": now_unix(),
+        "redirect_uris": redirect_uris,
+        "grant_types": grant_types,
+        "response_types": ["code"],
+        "token_endpoint_auth_method": "none",
+    });
+    if let Some(name) = client_name {
+        body["client_name"] = json!(name);
+    }
+    (StatusCode::CREATED, no_store(), axum::Json(body)).into_response()
+}
+
+/// The authorization endpoint: checks the request and approves it at once.
+///
+/// Errors about the client or its redirect URI are answered here (400),
+/// never redirected; every later error is sent to the redirect URI.
+async fn authorize(State(shared): State<Arc<Shared>>, RawQuery(query): RawQuery) -> Response {
+    let params = match parse_params(query.unwrap_or_default().as_bytes()) {
+        Ok(params) => params,
+        Err(err) => return err.into_response(),
+    };
+    let Some(client_id) = params.get("client_id") else {
+        return bad_request("invalid_request", "client_id is required").into_response();
+    };
+    let client = shared.stores().clients.get(client_id).cloned();
+    let Some(client) = client else {
+        return bad_request("invalid_client", "unknown client_id").into_response();
+    };
+    let Some(redirect_uri) = params.get("redirect_uri") else {
+        return bad_request("invalid_request", "redirect_uri is required").into_response();
+    };
+    if !client.redirect_uris.iter().any(|u| u == redirect_uri) {
+        return bad_request("invalid_request", "redirect_uri is not registered for this client").into_response();
+    }
+    let Ok(mut location) = Url::parse(redirect_uri) else {
+        return bad_request("invalid_request", "redirect_uri is not a URL").into_response();
+    };
+
+    let state = params.get("state");
+    let outcome = approve(&shared, client_id, redirect_uri, &params);
+    {
+        let mut pairs = location.query_pairs_mut();
+        match &outcome {
+            Ok(code) => {
+                pairs.append_pair("code", code);
+            }
+            Err(err) => {
+                tracing::debug!(
+                    error = err.code,
+                    description = err.description,
+                    "dev authorization server refused an authorization request"
+                );
+                pairs.append_pair("error", err.code);
+                pairs.append_pair("error_description", err.description);
+            }
+        }
+        if let Some(state) = state {
+            pairs.append_pair("state", state);
+        }
+        pairs.append_pair("iss", &shared.issuer);
+    }
+    let Ok(location) = HeaderValue::from_str(location.as_str()) else {
+        return bad_request("invalid_request", "redirect_uri cannot be used").into_response();
+    };
+    let mut response = (StatusCode::FOUND, no_store()).into_response();
+    response.headers_mut().insert(header::LOCATION, location);
+    response
+}
+
+/// The checks after the redirect URI is known good; on success the new code.
+fn approve(
+    shared: &Shared,
+    client_id: &str,
+    redirect_uri: &str,
+    params: &HashMap<String, String>,
+) -> Result<String, OAuthError> {
+    if params.get("response_type").map(String::as_str) != Some("code") {
+        return Err(bad_request("unsupported_response_type", "response_type must be code"));
+    }
+    if params.get("code_challenge_method").map(String::as_str) != Some("S256") {
+        return Err(bad_request(
+            "invalid_request",
+            "PKCE with code_challenge_method S256 is required (plain is not supported)",
+        ));
+    }
+    let Some(challenge) = params
+        .get("code_challenge")
+        .filter(|c| c.len() == 43 && is_pkce_string(c))
+    else {
+        return Err(bad_request(
+            "invalid_request",
+            "code_challenge must be a base64url SHA-256 (43 characters)",
+        ));
+    };
+    if params.get("resource").is_some_and(|r| *r != shared.resource) {
+        return Err(bad_request(
+            "invalid_target",
+            "this server issues tokens only for its protected resource",
+        ));
+    }
+    let scopes = parse_scopes(shared, params.get("scope"))?;
+    let Some(code) = random_token() else {
+        return Err(OAuthError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "server_error",
+            description: "the server could not generate a random value",
+        });
+    };
+    let grant = CodeGrant {
+        client_id: client_id.to_owned(),
+        redirect_uri: redirect_uri.to_owned(),
+        challenge: challenge.clone(),
+        scopes,
+        family: shared.next_family.fetch_add(1, Ordering::Relaxed),
+    };
+    shared
+        .stores()
+        .codes
+        .insert(digest(&code), grant, shared.lifetimes.code);
+    tracing::debug!(subject = %shared.user.subject, "dev authorization server approved an authorization request");
+    Ok(code)
+}
+
+/// The client of a token request: `client_id` in the body, or HTTP Basic with
+/// an empty password (public clients have no secret).
+fn token_client_id(headers: &HeaderMap, params: &HashMap<String, String>) -> Result<String, OAuthError> {
+    let invalid_client = OAuthError {
+        status: StatusCode::UNAUTHORIZED,
+        code: "invalid_client",
+        description: "unknown client or unsupported client authentication",
+    };
+    let from_header = match headers.get(header::AUTHORIZATION) {
+        None => None,
+        Some(value) => {
+            let value = value
+                .to_str()
+                .map_err(|_| bad_request("invalid_request", "bad Authorization header"))?;
+            let Some(encoded) = value.strip_prefix("Basic ").or_else(|| value.strip_prefix("basic ")) else {
+                return Err(invalid_client);
+            };
+            let decoded = STANDARD
+                .decode(encoded.trim())
+                .ok()
+                .and_then(|d| String::from_utf8(d).ok())
+                .ok_or_else(|| bad_request("invalid_request", "bad Authorization header"))?;
+            let (user, password) = decoded.split_once(':').unwrap_or((&decoded, ""));
+            if !password.is_empty() {
+                return Err(invalid_client);
+            }
+            let user: String = form_urlencoded::parse(format!("u={user}").as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default();
+            Some(user)
+        }
+    };
+    match (from_header, params.get("client_id")) {
+        (Some(a), Some(b)) if a != *b => Err(bad_request("invalid_request", "two different client ids")),
+        (Some(id), _) => Ok(id),
+        (None, Some(id)) => Ok(id.clone()),
+        (None, None) => Err(invalid_client),
+    }
+}
+
+async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    match token_inner(&shared, &headers, &body) {
+        Ok(response) => response,
+        Err(err) => err.into_response(),
+    }
+}
+
+fn token_inner(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Response, OAuthError> {
+    if !has_media_type(headers, "application/x-www-form-urlencoded") {
+        return Err(bad_request(
+            "invalid_request",
+            "the body must be application/x-www-form-urlencoded",
+        ));
+    }
+    let params = parse_params(body)?;
+    let client_id = token_client_id(headers, &params)?;
+    let client = shared.stores().clients.get(&client_id).cloned();
+    let Some(client) = client else {
+        return Err(OAuthError {
+            status: StatusCode::UNAUTHORIZED,
+            code: "invalid_client",
+            description: "unknown client or unsupported client authentication",
+        });
+    };
+    if params.get("resource").is_some_and(|r| *r != shared.resource) {
+        return Err(bad_request(
+            "invalid_target",
+            "this server issues tokens only for its protected resource",
+        ));
+    }
+    match params.get("grant_type").map(String::as_str) {
+        Some("authorization_code") => code_grant(shared, &client_id, &client, &params),
+        Some("refresh_token") => refresh_grant(shared, &client_id, &client, &params),
+        Some(_) => Err(bad_request("unsupported_grant_type", "grant_type is not supported")),
+        None => Err(bad_request("invalid_request", "grant_type is required")),
+    }
+}
+
+fn code_grant(
+    shared: &Shared,
+    client_id: &str,
+    client: &Client,
+    params: &HashMap<String, String>,
+) -> Result<Response, OAuthError> {
+    let (Some(code), Some(verifier), Some(redirect_uri)) = (
+        params.get("code"),
+        params.get("code_verifier"),
+        params.get("redirect_uri"),
+    ) else {
+        return Err(bad_request(
+            "invalid_request",
+            "code, code_verifier and redirect_uri are required",
+        ));
+    };
+    let invalid_grant = |description| bad_request("invalid_grant", description);
+    let hash = digest(code);
+    let grant = {
+        let mut stores = shared.stores();
+        match stores.codes.remove(&hash) {
+            Some(grant) => {
+                // A code is single use, whatever happens next.
+                stores
+                    .used_codes
+                    .insert(hash, grant.family, shared.lifetimes.refresh_token);
+                grant
+            }
+            None => {
+                if let Some(&family) = stores.used_codes.get(&hash) {
+                    // RFC 6749 section 4.1.2: a replayed code revokes what it gave.
+                    stores.revoke_family(family);
+                    tracing::warn!(
+                        "dev authorization server: an authorization code was reused; its tokens are revoked"
+                    );
+                }
+                return Err(invalid_grant("the code is unknown, expired or already used"));
+            }
+        }
+    };
+    if grant.client_id != client_id {
+        return Err(invalid_grant("the code was issued to another client"));
+    }
+    if grant.redirect_uri != *redirect_uri {
+        return Err(invalid_grant("redirect_uri does not match the authorization request"));
+    }
+    let computed = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+    if !is_pkce_string(verifier) || !constant_time_eq(computed.as_bytes(), grant.challenge.as_bytes()) {
+        return Err(invalid_grant("PKCE verification failed"));
+    }
+    Ok(token_response(shared, client_id, client, grant.scopes, grant.family))
+}
+
+fn refresh_grant(
+    shared: &Shared,
+    client_id: &str,
+    client: &Client,
+    params: &HashMap<String, String>,
+) -> Result<Response, OAuthError> {
+    let Some(refresh_token) = params.get("refresh_token") else {
+        return Err(bad_request("invalid_request", "refresh_token is required"));
+    };
+    if !client.refresh_tokens {
+        return Err(bad_request(
+            "unauthorized_client",
+            "the client did not register the refresh_token grant",
+        ));
+    }
+    let invalid_grant = |description| bad_request("invalid_grant", description);
+    let hash = digest(refresh_token);
+    let grant = {
+        let mut stores = shared.stores();
+        match stores.refresh_tokens.remove(&hash) {
+            Some(grant) => {
+                // Rotation: this refresh token is spent.
+                stores
+                    .retired_refresh_tokens
+                    .insert(hash, grant.family, shared.lifetimes.refresh_token);
+                grant
+            }
+            None => {
+                if let Some(&family) = stores.retired_refresh_tokens.get(&hash) {
+                    stores.revoke_family(family);
+                    tracing::warn!(
+                        "dev authorization server: a rotated refresh token was reused; its family is revoked"
+                    );
+                }
+                return Err(invalid_grant("the refresh token is unknown, expired or already used"));
+            }
+        }
+    };
+    if grant.client_id != client_id {
+        return Err(invalid_grant("the refresh token was issued to another client"));
+    }
+    let scopes = match params.get("scope") {
+        None => grant.scopes.clone(),
+        Some(_) => {
+            let asked = parse_scopes(shared, params.get("scope"))?;
+            if asked.iter().any(|s| !grant.scopes.contains(s)) {
+                return Err(bad_request(
+                    "invalid_scope",
+                    "a refresh cannot widen the original grant",
+                ));
+            }
+            asked
+        }
+    };
+    // The new refresh token keeps the original grant; only the access token narrows.
+    let lifetime = shared.lifetimes.access_token;
+    let access_token = sign_access_token(shared, client_id, &scopes, lifetime);
+    let Some(new_refresh) = random_token() else {
+        return Ok(server_error());
+    };
+    shared.stores().refresh_tokens.insert(
+        digest(&new_refresh),
+        RefreshGrant {
+            client_id: client_id.to_owned(),
+            scopes: grant.scopes,
+            family: grant.family,
+        },
+        shared.lifetimes.refresh_token,
+    );
+    let mut body = json!({
+        "access_token": access_token,
+        "token_type": "Bearer",
+        "expires_in": lifetime.as_secs().max(1),
+        "refresh_token": new_refresh,
+    });
+    if !scopes.is_empty() {
+        body["scope"] = json!(scopes.join(" "));
+    }
+    Ok((StatusCode::OK, no_store(), axum::Json(body)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirect_uris() {
+        assert!(is_acceptable_redirect_uri("http://127.0.0.1:8765/callback"));
+        assert!(is_acceptable_redirect_uri("http://[::1]/cb"));
+        assert!(is_acceptable_redirect_uri("http://localhost:1234/cb"));
+        assert!(is_acceptable_redirect_uri("https://app.example.com/cb"));
+        assert!(!is_acceptable_redirect_uri("http://app.example.com/cb"));
+        assert!(!is_acceptable_redirect_uri("http://127.0.0.1/cb#frag"));
+        assert!(!is_acceptable_redirect_uri("http://user@127.0.0.1/cb"));
+        assert!(!is_acceptable_redirect_uri("javascript:alert(1)"));
+        assert!(!is_acceptable_redirect_uri("com.example.app:/cb"));
+        assert!(!is_acceptable_redirect_uri("not a uri"));
+    }
+
+    #[test]
+    fn params_refuse_repeats_and_skip_empties() {
+        assert!(parse_params(b"a=1&a=2").is_err());
+        let p = parse_params(b"a=&b=2&%ZZ=%").unwrap();
+        assert!(!p.contains_key("a"));
+        assert_eq!(p["b"], "2");
+    }
+
+    #[test]
+    fn pkce_syntax() {
+        assert!(is_pkce_string(&"a".repeat(43)));
+        assert!(!is_pkce_string(&"a".repeat(42)));
+        assert!(!is_pkce_string(&"a".repeat(129)));
+        assert!(!is_pkce_string(&format!("{}+", "a".repeat(43))));
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+}
