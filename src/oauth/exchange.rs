@@ -606,6 +606,26 @@ impl TokenExchange {
         subject_token: &InboundToken,
         request: &DownstreamRequest,
     ) -> Result<DownstreamToken, ExchangeError> {
+        let http_request = self.exchange_request(subject_token, request)?;
+        let response = send(self.inner.http.clone(), http_request).await.map_err(|e| {
+            tracing::warn!(error = %e, "token exchange request failed");
+            ExchangeError::Unavailable
+        })?;
+        if response.status() != http::StatusCode::OK {
+            return Err(refusal(response.status(), response.body()));
+        }
+        let answer: Answer = serde_json::from_slice(response.body()).map_err(|_| ExchangeError::InvalidResponse)?;
+        downstream(&answer, request)
+    }
+
+    /// The RFC 8693 request: a form POST to the token endpoint, client
+    /// authentication as `oauth2` does it. Built before any `.await` (the
+    /// form serializer is not `Send`).
+    fn exchange_request(
+        &self,
+        subject_token: &InboundToken,
+        request: &DownstreamRequest,
+    ) -> Result<oauth2::HttpRequest, ExchangeError> {
         let mut form = url::form_urlencoded::Serializer::new(String::new());
         form.append_pair("grant_type", TOKEN_EXCHANGE_GRANT);
         form.append_pair("subject_token", subject_token.expose());
@@ -635,18 +655,9 @@ impl TokenExchange {
             .apply(builder, &mut form)
             .map_err(|_| ExchangeError::InvalidResponse)?;
         let body = Zeroizing::new(form.finish());
-        let http_request: oauth2::HttpRequest = builder
+        builder
             .body(body.as_bytes().to_vec())
-            .map_err(|_| ExchangeError::InvalidResponse)?;
-        let response = send(self.inner.http.clone(), http_request).await.map_err(|e| {
-            tracing::warn!(error = %e, "token exchange request failed");
-            ExchangeError::Unavailable
-        })?;
-        if response.status() != http::StatusCode::OK {
-            return Err(refusal(response.status(), response.body()));
-        }
-        let answer: Answer = serde_json::from_slice(response.body()).map_err(|_| ExchangeError::InvalidResponse)?;
-        downstream(&answer, request)
+            .map_err(|_| ExchangeError::InvalidResponse)
     }
 
     async fn request_client_credentials(&self, request: &DownstreamRequest) -> Result<DownstreamToken, ExchangeError> {
@@ -839,6 +850,21 @@ mod tests {
             cache_key(&ga, &r.clone().scopes(["b", "a"])),
             cache_key(&ga, &r.scopes(["a", "b"]))
         );
+    }
+
+    /// Tool futures run on multi-threaded runtimes: they must be `Send`.
+    #[allow(dead_code)]
+    fn futures_are_send(
+        x: &TokenExchange,
+        p: &Principal,
+        t: &InboundToken,
+        r: &DownstreamRequest,
+        parts: &http::request::Parts,
+    ) {
+        fn send<T: Send>(_: T) {}
+        send(x.exchange(p, t, r));
+        send(x.client_credentials(r));
+        send(downstream_token(parts, "a"));
     }
 
     #[test]
