@@ -1,3 +1,122 @@
-//! Placeholder; replaced below.
+//! Requests per second of the same rmcp echo server, unguarded and guarded,
+//! in one run on loopback.
+//!
+//! ```text
+//! cargo bench --features testing --bench load
+//! ```
+//!
+//! Both servers run rmcp's Streamable HTTP service in stateless JSON mode (a
+//! `tools/call` is one POST) on a two-worker runtime; a bounded number of
+//! HTTP/1.1 keep-alive clients call `echo` for a fixed time. The guarded
+//! server sees the same token on every request (as a session does), so after
+//! the first request it is answered from the verified-token cache.
+//! The phases alternate (unguarded, guarded, unguarded, guarded) so that a
+//! drift in machine load hits both. Target: guarded / unguarded >= 0.90.
 
-fn main() {}
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{GuardedServer, Mode, echo_call, start_guarded, start_unguarded, token_for};
+use rmcp_guard::testing::TestIssuer;
+
+const CLIENTS: usize = 32;
+const WARM_UP: Duration = Duration::from_secs(1);
+const MEASURE: Duration = Duration::from_secs(3);
+const ROUNDS: usize = 2;
+
+/// Drive `url` with [`CLIENTS`] concurrent clients; returns requests/s over
+/// the measured window (warm-up excluded). Every answer must be 200.
+async fn drive(url: &str, token: Option<&str>) -> f64 {
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(CLIENTS)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    let body = echo_call("load").to_string();
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::with_capacity(CLIENTS);
+    for _ in 0..CLIENTS {
+        let (http, url, body) = (http.clone(), url.to_owned(), body.clone());
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let (measuring, stop, done) = (measuring.clone(), stop.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let mut req = http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header("accept", "application/json, text/event-stream")
+                    .body(body.clone());
+                if let Some(auth) = &auth {
+                    req = req.header("authorization", auth);
+                }
+                let response = req.send().await.expect("request");
+                assert_eq!(response.status(), 200, "every load request succeeds");
+                let _ = response.bytes().await.expect("body");
+                if measuring.load(Ordering::Relaxed) {
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(WARM_UP).await;
+    measuring.store(true, Ordering::Relaxed);
+    let start = Instant::now();
+    tokio::time::sleep(MEASURE).await;
+    let count = done.load(Ordering::Relaxed);
+    let elapsed = start.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.expect("client task");
+    }
+    count as f64 / elapsed.as_secs_f64()
+}
+
+async fn run() {
+    let issuer = TestIssuer::start().await.expect("test issuer");
+    let unguarded = start_unguarded(Mode::Stateless).await;
+    let guarded: GuardedServer = start_guarded(&issuer).await;
+    guarded.rs.warm_up().await.expect("keys load");
+    let token = token_for(&issuer, &guarded).expires_in(Duration::from_secs(600)).sign();
+
+    let mut plain = Vec::new();
+    let mut guard = Vec::new();
+    for round in 1..=ROUNDS {
+        let u = drive(&unguarded.url, None).await;
+        let g = drive(&guarded.url, Some(&token)).await;
+        println!(
+            "round {round}: unguarded {u:>8.0} req/s   guarded {g:>8.0} req/s   ratio {:.3}",
+            g / u
+        );
+        plain.push(u);
+        guard.push(g);
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (u, g) = (mean(&plain), mean(&guard));
+    println!(
+        "load: {CLIENTS} clients, {}s per phase: unguarded {u:.0} req/s, guarded {g:.0} req/s, ratio {:.3} (target >= 0.90)",
+        MEASURE.as_secs(),
+        g / u
+    );
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing
+    // useful either: run the whole program only for `cargo bench`.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("load: run with `cargo bench --features testing --bench load`");
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(run());
+}

@@ -293,8 +293,8 @@ async fn attacker_key_reusing_a_real_kid_is_rejected() {
     for alg in [KeyAlg::Rs256, KeyAlg::Ps256, KeyAlg::Es256, KeyAlg::EdDsa] {
         let attacker = TestKey::generate(alg);
         let token = token_for(&issuer, &server).algorithm(alg).signed_with(&attacker).sign();
-        let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(token.split('.').next().unwrap()).unwrap())
-            .unwrap();
+        let header: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(token.split('.').next().unwrap()).unwrap()).unwrap();
         assert_eq!(header["kid"], issuer.kid(alg), "the forged token names the real kid");
         let reply = call_echo(&server.url, &token, "x").await;
         assert_invalid_token(&reply, &server, &token, "invalid signature");
@@ -324,13 +324,7 @@ async fn key_of_another_type_under_a_real_kid_is_rejected() {
 /// token header could point to.
 async fn attacker_server(attacker: &TestKey) -> StubServer {
     let jwks = json!({"keys": [attacker.public_jwk()]});
-    StubServer::start(move |_| {
-        vec![
-            ("/jwks.json".to_owned(), jwks.clone()),
-            ("/cert.pem".to_owned(), jwks),
-        ]
-    })
-    .await
+    StubServer::start(move |_| vec![("/jwks.json".to_owned(), jwks.clone()), ("/cert.pem".to_owned(), jwks)]).await
 }
 
 /// A header pointing at the attacker is never followed: the attacker's token
@@ -457,6 +451,7 @@ async fn truncated_and_empty_signatures_are_rejected() {
         let one_short = format!("{signed}.{}", &signature[..signature.len() - 1]);
         let reply = call_echo(&server.url, &one_short, "x").await;
         assert_eq!(reply.status, 401, "{reply:?}");
+        assert_eq!(reply.challenge().unwrap().get("error"), Some("invalid_token"));
         assert_token_not_echoed(&reply, &one_short);
 
         let empty = format!("{signed}.");
@@ -504,7 +499,11 @@ async fn garbage_tokens_are_rejected() {
     for token in &garbage {
         let reply = call_echo(&server.url, token, "x").await;
         assert_eq!(reply.status, 401, "{token}: {reply:?}");
-        assert_eq!(reply.challenge().unwrap().get("error"), Some("invalid_token"), "{token}");
+        assert_eq!(
+            reply.challenge().unwrap().get("error"),
+            Some("invalid_token"),
+            "{token}"
+        );
         assert_token_not_echoed(&reply, token);
     }
 }
@@ -522,7 +521,10 @@ async fn authorization_header_oddities_are_refused() {
     ];
     for (value, status) in cases {
         let response = mcp_post(&client(), &server.url, &echo_call("x"))
-            .header("authorization", reqwest::header::HeaderValue::from_bytes(&value).unwrap())
+            .header(
+                "authorization",
+                reqwest::header::HeaderValue::from_bytes(&value).unwrap(),
+            )
             .send()
             .await
             .unwrap();
@@ -536,7 +538,9 @@ async fn authorization_header_oddities_are_refused() {
 #[tokio::test]
 async fn token_of_64_kib_gets_a_4xx_never_a_5xx() {
     let (issuer, server) = setup().await;
-    let padded = token_for(&issuer, &server).claim("pad", json!("x".repeat(64 * 1024))).sign();
+    let padded = token_for(&issuer, &server)
+        .claim("pad", json!("x".repeat(64 * 1024)))
+        .sign();
     let filler = format!("{}.{}.{}", "a".repeat(1024), "b".repeat(63 * 1024), "c".repeat(1024));
     for token in [padded, filler] {
         assert!(token.len() >= 64 * 1024);
@@ -609,8 +613,15 @@ async fn two_authorization_headers_are_an_invalid_request() {
 async fn protected_resource_metadata_is_served_at_both_paths() {
     let (issuer, server) = setup().await;
     let suffixed = format!("{}/.well-known/oauth-protected-resource/mcp", server.base);
-    assert_eq!(server.metadata_url(), suffixed, "the challenge points at the suffixed form");
-    for url in [format!("{}/.well-known/oauth-protected-resource", server.base), suffixed] {
+    assert_eq!(
+        server.metadata_url(),
+        suffixed,
+        "the challenge points at the suffixed form"
+    );
+    for url in [
+        format!("{}/.well-known/oauth-protected-resource", server.base),
+        suffixed,
+    ] {
         let response = client().get(&url).send().await.unwrap();
         assert_eq!(response.status(), 200, "{url}");
         assert!(
@@ -653,11 +664,19 @@ async fn audit_events_name_the_reason_and_never_the_token() {
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .finish();
+    // With a single registered `Dispatch`, tracing-core caches the interest of
+    // a callsite first hit on another test thread (no subscriber there) as
+    // "never" (tokio-rs/tracing#3611). A second live `Dispatch` makes it take
+    // the general path, which asks every registered dispatcher.
+    let _second_dispatch = tracing::Dispatch::new(tracing_subscriber::registry());
     // Thread-local: a current-thread test runtime polls the server on this thread.
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let (issuer, server) = setup().await;
-    let valid = token_for(&issuer, &server).subject("auditee").client_id("audit-client").sign();
+    let valid = token_for(&issuer, &server)
+        .subject("auditee")
+        .client_id("audit-client")
+        .sign();
     let expired = token_for(&issuer, &server).expired().sign();
     let forged = token_for(&issuer, &server)
         .signed_with(&TestKey::generate(KeyAlg::Rs256))

@@ -115,7 +115,11 @@ async fn concurrent_first_requests_share_one_fetch() {
     while let Some(reply) = requests.join_next().await {
         assert_eq!(reply.unwrap().status, 200);
     }
-    assert_eq!(issuer.jwks_fetches(), 1, "single flight: one fetch for 20 first requests");
+    assert_eq!(
+        issuer.jwks_fetches(),
+        1,
+        "single flight: one fetch for 20 first requests"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -377,7 +381,9 @@ async fn junk_keys_in_the_jwks_do_not_break_valid_keys() {
 
 /// A big-endian modulus of exactly `bits` bits (top bit set, odd).
 fn modulus(bits: usize) -> String {
-    let mut n: Vec<u8> = (0..bits / 8).map(|i| (i as u8).wrapping_mul(151).wrapping_add(7)).collect();
+    let mut n: Vec<u8> = (0..bits / 8)
+        .map(|i| (i as u8).wrapping_mul(151).wrapping_add(7))
+        .collect();
     n[0] |= 0x80;
     *n.last_mut().unwrap() |= 1;
     URL_SAFE_NO_PAD.encode(n)
@@ -452,5 +458,9 @@ async fn metadata_naming_another_issuer_is_refused() {
     let reply = call_echo(&server.url, &token, "x").await;
     assert_unavailable(&reply, &token);
     assert_eq!(issuer.metadata_fetches(), 2, "both discovery documents were tried");
-    assert_eq!(issuer.jwks_fetches(), 0, "the mismatched document's jwks_uri is never used");
+    assert_eq!(
+        issuer.jwks_fetches(),
+        0,
+        "the mismatched document's jwks_uri is never used"
+    );
 }

@@ -3,14 +3,13 @@
 
 mod common;
 
-use std::error::Error as _;
 use std::time::Duration;
 
 use common::*;
 use rmcp::ServiceExt;
 use rmcp::model::CallToolRequestParams;
 use rmcp::transport::StreamableHttpClientTransport;
-use rmcp::transport::streamable_http_client::{AuthRequiredError, StreamableHttpClientTransportConfig};
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp_guard::Issuer;
 use rmcp_guard::error::AuthError;
 use rmcp_guard::testing::TestIssuer;
@@ -24,19 +23,6 @@ fn transport(url: &str, token: Option<&str>) -> StreamableHttpClientTransport<re
         config = config.auth_header(token.to_owned());
     }
     StreamableHttpClientTransport::from_config(config)
-}
-
-/// The `WWW-Authenticate` value carried by an rmcp client error, found on its
-/// `source()` chain.
-fn challenge_of(error: &(dyn std::error::Error + 'static)) -> Option<String> {
-    let mut next = Some(error);
-    while let Some(current) = next {
-        if let Some(auth) = current.downcast_ref::<AuthRequiredError>() {
-            return Some(auth.www_authenticate_header.clone());
-        }
-        next = current.source();
-    }
-    None
 }
 
 async fn session_server(issuer: &TestIssuer) -> GuardedServer {
@@ -70,7 +56,10 @@ async fn list_and_call(server: &GuardedServer, token: &str, issuer: &TestIssuer)
     assert_eq!(who["scopes"], json!([SCOPE]));
 
     let result = client
-        .call_tool(CallToolRequestParams::new("echo").with_arguments(json!({"text": "through the guard"}).as_object().unwrap().clone()))
+        .call_tool(
+            CallToolRequestParams::new("echo")
+                .with_arguments(json!({"text": "through the guard"}).as_object().unwrap().clone()),
+        )
         .await
         .expect("tools/call echo");
     assert_eq!(result.content[0].as_text().unwrap().text, "through the guard");
@@ -104,13 +93,11 @@ async fn rmcp_client_without_a_token_is_refused_with_the_challenge() {
         .err()
         .expect("no token, no session");
     let expected = server.rs.challenge(&AuthError::MissingToken).unwrap();
-    match challenge_of(&error) {
-        Some(challenge) => assert_eq!(challenge, expected),
-        None => {
-            let shown = format!("{error:?}");
-            assert!(shown.contains("resource_metadata"), "{shown}");
-        }
-    }
+    let challenge = error
+        .auth_challenge()
+        .unwrap_or_else(|| panic!("no challenge in {error:?}"));
+    assert_eq!(challenge, expected);
+    assert!(error.is_authorization_required());
     assert_eq!(issuer.jwks_fetches(), 0, "no token, no key fetch");
 }
 
@@ -126,11 +113,31 @@ async fn rmcp_client_with_an_expired_token_is_refused() {
         .expect("an expired token gets no session");
     let shown = format!("{error:?} {error}");
     assert!(!shown.contains(&token), "the error does not carry the token");
-    if let Some(challenge) = challenge_of(&error) {
-        let parsed = Challenge::parse(&challenge);
-        assert_eq!(parsed.get("error"), Some("invalid_token"));
-        assert_eq!(parsed.get("error_description"), Some("token expired"));
-    }
-    // The cause is anchored on the source chain when rmcp exposes one.
-    let _ = error.source();
+    let challenge = error
+        .auth_challenge()
+        .unwrap_or_else(|| panic!("no challenge in {error:?}"));
+    let parsed = Challenge::parse(challenge);
+    assert_eq!(parsed.get("error"), Some("invalid_token"));
+    assert_eq!(parsed.get("error_description"), Some("token expired"));
+    assert_eq!(parsed.get("resource_metadata"), Some(server.metadata_url()));
+}
+
+#[tokio::test]
+async fn rmcp_client_with_insufficient_scope_learns_the_needed_scope() {
+    let issuer = TestIssuer::start().await.unwrap();
+    let server = session_server(&issuer).await;
+    let token = token_for(&issuer, &server).scope("mcp:read").sign();
+    let error = tokio::time::timeout(TIMEOUT, ().serve(transport(&server.url, Some(&token))))
+        .await
+        .expect("handshake does not hang")
+        .err()
+        .expect("a token without the required scope gets no session");
+    assert!(!format!("{error:?} {error}").contains(&token));
+    let challenge = error
+        .auth_challenge()
+        .unwrap_or_else(|| panic!("no challenge in {error:?}"));
+    let parsed = Challenge::parse(challenge);
+    assert_eq!(parsed.get("error"), Some("insufficient_scope"));
+    assert_eq!(parsed.get("scope"), Some(SCOPE));
+    assert_eq!(parsed.get("resource_metadata"), Some(server.metadata_url()));
 }

@@ -103,7 +103,10 @@ pub enum Mode {
 fn mcp_service(
     mode: Mode,
     config: StreamableHttpServerConfig,
-) -> (StreamableHttpService<Tools, LocalSessionManager>, Box<dyn FnOnce() + Send>) {
+) -> (
+    StreamableHttpService<Tools, LocalSessionManager>,
+    Box<dyn FnOnce() + Send>,
+) {
     let mut config = config.with_sse_keep_alive(None);
     if mode == Mode::Stateless {
         config = config.with_legacy_session_mode(false).with_json_response(true);
