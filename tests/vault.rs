@@ -475,3 +475,182 @@ async fn tracing_output_never_contains_a_secret_or_a_token() {
         }
     }
 }
+
+#[tokio::test]
+async fn token_file_is_read_again_when_the_token_dies() {
+    bounded(60, async {
+        let bao = Bao::start().await;
+        seed_tenants(&bao).await;
+        bao.read_policy("mcp-read", &["secret/data/mcp/*"]).await;
+        let first = bao.token(json!({"policies": ["mcp-read"], "ttl": "1h"})).await;
+        let file = write_0400(bao.dir().join("token"), &first);
+        let store = Arc::new(
+            VaultStore::builder(bao.addr(), VaultAuth::token_file(&file))
+                .build()
+                .await
+                .unwrap(),
+        );
+        store.get("mcp/acme/catalyst-center").await.unwrap();
+
+        // An agent rotates the file after the old token was revoked.
+        bao.call("POST", "auth/token/revoke", Some(json!({"token": first})))
+            .await;
+        let second = bao.token(json!({"policies": ["mcp-read"], "ttl": "1h"})).await;
+        write_0400(file, &second);
+        store.get("mcp/acme/catalyst-center").await.unwrap();
+        assert_eq!(store.token_status().logins, 2);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn near_max_ttl_triggers_a_fresh_approle_login() {
+    bounded(60, async {
+        let bao = Bao::start().await;
+        seed_tenants(&bao).await;
+        let (role_id, secret_id_file, _) = approle(&bao, "2s").await;
+        bao.call(
+            "POST",
+            "auth/approle/role/mcp",
+            Some(json!({"token_policies": ["mcp-read"], "token_ttl": "2s", "token_max_ttl": "4s"})),
+        )
+        .await;
+        let store = Arc::new(
+            VaultStore::builder(bao.addr(), VaultAuth::approle(role_id, secret_id_file))
+                .build()
+                .await
+                .unwrap(),
+        );
+        // Past the 4 s max TTL of the first token: renewed, then replaced.
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        let status = store.token_status();
+        assert!(status.logins >= 2, "{status:?}");
+        assert!(status.renewals >= 1, "{status:?}");
+        store.get("mcp/acme/catalyst-center").await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn dropping_the_store_stops_renewal() {
+    bounded(60, async {
+        let bao = Bao::start().await;
+        let token = bao
+            .token(json!({"ttl": "2s", "explicit_max_ttl": "1h", "renewable": true}))
+            .await;
+        let store = VaultStore::builder(bao.addr(), VaultAuth::token(token.clone()))
+            .build()
+            .await
+            .unwrap();
+        drop(store);
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+        let (status, _) = bao
+            .try_call_as(ROOT, "POST", "auth/token/lookup", Some(json!({"token": token})))
+            .await;
+        assert_ne!(status, 200, "the token was renewed after the store was dropped");
+    })
+    .await;
+}
+
+/// base64url without padding.
+fn b64url(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b)) << (8 * (3 - chunk.len()));
+        for i in 0..=chunk.len() {
+            out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// An RS256 JWT signed with `key` (PEM) by the `openssl` CLI.
+fn sign_jwt(dir: &std::path::Path, key: &std::path::Path, claims: serde_json::Value) -> String {
+    let input = format!(
+        "{}.{}",
+        b64url(br#"{"alg":"RS256","typ":"JWT"}"#),
+        b64url(claims.to_string().as_bytes())
+    );
+    let data = dir.join("jwt-input");
+    std::fs::write(&data, &input).unwrap();
+    let sig = std::process::Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(key)
+        .arg(&data)
+        .output()
+        .expect("openssl on PATH");
+    assert!(sig.status.success());
+    format!("{input}.{}", b64url(&sig.stdout))
+}
+
+#[tokio::test]
+async fn jwt_workload_identity_logs_in_and_again_after_revocation() {
+    bounded(60, async {
+        let bao = Bao::start().await;
+        seed_tenants(&bao).await;
+        bao.read_policy("mcp-read", &["secret/data/mcp/*"]).await;
+        let dir = bao.dir().to_owned();
+        let key = dir.join("wl-key.pem");
+        let ok = std::process::Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+                "-out",
+            ])
+            .arg(&key)
+            .status()
+            .expect("openssl on PATH");
+        assert!(ok.success());
+        let public = std::process::Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(&key)
+            .output()
+            .unwrap();
+        let public = String::from_utf8(public.stdout).unwrap();
+        bao.call("POST", "sys/auth/jwt", Some(json!({"type": "jwt"}))).await;
+        bao.call(
+            "POST",
+            "auth/jwt/config",
+            Some(json!({"jwt_validation_pubkeys": [public], "bound_issuer": "https://workload.test"})),
+        )
+        .await;
+        bao.call(
+            "POST",
+            "auth/jwt/role/mcp",
+            Some(json!({
+                "role_type": "jwt", "user_claim": "sub", "bound_audiences": ["openbao"],
+                "token_policies": ["mcp-read"], "token_ttl": "1h"
+            })),
+        )
+        .await;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let jwt = sign_jwt(
+            &dir,
+            &key,
+            json!({"iss": "https://workload.test", "sub": "system:serviceaccount:mcp:server",
+                   "aud": "openbao", "iat": now, "nbf": now - 5, "exp": now + 600}),
+        );
+        let jwt_file = dir.join("workload.jwt");
+        std::fs::write(&jwt_file, &jwt).unwrap();
+
+        let store = Arc::new(
+            VaultStore::builder(bao.addr(), VaultAuth::jwt("mcp", &jwt_file))
+                .build()
+                .await
+                .unwrap(),
+        );
+        assert_eq!(store.token_status().logins, 1);
+        store.get("mcp/acme/catalyst-center").await.unwrap();
+        bao.call("PUT", "sys/leases/revoke-prefix/auth/jwt/login", None).await;
+        store.get("mcp/acme/catalyst-center").await.unwrap();
+        assert_eq!(store.token_status().logins, 2);
+    })
+    .await;
+}

@@ -469,6 +469,36 @@ mod tests {
         assert_eq!(credentials(&parts, "cc").await.unwrap_err(), SecretError::NotConfigured);
     }
 
+    #[tokio::test]
+    async fn layer_works_on_an_axum_router() {
+        use tower::ServiceExt;
+        async fn tool(parts: http::request::Parts) -> Result<String, rmcp::ErrorData> {
+            let s = credentials(&parts, "cc").await?;
+            Ok(s.expose_required("username")?.to_owned())
+        }
+        let creds = Credentials::builder(store()).build();
+        let app = axum::Router::new()
+            .route(
+                "/",
+                axum::routing::get(|parts: http::request::Parts| async move {
+                    match tool(parts).await {
+                        Ok(user) => (http::StatusCode::OK, user),
+                        Err(e) => (http::StatusCode::FORBIDDEN, e.message.into_owned()),
+                    }
+                }),
+            )
+            .layer(creds.layer());
+        let mut req = http::Request::new(axum::body::Body::empty());
+        req.extensions_mut().insert(acme());
+        let resp = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), http::StatusCode::OK);
+        let resp = app
+            .oneshot(http::Request::new(axum::body::Body::empty()))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), http::StatusCode::FORBIDDEN);
+    }
+
     #[test]
     fn builder_defaults_are_pinned() {
         let b = Credentials::builder(MemoryStore::new());

@@ -50,7 +50,7 @@
 //! With the `vault` feature, [`VaultStore`] reads HashiCorp Vault or OpenBao
 //! KV v2 (or v1), logging in with a token, AppRole, Kubernetes or JWT
 //! workload identity, and keeps its token alive in a background task; see
-//! [`vault`](self::VaultStore).
+//! the `vault` module.
 //!
 //! # Seeding the demo secrets
 //!
@@ -115,7 +115,8 @@ mod memory;
 mod secret;
 mod template;
 #[cfg(feature = "vault")]
-mod vault;
+#[cfg_attr(docsrs, doc(cfg(feature = "vault")))]
+pub mod vault;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -112,6 +112,17 @@ impl Bao {
 
     /// Call the HTTP API with `token`; panics on a non-2xx answer.
     pub async fn call_as(&self, token: &str, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (status, text) = self.try_call_as(token, method, path, body).await;
+        assert!((200..300).contains(&status), "{method} {path}: {status} {text}");
+        if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap()
+        }
+    }
+
+    /// Call the HTTP API with `token`: status and body text.
+    pub async fn try_call_as(&self, token: &str, method: &str, path: &str, body: Option<Value>) -> (u16, String) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let mut req = self
             .http
@@ -121,14 +132,8 @@ impl Bao {
             req = req.json(&b);
         }
         let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        assert!(status.is_success(), "{method} {path}: {status} {text}");
-        if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap()
-        }
+        let status = resp.status().as_u16();
+        (status, resp.text().await.unwrap())
     }
 
     /// Call the HTTP API as root.

@@ -16,6 +16,32 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Vault when the environment names one, demo values otherwise (the
+//! `secure_server` example's wiring):
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use rmcp_guard::secrets::{
+//!     Credentials, DEFAULT_TEMPLATE, MemoryStore, PathTemplate, SecretStore, VaultStoreBuilder,
+//! };
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! // VAULT_ADDR + (VAULT_TOKEN | VAULT_TOKEN_FILE | VAULT_ROLE_ID + VAULT_SECRET_ID_FILE | ...)
+//! let store: Arc<dyn SecretStore> = match VaultStoreBuilder::from_env()? {
+//!     Some(vault) => Arc::new(vault.build().await?),
+//!     None => Arc::new(
+//!         MemoryStore::new()
+//!             .with("mcp/acme/catalyst-center", [("username", "acme-netops"), ("password", "demo")]),
+//!     ),
+//! };
+//! let template = std::env::var("GUARD_SECRET_TEMPLATE").unwrap_or_else(|_| DEFAULT_TEMPLATE.into());
+//! let credentials = Credentials::builder(store)
+//!     .template(PathTemplate::parse(&template)?)
+//!     .build();
+//! // let app = router.layer(credentials.layer());
+//! # Ok(()) }
+//! ```
+//!
 //! # Token lifecycle
 //!
 //! vaultrs sends whatever token its client holds; renewing and replacing it is
