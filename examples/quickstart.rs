@@ -4,11 +4,18 @@
 //! cargo run --example quickstart
 //! ```
 //!
-//! It starts an in-process development issuer on a loopback port (ephemeral
-//! keys, RFC 8414 metadata, JWKS), trusts it, serves the MCP endpoint at
-//! `http://127.0.0.1:8080/mcp` with its RFC 9728 metadata, and prints a ready
-//! bearer token and a curl line. Set `GUARD_BIND` to listen elsewhere. For a
-//! real deployment start from `secure_server.rs` instead.
+//! It starts the in-process development authorization server
+//! ([`rmcp_guard::dev`]: loopback only, ephemeral keys, RFC 8414 metadata,
+//! dynamic client registration, PKCE, automatic approval as a demo user),
+//! trusts it, and serves the MCP endpoint at `http://127.0.0.1:8080/mcp` with
+//! its RFC 9728 metadata. An MCP client that follows the specification's
+//! discovery (401 -> protected resource metadata -> authorization server
+//! metadata -> registration -> PKCE -> token) connects with no setup. For curl
+//! users it also prints a ready bearer token and a curl line.
+//!
+//! Set `GUARD_BIND` to listen elsewhere (the authorization server always takes
+//! a free loopback port). For a real deployment start from `secure_server.rs`
+//! instead: the development server approves everyone.
 
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::Extension;
@@ -16,7 +23,7 @@ use rmcp::model::{ServerCapabilities, ServerConfig};
 use rmcp::transport::streamable_http_server::StreamableHttpService;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::{ErrorData, ServerHandler, tool, tool_handler, tool_router};
-use rmcp_guard::testing::TestIssuer;
+use rmcp_guard::dev::DevAuthServer;
 use rmcp_guard::{Issuer, Principal, ResourceServer};
 
 #[derive(Clone)]
@@ -59,12 +66,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(&bind).await?;
     let resource = format!("http://{}/mcp", listener.local_addr()?);
 
-    // Development only: a token issuer living in this process.
-    let issuer = TestIssuer::start().await?;
+    // Development only: an authorization server living in this process that
+    // approves every request as the demo user. Edit the user here.
+    let auth = DevAuthServer::builder(resource.clone())
+        .subject("quickstart-user")
+        .groups(["developers"])
+        .scopes_supported(["mcp:tools"])
+        .start()
+        .await?;
 
     // The guard: who may call (the issuer), for what (this resource), with what scope.
-    let rs = ResourceServer::builder(resource.clone(), Issuer::discover(issuer.issuer()))
+    let rs = ResourceServer::builder(resource.clone(), Issuer::discover(auth.issuer()))
         .required_scopes(["mcp:tools"])
+        .require_access_token_type()
         .resource_name("rmcp-guard quickstart")
         .build()?;
     rs.warm_up().await?;
@@ -76,15 +90,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let app = rs.router(mcp);
 
-    let token = issuer
-        .token()
-        .subject("quickstart-user")
-        .audience(resource.clone())
-        .scope("mcp:tools")
-        .expires_in(std::time::Duration::from_secs(3600))
-        .sign();
-    println!("MCP endpoint:      {resource}");
-    println!("Resource metadata: {}", rs.metadata_url());
+    let token = auth.issue_access_token("mcp:tools", std::time::Duration::from_secs(3600));
+    println!("MCP endpoint:         {resource}");
+    println!("Resource metadata:    {}", rs.metadata_url());
+    println!(
+        "Authorization server: {} (development only: approves everyone)",
+        auth.issuer()
+    );
+    println!();
+    println!("MCP clients that support OAuth discovery connect to {resource} with no setup.");
     println!("Bearer token (1 h): {token}");
     println!();
     println!("Try it:");
