@@ -1,0 +1,289 @@
+//! The official MCP conformance suite (npm `@modelcontextprotocol/conformance`,
+//! pinned by `tests/conformance/package-lock.json`) against
+//! `examples/conformance_server.rs`, once plain and once behind the guard.
+//!
+//! ```text
+//! npm ci --prefix tests/conformance
+//! cargo test --features testing --test conformance -- --ignored --nocapture
+//! ```
+//!
+//! Ignored by default: it needs Node >= 20.6 (`--import`, `module.register`)
+//! and the npm install above. `NODE` overrides the `node` binary.
+//!
+//! The suite sends no tokens. For the guarded run it is started with
+//! `node --import tests/conformance/bearer.mjs`, which adds `Authorization:
+//! Bearer <token>` to every request it sends to the server (global `fetch` and
+//! undici's `request`); the token comes from the guarded server's in-process
+//! issuer, audience = its resource. The test then requires:
+//!
+//! * every scenario (all suites: active and pending) that passes unguarded
+//!   passes guarded, and no check that succeeds unguarded fails or warns
+//!   guarded;
+//! * a scenario failing guarded is listed in `tests/conformance/baseline.json`
+//!   with its reason, and fails unguarded too; an entry for a scenario that
+//!   passes is stale and fails the test;
+//! * the guard is really on: the same suite without the token fails
+//!   `server-initialize` against the guarded server, and the wrapper reports
+//!   that it added tokens.
+
+#[allow(dead_code, unreachable_pub, missing_docs)]
+#[path = "../examples/conformance_server.rs"]
+mod conformance_server;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use conformance_server::{Mode, start};
+use serde_json::Value;
+
+/// The most one suite run may take (it takes about 5 s).
+const SUITE_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn suite_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/conformance")
+}
+
+fn suite_cli() -> PathBuf {
+    suite_dir().join("node_modules/@modelcontextprotocol/conformance/dist/index.js")
+}
+
+fn node() -> String {
+    std::env::var("NODE").unwrap_or_else(|_| "node".to_owned())
+}
+
+/// Output of one `node` run of the suite.
+struct Run {
+    stdout: String,
+    stderr: String,
+}
+
+/// Run the suite CLI with `args`, through the bearer wrapper, adding `token`
+/// to requests for `url` when given. Killed after [`SUITE_TIMEOUT`].
+async fn run_suite(args: &[&str], url: &str, token: Option<&str>) -> Run {
+    let mut command = tokio::process::Command::new(node());
+    command
+        .current_dir(suite_dir())
+        .arg("--import")
+        .arg(suite_dir().join("bearer.mjs"))
+        .arg(suite_cli())
+        .args(args)
+        .env_remove("NODE_OPTIONS")
+        .env_remove("MCP_BEARER_TOKEN")
+        .env_remove("MCP_BEARER_TOKEN_FILE")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(token) = token {
+        let origin = url.strip_suffix("/mcp").expect("endpoint ends in /mcp");
+        command.env("MCP_BEARER_TOKEN", token).env("MCP_BEARER_ORIGIN", origin);
+    }
+    let child = command.spawn().unwrap_or_else(|e| panic!("cannot run {}: {e}", node()));
+    let output = tokio::time::timeout(SUITE_TIMEOUT, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("conformance suite {args:?} took longer than {SUITE_TIMEOUT:?}; killed"))
+        .expect("conformance suite output");
+    Run {
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// The server scenarios the suite knows (`list --server`): active and pending.
+async fn server_scenarios() -> Vec<String> {
+    let run = run_suite(&["list", "--server"], "http://127.0.0.1:1/mcp", None).await;
+    let scenarios: Vec<String> = run
+        .stdout
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- "))
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        !scenarios.is_empty(),
+        "no scenarios listed:\n{}\n{}",
+        run.stdout,
+        run.stderr
+    );
+    scenarios
+}
+
+/// The outcome of one scenario: passed (no `FAILURE` check) and each check's
+/// worst status (`SUCCESS` < `INFO` < `WARNING` < `FAILURE`), `INFO` ignored.
+#[derive(Debug, Default)]
+struct Outcome {
+    passed: bool,
+    checks: BTreeMap<String, String>,
+    failures: Vec<String>,
+}
+
+fn rank(status: &str) -> u8 {
+    match status {
+        "SUCCESS" => 0,
+        "WARNING" => 2,
+        "FAILURE" => 3,
+        _ => 1,
+    }
+}
+
+/// Read `<dir>/server-<scenario>-<ISO timestamp with - for : and .>/checks.json`.
+fn read_results(dir: &Path) -> BTreeMap<String, Outcome> {
+    const TIMESTAMP: usize = "-2026-01-01T00-00-00-000Z".len();
+    let mut results = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).expect("results directory") {
+        let entry = entry.expect("results entry");
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("server-") else {
+            continue;
+        };
+        let Some(scenario) = rest.get(..rest.len().saturating_sub(TIMESTAMP)) else {
+            continue;
+        };
+        let text = std::fs::read_to_string(entry.path().join("checks.json")).expect("checks.json");
+        let checks: Vec<Value> = serde_json::from_str(&text).expect("checks.json is a JSON array");
+        let mut outcome = Outcome::default();
+        for check in &checks {
+            let id = check["id"].as_str().unwrap_or("?").to_owned();
+            let status = check["status"].as_str().unwrap_or("?").to_owned();
+            if status == "FAILURE" {
+                let message = check["errorMessage"].as_str().unwrap_or("");
+                outcome.failures.push(format!("{id}: {message}"));
+            }
+            if status == "INFO" {
+                continue;
+            }
+            let worst = outcome.checks.entry(id).or_insert_with(|| status.clone());
+            if rank(&status) > rank(worst) {
+                *worst = status;
+            }
+        }
+        outcome.passed = !checks.is_empty() && outcome.failures.is_empty();
+        results.insert(scenario.to_owned(), outcome);
+    }
+    results
+}
+
+/// Run every server scenario against `url` into a fresh directory under `out`.
+async fn run_all(out: &Path, label: &str, url: &str, token: Option<&str>) -> (BTreeMap<String, Outcome>, Run) {
+    let dir = out.join(label);
+    std::fs::create_dir_all(&dir).expect("results directory");
+    let dir_arg = dir.to_string_lossy().into_owned();
+    let run = run_suite(&["server", "--url", url, "--suite", "all", "-o", &dir_arg], url, token).await;
+    (read_results(&dir), run)
+}
+
+/// `tests/conformance/baseline.json`: `{"server": {"<scenario>": "<reason>"}}`.
+fn baseline() -> BTreeMap<String, String> {
+    let path = suite_dir().join("baseline.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let value: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    value["server"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{}: no \"server\" object", path.display()))
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+        .collect()
+}
+
+fn verdict(outcome: Option<&Outcome>) -> &'static str {
+    match outcome {
+        Some(o) if o.passed => "pass",
+        Some(_) => "FAIL",
+        None => "no result",
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Node >= 20.6 and `npm ci --prefix tests/conformance`"]
+async fn guarded_server_passes_every_scenario_the_plain_server_passes() {
+    assert!(
+        suite_cli().exists(),
+        "{} is missing: run `npm ci --prefix tests/conformance`",
+        suite_cli().display()
+    );
+    let out = std::env::temp_dir().join(format!("rmcp-guard-conformance-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let scenarios = server_scenarios().await;
+    let baseline = baseline();
+
+    let plain = start(Mode::Unguarded, "127.0.0.1:0").await.expect("unguarded server");
+    let (unguarded, _) = run_all(&out, "unguarded", &plain.url, None).await;
+    drop(plain);
+
+    let guarded_server = start(Mode::Guarded, "127.0.0.1:0").await.expect("guarded server");
+    let token = guarded_server.token.clone().expect("guarded mode has a token");
+    let (guarded, run) = run_all(&out, "guarded", &guarded_server.url, Some(&token)).await;
+
+    // Control: the guard is on, and the wrapper is what gets the suite through.
+    let no_token = run_suite(
+        &[
+            "server",
+            "--url",
+            &guarded_server.url,
+            "--scenario",
+            "server-initialize",
+        ],
+        &guarded_server.url,
+        None,
+    )
+    .await;
+    drop(guarded_server);
+    let _ = std::fs::remove_dir_all(&out);
+
+    let mut problems = Vec::new();
+    if !format!("{}{}", no_token.stdout, no_token.stderr).contains("Failed to initialize") {
+        problems.push(format!(
+            "control: server-initialize without a token did not fail against the guarded server:\n{}",
+            no_token.stdout
+        ));
+    }
+    if !run.stderr.contains("bearer.mjs: added a bearer token to") {
+        problems.push(format!("the bearer wrapper did not report its work:\n{}", run.stderr));
+    }
+
+    println!("\n{:<32} {:<10} {:<10} baseline", "scenario", "unguarded", "guarded");
+    for scenario in &scenarios {
+        let (u, g) = (unguarded.get(scenario), guarded.get(scenario));
+        let listed = baseline.get(scenario);
+        println!(
+            "{scenario:<32} {:<10} {:<10} {}",
+            verdict(u),
+            verdict(g),
+            listed.map_or("", String::as_str)
+        );
+        let u_passed = u.is_some_and(|o| o.passed);
+        let g_passed = g.is_some_and(|o| o.passed);
+        let failures = |o: Option<&Outcome>| o.map_or_else(|| "no checks.json".to_owned(), |o| o.failures.join("; "));
+        match (u_passed, g_passed, listed) {
+            (true, false, _) => problems.push(format!("{scenario}: passes unguarded, fails guarded: {}", failures(g))),
+            (false, false, None) => problems.push(format!(
+                "{scenario}: fails in both runs and is not in baseline.json (add it with the reason, or fix it): {}",
+                failures(g)
+            )),
+            (_, true, Some(reason)) => problems.push(format!(
+                "{scenario}: passes guarded but baseline.json lists it ({reason}): remove the stale entry"
+            )),
+            _ => {}
+        }
+        // Finer than pass/fail: no check may get worse behind the guard.
+        if let (Some(u), Some(g)) = (u, g) {
+            for (id, status) in &u.checks {
+                let behind = g.checks.get(id).map_or("missing", String::as_str);
+                if status == "SUCCESS" && behind != "SUCCESS" {
+                    problems.push(format!("{scenario}: check {id} is SUCCESS unguarded, {behind} guarded"));
+                }
+            }
+        }
+    }
+    let known: BTreeSet<&String> = scenarios.iter().collect();
+    for scenario in baseline.keys().filter(|s| !known.contains(s)) {
+        problems.push(format!("baseline.json lists {scenario}, which the suite does not have"));
+    }
+    assert!(
+        problems.is_empty(),
+        "conformance through the guard:\n  {}",
+        problems.join("\n  ")
+    );
+}
