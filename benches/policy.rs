@@ -64,8 +64,7 @@ fn bench(c: &mut Criterion) {
         )
         .build()
         .unwrap();
-    let pay = PolicyInput::new(&engineer, "tools/call", "pay")
-        .with_arguments(serde_json::json!({"amount": 5}));
+    let pay = PolicyInput::new(&engineer, "tools/call", "pay").with_arguments(serde_json::json!({"amount": 5}));
     c.bench_function("arguments/evaluate", |b| {
         b.iter(|| black_box(args.evaluate(black_box(&pay)).allowed()))
     });

@@ -26,17 +26,11 @@ fn member(groups: &[&str]) -> Principal {
 }
 
 fn may_call(engine: &PolicyEngine, who: &Principal, tool: &str) -> bool {
-    engine
-        .decide(&PolicyInput::new(who, "tools/call", tool))
-        .allowed()
+    engine.decide(&PolicyInput::new(who, "tools/call", tool)).allowed()
 }
 
 fn allowed_tools(engine: &PolicyEngine, who: &Principal) -> Vec<&'static str> {
-    TOOLS
-        .iter()
-        .copied()
-        .filter(|t| may_call(engine, who, t))
-        .collect()
+    TOOLS.iter().copied().filter(|t| may_call(engine, who, t)).collect()
 }
 
 fn engines() -> [(&'static str, PolicyEngine); 2] {
@@ -122,7 +116,11 @@ fn rbac_requires_the_tool_scope_and_says_so() {
             .build();
         let d = engine.decide(&PolicyInput::new(&no_scope, "tools/call", "echo"));
         assert!(!d.allowed(), "{name}");
-        assert!(d.reasons().iter().any(|r| r == "missing_scope"), "{name}: {:?}", d.reasons());
+        assert!(
+            d.reasons().iter().any(|r| r == "missing_scope"),
+            "{name}: {:?}",
+            d.reasons()
+        );
         assert_eq!(d.required_scopes(), [RBAC_TOOL_SCOPE], "{name}");
         // Listing needs no scope.
         let d = engine.decide(&PolicyInput::new(&no_scope, "tools/list", ""));
@@ -154,7 +152,16 @@ fn rbac_v0_and_v1_decide_identically() {
         &["developers", "network-engineers"],
         &["nobody"],
     ];
-    let actions = ["tools/call", "tools/list", "resources/read", "prompts/get", "read", "write", "execute", "x/y"];
+    let actions = [
+        "tools/call",
+        "tools/list",
+        "resources/read",
+        "prompts/get",
+        "read",
+        "write",
+        "execute",
+        "x/y",
+    ];
     let resources = TOOLS
         .iter()
         .copied()
@@ -197,10 +204,7 @@ fn default_policy_lists_for_everyone_and_calls_with_the_scope() {
 }
 
 fn engine_for(policy: &str) -> PolicyEngine {
-    PolicyEngine::builder()
-        .module("test.rego", policy)
-        .build()
-        .unwrap()
+    PolicyEngine::builder().module("test.rego", policy).build().unwrap()
 }
 
 #[test]
@@ -300,7 +304,11 @@ fn temp_dir(tag: &str) -> std::path::PathBuf {
 #[test]
 fn reload_swaps_a_good_policy_and_keeps_serving_on_a_bad_one() {
     let dir = temp_dir("reload");
-    write(&dir, "authz.rego", "package mcp.authz\ndefault allow := false\nallow if input.resource in data.open");
+    write(
+        &dir,
+        "authz.rego",
+        "package mcp.authz\ndefault allow := false\nallow if input.resource in data.open",
+    );
     write(&dir, "data.json", r#"{"open": ["a"]}"#);
     let engine = PolicyEngine::from_path(&dir).unwrap();
     let p = Principal::unverified("i", "s").build();
@@ -316,7 +324,10 @@ fn reload_swaps_a_good_policy_and_keeps_serving_on_a_bad_one() {
     let v2 = engine.reload().unwrap();
     assert_ne!(v1, v2);
     assert!(call("a") && call("b"));
-    assert_eq!(engine.decide(&PolicyInput::new(&p, "tools/call", "b")).policy_version(), v2);
+    assert_eq!(
+        engine.decide(&PolicyInput::new(&p, "tools/call", "b")).policy_version(),
+        v2
+    );
 
     // A policy that does not compile: refused, the old one keeps serving.
     write(&dir, "authz.rego", "package mcp.authz\nallow if {");
@@ -382,14 +393,15 @@ fn decisions_are_memoized_only_when_arguments_are_not_read() {
     // Another principal with the same decision-relevant fields hits too,
     // one with different groups does not.
     let twin = member(&["developers"]);
-    assert!(rbac.decide(&PolicyInput::new(&twin, "tools/call", "list_repositories")).from_cache());
+    assert!(
+        rbac.decide(&PolicyInput::new(&twin, "tools/call", "list_repositories"))
+            .from_cache()
+    );
     let other = member(&["service-desk"]);
     let d = rbac.decide(&PolicyInput::new(&other, "tools/call", "list_repositories"));
     assert!(!d.from_cache() && !d.allowed());
 
-    let args = engine_for(
-        "package mcp.authz\nallow if input.arguments.amount < 100",
-    );
+    let args = engine_for("package mcp.authz\nallow if input.arguments.amount < 100");
     assert!(!args.is_memoized());
     let small = PolicyInput::new(&p, "tools/call", "pay").with_arguments(json!({"amount": 5}));
     let large = PolicyInput::new(&p, "tools/call", "pay").with_arguments(json!({"amount": 500}));
@@ -397,7 +409,11 @@ fn decisions_are_memoized_only_when_arguments_are_not_read() {
     assert!(!args.decide(&large).allowed());
     assert!(!args.decide(&small).from_cache());
 
-    let off = PolicyEngine::rbac_example_builder().unwrap().memoize(false).build().unwrap();
+    let off = PolicyEngine::rbac_example_builder()
+        .unwrap()
+        .memoize(false)
+        .build()
+        .unwrap();
     assert!(!off.is_memoized());
 }
 

@@ -104,11 +104,12 @@ impl ServerHandler for Tools {
 /// Stand-in for the bearer layer: a principal from test headers.
 fn test_principal(mut request: Request) -> Request {
     let header = |name: &str| {
-        request
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect::<Vec<_>>())
+        request.headers().get(name).and_then(|v| v.to_str().ok()).map(|v| {
+            v.split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
     };
     if let Some(groups) = header("x-test-groups") {
         let scopes = header("x-test-scopes").unwrap_or_else(|| vec!["mcp:tools".into()]);

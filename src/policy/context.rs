@@ -81,11 +81,7 @@ pub fn current_principal() -> Option<Principal> {
 /// and also when there is no authorization context (fail closed): the
 /// handler is not wrapped in [`Guarded`](super::Guarded), or the check runs
 /// in a task spawned away from the request.
-pub async fn require_permission(
-    resource: &str,
-    action: &str,
-    arguments: Option<&Value>,
-) -> Result<(), ErrorData> {
+pub async fn require_permission(resource: &str, action: &str, arguments: Option<&Value>) -> Result<(), ErrorData> {
     let decision = CONTEXT.try_with(|c| {
         let mut input = PolicyInput::new(&c.principal, action, resource);
         if let Some(args) = arguments.or(c.arguments.as_ref()) {
@@ -101,9 +97,7 @@ pub async fn require_permission(
         Ok(d) => Err(denial_error(&d)),
         Err(_) => {
             crate::audit::policy_denied_unauthenticated(action, resource, reason::NO_CONTEXT);
-            Err(denial_error(&Decision::deny_without_policy(
-                reason::NO_CONTEXT,
-            )))
+            Err(denial_error(&Decision::deny_without_policy(reason::NO_CONTEXT)))
         }
     }
 }

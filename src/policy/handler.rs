@@ -1,69 +1,5 @@
 //! Enforcement: [`Guarded`] wraps any rmcp [`ServerHandler`] and asks the
 //! policy before the inner handler runs.
-//!
-//! # Why a handler wrapper covers every path
-//!
-//! rmcp implements its `Service<RoleServer>` once, for every `H:
-//! ServerHandler` (`rmcp/src/handler/server.rs`), by matching each decoded
-//! `ClientRequest` / `ClientNotification` variant to exactly one
-//! `ServerHandler` method. A request reaches a tool only through
-//! `call_tool`, a resource only through `read_resource` (and `subscribe`,
-//! `listen`, `skills/*`, `resources/directory/read`), a prompt only through
-//! `get_prompt`. `Guarded<H>` is itself a `ServerHandler` and implements
-//! **every** method of the trait explicitly (none falls back to a default
-//! that would bypass the wrapper or hide the inner handler), so:
-//!
-//! * `tools/call`, `resources/read`, `prompts/get`, `resources/subscribe`,
-//!   `skills/get`, `resources/directory/read` and `completion/complete` (on
-//!   the prompt or resource it refers to) are decided before the inner
-//!   handler runs; a denial is a JSON-RPC error ([`PERMISSION_DENIED`],
-//!   "permission denied"), never a successful tool result.
-//! * `tools/list`, `resources/list`, `resources/templates/list`,
-//!   `prompts/list` and `skills/list` are decided as a listing, then filtered
-//!   to the items the caller may use (each tool by its `tools/call`
-//!   decision, each resource by `resources/read` on its URI or URI template,
-//!   each prompt by `prompts/get`).
-//! * Unknown methods arrive as `CustomRequest` in `on_custom_request` and are
-//!   decided with `input.action` = the method name and an empty resource;
-//!   unknown notifications (`on_custom_notification`) likewise, and are
-//!   dropped when denied (a notification has no answer).
-//! * `tasks/*` need an authenticated caller; a task only exists because an
-//!   allowed `tools/call` created it.
-//! * Lifecycle methods (`initialize`, `ping`, `discover`, `logging/setLevel`,
-//!   `notifications/initialized`, `cancelled`, `progress`,
-//!   `roots/list_changed`) are forwarded: they reach no tool or data.
-//! * JSON-RPC batches: rmcp 3.11's `JsonRpcMessage` has no batch variant, so
-//!   a batch body fails to decode in the transport and never reaches a
-//!   handler; each message of a session is dispatched on its own and passes
-//!   through the methods above. Malformed bodies likewise never reach it.
-//! * No principal in the request (the bearer layer is missing or bypassed)
-//!   denies everything that is decided, with reason `no_principal`.
-//!
-//! The principal is read from the `http::request::Parts` that rmcp's
-//! streamable HTTP transport copies into each request's extensions (where
-//! the bearer layer put it), or from a `Principal` inserted directly into the
-//! rmcp extensions by a custom transport.
-//!
-//! An HTTP layer that reads JSON-RPC bodies could decide too, but it would
-//! duplicate rmcp's parser (and its edge cases); this wrapper decides on the
-//! values the handler will actually receive. The bearer layer can turn a
-//! denial whose `data.error` is `insufficient_scope` into an HTTP 403
-//! step-up challenge.
-//!
-//! ```
-//! # fn main() -> Result<(), rmcp_guard::ConfigError> {
-//! use rmcp::ServerHandler;
-//! use rmcp_guard::policy::{Guarded, PolicyEngine};
-//!
-//! #[derive(Clone)]
-//! struct MyServer;
-//! impl ServerHandler for MyServer {}
-//!
-//! let engine = PolicyEngine::rbac_example()?;
-//! let guarded = Guarded::new(MyServer, engine);
-//! # let _ = guarded;
-//! # Ok(()) }
-//! ```
 
 use std::borrow::Cow;
 
@@ -72,16 +8,79 @@ use rmcp::service::{NotificationContext, RequestContext, RoleServer, Subscriptio
 use rmcp::{ErrorData, ServerHandler};
 use serde_json::Value;
 
-use super::context::{self, AuthzContext, denial_error};
 #[cfg(doc)]
 use super::context::PERMISSION_DENIED;
+use super::context::{self, AuthzContext, denial_error};
 use super::decision::{Decision, reason};
 use super::engine::PolicyEngine;
 use super::input::{self as actions, PolicyInput};
 use crate::Principal;
 
-/// An rmcp [`ServerHandler`] that asks a [`PolicyEngine`] before `H` runs;
-/// see the [module docs](self).
+/// An rmcp [`ServerHandler`] that asks a [`PolicyEngine`] before `H` runs.
+///
+/// # Why a handler wrapper covers every path
+///
+/// rmcp implements its `Service<RoleServer>` once, for every `H:
+/// ServerHandler` (`rmcp/src/handler/server.rs`), by matching each decoded
+/// `ClientRequest` / `ClientNotification` variant to exactly one
+/// `ServerHandler` method. A request reaches a tool only through
+/// `call_tool`, a resource only through `read_resource` (and `subscribe`,
+/// `listen`, `skills/*`, `resources/directory/read`), a prompt only through
+/// `get_prompt`. `Guarded<H>` is itself a `ServerHandler` and implements
+/// **every** method of the trait explicitly (none falls back to a default
+/// that would bypass the wrapper or hide the inner handler), so:
+///
+/// * `tools/call`, `resources/read`, `prompts/get`, `resources/subscribe`,
+///   `skills/get`, `resources/directory/read` and `completion/complete` (on
+///   the prompt or resource it refers to) are decided before the inner
+///   handler runs; a denial is a JSON-RPC error ([`PERMISSION_DENIED`],
+///   "permission denied"), never a successful tool result.
+/// * `tools/list`, `resources/list`, `resources/templates/list`,
+///   `prompts/list` and `skills/list` are decided as a listing, then filtered
+///   to the items the caller may use (each tool by its `tools/call`
+///   decision, each resource by `resources/read` on its URI or URI template,
+///   each prompt by `prompts/get`).
+/// * Unknown methods arrive as `CustomRequest` in `on_custom_request` and are
+///   decided with `input.action` = the method name and an empty resource;
+///   unknown notifications (`on_custom_notification`) likewise, and are
+///   dropped when denied (a notification has no answer).
+/// * `tasks/*` need an authenticated caller; a task only exists because an
+///   allowed `tools/call` created it.
+/// * Lifecycle methods (`initialize`, `ping`, `discover`, `logging/setLevel`,
+///   `notifications/initialized`, `cancelled`, `progress`,
+///   `roots/list_changed`) are forwarded: they reach no tool or data.
+/// * JSON-RPC batches: rmcp 3.11's `JsonRpcMessage` has no batch variant, so
+///   a batch body fails to decode in the transport and never reaches a
+///   handler; each message of a session is dispatched on its own and passes
+///   through the methods above. Malformed bodies likewise never reach it.
+/// * No principal in the request (the bearer layer is missing or bypassed)
+///   denies everything that is decided, with reason `no_principal`.
+///
+/// The principal is read from the `http::request::Parts` that rmcp's
+/// streamable HTTP transport copies into each request's extensions (where
+/// the bearer layer put it), or from a `Principal` inserted directly into the
+/// rmcp extensions by a custom transport.
+///
+/// An HTTP layer that reads JSON-RPC bodies could decide too, but it would
+/// duplicate rmcp's parser (and its edge cases); this wrapper decides on the
+/// values the handler will actually receive. The bearer layer can turn a
+/// denial whose `data.error` is `insufficient_scope` into an HTTP 403
+/// step-up challenge.
+///
+/// ```
+/// # fn main() -> Result<(), rmcp_guard::ConfigError> {
+/// use rmcp::ServerHandler;
+/// use rmcp_guard::policy::{Guarded, PolicyEngine};
+///
+/// #[derive(Clone)]
+/// struct MyServer;
+/// impl ServerHandler for MyServer {}
+///
+/// let engine = PolicyEngine::rbac_example()?;
+/// let guarded = Guarded::new(MyServer, engine);
+/// # let _ = guarded;
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Guarded<H> {
     inner: H,
@@ -131,10 +130,7 @@ fn caller(extensions: &Extensions) -> Option<Caller> {
         .and_then(|p| p.headers.get("mcp-session-id"))
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    Some(Caller {
-        principal,
-        session_id,
-    })
+    Some(Caller { principal, session_id })
 }
 
 fn no_principal(action: &str, resource: &str) -> ErrorData {
@@ -218,10 +214,7 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
         self.inner.initialize(request, context).await
     }
 
-    fn negotiate_initialize(
-        &self,
-        request: &InitializeRequestParams,
-    ) -> Result<InitializeResult, ErrorData> {
+    fn negotiate_initialize(&self, request: &InitializeRequestParams) -> Result<InitializeResult, ErrorData> {
         self.inner.negotiate_initialize(request)
     }
 
@@ -229,10 +222,7 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
         self.inner.supported_protocol_versions()
     }
 
-    async fn discover(
-        &self,
-        context: RequestContext<RoleServer>,
-    ) -> Result<DiscoverResult, ErrorData> {
+    async fn discover(&self, context: RequestContext<RoleServer>) -> Result<DiscoverResult, ErrorData> {
         self.inner.discover(context).await
     }
 
@@ -324,19 +314,11 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
         request: ReadResourceRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
-        let ctx = self.authorize(
-            &context.extensions,
-            actions::ACTION_READ_RESOURCE,
-            &request.uri,
-            None,
-        )?;
+        let ctx = self.authorize(&context.extensions, actions::ACTION_READ_RESOURCE, &request.uri, None)?;
         context::scope(ctx, self.inner.read_resource(request, context)).await
     }
 
-    fn accepted_subscription_filter(
-        &self,
-        requested: &SubscriptionFilter,
-    ) -> Option<SubscriptionFilter> {
+    fn accepted_subscription_filter(&self, requested: &SubscriptionFilter) -> Option<SubscriptionFilter> {
         self.inner.accepted_subscription_filter(requested)
     }
 
@@ -365,12 +347,7 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
         request: SubscribeRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        self.authorize(
-            &context.extensions,
-            actions::ACTION_READ_RESOURCE,
-            &request.uri,
-            None,
-        )?;
+        self.authorize(&context.extensions, actions::ACTION_READ_RESOURCE, &request.uri, None)?;
         self.inner.subscribe(request, context).await
     }
 
@@ -420,28 +397,15 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
         request: CustomRequest,
         context: RequestContext<RoleServer>,
     ) -> Result<CustomResult, ErrorData> {
-        let ctx = self.authorize(
-            &context.extensions,
-            &request.method,
-            "",
-            request.params.clone(),
-        )?;
+        let ctx = self.authorize(&context.extensions, &request.method, "", request.params.clone())?;
         context::scope(ctx, self.inner.on_custom_request(request, context)).await
     }
 
-    async fn on_cancelled(
-        &self,
-        notification: CancelledNotificationParam,
-        context: NotificationContext<RoleServer>,
-    ) {
+    async fn on_cancelled(&self, notification: CancelledNotificationParam, context: NotificationContext<RoleServer>) {
         self.inner.on_cancelled(notification, context).await
     }
 
-    async fn on_progress(
-        &self,
-        notification: ProgressNotificationParam,
-        context: NotificationContext<RoleServer>,
-    ) {
+    async fn on_progress(&self, notification: ProgressNotificationParam, context: NotificationContext<RoleServer>) {
         self.inner.on_progress(notification, context).await
     }
 
@@ -453,23 +417,16 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
         self.inner.on_roots_list_changed(context).await
     }
 
-    async fn on_custom_notification(
-        &self,
-        notification: CustomNotification,
-        context: NotificationContext<RoleServer>,
-    ) {
-        match self.authorize(
+    async fn on_custom_notification(&self, notification: CustomNotification, context: NotificationContext<RoleServer>) {
+        // A notification has no answer: when denied it is dropped (the
+        // decision is audited).
+        if let Ok(ctx) = self.authorize(
             &context.extensions,
             &notification.method,
             "",
             notification.params.clone(),
         ) {
-            Ok(ctx) => {
-                context::scope(ctx, self.inner.on_custom_notification(notification, context))
-                    .await
-            }
-            // A notification has no answer: drop it (the decision is audited).
-            Err(_) => {}
+            context::scope(ctx, self.inner.on_custom_notification(notification, context)).await
         }
     }
 
@@ -515,11 +472,7 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
         request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListSkillsResult, ErrorData> {
-        let may = self.lister(
-            &context.extensions,
-            "skills/list",
-            actions::ACTION_READ_RESOURCE,
-        )?;
+        let may = self.lister(&context.extensions, "skills/list", actions::ACTION_READ_RESOURCE)?;
         let mut result = self.inner.list_skills(request, context).await?;
         result.skills.retain(|s| may(&s.uri));
         Ok(result)
@@ -530,12 +483,7 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
         request: GetSkillRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<GetSkillResult, ErrorData> {
-        let ctx = self.authorize(
-            &context.extensions,
-            actions::ACTION_READ_RESOURCE,
-            &request.uri,
-            None,
-        )?;
+        let ctx = self.authorize(&context.extensions, actions::ACTION_READ_RESOURCE, &request.uri, None)?;
         context::scope(ctx, self.inner.get_skill(request, context)).await
     }
 
@@ -544,18 +492,12 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
         request: ReadResourceDirectoryRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceDirectoryResult, ErrorData> {
-        let ctx = self.authorize(
-            &context.extensions,
-            actions::ACTION_READ_RESOURCE,
-            &request.uri,
-            None,
-        )?;
+        let ctx = self.authorize(&context.extensions, actions::ACTION_READ_RESOURCE, &request.uri, None)?;
         let caller = Caller {
             principal: ctx.principal.clone(),
             session_id: ctx.session_id.clone(),
         };
-        let mut result =
-            context::scope(ctx, self.inner.read_resource_directory(request, context)).await?;
+        let mut result = context::scope(ctx, self.inner.read_resource_directory(request, context)).await?;
         result.resources.retain(|r| {
             self.engine
                 .evaluate(&input(&caller, actions::ACTION_READ_RESOURCE, &r.uri, None))
