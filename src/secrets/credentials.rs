@@ -6,30 +6,6 @@
 //! into every HTTP request's extensions; rmcp copies the request's
 //! [`http::request::Parts`] into each tool call, where [`credentials`] finds
 //! it next to the [`Principal`] the bearer layer inserted.
-//!
-//! ```
-//! use rmcp_guard::Principal;
-//! use rmcp_guard::secrets::{Credentials, CredentialsLayer, MemoryStore, credentials};
-//! use tower::{Layer, ServiceExt, service_fn};
-//!
-//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-//! let store = MemoryStore::new().with("mcp/acme/ticketing", [("token", "t0k")]);
-//! let creds = Credentials::builder(store).build();
-//!
-//! // Stand-in for the rmcp service: what a tool does with the request parts.
-//! let svc = CredentialsLayer::new(creds).layer(service_fn(|req: http::Request<()>| async move {
-//!     let (parts, _) = req.into_parts();
-//!     let secret = credentials(&parts, "ticketing").await?;
-//!     let status = if secret.expose("token").is_some() { 200 } else { 500 };
-//!     Ok::<_, rmcp::ErrorData>(http::Response::builder().status(status).body(()).unwrap())
-//! }));
-//!
-//! // Stand-in for the bearer layer: a verified caller of tenant `acme`.
-//! let mut req = http::Request::new(());
-//! req.extensions_mut().insert(Principal::unverified("https://idp", "alice").tenant("acme").build());
-//! assert_eq!(svc.oneshot(req).await.unwrap().status(), 200);
-//! # });
-//! ```
 
 use std::fmt;
 use std::sync::Arc;
@@ -106,6 +82,9 @@ impl Credentials {
 
     /// `principal`'s credential for `service`: authorize, resolve the path,
     /// then read through the cache. Emits one audit event.
+    ///
+    /// Runs on a Tokio runtime (a cache miss is fetched in its own task, so
+    /// that it completes and fills the cache even if this call is cancelled).
     pub async fn get(&self, principal: &Principal, service: &str) -> Result<Secret, SecretError> {
         let inner = &*self.inner;
         let template = inner.template.as_str();
@@ -319,8 +298,34 @@ impl fmt::Debug for CredentialsBuilder {
     }
 }
 
-/// Attaches a [`Credentials`] handle to every request's extensions; see the
-/// [module docs](self).
+/// Attaches a [`Credentials`] handle to every request's extensions.
+///
+/// rmcp copies the HTTP request's [`http::request::Parts`] into each tool
+/// call, where [`credentials`] finds the handle next to the [`Principal`].
+///
+/// ```
+/// use rmcp_guard::Principal;
+/// use rmcp_guard::secrets::{Credentials, CredentialsLayer, MemoryStore, credentials};
+/// use tower::{Layer, ServiceExt, service_fn};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let store = MemoryStore::new().with("mcp/acme/ticketing", [("token", "t0k")]);
+/// let creds = Credentials::builder(store).build();
+///
+/// // Stand-in for the rmcp service: what a tool does with the request parts.
+/// let svc = CredentialsLayer::new(creds).layer(service_fn(|req: http::Request<()>| async move {
+///     let (parts, _) = req.into_parts();
+///     let secret = credentials(&parts, "ticketing").await?;
+///     let status = if secret.expose("token").is_some() { 200 } else { 500 };
+///     Ok::<_, rmcp::ErrorData>(http::Response::builder().status(status).body(()).unwrap())
+/// }));
+///
+/// // Stand-in for the bearer layer: a verified caller of tenant `acme`.
+/// let mut req = http::Request::new(());
+/// req.extensions_mut().insert(Principal::unverified("https://idp", "alice").tenant("acme").build());
+/// assert_eq!(svc.oneshot(req).await.unwrap().status(), 200);
+/// # });
+/// ```
 ///
 /// Put it anywhere around the rmcp `StreamableHttpService` (inside or outside
 /// the bearer layer). `axum::Extension(credentials)` does the same job.

@@ -101,6 +101,30 @@
 //!   `event = "secret_access"` (principal, template, resolved path, outcome,
 //!   cache status), never the value.
 //!
+//! # Threat model (the Vault trust boundary)
+//!
+//! - **A caller forging its path.** Claims are attacker-influenced (a
+//!   self-service IdP may let a user pick a tenant name). Values that are not
+//!   one safe segment are refused; the template cannot lose its principal
+//!   binding. Caching is per resolved path, after authorization.
+//! - **Leaks through logs, errors, responses.** Values live in [`Secret`]
+//!   only; every `Debug`/`Display`/`Serialize` is redacted; errors are kinds.
+//!   A tool that returns `expose(...)` to the client defeats this: tools
+//!   should show that they *used* a credential (the username), not the value.
+//! - **Stolen static credentials.** Token and `secret_id` files must be
+//!   `0400`/`0600`; workload identity (Kubernetes, JWT) needs no static
+//!   secret at all. Tokens are renewed, not re-issued, and are replaced when
+//!   revoked.
+//! - **Vault unavailable or sealed.** Fail closed once the cached value
+//!   expires; stale serving only by explicit configuration, and never past a
+//!   "not found" or "permission denied" answer.
+//!
+//! What we do **not** defend against: a compromised server process reads
+//! everything its Vault identity may read, so the Vault policy of that
+//! identity (read-only, `secret/data/mcp/*`) is the outer boundary; per-tenant
+//! isolation *inside* it is this module's. Zeroization covers our copies, not
+//! the HTTP buffers of reqwest/vaultrs, nor swap or core dumps.
+//!
 //! # Policy
 //!
 //! A read can be made a policy decision (action [`SECRETS_READ`], resource =
@@ -132,7 +156,7 @@ pub use secret::{REDACTED, Secret};
 pub use template::{DEFAULT_TEMPLATE, MAX_SEGMENT_LEN, PathTemplate, ScopeError};
 #[cfg(feature = "vault")]
 #[cfg_attr(docsrs, doc(cfg(feature = "vault")))]
-pub use vault::{KUBERNETES_JWT_FILE, Kv, TokenStatus, VaultAuth, VaultStore, VaultStoreBuilder};
+pub use vault::{KUBERNETES_JWT_FILE, TokenStatus, VaultAuth, VaultStore, VaultStoreBuilder};
 
 /// The future a [`SecretStore`] returns.
 pub type StoreFuture<'a> = Pin<Box<dyn Future<Output = Result<Secret, SecretError>> + Send + 'a>>;

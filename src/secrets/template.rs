@@ -1,36 +1,4 @@
 //! [`PathTemplate`]: where a principal's credential for a service lives.
-//!
-//! A template is a `/`-separated path whose segments are either literals or
-//! exactly one placeholder:
-//!
-//! | placeholder      | value                                         |
-//! |------------------|-----------------------------------------------|
-//! | `{service}`      | the service the tool asks for                 |
-//! | `{tenant}`       | [`Principal::tenant`]                         |
-//! | `{subject}`      | [`Principal::subject`] (`sub`)                |
-//! | `{client_id}`    | [`Principal::client_id`]                      |
-//! | `{claim:NAME}`   | the string claim `NAME` of the token          |
-//!
-//! A template must contain `{service}` and at least one placeholder bound to
-//! the principal, so that two callers can never share a path by accident.
-//!
-//! Every substituted value must be one safe path segment: 1 to
-//! [`MAX_SEGMENT_LEN`] characters out of `A-Z a-z 0-9 - _ . @ + : |`, and not
-//! `.` or `..`. Anything else (`/`, `\`, `%`, whitespace, control characters,
-//! non-ASCII, an absurd length) is **rejected, never normalized**: normalizing
-//! `acme/../globex` would hand one tenant another tenant's path.
-//!
-//! ```
-//! use rmcp_guard::Principal;
-//! use rmcp_guard::secrets::PathTemplate;
-//!
-//! let t: PathTemplate = "mcp/{tenant}/{service}".parse().unwrap();
-//! let acme = Principal::unverified("https://idp", "alice").tenant("acme").build();
-//! assert_eq!(t.resolve(&acme, "catalyst-center").unwrap(), "mcp/acme/catalyst-center");
-//!
-//! let evil = Principal::unverified("https://idp", "mallory").tenant("../globex").build();
-//! assert!(t.resolve(&evil, "catalyst-center").is_err());
-//! ```
 
 use std::fmt;
 use std::str::FromStr;
@@ -65,7 +33,39 @@ pub enum ScopeError {
     },
 }
 
-/// A parsed secret path template; see the [module docs](self).
+/// Where a principal's credential for a service lives.
+///
+/// A template is a `/`-separated path whose segments are either literals or
+/// exactly one placeholder:
+///
+/// | placeholder      | value                                         |
+/// |------------------|-----------------------------------------------|
+/// | `{service}`      | the service the tool asks for                 |
+/// | `{tenant}`       | [`Principal::tenant`]                         |
+/// | `{subject}`      | [`Principal::subject`] (`sub`)                |
+/// | `{client_id}`    | [`Principal::client_id`]                      |
+/// | `{claim:NAME}`   | the string claim `NAME` of the token          |
+///
+/// A template must contain `{service}` and at least one placeholder bound to
+/// the principal, so that two callers can never share a path by accident.
+///
+/// Every substituted value must be one safe path segment: 1 to
+/// [`MAX_SEGMENT_LEN`] characters out of `A-Z a-z 0-9 - _ . @ + : |`, and not
+/// `.` or `..`. Anything else (`/`, `\`, `%`, whitespace, control characters,
+/// non-ASCII, an absurd length) is **rejected, never normalized**: normalizing
+/// `acme/../globex` would hand one tenant another tenant's path.
+///
+/// ```
+/// use rmcp_guard::Principal;
+/// use rmcp_guard::secrets::PathTemplate;
+///
+/// let t: PathTemplate = "mcp/{tenant}/{service}".parse().unwrap();
+/// let acme = Principal::unverified("https://idp", "alice").tenant("acme").build();
+/// assert_eq!(t.resolve(&acme, "catalyst-center").unwrap(), "mcp/acme/catalyst-center");
+///
+/// let evil = Principal::unverified("https://idp", "mallory").tenant("../globex").build();
+/// assert!(t.resolve(&evil, "catalyst-center").is_err());
+/// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct PathTemplate {
     source: String,
@@ -191,7 +191,7 @@ impl PathTemplate {
     }
 }
 
-/// Whether `value` is one safe path segment; see the [module docs](self).
+/// Whether `value` is one safe path segment; see [`PathTemplate`].
 pub(crate) fn check_segment(value: &str) -> Result<(), &'static str> {
     if value.is_empty() {
         return Err("empty");

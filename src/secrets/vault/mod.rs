@@ -66,6 +66,11 @@
 //! replaced), 404 to `NotFound`. Vault's error text goes to `debug` logs of
 //! vaultrs only; our errors and logs carry the kind and the path.
 //!
+//! vaultrs logs every Vault error response (a 404 included) at `ERROR` on
+//! the `vaultrs` target; the text is Vault's message (e.g. "permission
+//! denied"), never a value or a token. Filter it with `vaultrs=off` if it is
+//! noise: our own `warn!`/`debug!` and the audit event say the same thing.
+//!
 //! # What is and is not zeroized
 //!
 //! Values are moved out of the parsed response into zeroizing [`Secret`]
@@ -93,8 +98,7 @@ use super::{Secret, SecretError, SecretStore, SecretsConfigError, StoreFuture};
 
 /// Which KV secrets engine, at which mount.
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Kv {
+enum Kv {
     /// KV version 2 (versioned): reads `<mount>/data/<path>`. A `ttl` key in
     /// the secret's custom metadata (`30s`, `5m`, `1h` or seconds) caps how
     /// long it is cached.
