@@ -459,3 +459,31 @@ fn runaway_policy_hits_the_instruction_budget_and_denies() {
     assert!(!d.allowed());
     assert_eq!(d.reason(), Some("policy_error"));
 }
+
+#[tokio::test]
+async fn interval_reload_picks_up_changes() {
+    let dir = temp_dir("interval");
+    write(&dir, "authz.rego", "package mcp.authz\nallow := false");
+    let engine = PolicyEngine::from_path(&dir).unwrap();
+    let before = engine.version();
+    let task = engine.spawn_reload_every(std::time::Duration::from_millis(20));
+    write(&dir, "authz.rego", "package mcp.authz\nallow := true");
+    let mut changed = false;
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        if engine.version() != before {
+            changed = true;
+            break;
+        }
+    }
+    assert!(changed, "the interval reload applied the new policy");
+    let p = Principal::unverified("i", "s").build();
+    assert!(engine.decide(&PolicyInput::new(&p, "tools/call", "t")).allowed());
+    // The task ends once every clone of the engine is gone.
+    drop(engine);
+    tokio::time::timeout(std::time::Duration::from_secs(5), task)
+        .await
+        .expect("reload task ends with the engine")
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
