@@ -193,14 +193,15 @@ fn query_param(url: &str, name: &str) -> Option<String> {
 /// registration, PKCE authorization and the code exchange.
 async fn connect_from_nothing(stack: &Stack) -> AuthClient<reqwest::Client> {
     // 1. No credentials: the guard answers 401 with the RFC 9728 pointer.
-    let error = tokio::time::timeout(
+    let attempt = tokio::time::timeout(
         TIMEOUT,
         ().serve(StreamableHttpClientTransport::from_uri(stack.url.clone())),
     )
     .await
-    .expect("handshake does not hang")
-    .err()
-    .expect("no token, no session");
+    .expect("handshake does not hang");
+    let Err(error) = attempt else {
+        panic!("no token, no session");
+    };
     assert!(error.is_authorization_required(), "{error}");
     let challenge = error
         .auth_challenge()

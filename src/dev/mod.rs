@@ -32,6 +32,13 @@
 //! in-memory stores with expiry; codes and refresh tokens are stored only as
 //! SHA-256 hashes. Keys are generated at start and never leave the process.
 //!
+//! No endpoint sends CORS headers, on purpose: with automatic approval, a
+//! web page in the developer's browser that could register a client (the
+//! registration endpoint demands `application/json`, which needs a CORS
+//! preflight) and read the token response could obtain tokens for the demo
+//! user. Browser-based clients therefore need a server-side proxy (as the MCP
+//! Inspector's proxy mode does).
+//!
 //! Where this differs from a production server, by design: there is no user
 //! interface, consent or login; loopback redirect URIs must match exactly
 //! including the port (RFC 8252 section 7.3 lets native apps vary it);
