@@ -24,9 +24,10 @@
 //! ```
 //!
 //! `oauth2` is used with its default features off (they would bring a second
-//! reqwest and `ring`); [`send`] is the closure-style async HTTP client it
-//! accepts. Responses are read up to a bound (64 KiB), redirects are never
-//! followed, and the client's timeouts apply.
+//! reqwest and `ring`); every request goes through a closure that `oauth2`
+//! accepts as its async HTTP client ([`oauth2::AsyncHttpClient`]) and sends it
+//! with the crate's reqwest 0.13. Responses are read up to a bound (64 KiB),
+//! redirects are never followed, and the client's timeouts apply.
 
 use std::fmt;
 use std::path::Path;

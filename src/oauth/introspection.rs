@@ -33,7 +33,7 @@
 //! the **JWT issuers** is verified locally; every other token goes to the
 //! introspection issuer. A token refused by one validator is never retried by
 //! the other. At most one introspection issuer can be configured
-//! ([`ConfigError::MultipleIntrospectionIssuers`](crate::ConfigError::MultipleIntrospectionIssuers)):
+//! ([`ConfigError::MultipleIntrospectionIssuers`]):
 //! an opaque token carries no issuer, so with two there would be no sound
 //! way to choose. Without an introspection issuer, every token takes the JWT
 //! path, exactly as before.
