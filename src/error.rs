@@ -86,6 +86,15 @@ pub enum ConfigError {
     /// A client id or client secret is empty.
     #[error("the OAuth client {0} must not be empty")]
     EmptyClientCredential(&'static str),
+    /// The authorization server's metadata could not be fetched or does not
+    /// name the endpoint needed.
+    #[error("discovery at {issuer} failed: {reason}")]
+    Discovery {
+        /// The issuer whose metadata was read.
+        issuer: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// More than one issuer is configured for token introspection.
     #[error("at most one introspection issuer can be configured (found {0} and {1})")]
     MultipleIntrospectionIssuers(String, String),

@@ -488,6 +488,27 @@ async fn client_credentials_are_cached_at_the_real_server() {
     assert_eq!(err.unwrap_err(), ExchangeError::Refused("invalid_target".into()));
 }
 
+#[tokio::test]
+async fn token_endpoint_is_discovered_from_the_real_server() {
+    let provider = Provider::start();
+    let client = TokenExchange::discover(&provider.issuer, provider.auth())
+        .await
+        .unwrap()
+        .build()
+        .unwrap();
+    let token = client
+        .client_credentials(&DownstreamRequest::resource(RESOURCE).scopes(["mcp:tools"]))
+        .await
+        .unwrap();
+    let rs = provider.builder(RESOURCE).build().unwrap();
+    assert_eq!(call(&rs, token.secret()).await.status, 200);
+
+    let err = TokenExchange::discover("http://127.0.0.1:9/nothing-here", provider.auth())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ConfigError::Discovery { .. }), "{err}");
+}
+
 // ---------------------------------------------------------------------------
 // Introspection answers a real provider does not give: a fake endpoint.
 

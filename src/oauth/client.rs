@@ -203,6 +203,53 @@ pub(crate) async fn send(client: reqwest::Client, request: HttpRequest) -> Resul
     builder.body(body).map_err(|e| HttpError(format!("bad response: {e}")))
 }
 
+/// Read `field` (an endpoint URL, such as `token_endpoint`) from the
+/// issuer's RFC 8414 metadata, else its OpenID Connect discovery document.
+/// The document's `issuer` must equal `issuer` exactly, and the endpoint must
+/// be https (or loopback http).
+pub(crate) async fn discover_endpoint(
+    http: &reqwest::Client,
+    issuer: &str,
+    field: &'static str,
+) -> Result<String, ConfigError> {
+    let fail = |reason: String| ConfigError::Discovery {
+        issuer: issuer.to_owned(),
+        reason,
+    };
+    let url = super::resource_server::parse_url("issuer", issuer)?;
+    let mut last = String::from("no metadata document");
+    for candidate in super::resource_server::discovery_urls(&url) {
+        let request = http::Request::get(candidate.as_str())
+            .header(http::header::ACCEPT, "application/json")
+            .body(Vec::new())
+            .map_err(|e| fail(e.to_string()))?;
+        let response = match send(http.clone(), request).await {
+            Ok(r) if r.status() == http::StatusCode::OK => r,
+            Ok(r) => {
+                last = format!("{candidate} answered {}", r.status());
+                continue;
+            }
+            Err(e) => {
+                last = format!("{candidate}: {e}");
+                continue;
+            }
+        };
+        let Ok(serde_json::Value::Object(doc)) = serde_json::from_slice(response.body()) else {
+            last = format!("{candidate} is not a JSON object");
+            continue;
+        };
+        if doc.get("issuer").and_then(|v| v.as_str()) != Some(issuer) {
+            return Err(fail(format!("{candidate} names another issuer")));
+        }
+        let Some(endpoint) = doc.get(field).and_then(|v| v.as_str()) else {
+            return Err(fail(format!("{candidate} has no {field}")));
+        };
+        super::resource_server::parse_url(field, endpoint)?;
+        return Ok(endpoint.to_owned());
+    }
+    Err(fail(last))
+}
+
 /// The default HTTP client: no redirects, bounded time, our user agent.
 pub(crate) fn default_http_client(timeout: std::time::Duration) -> Result<reqwest::Client, ConfigError> {
     reqwest::Client::builder()

@@ -490,6 +490,20 @@ impl TokenExchange {
         }
     }
 
+    /// Like [`builder`](Self::builder), with the token endpoint read from the
+    /// issuer's RFC 8414 metadata (`/.well-known/oauth-authorization-server`),
+    /// else its OpenID Connect discovery document. The document's `issuer`
+    /// must equal `issuer` exactly.
+    pub async fn discover(issuer: &str, client: ClientAuth) -> Result<TokenExchangeBuilder, ConfigError> {
+        let builder = Self::builder(String::new(), client);
+        let http = default_http_client(builder.http_timeout)?;
+        let endpoint = super::client::discover_endpoint(&http, issuer, "token_endpoint").await?;
+        Ok(TokenExchangeBuilder {
+            token_endpoint: endpoint,
+            ..builder
+        })
+    }
+
     /// A layer that puts this `TokenExchange` into every request's
     /// extensions, where [`downstream_token`] finds it. Apply it inside (after)
     /// the bearer layer.

@@ -823,7 +823,7 @@ fn metadata_url_for(resource: &Url) -> String {
 
 /// RFC 8414 section 3.1 (well-known inserted before the issuer's path), then
 /// OpenID Connect Discovery (appended).
-fn discovery_urls(issuer: &Url) -> Vec<String> {
+pub(crate) fn discovery_urls(issuer: &Url) -> Vec<String> {
     let mut origin = format!("{}://{}", issuer.scheme(), issuer.host_str().unwrap_or_default());
     if let Some(port) = issuer.port() {
         origin.push_str(&format!(":{port}"));
