@@ -654,3 +654,35 @@ async fn jwt_workload_identity_logs_in_and_again_after_revocation() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_are_one_vault_read_and_hits_are_none() {
+    bounded(60, async {
+        let bao = Bao::start().await;
+        seed_tenants(&bao).await;
+        let proxy = support::bao::CountingProxy::start(bao.addr()).await;
+        let store = VaultStore::builder(proxy.addr.clone(), VaultAuth::token(ROOT))
+            .build()
+            .await
+            .unwrap();
+        let creds = Credentials::builder(store).build();
+        let mut tasks = Vec::new();
+        for _ in 0..32 {
+            let creds = creds.clone();
+            tasks.push(tokio::spawn(async move {
+                creds.get(&tenant("acme"), "catalyst-center").await.unwrap()
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap().expose("username"), Some("acme-netops"));
+        }
+        assert_eq!(proxy.reads(), 1, "single-flight: one read for 32 concurrent misses");
+        for _ in 0..100 {
+            creds.get(&tenant("acme"), "catalyst-center").await.unwrap();
+        }
+        assert_eq!(proxy.reads(), 1, "cache hits never reach Vault");
+        creds.get(&tenant("globex"), "catalyst-center").await.unwrap();
+        assert_eq!(proxy.reads(), 2, "another tenant is another path");
+    })
+    .await;
+}

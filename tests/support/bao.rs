@@ -174,3 +174,72 @@ impl Drop for Bao {
         let _ = std::fs::remove_dir_all(&self.home);
     }
 }
+
+/// A TCP proxy in front of the server that counts KV reads (`GET
+/// /v1/secret/data/...` request lines), to prove what the cache saves.
+pub struct CountingProxy {
+    pub addr: String,
+    reads: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CountingProxy {
+    pub async fn start(upstream: String) -> CountingProxy {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        let reads = std::sync::Arc::new(AtomicUsize::new(0));
+        let counter = reads.clone();
+        let upstream = upstream.trim_start_matches("http://").to_owned();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let up = async move {
+                        let needle = b"GET /v1/secret/data/";
+                        let mut carry: Vec<u8> = Vec::new();
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            let n = match cr.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            carry.extend_from_slice(&buf[..n]);
+                            let hits = carry.windows(needle.len()).filter(|w| w == needle).count();
+                            counter.fetch_add(hits, Ordering::SeqCst);
+                            let keep = carry.len().min(needle.len() - 1);
+                            carry.drain(..carry.len() - keep);
+                            if sw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                        let _ = sw.shutdown().await;
+                    };
+                    let down = async move {
+                        let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                        let _ = cw.shutdown().await;
+                    };
+                    tokio::join!(up, down);
+                });
+            }
+        });
+        CountingProxy { addr, reads, task }
+    }
+
+    /// KV reads seen so far.
+    pub fn reads(&self) -> usize {
+        self.reads.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for CountingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
