@@ -561,6 +561,8 @@ struct Worker {
     engine_id: u64,
     /// Whether this policy's decisions are memoized (computed once).
     memoizing: bool,
+    /// This thread's copy of the policy version.
+    version: Arc<str>,
     loaded: Arc<Loaded>,
     /// `None` when the VM could not be set up (data rejected): deny.
     vm: Option<RegoVM>,
@@ -585,6 +587,9 @@ impl Worker {
         Self {
             engine_id,
             memoizing,
+            // A copy per thread: decisions clone it, and a shared reference
+            // count would bounce one cache line between cores.
+            version: Arc::from(&*loaded.version),
             loaded,
             vm,
             memo: HashMap::new(),
@@ -593,7 +598,7 @@ impl Worker {
     }
 
     fn decide(&mut self, input: &PolicyInput) -> (Arc<Outcome>, Arc<str>, bool) {
-        let version = self.loaded.version.clone();
+        let version = self.version.clone();
         let memo_fields = self.memoizing.then_some(()).and(self.loaded.input_fields.as_ref());
         if let Some(fields) = memo_fields {
             self.key.clear();

@@ -84,6 +84,8 @@ mod handler;
 pub mod input;
 mod shipped;
 mod source;
+#[cfg(feature = "jwt")]
+pub mod step_up;
 
 pub use context::{PERMISSION_DENIED, current_principal, denial_error, require_permission};
 pub use decision::Decision;
@@ -94,3 +96,5 @@ pub use engine::{
 pub use handler::Guarded;
 pub use input::{INPUT_VERSION, PolicyInput};
 pub use shipped::{DEFAULT_POLICY, RBAC_DATA, RBAC_POLICY, RBAC_POLICY_V0, RBAC_TOOL_SCOPE};
+#[cfg(feature = "jwt")]
+pub use step_up::{StepUp, StepUpLayer};
