@@ -21,7 +21,9 @@
 //! `MCP_BEARER_TOKEN=<token>` (valid for an hour, audience = the endpoint), or
 //! writes the token to the file named by `CONFORMANCE_TOKEN_FILE` instead.
 //! `CONFORMANCE_BIND` sets the listen address (default `127.0.0.1:0`);
-//! `CONFORMANCE_MODE=guarded` is the same as `--guarded`.
+//! `CONFORMANCE_MODE=guarded` is the same as `--guarded`. `--guarded-default-policy`
+//! (or `CONFORMANCE_MODE=guarded-default-policy`) uses the shipped default policy
+//! instead of allow-all.
 //!
 //! `tests/conformance.rs` runs the suite against both modes and compares.
 
@@ -557,6 +559,10 @@ pub enum Mode {
     Unguarded,
     /// The same handler behind `ResourceServer::router` (and the allow-all policy).
     Guarded,
+    /// As `Guarded`, with the shipped default policy (`PolicyEngine::default_policy`)
+    /// instead of allow-all; the token carries its tool scope, `mcp:tools`.
+    #[cfg(feature = "policy")]
+    GuardedDefaultPolicy,
 }
 
 /// A server that is listening; stops when dropped.
@@ -590,7 +596,7 @@ pub async fn start(mode: Mode, bind: &str) -> Result<Running, BoxError> {
             );
             (axum::Router::new().route_service("/mcp", mcp), None, None)
         }
-        Mode::Guarded => {
+        _guarded => {
             let issuer = TestIssuer::start().await?;
             let rs = ResourceServer::builder(url.clone(), Issuer::discover(issuer.issuer()))
                 .resource_name("rmcp-guard conformance server")
@@ -598,10 +604,13 @@ pub async fn start(mode: Mode, bind: &str) -> Result<Running, BoxError> {
             rs.warm_up().await?;
             #[cfg(feature = "policy")]
             let handler = {
-                let engine = PolicyEngine::builder()
-                    .module("allow_all.rego", ALLOW_ALL_POLICY)
-                    .rego_version(RegoVersion::V1)
-                    .build()?;
+                let engine = match mode {
+                    Mode::GuardedDefaultPolicy => PolicyEngine::default_policy("mcp:tools")?,
+                    _ => PolicyEngine::builder()
+                        .module("allow_all.rego", ALLOW_ALL_POLICY)
+                        .rego_version(RegoVersion::V1)
+                        .build()?,
+                };
                 move || Ok(Guarded::new(ConformanceServer::default(), engine.clone()))
             };
             #[cfg(not(feature = "policy"))]
@@ -641,9 +650,14 @@ async fn main() -> Result<(), BoxError> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
-    let guarded = std::env::args().any(|a| a == "--guarded")
-        || std::env::var("CONFORMANCE_MODE").is_ok_and(|m| m.eq_ignore_ascii_case("guarded"));
-    let mode = if guarded { Mode::Guarded } else { Mode::Unguarded };
+    let flag = std::env::args().skip(1).find(|a| a.starts_with("--guarded"));
+    let mode = match flag.or_else(|| std::env::var("CONFORMANCE_MODE").ok()).as_deref() {
+        None | Some("unguarded") => Mode::Unguarded,
+        Some("--guarded" | "guarded") => Mode::Guarded,
+        #[cfg(feature = "policy")]
+        Some("--guarded-default-policy" | "guarded-default-policy") => Mode::GuardedDefaultPolicy,
+        Some(other) => return Err(format!("unknown mode {other:?}").into()),
+    };
     let bind = std::env::var("CONFORMANCE_BIND").unwrap_or_else(|_| "127.0.0.1:0".to_owned());
     let running = start(mode, &bind).await?;
     println!("MCP_URL={}", running.url);

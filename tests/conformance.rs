@@ -1,6 +1,9 @@
 //! The official MCP conformance suite (npm `@modelcontextprotocol/conformance`,
 //! pinned by `tests/conformance/package-lock.json`) against
-//! `examples/conformance_server.rs`, once plain and once behind the guard.
+//! `examples/conformance_server.rs`: plain rmcp, then behind the guard with an
+//! allow-all policy (`guarded`), then, with the `policy` feature, with the
+//! shipped default policy and a token carrying its tool scope
+//! (`default-policy`).
 //!
 //! ```text
 //! npm ci --prefix tests/conformance
@@ -10,15 +13,15 @@
 //! Ignored by default: it needs Node >= 20.6 (`--import`, `module.register`)
 //! and the npm install above. `NODE` overrides the `node` binary.
 //!
-//! The suite sends no tokens. For the guarded run it is started with
+//! The suite sends no tokens. For the guarded runs it is started with
 //! `node --import tests/conformance/bearer.mjs`, which adds `Authorization:
 //! Bearer <token>` to every request it sends to the server (global `fetch` and
 //! undici's `request`); the token comes from the guarded server's in-process
 //! issuer, audience = its resource. The test then requires:
 //!
 //! * every scenario (all suites: active and pending) that passes unguarded
-//!   passes guarded, and no check that succeeds unguarded fails or warns
-//!   guarded;
+//!   passes in each guarded run, and no check that succeeds unguarded fails
+//!   or warns there;
 //! * a scenario failing guarded is listed in `tests/conformance/baseline.json`
 //!   with its reason, and fails unguarded too; an entry for a scenario that
 //!   passes is stale and fails the test;
@@ -195,6 +198,15 @@ fn verdict(outcome: Option<&Outcome>) -> &'static str {
     }
 }
 
+/// The guarded servers compared with the plain one: (column label, mode).
+fn guarded_modes() -> Vec<(&'static str, Mode)> {
+    #[allow(unused_mut)]
+    let mut modes = vec![("guarded", Mode::Guarded)];
+    #[cfg(feature = "policy")]
+    modes.push(("default-policy", Mode::GuardedDefaultPolicy));
+    modes
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Node >= 20.6 and `npm ci --prefix tests/conformance`"]
 async fn guarded_server_passes_every_scenario_the_plain_server_passes() {
@@ -207,75 +219,80 @@ async fn guarded_server_passes_every_scenario_the_plain_server_passes() {
     let _ = std::fs::remove_dir_all(&out);
     let scenarios = server_scenarios().await;
     let baseline = baseline();
+    let mut problems = Vec::new();
 
     let plain = start(Mode::Unguarded, "127.0.0.1:0").await.expect("unguarded server");
     let (unguarded, _) = run_all(&out, "unguarded", &plain.url, None).await;
     drop(plain);
 
-    let guarded_server = start(Mode::Guarded, "127.0.0.1:0").await.expect("guarded server");
-    let token = guarded_server.token.clone().expect("guarded mode has a token");
-    let (guarded, run) = run_all(&out, "guarded", &guarded_server.url, Some(&token)).await;
-
-    // Control: the guard is on, and the wrapper is what gets the suite through.
-    let no_token = run_suite(
-        &[
-            "server",
-            "--url",
-            &guarded_server.url,
-            "--scenario",
-            "server-initialize",
-        ],
-        &guarded_server.url,
-        None,
-    )
-    .await;
-    drop(guarded_server);
+    let mut guarded = Vec::new();
+    for (label, mode) in guarded_modes() {
+        let server = start(mode, "127.0.0.1:0").await.expect("guarded server");
+        let token = server.token.clone().expect("a guarded mode has a token");
+        let (results, run) = run_all(&out, label, &server.url, Some(&token)).await;
+        if !run.stderr.contains("bearer.mjs: added a bearer token to") {
+            problems.push(format!(
+                "{label}: the bearer wrapper did not report its work:\n{}",
+                run.stderr
+            ));
+        }
+        // Control: the guard is on, and the wrapper is what gets the suite through.
+        let no_token = run_suite(
+            &["server", "--url", &server.url, "--scenario", "server-initialize"],
+            &server.url,
+            None,
+        )
+        .await;
+        if !format!("{}{}", no_token.stdout, no_token.stderr).contains("Failed to initialize") {
+            problems.push(format!(
+                "{label}: server-initialize without a token did not fail:\n{}",
+                no_token.stdout
+            ));
+        }
+        guarded.push((label, results));
+    }
     let _ = std::fs::remove_dir_all(&out);
 
-    let mut problems = Vec::new();
-    if !format!("{}{}", no_token.stdout, no_token.stderr).contains("Failed to initialize") {
-        problems.push(format!(
-            "control: server-initialize without a token did not fail against the guarded server:\n{}",
-            no_token.stdout
-        ));
+    print!("\n{:<32} {:<10}", "scenario", "unguarded");
+    for (label, _) in &guarded {
+        print!(" {label:<15}");
     }
-    if !run.stderr.contains("bearer.mjs: added a bearer token to") {
-        problems.push(format!("the bearer wrapper did not report its work:\n{}", run.stderr));
-    }
-
-    println!("\n{:<32} {:<10} {:<10} baseline", "scenario", "unguarded", "guarded");
+    println!(" baseline");
+    let failures = |o: Option<&Outcome>| o.map_or_else(|| "no checks.json".to_owned(), |o| o.failures.join("; "));
     for scenario in &scenarios {
-        let (u, g) = (unguarded.get(scenario), guarded.get(scenario));
+        let u = unguarded.get(scenario);
         let listed = baseline.get(scenario);
-        println!(
-            "{scenario:<32} {:<10} {:<10} {}",
-            verdict(u),
-            verdict(g),
-            listed.map_or("", String::as_str)
-        );
-        let u_passed = u.is_some_and(|o| o.passed);
-        let g_passed = g.is_some_and(|o| o.passed);
-        let failures = |o: Option<&Outcome>| o.map_or_else(|| "no checks.json".to_owned(), |o| o.failures.join("; "));
-        match (u_passed, g_passed, listed) {
-            (true, false, _) => problems.push(format!("{scenario}: passes unguarded, fails guarded: {}", failures(g))),
-            (false, false, None) => problems.push(format!(
-                "{scenario}: fails in both runs and is not in baseline.json (add it with the reason, or fix it): {}",
-                failures(g)
-            )),
-            (_, true, Some(reason)) => problems.push(format!(
-                "{scenario}: passes guarded but baseline.json lists it ({reason}): remove the stale entry"
-            )),
-            _ => {}
-        }
-        // Finer than pass/fail: no check may get worse behind the guard.
-        if let (Some(u), Some(g)) = (u, g) {
-            for (id, status) in &u.checks {
-                let behind = g.checks.get(id).map_or("missing", String::as_str);
-                if status == "SUCCESS" && behind != "SUCCESS" {
-                    problems.push(format!("{scenario}: check {id} is SUCCESS unguarded, {behind} guarded"));
+        print!("{scenario:<32} {:<10}", verdict(u));
+        for (label, results) in &guarded {
+            let g = results.get(scenario);
+            print!(" {:<15}", verdict(g));
+            let u_passed = u.is_some_and(|o| o.passed);
+            let g_passed = g.is_some_and(|o| o.passed);
+            match (u_passed, g_passed, listed) {
+                (true, false, _) => {
+                    problems.push(format!("{scenario}: passes unguarded, fails {label}: {}", failures(g)))
+                }
+                (false, false, None) => problems.push(format!(
+                    "{scenario}: fails unguarded and {label}, and is not in baseline.json \
+                     (add it with the reason, or fix it): {}",
+                    failures(g)
+                )),
+                (_, true, Some(reason)) => problems.push(format!(
+                    "{scenario}: passes {label} but baseline.json lists it ({reason}): remove the stale entry"
+                )),
+                _ => {}
+            }
+            // Finer than pass/fail: no check may get worse behind the guard.
+            if let (Some(u), Some(g)) = (u, g) {
+                for (id, status) in &u.checks {
+                    let behind = g.checks.get(id).map_or("missing", String::as_str);
+                    if status == "SUCCESS" && behind != "SUCCESS" {
+                        problems.push(format!("{scenario}: check {id} is SUCCESS unguarded, {behind} {label}"));
+                    }
                 }
             }
         }
+        println!(" {}", listed.map_or("", String::as_str));
     }
     let known: BTreeSet<&String> = scenarios.iter().collect();
     for scenario in baseline.keys().filter(|s| !known.contains(s)) {
