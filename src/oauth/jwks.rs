@@ -300,18 +300,31 @@ impl KeyCache {
         if let Some(key) = snapshot.find(kid, alg) {
             return Ok(key);
         }
-        if self.is_shared_secret()
-            || self.within(
-                &self.inner.last_unknown_kid_fetch,
-                self.inner.settings.unknown_kid_cooldown,
-            )
-        {
+        if self.is_shared_secret() {
             return Err(crate::error::TokenRejection::UnknownKey.into());
+        }
+        if self.within(
+            &self.inner.last_unknown_kid_fetch,
+            self.inner.settings.unknown_kid_cooldown,
+        ) {
+            return Err(self.unknown_kid_error());
         }
         self.refresh(Trigger::UnknownKid, snapshot.generation).await?;
         self.snapshot()
             .find(kid, alg)
             .ok_or_else(|| crate::error::TokenRejection::UnknownKey.into())
+    }
+
+    /// Why a `kid` missing from the cache is refused while no refetch is
+    /// allowed: unknown (401) if the last fetch worked, but unavailable (503)
+    /// if it failed, since the key may be one the issuer rotated in and we
+    /// could not fetch.
+    fn unknown_kid_error(&self) -> AuthError {
+        if self.inner.last_failure.load(Ordering::Acquire) != 0 {
+            AuthError::KeysUnavailable
+        } else {
+            crate::error::TokenRejection::UnknownKey.into()
+        }
     }
 
     fn refresh_in_background(&self, seen: u64) {
@@ -350,7 +363,7 @@ impl KeyCache {
                 &self.inner.last_unknown_kid_fetch,
                 self.inner.settings.unknown_kid_cooldown,
             ) {
-                return Err(crate::error::TokenRejection::UnknownKey.into());
+                return Err(self.unknown_kid_error());
             }
             self.inner
                 .last_unknown_kid_fetch
