@@ -90,8 +90,7 @@ async fn rmcp_client_without_a_token_is_refused_with_the_challenge() {
     let error = tokio::time::timeout(TIMEOUT, ().serve(transport(&server.url, None)))
         .await
         .expect("handshake does not hang")
-        .err()
-        .expect("no token, no session");
+        .expect_err("no token, no session");
     let expected = server.rs.challenge(&AuthError::MissingToken).unwrap();
     let challenge = error
         .auth_challenge()
@@ -109,8 +108,7 @@ async fn rmcp_client_with_an_expired_token_is_refused() {
     let error = tokio::time::timeout(TIMEOUT, ().serve(transport(&server.url, Some(&token))))
         .await
         .expect("handshake does not hang")
-        .err()
-        .expect("an expired token gets no session");
+        .expect_err("an expired token gets no session");
     let shown = format!("{error:?} {error}");
     assert!(!shown.contains(&token), "the error does not carry the token");
     let challenge = error
@@ -130,8 +128,7 @@ async fn rmcp_client_with_insufficient_scope_learns_the_needed_scope() {
     let error = tokio::time::timeout(TIMEOUT, ().serve(transport(&server.url, Some(&token))))
         .await
         .expect("handshake does not hang")
-        .err()
-        .expect("a token without the required scope gets no session");
+        .expect_err("a token without the required scope gets no session");
     assert!(!format!("{error:?} {error}").contains(&token));
     let challenge = error
         .auth_challenge()
