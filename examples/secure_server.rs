@@ -12,7 +12,19 @@
 //! | `GUARD_JWKS_URI` | skip discovery and read keys here | discovered |
 //! | `GUARD_AUDIENCE` | accepted audience | the resource URI |
 //! | `GUARD_REQUIRED_SCOPES` | space-separated scopes every call needs | `mcp:tools` |
+//! | `GUARD_POLICY` | a `.rego` file, or a directory of `.rego` and data `.json` | the embedded RBAC example |
+//! | `GUARD_POLICY_RELOAD_SECS` | reload the policy from disk this often (0: never) | `0` |
+//! | `GUARD_GROUPS_CLAIM` | the claim holding the caller's groups | `groups` |
+//! | `GUARD_TENANT_CLAIM` | the claim holding the caller's tenant | `tenant` |
 //! | `RUST_LOG` | log filter; audit events are on `rmcp_guard::audit` | `info` |
+//!
+//! Tools and what the embedded RBAC policy needs for them (groups claim):
+//! `whoami`, `echo` (any caller with `mcp:tools`); `get_all_templates`
+//! (catalyst-center read: network-engineers, service-desk, admin);
+//! `deploy_template` (catalyst-center write: network-engineers, admin);
+//! `create_ticket` (servicenow write: service-desk, admin); `list_repositories`
+//! (github read: developers, admin). `tools/list` shows each caller only
+//! the tools it may call.
 //!
 //! Bad configuration prints one line and exits with status 2.
 
@@ -25,7 +37,8 @@ use rmcp::model::{ServerCapabilities, ServerConfig};
 use rmcp::transport::streamable_http_server::StreamableHttpService;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::{ErrorData, ServerHandler, schemars, tool, tool_handler, tool_router};
-use rmcp_guard::{Issuer, Principal, ResourceServer};
+use rmcp_guard::policy::{Guarded, PolicyEngine, StepUpLayer};
+use rmcp_guard::{Issuer, Principal, ResourceServer, require_permission};
 
 /// The tools of this server. Edit here: every tool is reached only through the
 /// bearer layer, and reads its caller with `Principal::from_parts`.
@@ -38,6 +51,20 @@ struct Tools {
 struct EchoArgs {
     /// The text to send back.
     text: String,
+}
+
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+struct DeployArgs {
+    /// The template to deploy.
+    template_id: String,
+    /// The device to deploy it to.
+    device_id: String,
+}
+
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+struct TicketArgs {
+    /// One line describing the problem.
+    summary: String,
 }
 
 #[tool_router]
@@ -66,6 +93,38 @@ impl Tools {
     async fn echo(&self, Parameters(args): Parameters<EchoArgs>) -> String {
         args.text
     }
+
+    // The policy already decided `tools/call` for each tool below before it
+    // runs; `#[require_permission]` is the fine-grained check a tool author
+    // adds in one line (here the same grant, stated next to the code it
+    // protects).
+
+    #[require_permission(resource = "catalyst-center", action = "read")]
+    #[tool(description = "List the configuration templates of Catalyst Center")]
+    async fn get_all_templates(&self) -> Result<String, ErrorData> {
+        Ok(serde_json::json!(["branch-router-baseline", "access-switch-vlan"]).to_string())
+    }
+
+    #[require_permission(resource = "catalyst-center", action = "write")]
+    #[tool(description = "Deploy a configuration template to a device")]
+    async fn deploy_template(&self, Parameters(args): Parameters<DeployArgs>) -> Result<String, ErrorData> {
+        Ok(format!(
+            "deployed template {} to device {}",
+            args.template_id, args.device_id
+        ))
+    }
+
+    #[require_permission(resource = "servicenow", action = "write")]
+    #[tool(description = "Open a ServiceNow ticket")]
+    async fn create_ticket(&self, Parameters(args): Parameters<TicketArgs>) -> Result<String, ErrorData> {
+        Ok(format!("ticket opened: {}", args.summary))
+    }
+
+    #[require_permission(resource = "github", action = "read")]
+    #[tool(description = "List the GitHub repositories")]
+    async fn list_repositories(&self) -> Result<String, ErrorData> {
+        Ok(serde_json::json!(["rmcp-guard", "network-automation"]).to_string())
+    }
 }
 
 #[tool_handler(router = self.tool_router)]
@@ -79,6 +138,8 @@ impl ServerHandler for Tools {
 struct Settings {
     bind: String,
     resource_server: ResourceServer,
+    policy: PolicyEngine,
+    policy_reload: Option<std::time::Duration>,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -98,12 +159,32 @@ fn settings() -> Result<Settings, String> {
     let scopes = env("GUARD_REQUIRED_SCOPES").unwrap_or_else(|| "mcp:tools".to_owned());
     let mut builder = ResourceServer::builder(resource.clone(), issuer)
         .required_scopes(scopes.split_whitespace())
+        .groups_claim(env("GUARD_GROUPS_CLAIM").unwrap_or_else(|| "groups".to_owned()))
+        .tenant_claim(env("GUARD_TENANT_CLAIM").unwrap_or_else(|| "tenant".to_owned()))
         .resource_name("rmcp-guard secure_server example");
     if let Some(audience) = env("GUARD_AUDIENCE") {
         builder = builder.audiences([audience]);
     }
     let resource_server = builder.build().map_err(|e| format!("configuration error: {e}"))?;
-    Ok(Settings { bind, resource_server })
+    let policy = match env("GUARD_POLICY") {
+        Some(path) => PolicyEngine::from_path(&path),
+        None => PolicyEngine::rbac_example(),
+    }
+    .map_err(|e| format!("policy error: {e}"))?;
+    let policy_reload = match env("GUARD_POLICY_RELOAD_SECS") {
+        None => None,
+        Some(secs) => match secs.parse::<u64>() {
+            Ok(0) => None,
+            Ok(n) => Some(std::time::Duration::from_secs(n)),
+            Err(_) => return Err(format!("GUARD_POLICY_RELOAD_SECS is not a number: {secs}")),
+        },
+    };
+    Ok(Settings {
+        bind,
+        resource_server,
+        policy,
+        policy_reload,
+    })
 }
 
 #[tokio::main]
@@ -124,12 +205,17 @@ async fn main() -> ExitCode {
         tracing::warn!("signing keys not available yet: {e}");
     }
 
+    let policy = settings.policy;
+    let _reloader = settings.policy_reload.map(|every| policy.spawn_reload_every(every));
+    let engine = policy.clone();
     let mcp = StreamableHttpService::new(
-        || Ok(Tools::new()),
+        // Every call, read and listing is decided by the policy first.
+        move || Ok(Guarded::new(Tools::new(), engine.clone())),
         LocalSessionManager::default().into(),
         rs.streamable_http_config(),
     );
-    let app = rs.router(mcp);
+    // Bearer auth -> session binding -> step-up 403 -> rmcp -> Guarded -> tools.
+    let app = rs.router(tower::Layer::layer(&StepUpLayer::new(&rs, policy.clone()), mcp));
 
     let listener = match tokio::net::TcpListener::bind(&settings.bind).await {
         Ok(l) => l,
@@ -138,7 +224,12 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing::info!(resource = rs.resource(), metadata = rs.metadata_url(), "serving");
+    tracing::info!(
+        resource = rs.resource(),
+        metadata = rs.metadata_url(),
+        policy = %policy.version(),
+        "serving"
+    );
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

@@ -173,3 +173,20 @@ pub(crate) fn authn_rejected(error: &AuthError, issuer: Option<&str>, subject: O
 pub(crate) fn session_refused(subject: Option<String>, reason: &'static str) {
     tracing::info!(target: TARGET, event = "session", outcome = "deny", reason, subject);
 }
+
+/// The step-up layer answered 403 `insufficient_scope` before rmcp.
+#[cfg(all(feature = "policy", feature = "jwt"))]
+pub(crate) fn step_up(principal: &Principal, action: &str, resource: &str, required: &[String]) {
+    tracing::info!(
+        target: TARGET,
+        event = "authz",
+        outcome = "deny",
+        reason = "insufficient_scope",
+        subject = principal.subject(),
+        client_id = principal.client_id(),
+        issuer = principal.issuer(),
+        action,
+        resource,
+        required_scopes = %required.join(" "),
+    );
+}

@@ -162,7 +162,7 @@ pub(crate) fn try_expand(attr: TokenStream, function: &ItemFn) -> syn::Result<To
             return Err(wrong_return(output.span()));
         }
         let block = &function.block;
-        out.block = Box::new(syn::parse_quote!({ #check #block }));
+        *out.block = syn::parse_quote!({ #check #block });
         return Ok(quote!(#out));
     }
     // `#[tool]` above `#[require_permission]` expanded first and turned the
