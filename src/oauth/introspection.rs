@@ -412,3 +412,67 @@ pub(crate) fn is_jwt_issuer_token(shared: &Shared, token: &str) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oauth::{Issuer, ResourceServer};
+
+    fn jws(payload: &Value) -> String {
+        let p = URL_SAFE_NO_PAD.encode(payload.to_string());
+        format!("eyJhbGciOiJSUzI1NiJ9.{p}.c2ln")
+    }
+
+    #[test]
+    fn only_a_jws_of_a_jwt_issuer_takes_the_jwt_path() {
+        let rs = ResourceServer::builder(
+            "https://mcp.example.com/mcp",
+            Issuer::with_jwks_uri("https://jwt.example.com", "https://jwt.example.com/jwks"),
+        )
+        .issuer(Issuer::introspection(
+            "https://opaque.example.com",
+            "https://opaque.example.com/introspect",
+            ClientAuth::client_secret("id", "secret").unwrap(),
+        ))
+        .build()
+        .unwrap();
+        let shared = &rs.shared;
+        assert!(shared.introspection.is_some());
+        assert!(is_jwt_issuer_token(
+            shared,
+            &jws(&serde_json::json!({"iss": "https://jwt.example.com"}))
+        ));
+        for token in [
+            jws(&serde_json::json!({"iss": "https://opaque.example.com"})),
+            jws(&serde_json::json!({"iss": "https://jwt.example.com/"})),
+            jws(&serde_json::json!({"sub": "x"})),
+            jws(&serde_json::json!(["https://jwt.example.com"])),
+            "opaque-token-value".to_owned(),
+            "a.b.c".to_owned(),
+            "a.b.c.d.e".to_owned(),
+        ] {
+            assert!(!is_jwt_issuer_token(shared, &token), "{token}");
+        }
+        // The introspection issuer is advertised like any other.
+        assert_eq!(
+            rs.issuers().collect::<Vec<_>>(),
+            ["https://jwt.example.com", "https://opaque.example.com"]
+        );
+    }
+
+    #[test]
+    fn negative_cache_ttl_is_bounded() {
+        let err = ResourceServer::builder(
+            "https://mcp.example.com/mcp",
+            Issuer::introspection(
+                "https://opaque.example.com",
+                "https://opaque.example.com/introspect",
+                ClientAuth::client_secret("id", "secret").unwrap(),
+            ),
+        )
+        .introspection_negative_cache_ttl(Duration::from_secs(301))
+        .build()
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::OutOfRange { .. }), "{err}");
+    }
+}

@@ -152,10 +152,7 @@ impl fmt::Debug for ResourceServer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResourceServer")
             .field("resource", &self.shared.resource)
-            .field(
-                "issuers",
-                &self.shared.issuers.iter().map(|i| &i.url).collect::<Vec<_>>(),
-            )
+            .field("issuers", &self.shared.metadata.authorization_servers)
             .field("audiences", &self.shared.audiences)
             .field("algorithms", &self.shared.algorithms)
             .field("required_scopes", &self.shared.required_scopes)
