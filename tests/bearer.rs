@@ -719,3 +719,103 @@ async fn audit_events_name_the_reason_and_never_the_token() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// The whole endpoint is guarded.
+
+#[tokio::test]
+async fn every_method_on_the_endpoint_needs_a_token() {
+    let (issuer, server) = setup().await;
+    let token = token_for(&issuer, &server).expired().sign();
+    for method in [
+        reqwest::Method::GET,
+        reqwest::Method::DELETE,
+        reqwest::Method::PUT,
+        reqwest::Method::PATCH,
+    ] {
+        let response = client()
+            .request(method.clone(), &server.url)
+            .header("accept", "application/json, text/event-stream")
+            .send()
+            .await
+            .unwrap();
+        let reply = Reply::read(response).await;
+        assert_eq!(reply.status, 401, "{method}: {reply:?}");
+        assert_eq!(reply.challenge().unwrap().get("error"), None, "{method}");
+
+        let response = client()
+            .request(method.clone(), &server.url)
+            .bearer_auth(&token)
+            .header("accept", "application/json, text/event-stream")
+            .send()
+            .await
+            .unwrap();
+        assert_invalid_token(&Reply::read(response).await, &server, &token, "token expired");
+    }
+}
+
+#[tokio::test]
+async fn paths_near_the_endpoint_do_not_bypass_the_guard() {
+    let (_issuer, server) = setup().await;
+    for path in ["/mcp/", "/mcp/x", "//mcp", "/%6dcp", "/MCP", "/mcp;x", "/./mcp/."] {
+        let url = format!("{}{path}", server.base);
+        let response = mcp_post(&client(), &url, &echo_call("x")).send().await.unwrap();
+        let reply = Reply::read(response).await;
+        assert!(
+            reply.status == 401 || reply.status == 404,
+            "{path} answered {} without a token: {reply:?}",
+            reply.status
+        );
+        assert!(!reply.body.contains("\"result\""), "{path} reached the tool: {reply:?}");
+    }
+}
+
+#[tokio::test]
+async fn session_of_another_caller_is_not_found() {
+    let issuer = TestIssuer::start().await.unwrap();
+    let server = start_guarded_with(
+        Issuer::with_jwks_uri(issuer.issuer(), issuer.jwks_uri()),
+        Mode::Sessions,
+        |b| b,
+    )
+    .await;
+    let alice = token_for(&issuer, &server).subject("alice").sign();
+    let mallory = token_for(&issuer, &server).subject("mallory").sign();
+    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let response = mcp_post(&client(), &server.url, &initialize)
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let session = response.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    drop(response);
+
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let send = |token: &str, body: &Value| {
+        mcp_post(&client(), &server.url, body)
+            .bearer_auth(token)
+            .header("mcp-session-id", &session)
+            .header("mcp-protocol-version", "2025-06-18")
+            .send()
+    };
+    let reply = Reply::read(send(&mallory, &initialized).await.unwrap()).await;
+    assert_eq!(reply.status, 404, "another caller's session: {reply:?}");
+    assert_token_not_echoed(&reply, &mallory);
+    let reply = Reply::read(send(&alice, &initialized).await.unwrap()).await;
+    assert_eq!(reply.status, 202, "the owner's session: {reply:?}");
+    let reply = Reply::read(send(&mallory, &echo_call("x")).await.unwrap()).await;
+    assert_eq!(reply.status, 404, "{reply:?}");
+
+    let delete = |token: &str| {
+        client()
+            .delete(&server.url)
+            .bearer_auth(token)
+            .header("mcp-session-id", &session)
+            .header("mcp-protocol-version", "2025-06-18")
+            .send()
+    };
+    assert_eq!(delete(&mallory).await.unwrap().status(), 404);
+    assert!(delete(&alice).await.unwrap().status().is_success());
+}
