@@ -246,7 +246,7 @@ impl CredentialsBuilder {
         self
     }
 
-    /// How many paths are cached at most.
+    /// How many paths are cached at most (`0` counts as `1`).
     ///
     /// Defaults to `1024`.
     pub fn max_entries(mut self, max: usize) -> Self {
@@ -267,9 +267,10 @@ impl CredentialsBuilder {
 
     /// Ask `authorizer` before every read; see [`SecretAuthorizer`].
     ///
-    /// Defaults to none: every authenticated principal may read the
-    /// credentials under its own resolved path (the template is the
-    /// isolation).
+    /// Without one, every authenticated principal may read the credentials
+    /// under its own resolved path (the template is the isolation).
+    ///
+    /// Defaults to none.
     pub fn authorizer(mut self, authorizer: impl SecretAuthorizer) -> Self {
         self.authorizer = Some(Arc::new(authorizer));
         self

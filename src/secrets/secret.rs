@@ -72,9 +72,9 @@ impl Secret {
 
     /// Say how long the store allows this value to be cached (a Vault lease
     /// or a `ttl` custom metadata key). The cache keeps it no longer than this,
-    /// nor than its own TTL.
+    /// nor than its own TTL; without a lease the cache TTL alone applies.
     ///
-    /// Defaults to no lease: the cache TTL alone applies.
+    /// Defaults to none.
     pub fn with_lease(mut self, lease: Duration) -> Self {
         Arc::make_mut(&mut self.inner).lease = Some(lease);
         self

@@ -109,9 +109,9 @@ impl VaultAuth {
     }
 
     /// Read the JWT from `path` instead (Kubernetes and JWT methods; ignored
-    /// by the others).
+    /// by the others). For Kubernetes the default is [`KUBERNETES_JWT_FILE`].
     ///
-    /// Defaults to [`KUBERNETES_JWT_FILE`] for Kubernetes.
+    /// Defaults to `/var/run/secrets/kubernetes.io/serviceaccount/token`.
     pub fn jwt_file(mut self, path: impl Into<PathBuf>) -> Self {
         if let Method::Kubernetes { jwt_file, .. } | Method::Jwt { jwt_file, .. } = &mut self.method {
             *jwt_file = path.into();
@@ -119,9 +119,9 @@ impl VaultAuth {
         self
     }
 
-    /// The path the auth method is mounted at.
+    /// The path the auth method is mounted at (unused for tokens).
     ///
-    /// Defaults to `approle`, `kubernetes` or `jwt` (unused for tokens).
+    /// Defaults to `approle`, `kubernetes` or `jwt`, after the method.
     pub fn mount(mut self, mount: impl Into<String>) -> Self {
         self.mount = Some(mount.into());
         self
