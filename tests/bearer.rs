@@ -819,3 +819,16 @@ async fn session_of_another_caller_is_not_found() {
     assert_eq!(delete(&mallory).await.unwrap().status(), 404);
     assert!(delete(&alice).await.unwrap().status().is_success());
 }
+
+#[tokio::test]
+async fn token_without_a_subject_is_rejected() {
+    let (issuer, server) = setup().await;
+    for token in [
+        token_for(&issuer, &server).without_claim("sub").sign(),
+        token_for(&issuer, &server).subject("").sign(),
+        token_for(&issuer, &server).claim("sub", json!(42)).sign(),
+    ] {
+        let reply = call_echo(&server.url, &token, "x").await;
+        assert_invalid_token(&reply, &server, &token, "invalid token claims");
+    }
+}

@@ -485,3 +485,23 @@ async fn metadata_naming_another_issuer_is_refused() {
         "the mismatched document's jwks_uri is never used"
     );
 }
+
+#[tokio::test]
+async fn kidless_token_is_matched_only_when_exactly_one_key_fits() {
+    let issuer = TestIssuer::start().await.unwrap();
+    let server = start_guarded(&issuer).await;
+    for alg in [KeyAlg::Rs256, KeyAlg::Es256] {
+        let token = token_for(&issuer, &server).algorithm(alg).without_header("kid").sign();
+        assert_echoed(&call_echo(&server.url, &token, alg.name()).await, alg.name());
+    }
+    // Two published ES256 keys: a token without kid is never matched by guessing.
+    issuer.rotate(KeyAlg::Es256, true);
+    let with_kid = token_for(&issuer, &server).algorithm(KeyAlg::Es256).sign();
+    assert_echoed(&call_echo(&server.url, &with_kid, "new").await, "new");
+    let token = unique(token_for(&issuer, &server))
+        .algorithm(KeyAlg::Es256)
+        .without_header("kid")
+        .sign();
+    let reply = call_echo(&server.url, &token, "x").await;
+    assert_invalid_token(&reply, &server, &token, "unknown signing key");
+}
