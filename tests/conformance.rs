@@ -7,11 +7,12 @@
 //!
 //! ```text
 //! npm ci --prefix tests/conformance
-//! cargo test --features testing --test conformance -- --ignored --nocapture
+//! cargo test --all-features --test conformance -- --nocapture
 //! ```
 //!
-//! Ignored by default: it needs Node >= 20.6 (`--import`, `module.register`)
-//! and the npm install above. `NODE` overrides the `node` binary.
+//! It needs Node >= 20.6 (`--import`, `module.register`) and the npm install
+//! above (`.ci/run` does both); without them it fails and says what to run.
+//! `NODE` overrides the `node` binary.
 //!
 //! The suite sends no tokens. For the guarded runs it is started with
 //! `node --import tests/conformance/bearer.mjs`, which adds `Authorization:
@@ -208,7 +209,6 @@ fn guarded_modes() -> Vec<(&'static str, Mode)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs Node >= 20.6 and `npm ci --prefix tests/conformance`"]
 async fn guarded_server_passes_every_scenario_the_plain_server_passes() {
     assert!(
         suite_cli().exists(),
