@@ -686,3 +686,136 @@ async fn concurrent_misses_are_one_vault_read_and_hits_are_none() {
     })
     .await;
 }
+
+/// A stand-in Kubernetes API that answers TokenReview for one service
+/// account, counting reviews.
+async fn fake_kubernetes_api() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    let reviews = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = Arc::clone(&reviews);
+    let app = axum::Router::new().route(
+        "/apis/authentication.k8s.io/v1/tokenreviews",
+        axum::routing::post(move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async {
+                axum::Json(json!({
+                    "apiVersion": "authentication.k8s.io/v1",
+                    "kind": "TokenReview",
+                    "status": {
+                        "authenticated": true,
+                        "user": {
+                            "username": "system:serviceaccount:mcp:server",
+                            "uid": "0b3c1d2e-0000-4000-8000-000000000001",
+                            "groups": ["system:serviceaccounts", "system:serviceaccounts:mcp"]
+                        }
+                    }
+                }))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://{addr}"), reviews)
+}
+
+#[tokio::test]
+async fn kubernetes_workload_identity_logs_in_with_the_service_account_token() {
+    bounded(60, async {
+        let bao = Bao::start().await;
+        seed_tenants(&bao).await;
+        bao.read_policy("mcp-read", &["secret/data/mcp/*"]).await;
+        let (k8s, reviews) = fake_kubernetes_api().await;
+        let dir = bao.dir().to_owned();
+        // Required by the plugin; unused over plain http to the fake API.
+        let (ca_key, ca_cert) = (dir.join("ca-key.pem"), dir.join("ca.pem"));
+        assert!(
+            std::process::Command::new("openssl")
+                .args([
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-days",
+                    "1",
+                    "-subj",
+                    "/CN=k8s-ca",
+                    "-keyout"
+                ])
+                .arg(&ca_key)
+                .arg("-out")
+                .arg(&ca_cert)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .expect("openssl on PATH")
+                .success()
+        );
+        let ca_pem = std::fs::read_to_string(&ca_cert).unwrap();
+        bao.call("POST", "sys/auth/kubernetes", Some(json!({"type": "kubernetes"})))
+            .await;
+        bao.call(
+            "POST",
+            "auth/kubernetes/config",
+            Some(json!({"kubernetes_host": k8s, "disable_local_ca_jwt": true, "kubernetes_ca_cert": ca_pem})),
+        )
+        .await;
+        bao.call(
+            "POST",
+            "auth/kubernetes/role/mcp",
+            Some(json!({
+                "bound_service_account_names": ["server"],
+                "bound_service_account_namespaces": ["mcp"],
+                "token_policies": ["mcp-read"], "token_ttl": "1h"
+            })),
+        )
+        .await;
+        let key = dir.join("sa-key.pem");
+        assert!(
+            std::process::Command::new("openssl")
+                .args([
+                    "genpkey",
+                    "-algorithm",
+                    "RSA",
+                    "-pkeyopt",
+                    "rsa_keygen_bits:2048",
+                    "-out"
+                ])
+                .arg(&key)
+                .status()
+                .expect("openssl on PATH")
+                .success()
+        );
+        let jwt = sign_jwt(
+            &dir,
+            &key,
+            json!({
+                "iss": "kubernetes/serviceaccount",
+                "sub": "system:serviceaccount:mcp:server",
+                "kubernetes.io/serviceaccount/namespace": "mcp",
+                "kubernetes.io/serviceaccount/service-account.name": "server",
+                "kubernetes.io/serviceaccount/service-account.uid": "0b3c1d2e-0000-4000-8000-000000000001"
+            }),
+        );
+        // The kubelet writes projected tokens 0644: accepted for workload JWTs.
+        let jwt_file = dir.join("sa-token");
+        std::fs::write(&jwt_file, &jwt).unwrap();
+        std::fs::set_permissions(&jwt_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+        let store = Arc::new(
+            VaultStore::builder(bao.addr(), VaultAuth::kubernetes("mcp").jwt_file(&jwt_file))
+                .build()
+                .await
+                .unwrap(),
+        );
+        store.get("mcp/acme/catalyst-center").await.unwrap();
+        assert_eq!(store.token_status().logins, 1);
+        bao.call("PUT", "sys/leases/revoke-prefix/auth/kubernetes/login", None)
+            .await;
+        store.get("mcp/acme/catalyst-center").await.unwrap();
+        assert_eq!(store.token_status().logins, 2);
+        assert_eq!(reviews.load(std::sync::atomic::Ordering::SeqCst), 2);
+    })
+    .await;
+}
