@@ -15,7 +15,14 @@ fn initialize() -> serde_json::Value {
 
 /// Initialize a session as the bearer of `token`; returns the session id.
 async fn open_session(http: &reqwest::Client, url: &str, token: &str) -> String {
-    let reply = Reply::read(mcp_post(http, url, &initialize()).bearer_auth(token).send().await.unwrap()).await;
+    let reply = Reply::read(
+        mcp_post(http, url, &initialize())
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     let session = reply.headers["mcp-session-id"].to_str().unwrap().to_owned();
     let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
@@ -48,8 +55,18 @@ async fn another_principals_session_is_not_found() {
     let issuer = TestIssuer::start().await.unwrap();
     let server = start_guarded_with(Issuer::discover(issuer.issuer()), Mode::Sessions, |b| b).await;
     let http = client();
-    let alice = issuer.token().subject("alice").audience(&server.url).scope("mcp:tools").sign();
-    let mallory = issuer.token().subject("mallory").audience(&server.url).scope("mcp:tools").sign();
+    let alice = issuer
+        .token()
+        .subject("alice")
+        .audience(&server.url)
+        .scope("mcp:tools")
+        .sign();
+    let mallory = issuer
+        .token()
+        .subject("mallory")
+        .audience(&server.url)
+        .scope("mcp:tools")
+        .sign();
 
     let session = open_session(&http, &server.url, &alice).await;
     let own = call_on(&http, &server.url, &alice, &session).await;
@@ -97,10 +114,21 @@ async fn an_expired_token_does_not_ride_on_a_session() {
     let issuer = TestIssuer::start().await.unwrap();
     let server = start_guarded_with(Issuer::discover(issuer.issuer()), Mode::Sessions, |b| b).await;
     let http = client();
-    let fresh = issuer.token().subject("alice").audience(&server.url).scope("mcp:tools").sign();
+    let fresh = issuer
+        .token()
+        .subject("alice")
+        .audience(&server.url)
+        .scope("mcp:tools")
+        .sign();
     let session = open_session(&http, &server.url, &fresh).await;
 
-    let expired = issuer.token().subject("alice").audience(&server.url).scope("mcp:tools").expired().sign();
+    let expired = issuer
+        .token()
+        .subject("alice")
+        .audience(&server.url)
+        .scope("mcp:tools")
+        .expired()
+        .sign();
     let reply = call_on(&http, &server.url, &expired, &session).await;
     assert_eq!(reply.status, 401);
     assert!(reply.challenge().unwrap().get("error") == Some("invalid_token"));
