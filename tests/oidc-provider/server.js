@@ -14,6 +14,10 @@
 //
 // Resources: any `resource` is accepted and becomes the token's `aud`; one
 // whose path ends in `/short` gets tokens that live 2 seconds.
+//
+// ACCESS_TOKEN_FORMAT=jwt makes it mint RFC 9068 JWT access tokens (signed
+// with its own keys, published at its jwks_uri) instead of opaque ones: that
+// is what tests/third_party_as.rs validates with the JWT path.
 import http from 'node:http';
 import Provider from 'oidc-provider';
 
@@ -54,7 +58,7 @@ server.listen(0, '127.0.0.1', () => {
         getResourceServerInfo: async (_ctx, resourceIndicator) => ({
           scope: 'mcp:tools mcp:admin',
           audience: resourceIndicator,
-          accessTokenFormat: 'opaque',
+          accessTokenFormat: process.env.ACCESS_TOKEN_FORMAT === 'jwt' ? 'jwt' : 'opaque',
           accessTokenTTL: resourceIndicator.endsWith('/short') ? 2 : 300,
         }),
       },
