@@ -582,6 +582,46 @@ async fn sender_constrained_token_is_not_a_bearer_token() {
 }
 
 #[tokio::test]
+async fn distinct_new_tokens_are_bounded_in_flight() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (now_in, max_in) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (n, m) = (now_in.clone(), max_in.clone());
+    let app = Router::new().route(
+        "/introspect",
+        post(move || {
+            let (n, m) = (n.clone(), m.clone());
+            async move {
+                let current = n.fetch_add(1, Ordering::SeqCst) + 1;
+                m.fetch_max(current, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                n.fetch_sub(1, Ordering::SeqCst);
+                Json(json!({"active": false}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let rs = ResourceServer::builder(
+        RESOURCE,
+        Issuer::introspection(
+            "https://idp.example.com",
+            format!("http://{addr}/introspect"),
+            ClientAuth::client_secret("id", "secret").unwrap(),
+        ),
+    )
+    .introspection_max_in_flight(3)
+    .build()
+    .unwrap();
+    let tokens: Vec<String> = (0..24).map(|i| format!("forged-{i}")).collect();
+    let calls = tokens.iter().map(|t| call(&rs, t));
+    for answer in futures_util::future::join_all(calls).await {
+        assert_eq!(answer.status, 401);
+    }
+    assert!(max_in.load(Ordering::SeqCst) <= 3, "{}", max_in.load(Ordering::SeqCst));
+}
+
+#[tokio::test]
 async fn unreadable_answer_is_503() {
     let rs = fake_rs(json!(["not", "an", "object"])).await;
     assert_eq!(call(&rs, "t5").await.status, 503);

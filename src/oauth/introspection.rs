@@ -70,7 +70,10 @@
 //!   (default 10 s), bounded in size, so a flood of one bad token is not a
 //!   flood at the provider.
 //! - One request is in flight per token: concurrent requests with the same new
-//!   token wait for the one answer.
+//!   token wait for the one answer. Requests for distinct new tokens are
+//!   bounded too: at most
+//!   [`introspection_max_in_flight`](super::ResourceServerBuilder::introspection_max_in_flight)
+//!   (default 32) at once; the others wait their turn.
 //!
 //! # Provider down
 //!
@@ -130,6 +133,8 @@ type IntrospectionClient = oauth2::Client<
 pub(crate) const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(60);
 /// Default time a refused answer is reused.
 pub(crate) const DEFAULT_NEGATIVE_CACHE_TTL: Duration = Duration::from_secs(10);
+/// Default bound on introspection requests in flight at once.
+pub(crate) const DEFAULT_MAX_IN_FLIGHT: usize = 32;
 /// Bound on remembered refusals.
 const NEGATIVE_CAPACITY: usize = 10_000;
 
@@ -160,6 +165,7 @@ pub(crate) struct Introspector {
     negative_ttl: Duration,
     negative: super::flight::TtlMap<TokenHash, Refusal>,
     flight: super::flight::SingleFlight<TokenHash, Result<Principal, Refusal>>,
+    permits: tokio::sync::Semaphore,
 }
 
 impl fmt::Debug for Introspector {
@@ -179,6 +185,7 @@ impl Introspector {
         http: reqwest::Client,
         cache_ttl: Duration,
         negative_ttl: Duration,
+        max_in_flight: usize,
     ) -> Result<Self, ConfigError> {
         super::resource_server::parse_url("introspection_endpoint", endpoint)?;
         let url = IntrospectionUrl::new(endpoint.to_owned()).map_err(|_| ConfigError::InvalidUrl {
@@ -198,6 +205,7 @@ impl Introspector {
             negative_ttl,
             negative: super::flight::TtlMap::new(NEGATIVE_CAPACITY),
             flight: super::flight::SingleFlight::new(),
+            permits: tokio::sync::Semaphore::new(max_in_flight),
         })
     }
 
@@ -249,6 +257,14 @@ impl Introspector {
 
     /// One introspection request and the checks on its answer.
     async fn ask(&self, shared: &Shared, token: &str, now: u64) -> Result<Principal, Refusal> {
+        // Distinct new tokens are not merged by the single flight: bound them.
+        let Ok(_permit) = self.permits.acquire().await else {
+            return Err(Refusal {
+                error: AuthError::IntrospectionUnavailable,
+                subject: None,
+                client_id: None,
+            });
+        };
         let token = AccessToken::new(token.to_owned());
         let http = &self.http;
         let answer = self

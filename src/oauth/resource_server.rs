@@ -215,6 +215,8 @@ pub struct ResourceServerBuilder {
     introspection_cache_ttl: Duration,
     #[cfg(feature = "introspection")]
     introspection_negative_cache_ttl: Duration,
+    #[cfg(feature = "introspection")]
+    introspection_max_in_flight: usize,
 }
 
 impl ResourceServer {
@@ -249,6 +251,8 @@ impl ResourceServer {
             introspection_cache_ttl: super::introspection::DEFAULT_CACHE_TTL,
             #[cfg(feature = "introspection")]
             introspection_negative_cache_ttl: super::introspection::DEFAULT_NEGATIVE_CACHE_TTL,
+            #[cfg(feature = "introspection")]
+            introspection_max_in_flight: super::introspection::DEFAULT_MAX_IN_FLIGHT,
         }
     }
 
@@ -429,6 +433,17 @@ impl ResourceServerBuilder {
     #[cfg_attr(docsrs, doc(cfg(feature = "introspection")))]
     pub fn introspection_negative_cache_ttl(mut self, ttl: Duration) -> Self {
         self.introspection_negative_cache_ttl = ttl;
+        self
+    }
+
+    /// How many introspection requests may be in flight at once (1 to
+    /// 1024); requests for further new tokens wait their turn, so a flood of
+    /// distinct forged tokens cannot become a flood at the provider. Defaults
+    /// to 32.
+    #[cfg(feature = "introspection")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "introspection")))]
+    pub fn introspection_max_in_flight(mut self, requests: usize) -> Self {
+        self.introspection_max_in_flight = requests;
         self
     }
 
@@ -621,6 +636,13 @@ impl ResourceServerBuilder {
             });
         }
         #[cfg(feature = "introspection")]
+        if !(1..=1024).contains(&self.introspection_max_in_flight) {
+            return Err(ConfigError::OutOfRange {
+                what: "introspection_max_in_flight",
+                reason: "between 1 and 1024",
+            });
+        }
+        #[cfg(feature = "introspection")]
         let mut introspection: Option<super::introspection::Introspector> = None;
         let mut seen = HashSet::new();
         let mut all_issuers = Vec::with_capacity(self.issuers.len());
@@ -681,6 +703,7 @@ impl ResourceServerBuilder {
                         client.clone(),
                         self.introspection_cache_ttl,
                         self.introspection_negative_cache_ttl,
+                        self.introspection_max_in_flight,
                     )?);
                     continue;
                 }
@@ -860,6 +883,7 @@ mod tests {
         {
             assert_eq!(b.introspection_cache_ttl, Duration::from_secs(60));
             assert_eq!(b.introspection_negative_cache_ttl, Duration::from_secs(10));
+            assert_eq!(b.introspection_max_in_flight, 32);
         }
         let rs = b.build().unwrap();
         assert_eq!(
