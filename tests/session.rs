@@ -162,3 +162,34 @@ async fn a_foreign_origin_is_refused_and_the_resource_origin_accepted() {
         .unwrap();
     assert_eq!(own.status(), 200);
 }
+
+#[tokio::test]
+async fn tools_never_see_the_bearer_token() {
+    use tower::{Layer, ServiceExt, service_fn};
+    let issuer = TestIssuer::start().await.unwrap();
+    let rs = rmcp_guard::ResourceServer::builder("http://127.0.0.1:9/mcp", Issuer::discover(issuer.issuer()))
+        .build()
+        .unwrap();
+    let token = issuer.token().audience("http://127.0.0.1:9/mcp").sign();
+    // Twice: the first request verifies, the second is answered from the cache.
+    for _ in 0..2 {
+        let inner = service_fn(|req: http::Request<String>| async move {
+            let seen = req.headers().get("authorization").is_some();
+            let principal = req.extensions().get::<rmcp_guard::Principal>().is_some();
+            Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from(
+                format!("authorization={seen} principal={principal}"),
+            ))))
+        });
+        let request = http::Request::post("/mcp")
+            .header("authorization", format!("Bearer {token}"))
+            .body(String::new())
+            .unwrap();
+        let response = rs.layer().layer(inner).oneshot(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(body, "authorization=false principal=true");
+    }
+}

@@ -9,6 +9,9 @@
 //! the inner service and the client gets the status and challenge of
 //! [`challenge`](super::challenge).
 //!
+//! The `Authorization` header is removed from an accepted request, so tools
+//! that read `http::request::Parts` never see the caller's token.
+//!
 //! A token seen before is answered from the verified-token cache without
 //! touching the signature (a SHA-256 and a shard lookup); a new one is verified
 //! on an async path that may fetch the issuer's keys.
@@ -125,6 +128,14 @@ fn inbound(token: &str) -> Inbound {
 
 #[cfg(not(feature = "introspection"))]
 fn inbound(_token: &str) -> Inbound {}
+
+/// The token has done its work: remove it from the request, so that no tool
+/// reading `http::request::Parts` (and no handler logging its headers) can
+/// see, log or forward the caller's bearer token. Token exchange keeps its
+/// own redacted copy (`InboundToken`).
+fn accepted(headers: &mut http::HeaderMap) {
+    headers.remove(header::AUTHORIZATION);
+}
 
 fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
@@ -277,6 +288,7 @@ where
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let state = match self.rs.begin(req.headers(), req.uri()) {
             Begin::Accept(principal, token) => {
+                accepted(req.headers_mut());
                 req.extensions_mut().insert(principal);
                 req.extensions_mut().insert(token);
                 State::Inner {
@@ -365,6 +377,7 @@ where
                     let verified = ready!(verify.as_mut().poll(cx));
                     let next = match (verified, service.take(), request.take()) {
                         (Ok(principal), Some(mut service), Some(mut request)) => {
+                            accepted(request.headers_mut());
                             request.extensions_mut().insert(principal);
                             State::Inner {
                                 future: service.call(request),
