@@ -16,6 +16,11 @@
 //! | `GUARD_POLICY_RELOAD_SECS` | reload the policy from disk this often (0: never) | `0` |
 //! | `GUARD_GROUPS_CLAIM` | the claim holding the caller's groups | `groups` |
 //! | `GUARD_TENANT_CLAIM` | the claim holding the caller's tenant | `tenant` |
+//! | `GUARD_INTROSPECTION_URL` | check tokens at this RFC 7662 endpoint of `GUARD_ISSUER` (opaque tokens) instead of as JWTs | unset: JWT |
+//! | `GUARD_CLIENT_ID` | this server's OAuth client id (introspection, token exchange) | required with either |
+//! | `GUARD_CLIENT_SECRET_FILE` | file holding that client's secret (mode 0400) | required with either |
+//! | `GUARD_DOWNSTREAM_AUDIENCE` | audience `call_downstream` exchanges the caller's token for (RFC 8693) | unset: the tool refuses |
+//! | `GUARD_TOKEN_ENDPOINT` | token endpoint for the exchange | discovered from `GUARD_ISSUER` |
 //! | `RUST_LOG` | log filter; audit events are on `rmcp_guard::audit` | `info` |
 //!
 //! Tools and what the embedded RBAC policy needs for them (groups claim):
@@ -37,6 +42,7 @@ use rmcp::model::{ServerCapabilities, ServerConfig};
 use rmcp::transport::streamable_http_server::StreamableHttpService;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::{ErrorData, ServerHandler, schemars, tool, tool_handler, tool_router};
+use rmcp_guard::oauth::{ClientAuth, TokenExchange, downstream_token};
 use rmcp_guard::policy::{Guarded, PolicyEngine, StepUpLayer};
 use rmcp_guard::{Issuer, Principal, ResourceServer, require_permission};
 
@@ -45,6 +51,8 @@ use rmcp_guard::{Issuer, Principal, ResourceServer, require_permission};
 #[derive(Clone)]
 struct Tools {
     tool_router: ToolRouter<Self>,
+    /// `GUARD_DOWNSTREAM_AUDIENCE`, for `call_downstream`.
+    downstream_audience: Option<String>,
 }
 
 #[derive(serde::Deserialize, schemars::JsonSchema)]
@@ -69,9 +77,10 @@ struct TicketArgs {
 
 #[tool_router]
 impl Tools {
-    fn new() -> Self {
+    fn new(downstream_audience: Option<String>) -> Self {
         Tools {
             tool_router: Self::tool_router(),
+            downstream_audience,
         }
     }
 
@@ -85,6 +94,28 @@ impl Tools {
             "tenant": caller.tenant(),
             "groups": caller.groups(),
             "scopes": caller.scopes().collect::<Vec<_>>(),
+        })
+        .to_string())
+    }
+
+    #[tool(
+        description = "Exchange the caller's token for one scoped to the downstream audience (RFC 8693) \
+                          and report the audience and scope obtained, never the token"
+    )]
+    async fn call_downstream(&self, Extension(parts): Extension<http::request::Parts>) -> Result<String, ErrorData> {
+        let Some(audience) = self.downstream_audience.as_deref() else {
+            return Err(ErrorData::invalid_request(
+                "GUARD_DOWNSTREAM_AUDIENCE is not set on this server",
+                None,
+            ));
+        };
+        // Never forward the caller's token: exchange it for one minted for `audience`.
+        let token = downstream_token(&parts, audience).await?;
+        // Call the downstream API here with `.header(AUTHORIZATION, token.authorization_header()?)`.
+        Ok(serde_json::json!({
+            "aud": token.audience(),
+            "scope": token.scopes().join(" "),
+            "issued_token_type": token.issued_token_type(),
         })
         .to_string())
     }
@@ -140,21 +171,48 @@ struct Settings {
     resource_server: ResourceServer,
     policy: PolicyEngine,
     policy_reload: Option<std::time::Duration>,
+    downstream_audience: Option<String>,
+    exchange: Option<TokenExchange>,
 }
 
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
-fn settings() -> Result<Settings, String> {
+/// `GUARD_CLIENT_ID` and the secret in `GUARD_CLIENT_SECRET_FILE`.
+fn client_auth(needed_by: &str) -> Result<ClientAuth, String> {
+    let id = env("GUARD_CLIENT_ID").ok_or_else(|| format!("GUARD_CLIENT_ID is required with {needed_by}"))?;
+    let file = env("GUARD_CLIENT_SECRET_FILE")
+        .ok_or_else(|| format!("GUARD_CLIENT_SECRET_FILE is required with {needed_by}"))?;
+    ClientAuth::client_secret_file(id, file).map_err(|e| format!("configuration error: {e}"))
+}
+
+async fn settings() -> Result<Settings, String> {
     let bind = env("GUARD_BIND").unwrap_or_else(|| "127.0.0.1:8080".to_owned());
     bind.parse::<std::net::SocketAddr>()
         .map_err(|_| format!("GUARD_BIND is not a socket address: {bind}"))?;
     let resource = env("GUARD_RESOURCE").unwrap_or_else(|| format!("http://{bind}/mcp"));
     let issuer_url = env("GUARD_ISSUER").ok_or("GUARD_ISSUER is required: the URL of the trusted issuer")?;
-    let issuer = match env("GUARD_JWKS_URI") {
-        Some(jwks) => Issuer::with_jwks_uri(issuer_url, jwks),
-        None => Issuer::discover(issuer_url),
+    let issuer = match (env("GUARD_INTROSPECTION_URL"), env("GUARD_JWKS_URI")) {
+        (Some(endpoint), _) => {
+            Issuer::introspection(issuer_url.clone(), endpoint, client_auth("GUARD_INTROSPECTION_URL")?)
+        }
+        (None, Some(jwks)) => Issuer::with_jwks_uri(issuer_url.clone(), jwks),
+        (None, None) => Issuer::discover(issuer_url.clone()),
+    };
+    let downstream_audience = env("GUARD_DOWNSTREAM_AUDIENCE");
+    let exchange = match &downstream_audience {
+        None => None,
+        Some(_) => {
+            let client = client_auth("GUARD_DOWNSTREAM_AUDIENCE")?;
+            let builder = match env("GUARD_TOKEN_ENDPOINT") {
+                Some(endpoint) => TokenExchange::builder(endpoint, client),
+                None => TokenExchange::discover(&issuer_url, client)
+                    .await
+                    .map_err(|e| format!("{e} (or set GUARD_TOKEN_ENDPOINT)"))?,
+            };
+            Some(builder.build().map_err(|e| format!("configuration error: {e}"))?)
+        }
     };
     let scopes = env("GUARD_REQUIRED_SCOPES").unwrap_or_else(|| "mcp:tools".to_owned());
     let mut builder = ResourceServer::builder(resource.clone(), issuer)
@@ -184,6 +242,8 @@ fn settings() -> Result<Settings, String> {
         resource_server,
         policy,
         policy_reload,
+        downstream_audience,
+        exchange,
     })
 }
 
@@ -192,7 +252,7 @@ async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
-    let settings = match settings() {
+    let settings = match settings().await {
         Ok(s) => s,
         Err(message) => {
             eprintln!("secure_server: {message}");
@@ -208,14 +268,20 @@ async fn main() -> ExitCode {
     let policy = settings.policy;
     let _reloader = settings.policy_reload.map(|every| policy.spawn_reload_every(every));
     let engine = policy.clone();
+    let audience = settings.downstream_audience.clone();
     let mcp = StreamableHttpService::new(
         // Every call, read and listing is decided by the policy first.
-        move || Ok(Guarded::new(Tools::new(), engine.clone())),
+        move || Ok(Guarded::new(Tools::new(audience.clone()), engine.clone())),
         LocalSessionManager::default().into(),
         rs.streamable_http_config(),
     );
     // Bearer auth -> session binding -> step-up 403 -> rmcp -> Guarded -> tools.
     let app = rs.router(tower::Layer::layer(&StepUpLayer::new(&rs, policy.clone()), mcp));
+    // Tools find the TokenExchange in the request extensions (downstream_token).
+    let app = match settings.exchange {
+        Some(exchange) => app.layer(exchange.layer()),
+        None => app,
+    };
 
     let listener = match tokio::net::TcpListener::bind(&settings.bind).await {
         Ok(l) => l,
