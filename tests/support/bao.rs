@@ -22,23 +22,51 @@ pub struct Bao {
     http: reqwest::Client,
 }
 
-impl Bao {
-    /// Start a dev server on a free port and wait until it is ready.
-    pub async fn start() -> Bao {
+/// Ports this process handed out: a dev server also listens on port + 1
+/// (cluster), so two servers must never get adjacent ports.
+static TAKEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+
+/// A port P such that P and P + 1 are free now and unused by this process.
+fn free_port_pair() -> u16 {
+    for _ in 0..200 {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free loopback port")
             .port();
-        let home = std::env::temp_dir().join(format!("rmcp-guard-bao-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&home).expect("a temp dir");
-        let mut bao = Bao {
-            child: None,
-            port,
-            home,
-            http: reqwest::Client::new(),
-        };
-        bao.spawn().await;
-        bao
+        if port == u16::MAX || TcpListener::bind(("127.0.0.1", port + 1)).is_err() {
+            continue;
+        }
+        let mut taken = TAKEN.lock().unwrap();
+        if taken.iter().any(|t| t.abs_diff(port) <= 1) {
+            continue;
+        }
+        taken.push(port);
+        return port;
+    }
+    panic!("no free pair of loopback ports");
+}
+
+impl Bao {
+    /// Start a dev server on a free port and wait until it is ready.
+    pub async fn start() -> Bao {
+        let mut last = String::new();
+        for _ in 0..5 {
+            let port = free_port_pair();
+            let home = std::env::temp_dir().join(format!("rmcp-guard-bao-{}-{port}", std::process::id()));
+            std::fs::create_dir_all(&home).expect("a temp dir");
+            let mut bao = Bao {
+                child: None,
+                port,
+                home,
+                http: reqwest::Client::new(),
+            };
+            match bao.spawn().await {
+                Ok(()) => return bao,
+                // Lost a race for the port with another process: next port.
+                Err(e) => last = e,
+            }
+        }
+        panic!("OpenBao did not start: {last}");
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -51,7 +79,12 @@ impl Bao {
         &self.home
     }
 
-    async fn spawn(&mut self) {
+    fn log(&self) -> PathBuf {
+        self.home.join("bao.log")
+    }
+
+    async fn spawn(&mut self) -> Result<(), String> {
+        let log = std::fs::File::create(self.log()).expect("a log file");
         let child = Command::new("bao")
             .args([
                 "server",
@@ -64,8 +97,8 @@ impl Bao {
             .env_remove("VAULT_TOKEN")
             .env_remove("BAO_TOKEN")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(log.try_clone().expect("a log file"))
+            .stderr(log)
             .spawn();
         let child = match child {
             Ok(c) => c,
@@ -78,20 +111,30 @@ impl Bao {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let ready = self
-                .http
-                .get(format!("{}/v1/sys/health", self.addr()))
-                .timeout(Duration::from_secs(1))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200);
-            if ready {
-                return;
-            }
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("`bao server -dev` exited early: {status}");
+                self.child = None;
+                let log = std::fs::read_to_string(self.log()).unwrap_or_default();
+                let tail: String = log.lines().rev().take(3).collect::<Vec<_>>().join(" | ");
+                return Err(format!("`bao server -dev` exited early ({status}): {tail}"));
             }
-            assert!(Instant::now() < deadline, "OpenBao did not become ready in 30s");
+            // Ours, not another server on this port: only our process
+            // writes the dev banner into our log, after it has bound.
+            let banner = std::fs::read_to_string(self.log()).is_ok_and(|l| l.contains("dev mode is enabled"));
+            let healthy = banner
+                && self
+                    .http
+                    .get(format!("{}/v1/sys/health", self.addr()))
+                    .timeout(Duration::from_secs(1))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200);
+            if healthy {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                self.stop();
+                return Err("not ready in 30s".into());
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -107,7 +150,15 @@ impl Bao {
     /// Start again on the same port (empty: re-seed).
     pub async fn restart(&mut self) {
         self.stop();
-        self.spawn().await;
+        let mut last = String::new();
+        for _ in 0..5 {
+            match self.spawn().await {
+                Ok(()) => return,
+                Err(e) => last = e,
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        panic!("OpenBao did not restart on port {}: {last}", self.port);
     }
 
     /// Call the HTTP API with `token`; panics on a non-2xx answer.
