@@ -819,3 +819,32 @@ async fn kubernetes_workload_identity_logs_in_with_the_service_account_token() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn kv1_read_honours_the_lease() {
+    bounded(60, async {
+        let bao = Bao::start().await;
+        bao.call(
+            "POST",
+            "sys/mounts/kv1",
+            Some(json!({"type": "kv", "options": {"version": "1"}})),
+        )
+        .await;
+        bao.call(
+            "POST",
+            "kv1/mcp/acme/catalyst-center",
+            Some(json!({"username": "acme-v1", "password": "pw-v1", "ttl": "30s"})),
+        )
+        .await;
+        let store = VaultStore::builder(bao.addr(), VaultAuth::token(ROOT))
+            .kv1("kv1")
+            .build()
+            .await
+            .unwrap();
+        let s = store.get("mcp/acme/catalyst-center").await.unwrap();
+        assert_eq!(s.expose("username"), Some("acme-v1"));
+        assert_eq!(s.lease(), Some(Duration::from_secs(30)));
+        assert_eq!(store.get("mcp/acme/nothing").await.unwrap_err(), SecretError::NotFound);
+    })
+    .await;
+}
