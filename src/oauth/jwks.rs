@@ -440,7 +440,11 @@ impl KeyCache {
                 last = FetchError(format!("{url}: metadata has no jwks_uri"));
                 continue;
             };
-            super::resource_server::parse_url("jwks_uri", &jwks_uri).map_err(|e| FetchError(e.to_string()))?;
+            // An unusable jwks_uri in one document: try the next one.
+            if let Err(e) = super::resource_server::parse_url("jwks_uri", &jwks_uri) {
+                last = FetchError(format!("{url}: {e}"));
+                continue;
+            }
             return Ok(jwks_uri);
         }
         Err(last)
