@@ -95,12 +95,39 @@ impl<K: Hash + Eq + Clone, V: Clone> SingleFlight<K, V> {
             let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
             inflight.entry(key.clone()).or_default().clone()
         };
-        let value = cell.get_or_init(work).await.clone();
-        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-        if inflight.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-            inflight.remove(&key);
-        }
+        // Removes the entry when the run is over, and also when this caller
+        // is cancelled (its request dropped) as the last one waiting: an
+        // abandoned, never-initialized cell would otherwise stay forever.
+        let guard = Leave {
+            flight: self,
+            key,
+            cell,
+        };
+        let value = guard.cell.get_or_init(work).await.clone();
+        drop(guard);
         value
+    }
+}
+
+/// A caller of [`SingleFlight::run`] leaving, normally or cancelled. (The
+/// bounds are on the struct because `Drop` needs them and may not add its own.)
+struct Leave<'a, K: Hash + Eq, V> {
+    flight: &'a SingleFlight<K, V>,
+    key: K,
+    cell: Arc<OnceCell<V>>,
+}
+
+impl<K: Hash + Eq, V> Drop for Leave<'_, K, V> {
+    fn drop(&mut self) {
+        let mut inflight = self.flight.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        // Every clone of the cell is made or dropped under this lock, so the
+        // count is exact: 2 means the map's and ours, nobody else is waiting.
+        let cell = std::mem::take(&mut self.cell);
+        let ours = inflight.get(&self.key).is_some_and(|c| Arc::ptr_eq(c, &cell));
+        if ours && (cell.initialized() || Arc::strong_count(&cell) == 2) {
+            inflight.remove(&self.key);
+        }
+        drop(cell);
     }
 }
 
@@ -148,5 +175,38 @@ mod tests {
         assert_eq!(runs.load(Ordering::SeqCst), 1);
         // Done: the next run starts afresh.
         assert_eq!(flight.run(1, || async { 42 }).await, 42);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_run_leaves_nothing_behind() {
+        // A caller that goes away (client disconnect, timeout) before its run
+        // finishes must not leave its key in the map: distinct keys would
+        // otherwise pile up without bound.
+        let flight = SingleFlight::<u32, u32>::new();
+        for key in 0..100 {
+            let run = flight.run(key, || std::future::pending::<u32>());
+            assert!(tokio::time::timeout(Duration::from_millis(1), run).await.is_err());
+        }
+        assert_eq!(flight.inflight.lock().unwrap().len(), 0);
+        // A waiter that is cancelled while another caller still runs the
+        // work does not remove the entry from under it.
+        let flight = Arc::new(SingleFlight::<u8, u8>::new());
+        let leader = {
+            let flight = flight.clone();
+            tokio::spawn(async move {
+                flight
+                    .run(1, || async {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        7
+                    })
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let waiter = flight.run(1, || async { 8 });
+        assert!(tokio::time::timeout(Duration::from_millis(1), waiter).await.is_err());
+        assert_eq!(flight.inflight.lock().unwrap().len(), 1);
+        assert_eq!(leader.await.unwrap(), 7);
+        assert_eq!(flight.inflight.lock().unwrap().len(), 0);
     }
 }
