@@ -567,7 +567,10 @@ fn to_key(raw: serde_json::Value) -> Result<VerifyKey, &'static str> {
                 .map_err(|_| "RSA modulus is not base64url")?;
             let first = n.iter().position(|b| *b != 0).unwrap_or(n.len());
             let significant = &n[first..];
-            let bits = significant.len() * 8 - significant.first().map_or(8, |b| b.leading_zeros() as usize);
+            // `significant` is empty or starts with a non-zero byte.
+            let bits = significant
+                .first()
+                .map_or(0, |b| significant.len() * 8 - b.leading_zeros() as usize);
             if bits < 2048 {
                 return Err("RSA key shorter than 2048 bits");
             }
@@ -620,6 +623,20 @@ mod tests {
         let keys = parse_jwks(set.to_string().as_bytes(), "https://idp").unwrap();
         let kids: Vec<_> = keys.iter().map(|k| k.kid.clone()).collect();
         assert_eq!(kids, vec![Some("good".to_owned()), None]);
+    }
+
+    #[test]
+    fn empty_or_zero_rsa_modulus_is_skipped_not_a_panic() {
+        // `n` empty or all zero bytes has no significant bits: it must count
+        // as 0 bits (refused as short), not underflow.
+        let set = json!({"keys": [
+            {"kty": "RSA", "kid": "empty", "n": "", "e": "AQAB"},
+            {"kty": "RSA", "kid": "zero", "n": "AAAA", "e": "AQAB"},
+            {"kty": "RSA", "kid": "good", "n": N_2048, "e": "AQAB"},
+        ]});
+        let keys = parse_jwks(set.to_string().as_bytes(), "https://idp").unwrap();
+        let kids: Vec<_> = keys.iter().map(|k| k.kid.clone()).collect();
+        assert_eq!(kids, vec![Some("good".to_owned())]);
     }
 
     #[test]
