@@ -172,7 +172,8 @@ impl ClientAuth {
 pub(crate) struct HttpError(String);
 
 /// The async HTTP client handed to `oauth2`: one request through `client`,
-/// the response body read up to [`MAX_RESPONSE_BYTES`].
+/// the response body read up to [`MAX_RESPONSE_BYTES`]. A 5xx answer is an
+/// error, like a connection failure.
 pub(crate) async fn send(client: reqwest::Client, request: HttpRequest) -> Result<HttpResponse, HttpError> {
     let request = reqwest::Request::try_from(request).map_err(|e| HttpError(format!("bad request: {e}")))?;
     let mut response = client.execute(request).await.map_err(|e| {
@@ -185,6 +186,13 @@ pub(crate) async fn send(client: reqwest::Client, request: HttpRequest) -> Resul
         };
         HttpError(kind.to_owned())
     })?;
+    // A 5xx is the server failing, whatever its body says: `oauth2` would
+    // parse a JSON error body (`server_error`, `temporarily_unavailable`)
+    // as a refusal of the request, and a refused token is a 401 the client
+    // acts on. Report it as a failed request instead (503, not cached).
+    if response.status().is_server_error() {
+        return Err(HttpError(format!("server error ({})", response.status())));
+    }
     let mut builder = http::Response::builder().status(response.status());
     if let Some(content_type) = response.headers().get(http::header::CONTENT_TYPE) {
         builder = builder.header(http::header::CONTENT_TYPE, content_type.clone());
