@@ -83,9 +83,13 @@ impl Principal {
         self.inner.expires_at
     }
 
-    /// When the token expires (`exp`).
+    /// When the token expires (`exp`), at the latest the end of year 9999.
     pub fn expires_at(&self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_secs(self.inner.expires_at)
+        // `exp` is the issuer's number and may be any u64; past what a
+        // `SystemTime` can hold, the addition would panic. Year 9999 fits on
+        // every platform and is as good as "never" for every use here.
+        const LATEST: u64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+        UNIX_EPOCH + Duration::from_secs(self.inner.expires_at.min(LATEST))
     }
 
     /// The tenant, read from the configured tenant claim.
@@ -235,5 +239,26 @@ impl PrincipalBuilder {
         Principal {
             inner: Arc::new(self.inner),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_far_future_exp_does_not_panic() {
+        // `exp` is the issuer's number: jwt.rs accepts any finite value and
+        // saturates it into u64 (1e300 -> u64::MAX).
+        for exp in [u64::MAX, i64::MAX as u64, 10_000_000_000_000_000_000] {
+            let p = Principal::unverified("https://idp", "alice")
+                .expires_at_unix(exp)
+                .build();
+            assert!(p.expires_at() > SystemTime::now() + Duration::from_secs(3600 * 24 * 365 * 1000));
+        }
+        let p = Principal::unverified("https://idp", "alice")
+            .expires_at_unix(1_700_000_000)
+            .build();
+        assert_eq!(p.expires_at(), UNIX_EPOCH + Duration::from_secs(1_700_000_000));
     }
 }
