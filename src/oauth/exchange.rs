@@ -737,7 +737,9 @@ fn downstream(answer: &Answer, request: &DownstreamRequest) -> Result<Downstream
             audience: request.target().to_owned(),
             scopes,
             issued_token_type: answer.extra_fields().issued_token_type.clone(),
-            expires_at: answer.expires_in().map(|d| SystemTime::now() + d),
+            // A lifetime past what `SystemTime` holds is nonsense: treat it
+            // as unknown (not cached) rather than panic on the addition.
+            expires_at: answer.expires_in().and_then(|d| SystemTime::now().checked_add(d)),
         }),
     })
 }
@@ -879,6 +881,20 @@ mod tests {
         send(x.exchange(p, t, r));
         send(x.client_credentials(r));
         send(downstream_token(parts, "a"));
+    }
+
+    #[test]
+    fn a_huge_expires_in_does_not_panic() {
+        // `expires_in` is the authorization server's number (any u64).
+        let answer: Answer = serde_json::from_value(serde_json::json!({
+            "access_token": "downstream",
+            "token_type": "Bearer",
+            "expires_in": u64::MAX,
+        }))
+        .unwrap();
+        let token = downstream(&answer, &DownstreamRequest::audience("x")).unwrap();
+        // Unknown, so never cached.
+        assert_eq!(token.expires_at(), None);
     }
 
     #[test]
