@@ -15,6 +15,10 @@
 //! median of the per-round ratios. A last phase drives both servers at the
 //! same time (half the clients each), which cancels load drift on a shared
 //! machine. Target: guarded / unguarded >= 0.90.
+//!
+//! A third server runs the whole stack of `examples/secure_server.rs`: the
+//! bearer layer, the step-up layer and `Guarded` deciding every call with the
+//! shipped default policy (the "guarded with policy" row).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -23,7 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{GuardedServer, Mode, echo_call, start_guarded, start_unguarded, token_for};
+use common::{GuardedServer, Mode, echo_call, start_guarded, start_guarded_with_policy, start_unguarded, token_for};
 use rmcp_guard::testing::TestIssuer;
 
 const CLIENTS: usize = 32;
@@ -90,18 +94,27 @@ async fn run() {
     let guarded: GuardedServer = start_guarded(&issuer).await;
     guarded.rs.warm_up().await.expect("keys load");
     let token = token_for(&issuer, &guarded).expires_in(Duration::from_secs(600)).sign();
+    let engine = rmcp_guard::policy::PolicyEngine::default_policy(common::SCOPE).expect("default policy");
+    let policed: GuardedServer = start_guarded_with_policy(&issuer, engine).await;
+    policed.rs.warm_up().await.expect("keys load");
+    let policed_token = token_for(&issuer, &policed).expires_in(Duration::from_secs(600)).sign();
 
     let mut plain = Vec::new();
     let mut guard = Vec::new();
+    let mut policy = Vec::new();
     for round in 1..=ROUNDS {
         let u = drive(&[(&unguarded.url, None)], CLIENTS).await[0];
         let g = drive(&[(&guarded.url, Some(&token))], CLIENTS).await[0];
+        let p = drive(&[(&policed.url, Some(&policed_token))], CLIENTS).await[0];
         println!(
-            "round {round}: unguarded {u:>8.0} req/s   guarded {g:>8.0} req/s   ratio {:.3}",
-            g / u
+            "round {round}: unguarded {u:>8.0} req/s   guarded {g:>8.0} req/s (ratio {:.3})   \
+             guarded+policy {p:>8.0} req/s (ratio {:.3})",
+            g / u,
+            p / u
         );
         plain.push(u);
         guard.push(g);
+        policy.push(p);
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let (u, g) = (mean(&plain), mean(&guard));
@@ -119,6 +132,23 @@ async fn run() {
     let both = drive(&[(&unguarded.url, None), (&guarded.url, Some(&token))], CLIENTS / 2).await;
     println!(
         "paired: {} clients each, at the same time: unguarded {:.0} req/s, guarded {:.0} req/s, ratio {:.3}",
+        CLIENTS / 2,
+        both[0],
+        both[1],
+        both[1] / both[0]
+    );
+    let p = mean(&policy);
+    println!(
+        "guarded+policy: mean {p:.0} req/s, ratio of means to unguarded {:.3}",
+        p / u
+    );
+    let both = drive(
+        &[(&unguarded.url, None), (&policed.url, Some(&policed_token))],
+        CLIENTS / 2,
+    )
+    .await;
+    println!(
+        "paired: {} clients each, at the same time: unguarded {:.0} req/s, guarded+policy {:.0} req/s, ratio {:.3}",
         CLIENTS / 2,
         both[0],
         both[1],

@@ -21,6 +21,10 @@
 //! | `GUARD_CLIENT_SECRET_FILE` | file holding that client's secret (mode 0400) | required with either |
 //! | `GUARD_DOWNSTREAM_AUDIENCE` | audience `call_downstream` exchanges the caller's token for (RFC 8693) | unset: the tool refuses |
 //! | `GUARD_TOKEN_ENDPOINT` | token endpoint for the exchange | discovered from `GUARD_ISSUER` |
+//! | `VAULT_ADDR` | Vault / OpenBao address: credentials come from there | unset: in-memory demo credentials |
+//! | `VAULT_TOKEN` (or `VAULT_TOKEN_FILE`), or `VAULT_ROLE_ID` + `VAULT_SECRET_ID_FILE` | how this server logs in to Vault | one is required with `VAULT_ADDR` |
+//! | `VAULT_KV_MOUNT` | the KV v2 mount | `secret` |
+//! | `GUARD_SECRET_TEMPLATE` | where a caller's credential for a service lives | `mcp/{tenant}/{service}` |
 //! | `RUST_LOG` | log filter; audit events are on `rmcp_guard::audit` | `info` |
 //!
 //! Tools and what the embedded RBAC policy needs for them (groups claim):
@@ -31,9 +35,20 @@
 //! (github read: developers, admin). `tools/list` shows each caller only
 //! the tools it may call.
 //!
+//! The catalyst-center and servicenow tools use the caller's credential for
+//! that service, read at `GUARD_SECRET_TEMPLATE` with the caller's tenant
+//! (a policy decision too: action `secrets/read`). They show which account they
+//! used, never the secret. Seed a Vault (or `bao server -dev`) like this:
+//!
+//! ```text
+//! bao kv put secret/mcp/acme/catalyst-center username=acme-netops password=...
+//! bao kv put secret/mcp/acme/servicenow username=acme-itsm password=...
+//! ```
+//!
 //! Bad configuration prints one line and exits with status 2.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::Extension;
@@ -44,6 +59,9 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::{ErrorData, ServerHandler, schemars, tool, tool_handler, tool_router};
 use rmcp_guard::oauth::{ClientAuth, TokenExchange, downstream_token};
 use rmcp_guard::policy::{Guarded, PolicyEngine, StepUpLayer};
+use rmcp_guard::secrets::{
+    self, Credentials, DEFAULT_TEMPLATE, MemoryStore, PathTemplate, SecretStore, VaultStoreBuilder,
+};
 use rmcp_guard::{Issuer, Principal, ResourceServer, require_permission};
 
 /// The tools of this server. Edit here: every tool is reached only through the
@@ -132,23 +150,44 @@ impl Tools {
 
     #[require_permission(resource = "catalyst-center", action = "read")]
     #[tool(description = "List the configuration templates of Catalyst Center")]
-    async fn get_all_templates(&self) -> Result<String, ErrorData> {
-        Ok(serde_json::json!(["branch-router-baseline", "access-switch-vlan"]).to_string())
+    async fn get_all_templates(&self, Extension(parts): Extension<http::request::Parts>) -> Result<String, ErrorData> {
+        // The caller's own Catalyst Center credential (their tenant's), from Vault.
+        let credential = secrets::credentials(&parts, "catalyst-center").await?;
+        Ok(serde_json::json!({
+            "connected_as": credential.expose_required("username")?,
+            "templates": ["branch-router-baseline", "access-switch-vlan"],
+        })
+        .to_string())
     }
 
     #[require_permission(resource = "catalyst-center", action = "write")]
     #[tool(description = "Deploy a configuration template to a device")]
-    async fn deploy_template(&self, Parameters(args): Parameters<DeployArgs>) -> Result<String, ErrorData> {
-        Ok(format!(
-            "deployed template {} to device {}",
-            args.template_id, args.device_id
-        ))
+    async fn deploy_template(
+        &self,
+        Extension(parts): Extension<http::request::Parts>,
+        Parameters(args): Parameters<DeployArgs>,
+    ) -> Result<String, ErrorData> {
+        let credential = secrets::credentials(&parts, "catalyst-center").await?;
+        Ok(serde_json::json!({
+            "connected_as": credential.expose_required("username")?,
+            "deployed": {"template_id": args.template_id, "device_id": args.device_id},
+        })
+        .to_string())
     }
 
     #[require_permission(resource = "servicenow", action = "write")]
     #[tool(description = "Open a ServiceNow ticket")]
-    async fn create_ticket(&self, Parameters(args): Parameters<TicketArgs>) -> Result<String, ErrorData> {
-        Ok(format!("ticket opened: {}", args.summary))
+    async fn create_ticket(
+        &self,
+        Extension(parts): Extension<http::request::Parts>,
+        Parameters(args): Parameters<TicketArgs>,
+    ) -> Result<String, ErrorData> {
+        let credential = secrets::credentials(&parts, "servicenow").await?;
+        Ok(serde_json::json!({
+            "connected_as": credential.expose_required("username")?,
+            "ticket": {"summary": args.summary, "state": "new"},
+        })
+        .to_string())
     }
 
     #[require_permission(resource = "github", action = "read")]
@@ -173,6 +212,8 @@ struct Settings {
     policy_reload: Option<std::time::Duration>,
     downstream_audience: Option<String>,
     exchange: Option<TokenExchange>,
+    secret_store: Arc<dyn SecretStore>,
+    secret_template: PathTemplate,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -237,6 +278,31 @@ async fn settings() -> Result<Settings, String> {
             Err(_) => return Err(format!("GUARD_POLICY_RELOAD_SECS is not a number: {secs}")),
         },
     };
+    let secret_store: Arc<dyn SecretStore> = match VaultStoreBuilder::from_env().map_err(|e| format!("vault: {e}"))? {
+        Some(vault) => Arc::new(vault.build().await.map_err(|e| format!("vault: {e}"))?),
+        // No Vault configured: demo credentials in memory, for two tenants.
+        None => Arc::new(
+            MemoryStore::new()
+                .with(
+                    "mcp/acme/catalyst-center",
+                    [("username", "acme-netops"), ("password", "demo-1")],
+                )
+                .with(
+                    "mcp/acme/servicenow",
+                    [("username", "acme-itsm"), ("password", "demo-2")],
+                )
+                .with(
+                    "mcp/globex/catalyst-center",
+                    [("username", "globex-netops"), ("password", "demo-3")],
+                )
+                .with(
+                    "mcp/globex/servicenow",
+                    [("username", "globex-itsm"), ("password", "demo-4")],
+                ),
+        ),
+    };
+    let secret_template = PathTemplate::parse(&env("GUARD_SECRET_TEMPLATE").unwrap_or_else(|| DEFAULT_TEMPLATE.into()))
+        .map_err(|e| format!("GUARD_SECRET_TEMPLATE: {e}"))?;
     Ok(Settings {
         bind,
         resource_server,
@@ -244,6 +310,8 @@ async fn settings() -> Result<Settings, String> {
         policy_reload,
         downstream_audience,
         exchange,
+        secret_store,
+        secret_template,
     })
 }
 
@@ -277,6 +345,13 @@ async fn main() -> ExitCode {
     );
     // Bearer auth -> session binding -> step-up 403 -> rmcp -> Guarded -> tools.
     let app = rs.router(tower::Layer::layer(&StepUpLayer::new(&rs, policy.clone()), mcp));
+    // Tools find their credentials through `secrets::credentials`; every read
+    // is a policy decision too (action `secrets/read`, resource = the service).
+    let credentials = Credentials::builder(settings.secret_store)
+        .template(settings.secret_template)
+        .authorizer(policy.clone())
+        .build();
+    let app = app.layer(credentials.layer());
     // Tools find the TokenExchange in the request extensions (downstream_token).
     let app = match settings.exchange {
         Some(exchange) => app.layer(exchange.layer()),

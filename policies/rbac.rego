@@ -48,6 +48,18 @@ allow if {
 	granted(input.resource, input.action)
 }
 
+# Secret reads (rmcp_guard::secrets, action "secrets/read", resource = the
+# service): a role with any grant on that service may read the caller's own
+# credential for it (the path template already confines it to the caller's
+# tenant).
+allow if {
+	input.action == "secrets/read"
+	scope_granted
+	some group in input.groups
+	some grant in data.mcp.rbac.roles[group]
+	grant.resource in {input.resource, "*"}
+}
+
 scope_granted if data.mcp.rbac.tool_scope in input.scopes
 
 granted(resource, action) if {

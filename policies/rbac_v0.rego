@@ -35,6 +35,14 @@ allow {
 	granted(input.resource, input.action)
 }
 
+allow {
+	input.action == "secrets/read"
+	scope_granted
+	group := input.groups[_]
+	grant := data.mcp.rbac.roles[group][_]
+	matches(grant.resource, input.resource)
+}
+
 scope_granted {
 	input.scopes[_] == data.mcp.rbac.tool_scope
 }

@@ -98,3 +98,14 @@ pub use input::{INPUT_VERSION, PolicyInput};
 pub use shipped::{DEFAULT_POLICY, RBAC_DATA, RBAC_POLICY, RBAC_POLICY_V0, RBAC_TOOL_SCOPE};
 #[cfg(feature = "jwt")]
 pub use step_up::{StepUp, StepUpLayer};
+
+/// Secret reads are policy decisions too: `Credentials::builder(store)
+/// .authorizer(engine.clone())` asks the policy for action
+/// [`secrets/read`](crate::secrets::SECRETS_READ) on the service before any
+/// secret is looked up.
+impl crate::secrets::SecretAuthorizer for PolicyEngine {
+    fn authorize(&self, principal: &crate::Principal, service: &str) -> bool {
+        self.decide(&PolicyInput::new(principal, crate::secrets::SECRETS_READ, service))
+            .allowed()
+    }
+}

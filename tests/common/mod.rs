@@ -205,6 +205,40 @@ pub async fn start_guarded_with(
     }
 }
 
+/// A guarded stateless server that also decides every request with `engine`
+/// (`Guarded` around the tools, `StepUpLayer` in front of rmcp): the whole
+/// stack of `examples/secure_server.rs`.
+#[cfg(feature = "policy")]
+pub async fn start_guarded_with_policy(issuer: &TestIssuer, engine: rmcp_guard::policy::PolicyEngine) -> GuardedServer {
+    use rmcp_guard::policy::{Guarded, StepUpLayer};
+    let (listener, addr) = bind().await;
+    let base = format!("http://{addr}");
+    let url = format!("{base}/mcp");
+    let rs = ResourceServer::builder(url.clone(), Issuer::with_jwks_uri(issuer.issuer(), issuer.jwks_uri()))
+        .required_scopes([SCOPE])
+        .build()
+        .expect("valid test configuration");
+    let config = rs
+        .streamable_http_config()
+        .with_sse_keep_alive(None)
+        .with_legacy_session_mode(false)
+        .with_json_response(true);
+    let cancel = config.cancellation_token.clone();
+    let handler_engine = engine.clone();
+    let mcp = StreamableHttpService::new(
+        move || Ok(Guarded::new(Tools::new(), handler_engine.clone())),
+        Arc::new(LocalSessionManager::default()),
+        config,
+    );
+    let app = rs.router(tower::Layer::layer(&StepUpLayer::new(&rs, engine), mcp));
+    GuardedServer {
+        rs,
+        url,
+        base,
+        _running: Running::spawn(listener, app, Some(Box::new(move || cancel.cancel()))),
+    }
+}
+
 /// A guarded stateless server trusting `issuer` through its configured
 /// `jwks_uri` (no discovery), with default settings.
 pub async fn start_guarded(issuer: &TestIssuer) -> GuardedServer {
