@@ -184,7 +184,7 @@ mod tests {
         // otherwise pile up without bound.
         let flight = SingleFlight::<u32, u32>::new();
         for key in 0..100 {
-            let run = flight.run(key, || std::future::pending::<u32>());
+            let run = flight.run(key, std::future::pending::<u32>);
             assert!(tokio::time::timeout(Duration::from_millis(1), run).await.is_err());
         }
         assert_eq!(flight.inflight.lock().unwrap().len(), 0);
