@@ -775,9 +775,13 @@ pub(crate) fn parse_url(what: &'static str, value: &str) -> Result<Url, ConfigEr
         });
     }
     if !url.username().is_empty() || url.password().is_some() {
+        // The error is printed and logged: name the URL without its secret.
+        let mut shown = url.clone();
+        let _ = shown.set_password(None);
+        let _ = shown.set_username("");
         return Err(ConfigError::InvalidUrl {
             what,
-            url: value.to_owned(),
+            url: shown.into(),
             reason: "it must not carry credentials",
         });
     }
@@ -1004,6 +1008,20 @@ mod tests {
             ResourceServer::builder("not a url", Issuer::discover("https://idp.example.com")).build(),
             Err(ConfigError::InvalidUrl { .. })
         ));
+    }
+
+    #[test]
+    fn credentials_in_a_url_are_not_repeated_in_the_error() {
+        let err = ResourceServer::builder(
+            "https://mcp.example.com/mcp",
+            Issuer::with_jwks_uri("https://idp.example.com", "https://svc:s3cret-pw@idp.example.com/jwks"),
+        )
+        .build()
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::InvalidUrl { what: "jwks_uri", .. }), "{err}");
+        let shown = format!("{err} {err:?}");
+        assert!(!shown.contains("s3cret-pw"), "{shown}");
+        assert!(shown.contains("idp.example.com/jwks"), "{shown}");
     }
 
     #[test]
