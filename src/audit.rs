@@ -135,10 +135,13 @@ pub(crate) fn token_exchange(
 }
 // ---- end downstream tokens ----
 
+#[cfg(feature = "jwt")]
 use crate::error::AuthError;
+#[cfg(feature = "jwt")]
 use crate::principal::Principal;
 
 /// A request was authenticated.
+#[cfg(feature = "jwt")]
 pub(crate) fn authn_accepted(principal: &Principal, cached: bool) {
     tracing::info!(
         target: TARGET,
@@ -155,6 +158,7 @@ pub(crate) fn authn_accepted(principal: &Principal, cached: bool) {
 
 /// A request was refused by the bearer layer. `subject` and `client_id` are
 /// given only when the token's signature verified.
+#[cfg(feature = "jwt")]
 pub(crate) fn authn_rejected(error: &AuthError, issuer: Option<&str>, subject: Option<&str>, client_id: Option<&str>) {
     tracing::info!(
         target: TARGET,

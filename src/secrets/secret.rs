@@ -161,8 +161,10 @@ impl serde::Serialize for Secret {
 /// string out of the parsed document instead of copying it. Scalars (numbers,
 /// booleans) become their JSON text; nested objects, arrays and null are
 /// refused (a credential is a flat map).
+#[cfg_attr(not(feature = "vault"), allow(dead_code))] // read by the Vault backend
 pub(crate) struct Fields(pub(crate) BTreeMap<String, Zeroizing<String>>);
 
+#[cfg_attr(not(feature = "vault"), allow(dead_code))]
 struct FieldValue(Zeroizing<String>);
 
 impl<'de> serde::Deserialize<'de> for FieldValue {
