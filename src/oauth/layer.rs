@@ -119,7 +119,12 @@ enum Begin {
 #[cfg(feature = "introspection")]
 type Inbound = super::exchange::InboundToken;
 #[cfg(not(feature = "introspection"))]
-type Inbound = ();
+type Inbound = NoInbound;
+
+/// Nothing to keep: without token exchange the token is not needed after
+/// verification.
+#[cfg(not(feature = "introspection"))]
+struct NoInbound;
 
 #[cfg(feature = "introspection")]
 fn inbound(token: &str) -> Inbound {
@@ -127,7 +132,19 @@ fn inbound(token: &str) -> Inbound {
 }
 
 #[cfg(not(feature = "introspection"))]
-fn inbound(_token: &str) -> Inbound {}
+fn inbound(_token: &str) -> Inbound {
+    NoInbound
+}
+
+/// Keep the token in the request for token exchange; without the feature the
+/// request carries nothing extra.
+#[cfg(feature = "introspection")]
+fn keep(extensions: &mut http::Extensions, token: Inbound) {
+    extensions.insert(token);
+}
+
+#[cfg(not(feature = "introspection"))]
+fn keep(_extensions: &mut http::Extensions, _token: Inbound) {}
 
 /// The token has done its work: remove it from the request, so that no tool
 /// reading `http::request::Parts` (and no handler logging its headers) can
@@ -290,7 +307,7 @@ where
             Begin::Accept(principal, token) => {
                 accepted(req.headers_mut());
                 req.extensions_mut().insert(principal);
-                req.extensions_mut().insert(token);
+                keep(req.extensions_mut(), token);
                 State::Inner {
                     future: self.inner.call(req),
                 }
@@ -305,7 +322,7 @@ where
             }
             Begin::Verify { token, hash } => {
                 // Dropped with the request if the token is refused.
-                req.extensions_mut().insert(inbound(&token));
+                keep(req.extensions_mut(), inbound(&token));
                 // The ready service goes with the request; a fresh clone stays.
                 let clone = self.inner.clone();
                 let service = std::mem::replace(&mut self.inner, clone);
@@ -414,7 +431,6 @@ pin_project! {
     /// rejection's short JSON (`body` in each variant).
     #[project = BodyProj]
     #[allow(missing_docs)] // pin-project-lite takes no attributes on variant fields
-
     pub enum ResponseBody<B> {
         /// The inner service answered.
         Inner {
