@@ -20,8 +20,8 @@ use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderValue, Request, Response, header};
 use http_body_util::Empty;
+use rmcp_guard::oauth::{Issuer, ResourceServer};
 use rmcp_guard::testing::{KeyAlg, TestIssuer};
-use rmcp_guard::{Issuer, ResourceServer};
 use tower::{Layer, Service, ServiceExt, service_fn};
 
 const RESOURCE: &str = "http://127.0.0.1:8080/mcp";
@@ -77,7 +77,7 @@ fn layer_cost(c: &mut Criterion) {
     let server = |cache_capacity: usize| {
         let rs = ResourceServer::builder(RESOURCE, Issuer::with_jwks_uri(issuer.issuer(), issuer.jwks_uri()))
             .required_scopes(["mcp:tools"])
-            .token_cache_capacity(cache_capacity)
+            .token_cache(rmcp_guard::oauth::TokenCacheConfig::default().capacity(cache_capacity))
             .build()
             .expect("configuration");
         rt.block_on(rs.warm_up()).expect("keys load");

@@ -13,7 +13,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use rmcp_guard::Principal;
-use rmcp_guard::policy::{PolicyEngine, PolicyInput, RBAC_TOOL_SCOPE};
+use rmcp_guard::policy::{Action, PolicyEngine, PolicyInput, RBAC_TOOL_SCOPE};
 
 fn principal(groups: &[&str]) -> Principal {
     let mut claims = serde_json::Map::new();
@@ -37,9 +37,9 @@ fn bench(c: &mut Criterion) {
         .build()
         .unwrap();
     let engineer = principal(&["network-engineers"]);
-    let allow = PolicyInput::new(&engineer, "tools/call", "deploy_template")
+    let allow = PolicyInput::new(&engineer, "deploy_template", Action::CallTool)
         .with_arguments(serde_json::json!({"template_id": "t-1", "device_id": "d-9"}));
-    let deny = PolicyInput::new(&engineer, "tools/call", "create_ticket");
+    let deny = PolicyInput::new(&engineer, "create_ticket", Action::CallTool);
     assert!(memo.evaluate(&allow).allowed());
     assert!(!plain.evaluate(&deny).allowed());
 
@@ -83,7 +83,7 @@ fn bench(c: &mut Criterion) {
         )
         .build()
         .unwrap();
-    let pay = PolicyInput::new(&engineer, "tools/call", "pay").with_arguments(serde_json::json!({"amount": 5}));
+    let pay = PolicyInput::new(&engineer, "pay", Action::CallTool).with_arguments(serde_json::json!({"amount": 5}));
     c.bench_function("arguments/evaluate", |b| {
         b.iter(|| black_box(args.evaluate(black_box(&pay)).allowed()))
     });

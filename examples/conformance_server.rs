@@ -37,12 +37,12 @@ use rmcp::service::{RequestContext, RoleServer};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, ServerHandler};
+use rmcp_guard::oauth::{Issuer, ResourceServer};
 use rmcp_guard::testing::TestIssuer;
-use rmcp_guard::{Issuer, ResourceServer};
 use serde_json::{Value, json};
 
-#[cfg(feature = "policy")]
-use rmcp_guard::policy::{Guarded, PolicyEngine, RegoVersion};
+use rmcp_guard::Guard;
+use rmcp_guard::policy::{PolicyEngine, RegoVersion};
 
 /// A 1x1 red PNG.
 const PNG: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg==";
@@ -50,7 +50,6 @@ const PNG: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z
 const WAV: &str = "UklGRiQAAABXQVZFZm10IBAAAAABAAEARKwAAIhYAQACABAAZGF0YQAAAAA=";
 
 /// The policy of the guarded mode: every decision is allow.
-#[cfg(feature = "policy")]
 pub const ALLOW_ALL_POLICY: &str = "package mcp.authz\n\nimport rego.v1\n\ndefault allow := true\n";
 
 /// The fixtures. One value per MCP session (the factory makes a new one), so
@@ -557,11 +556,10 @@ impl ServerHandler for ConformanceServer {
 pub enum Mode {
     /// rmcp's `StreamableHttpService` with its default configuration.
     Unguarded,
-    /// The same handler behind `ResourceServer::router` (and the allow-all policy).
+    /// The same handler behind `Guard` (and the allow-all policy).
     Guarded,
     /// As `Guarded`, with the shipped default policy (`PolicyEngine::default_policy`)
     /// instead of allow-all; the token carries its tool scope, `mcp:tools`.
-    #[cfg(feature = "policy")]
     GuardedDefaultPolicy,
 }
 
@@ -602,24 +600,16 @@ pub async fn start(mode: Mode, bind: &str) -> Result<Running, BoxError> {
                 .resource_name("rmcp-guard conformance server")
                 .build()?;
             rs.warm_up().await?;
-            #[cfg(feature = "policy")]
-            let handler = {
-                let engine = match mode {
-                    Mode::GuardedDefaultPolicy => PolicyEngine::default_policy("mcp:tools")?,
-                    _ => PolicyEngine::builder()
-                        .module("allow_all.rego", ALLOW_ALL_POLICY)
-                        .rego_version(RegoVersion::V1)
-                        .build()?,
-                };
-                move || Ok(Guarded::new(ConformanceServer::default(), engine.clone()))
+            let engine = match mode {
+                Mode::GuardedDefaultPolicy => PolicyEngine::default_policy("mcp:tools")?,
+                _ => PolicyEngine::builder()
+                    .module("allow_all.rego", ALLOW_ALL_POLICY)
+                    .rego_version(RegoVersion::V1)
+                    .build()?,
             };
-            #[cfg(not(feature = "policy"))]
-            let handler = || Ok(ConformanceServer::default());
-            let mcp = StreamableHttpService::new(
-                handler,
-                LocalSessionManager::default().into(),
-                rs.streamable_http_config(),
-            );
+            let app = Guard::new(rs)
+                .policy(engine)
+                .router(|| Ok(ConformanceServer::default()));
             let token = issuer
                 .token()
                 .subject("conformance-suite")
@@ -627,11 +617,11 @@ pub async fn start(mode: Mode, bind: &str) -> Result<Running, BoxError> {
                 .scope("mcp:tools")
                 .expires_in(Duration::from_secs(3600))
                 .sign();
-            (rs.router(mcp), Some(token), Some(issuer))
+            (app, Some(token), Some(issuer))
         }
     };
     let serve = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        if let Err(e) = rmcp_guard::serve(listener, app).await {
             eprintln!("conformance_server: {e}");
         }
     });
@@ -654,7 +644,6 @@ async fn main() -> Result<(), BoxError> {
     let mode = match flag.or_else(|| std::env::var("CONFORMANCE_MODE").ok()).as_deref() {
         None | Some("unguarded") => Mode::Unguarded,
         Some("--guarded" | "guarded") => Mode::Guarded,
-        #[cfg(feature = "policy")]
         Some("--guarded-default-policy" | "guarded-default-policy") => Mode::GuardedDefaultPolicy,
         Some(other) => return Err(format!("unknown mode {other:?}").into()),
     };

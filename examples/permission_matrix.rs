@@ -16,7 +16,7 @@
 use std::process::ExitCode;
 
 use rmcp_guard::Principal;
-use rmcp_guard::policy::{PolicyEngine, PolicyInput};
+use rmcp_guard::policy::{Action, PolicyEngine, PolicyInput};
 
 const DEFAULT_TOOLS: [&str; 6] = [
     "whoami",
@@ -166,7 +166,7 @@ fn main() -> ExitCode {
     for tool in &options.tools {
         print!("{tool:first$}");
         for (principal, width) in principals.iter().zip(&widths) {
-            let decision = engine.evaluate(&PolicyInput::new(principal, "tools/call", tool.clone()));
+            let decision = engine.evaluate(&PolicyInput::new(principal, tool.clone(), Action::CallTool));
             let cell = if decision.allowed() { "allow" } else { "-" };
             print!("  {cell:width$}");
         }

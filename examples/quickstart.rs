@@ -18,13 +18,11 @@
 //! instead: the development server approves everyone.
 
 use rmcp::handler::server::router::tool::ToolRouter;
-use rmcp::handler::server::tool::Extension;
 use rmcp::model::{ServerCapabilities, ServerConfig};
-use rmcp::transport::streamable_http_server::StreamableHttpService;
-use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::{ErrorData, ServerHandler, tool, tool_handler, tool_router};
 use rmcp_guard::dev::DevAuthServer;
-use rmcp_guard::{Issuer, Principal, ResourceServer};
+use rmcp_guard::oauth::{Issuer, ResourceServer, TokenRules};
+use rmcp_guard::{Guard, Principal};
 
 #[derive(Clone)]
 struct Hello {
@@ -40,8 +38,7 @@ impl Hello {
     }
 
     #[tool(description = "Greet the caller by the subject of their token")]
-    async fn whoami(&self, Extension(parts): Extension<http::request::Parts>) -> Result<String, ErrorData> {
-        let caller = Principal::from_parts(&parts)?;
+    async fn whoami(&self, caller: Principal) -> Result<String, ErrorData> {
         Ok(format!(
             "hello {} (scopes: {:?})",
             caller.subject(),
@@ -78,17 +75,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The guard: who may call (the issuer), for what (this resource), with what scope.
     let rs = ResourceServer::builder(resource.clone(), Issuer::discover(auth.issuer()))
         .required_scopes(["mcp:tools"])
-        .require_access_token_type()
+        .token_rules(TokenRules::default().require_access_token_type())
         .resource_name("rmcp-guard quickstart")
         .build()?;
     rs.warm_up().await?;
 
-    let mcp = StreamableHttpService::new(
-        || Ok(Hello::new()),
-        LocalSessionManager::default().into(),
-        rs.streamable_http_config(),
-    );
-    let app = rs.router(mcp);
+    // Metadata, bearer authentication, session binding, rmcp, your tools.
+    let app = Guard::new(rs.clone()).router(|| Ok(Hello::new()));
 
     let token = auth.issue_access_token("mcp:tools", std::time::Duration::from_secs(3600));
     println!("MCP endpoint:         {resource}");
@@ -111,7 +104,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!();
     println!("Ctrl-C to stop.");
 
-    axum::serve(listener, app)
+    rmcp_guard::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })

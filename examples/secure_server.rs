@@ -51,21 +51,20 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use rmcp::handler::server::router::tool::ToolRouter;
-use rmcp::handler::server::tool::Extension;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{ServerCapabilities, ServerConfig};
-use rmcp::transport::streamable_http_server::StreamableHttpService;
-use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::{ErrorData, ServerHandler, schemars, tool, tool_handler, tool_router};
-use rmcp_guard::oauth::{ClientAuth, TokenExchange, downstream_token};
-use rmcp_guard::policy::{Guarded, PolicyEngine, StepUpLayer};
+use rmcp_guard::oauth::{ClientAuth, DownstreamTokens, Issuer, ResourceServer, TokenExchange, TokenRules};
+use rmcp_guard::policy::PolicyEngine;
 use rmcp_guard::secrets::{
-    self, Credentials, DEFAULT_TEMPLATE, MemoryStore, PathTemplate, SecretStore, VaultStoreBuilder,
+    CallerCredentials, Credentials, DEFAULT_TEMPLATE, MemoryStore, PathTemplate, SecretStore, VaultStoreBuilder,
 };
-use rmcp_guard::{Issuer, Principal, ResourceServer, require_permission};
+use rmcp_guard::{Guard, Principal, require_permission};
 
 /// The tools of this server. Edit here: every tool is reached only through the
-/// bearer layer, and reads its caller with `Principal::from_parts`.
+/// bearer layer and the policy; a tool takes what it needs as a parameter:
+/// the caller (`Principal`), their credentials (`CallerCredentials`), tokens
+/// for downstream APIs (`DownstreamTokens`).
 #[derive(Clone)]
 struct Tools {
     tool_router: ToolRouter<Self>,
@@ -103,8 +102,7 @@ impl Tools {
     }
 
     #[tool(description = "Who is calling: subject, tenant, groups and scopes of the token")]
-    async fn whoami(&self, Extension(parts): Extension<http::request::Parts>) -> Result<String, ErrorData> {
-        let caller = Principal::from_parts(&parts)?;
+    async fn whoami(&self, caller: Principal) -> Result<String, ErrorData> {
         Ok(serde_json::json!({
             "subject": caller.subject(),
             "issuer": caller.issuer(),
@@ -120,7 +118,7 @@ impl Tools {
         description = "Exchange the caller's token for one scoped to the downstream audience (RFC 8693) \
                           and report the audience and scope obtained, never the token"
     )]
-    async fn call_downstream(&self, Extension(parts): Extension<http::request::Parts>) -> Result<String, ErrorData> {
+    async fn call_downstream(&self, tokens: DownstreamTokens) -> Result<String, ErrorData> {
         let Some(audience) = self.downstream_audience.as_deref() else {
             return Err(ErrorData::invalid_request(
                 "GUARD_DOWNSTREAM_AUDIENCE is not set on this server",
@@ -128,7 +126,7 @@ impl Tools {
             ));
         };
         // Never forward the caller's token: exchange it for one minted for `audience`.
-        let token = downstream_token(&parts, audience).await?;
+        let token = tokens.get(audience).await?;
         // Call the downstream API here with `.header(AUTHORIZATION, token.authorization_header()?)`.
         Ok(serde_json::json!({
             "aud": token.audience(),
@@ -150,9 +148,9 @@ impl Tools {
 
     #[require_permission(resource = "catalyst-center", action = "read")]
     #[tool(description = "List the configuration templates of Catalyst Center")]
-    async fn get_all_templates(&self, Extension(parts): Extension<http::request::Parts>) -> Result<String, ErrorData> {
+    async fn get_all_templates(&self, credentials: CallerCredentials) -> Result<String, ErrorData> {
         // The caller's own Catalyst Center credential (their tenant's), from Vault.
-        let credential = secrets::credentials(&parts, "catalyst-center").await?;
+        let credential = credentials.get("catalyst-center").await?;
         Ok(serde_json::json!({
             "connected_as": credential.expose_required("username")?,
             "templates": ["branch-router-baseline", "access-switch-vlan"],
@@ -164,10 +162,10 @@ impl Tools {
     #[tool(description = "Deploy a configuration template to a device")]
     async fn deploy_template(
         &self,
-        Extension(parts): Extension<http::request::Parts>,
+        credentials: CallerCredentials,
         Parameters(args): Parameters<DeployArgs>,
     ) -> Result<String, ErrorData> {
-        let credential = secrets::credentials(&parts, "catalyst-center").await?;
+        let credential = credentials.get("catalyst-center").await?;
         Ok(serde_json::json!({
             "connected_as": credential.expose_required("username")?,
             "deployed": {"template_id": args.template_id, "device_id": args.device_id},
@@ -179,10 +177,10 @@ impl Tools {
     #[tool(description = "Open a ServiceNow ticket")]
     async fn create_ticket(
         &self,
-        Extension(parts): Extension<http::request::Parts>,
+        credentials: CallerCredentials,
         Parameters(args): Parameters<TicketArgs>,
     ) -> Result<String, ErrorData> {
-        let credential = secrets::credentials(&parts, "servicenow").await?;
+        let credential = credentials.get("servicenow").await?;
         Ok(serde_json::json!({
             "connected_as": credential.expose_required("username")?,
             "ticket": {"summary": args.summary, "state": "new"},
@@ -258,8 +256,11 @@ async fn settings() -> Result<Settings, String> {
     let scopes = env("GUARD_REQUIRED_SCOPES").unwrap_or_else(|| "mcp:tools".to_owned());
     let mut builder = ResourceServer::builder(resource.clone(), issuer)
         .required_scopes(scopes.split_whitespace())
-        .groups_claim(env("GUARD_GROUPS_CLAIM").unwrap_or_else(|| "groups".to_owned()))
-        .tenant_claim(env("GUARD_TENANT_CLAIM").unwrap_or_else(|| "tenant".to_owned()))
+        .token_rules(
+            TokenRules::default()
+                .groups_claim(env("GUARD_GROUPS_CLAIM").unwrap_or_else(|| "groups".to_owned()))
+                .tenant_claim(env("GUARD_TENANT_CLAIM").unwrap_or_else(|| "tenant".to_owned())),
+        )
         .resource_name("rmcp-guard secure_server example");
     if let Some(audience) = env("GUARD_AUDIENCE") {
         builder = builder.audiences([audience]);
@@ -335,28 +336,20 @@ async fn main() -> ExitCode {
 
     let policy = settings.policy;
     let _reloader = settings.policy_reload.map(|every| policy.spawn_reload_every(every));
-    let engine = policy.clone();
-    let audience = settings.downstream_audience.clone();
-    let mcp = StreamableHttpService::new(
-        // Every call, read and listing is decided by the policy first.
-        move || Ok(Guarded::new(Tools::new(audience.clone()), engine.clone())),
-        LocalSessionManager::default().into(),
-        rs.streamable_http_config(),
-    );
-    // Bearer auth -> session binding -> step-up 403 -> rmcp -> Guarded -> tools.
-    let app = rs.router(tower::Layer::layer(&StepUpLayer::new(&rs, policy.clone()), mcp));
-    // Tools find their credentials through `secrets::credentials`; every read
-    // is a policy decision too (action `secrets/read`, resource = the service).
+    // Every credential read is a policy decision too (action `secrets/read`,
+    // resource = the service).
     let credentials = Credentials::builder(settings.secret_store)
         .template(settings.secret_template)
         .authorizer(policy.clone())
         .build();
-    let app = app.layer(credentials.layer());
-    // Tools find the TokenExchange in the request extensions (downstream_token).
-    let app = match settings.exchange {
-        Some(exchange) => app.layer(exchange.layer()),
-        None => app,
-    };
+    // Metadata, bearer auth, session binding, step-up 403, rmcp, the policy
+    // on every call, read and listing, then the tools.
+    let mut guard = Guard::new(rs.clone()).policy(policy.clone()).credentials(credentials);
+    if let Some(exchange) = settings.exchange {
+        guard = guard.exchange(exchange);
+    }
+    let audience = settings.downstream_audience.clone();
+    let app = guard.router(move || Ok(Tools::new(audience.clone())));
 
     let listener = match tokio::net::TcpListener::bind(&settings.bind).await {
         Ok(l) => l,
@@ -371,7 +364,7 @@ async fn main() -> ExitCode {
         policy = %policy.version(),
         "serving"
     );
-    if let Err(e) = axum::serve(listener, app)
+    if let Err(e) = rmcp_guard::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })

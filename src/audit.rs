@@ -1,196 +1,366 @@
 //! The audit event vocabulary, in one place.
 //!
-//! Every security decision emits exactly one `tracing` event on the target
-//! [`TARGET`] (`rmcp_guard::audit`) at `INFO`. Fields are stable; values are
-//! identifiers and reason codes, never a token, a secret or key material.
+//! Every security decision emits exactly one [`AuditEvent`] as a `tracing`
+//! event on the target [`TARGET`] (`rmcp_guard::audit`) at `INFO` (a refused
+//! policy reload at `ERROR`). Its `event` field is [`AuditEvent::name`]; the
+//! other fields are stable, and hold identifiers and reason codes, never a
+//! token, a secret or key material.
+//!
+//! | `event` | fields |
+//! |---|---|
+//! | `authn` | `outcome`, `reason`, `status` (refusals), `subject`, `client_id`, `issuer`, `tenant`, `cached` |
+//! | `session` | `outcome` (`deny`), `reason`, `subject` |
+//! | `authz` | `outcome` (`deny`), `reason` (`insufficient_scope`), `subject`, `client_id`, `issuer`, `resource`, `action`, `required_scopes` |
+//! | `policy_decision` | `subject`, `issuer`, `resource`, `action`, `outcome`, `allowed`, `reason`, `policy_version`, `duration_us`, `cached` |
+//! | `policy_reload` | `outcome` (`allow`: applied, `error`: refused), `previous_version`, `policy_version`, `error` |
+//! | `secret_access` | `subject`, `issuer`, `tenant`, `service`, `template`, `path`, `outcome` (`ok` or a `SecretError` code), `cache` |
+//! | `token_exchange` | `subject`, `issuer`, `grant`, `audience`, `outcome` (`ok` or an `ExchangeError` code), `cache` |
+//!
+//! This module depends on nothing of the crate but [`Principal`]: each
+//! module passes its own vocabulary in as codes.
+
+use std::fmt;
+
+use crate::principal::Principal;
 
 /// The `tracing` target of every audit event.
 pub const TARGET: &str = "rmcp_guard::audit";
 
-// ---- policy decisions (feature `policy`); owned by src/policy/ ----
-
-/// One policy decision: `event = "policy_decision"`, with `subject`,
-/// `issuer`, `action`, `resource`, `allowed`, `reason`, `policy_version`,
-/// `duration_us` and `cached`.
-#[cfg(feature = "policy")]
-pub(crate) fn policy_decision(input: &crate::policy::PolicyInput, decision: &crate::policy::Decision) {
-    tracing::info!(
-        target: TARGET,
-        event = "policy_decision",
-        subject = input.principal().subject(),
-        issuer = input.principal().issuer(),
-        action = input.action(),
-        resource = input.resource(),
-        allowed = decision.allowed(),
-        reason = decision.reason().unwrap_or(""),
-        policy_version = decision.policy_version(),
-        duration_us = decision.duration().as_micros() as u64,
-        cached = decision.from_cache(),
-    );
+/// How a decision ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// Allowed.
+    Allow,
+    /// Refused on its merits.
+    Deny,
+    /// Refused because the decision could not be made (an evaluation error,
+    /// an upstream down): fail closed.
+    Error,
 }
 
-/// A request denied before any policy ran (no principal, no context):
-/// `event = "policy_decision"`, `allowed = false`.
-#[cfg(feature = "policy")]
-pub(crate) fn policy_denied_unauthenticated(action: &str, resource: &str, reason: &str) {
-    tracing::info!(
-        target: TARGET,
-        event = "policy_decision",
-        subject = "",
-        issuer = "",
-        action,
-        resource,
-        allowed = false,
-        reason,
-        policy_version = "",
-        duration_us = 0u64,
-        cached = false,
-    );
+impl Outcome {
+    /// `allow`, `deny` or `error`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allow => "allow",
+            Outcome::Deny => "deny",
+            Outcome::Error => "error",
+        }
+    }
 }
 
-/// A new policy version is in force: `event = "policy_reload"`.
-#[cfg(feature = "policy")]
-pub(crate) fn policy_reloaded(previous: &str, version: &str) {
-    tracing::info!(
-        target: TARGET,
-        event = "policy_reload",
-        outcome = "applied",
-        previous_version = previous,
-        policy_version = version,
-    );
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
-/// A reload was refused and the previous version keeps serving:
-/// `event = "policy_reload"` at `ERROR`.
-#[cfg(feature = "policy")]
-pub(crate) fn policy_reload_failed(current: &str, error: &crate::ConfigError) {
-    tracing::error!(
-        target: TARGET,
-        event = "policy_reload",
-        outcome = "rejected",
-        policy_version = current,
-        error = %error,
-    );
-}
-// ---- end policy ----
-
-// ---- credential access; owned by src/secrets/ ----
-
-/// The `event` field of a credential access (`secrets::credentials`).
-///
-/// Fields: `subject`, `issuer`, `tenant`, `service`, `template`, `path` (the
-/// resolved path, empty when refused before resolution), `outcome` (`ok` or a
-/// `SecretError::code`), `cache` (`hit`, `miss`, `joined`, `stale`, `bypass`,
-/// `none`). Never a value, a token or a Vault response.
-pub const SECRET_ACCESS: &str = "secret_access";
-
-pub(crate) fn secret_access(
-    principal: Option<&crate::Principal>,
-    service: &str,
-    template: &str,
-    path: Option<&str>,
-    outcome: &str,
-    cache: &str,
-) {
-    tracing::info!(
-        target: TARGET,
-        event = SECRET_ACCESS,
-        subject = principal.map_or("", |p| p.subject()),
-        issuer = principal.map_or("", |p| p.issuer()),
-        tenant = principal.and_then(|p| p.tenant()).unwrap_or(""),
-        service,
-        template,
-        path = path.unwrap_or(""),
-        outcome,
-        cache,
-    );
-}
-// ---- end credential access ----
-
-// ---- downstream tokens (feature `introspection`); owned by src/oauth/exchange.rs ----
-
-/// One downstream token request (`oauth::exchange`): `event =
-/// "token_exchange"`, with `subject`, `issuer` (empty for client
-/// credentials), `grant` (`token_exchange` or `client_credentials`),
-/// `audience`, `outcome` (`ok` or an `ExchangeError::code`) and `cache`
-/// (`hit`, `miss`, `joined`, `none`). Never a token.
-#[cfg(feature = "introspection")]
-pub(crate) fn token_exchange(
-    principal: Option<&crate::Principal>,
-    grant: &str,
-    audience: &str,
-    outcome: &str,
-    cache: &str,
-) {
-    tracing::info!(
-        target: TARGET,
-        event = "token_exchange",
-        subject = principal.map_or("", |p| p.subject()),
-        issuer = principal.map_or("", |p| p.issuer()),
-        grant,
-        audience,
-        outcome,
-        cache,
-    );
-}
-// ---- end downstream tokens ----
-
-#[cfg(feature = "jwt")]
-use crate::error::AuthError;
-#[cfg(feature = "jwt")]
-use crate::principal::Principal;
-
-/// A request was authenticated.
-#[cfg(feature = "jwt")]
-pub(crate) fn authn_accepted(principal: &Principal, cached: bool) {
-    tracing::info!(
-        target: TARGET,
-        event = "authn",
-        outcome = "allow",
-        reason = "valid_token",
-        subject = principal.subject(),
-        client_id = principal.client_id(),
-        issuer = principal.issuer(),
-        tenant = principal.tenant(),
-        cached,
-    );
+/// The caller as far as it is known: issuer, subject and client id are set
+/// only once a token's signature verified.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Caller<'a> {
+    /// The token's issuer.
+    pub issuer: Option<&'a str>,
+    /// The token's subject.
+    pub subject: Option<&'a str>,
+    /// The client the token was issued to.
+    pub client_id: Option<&'a str>,
+    /// The caller's tenant.
+    pub tenant: Option<&'a str>,
 }
 
-/// A request was refused by the bearer layer. `subject` and `client_id` are
-/// given only when the token's signature verified.
-#[cfg(feature = "jwt")]
-pub(crate) fn authn_rejected(error: &AuthError, issuer: Option<&str>, subject: Option<&str>, client_id: Option<&str>) {
-    tracing::info!(
-        target: TARGET,
-        event = "authn",
-        outcome = "deny",
-        reason = error.reason(),
-        status = error.status().as_u16(),
-        subject,
-        client_id,
-        issuer,
-    );
+impl<'a> From<&'a Principal> for Caller<'a> {
+    fn from(p: &'a Principal) -> Self {
+        Caller {
+            issuer: Some(p.issuer()),
+            subject: Some(p.subject()),
+            client_id: p.client_id(),
+            tenant: p.tenant(),
+        }
+    }
 }
 
-/// A request naming an MCP session was refused by the session-binding layer.
-#[cfg(feature = "jwt")]
-pub(crate) fn session_refused(subject: Option<String>, reason: &'static str) {
-    tracing::info!(target: TARGET, event = "session", outcome = "deny", reason, subject);
+impl<'a> From<Option<&'a Principal>> for Caller<'a> {
+    fn from(p: Option<&'a Principal>) -> Self {
+        p.map(Caller::from).unwrap_or_default()
+    }
 }
 
-/// The step-up layer answered 403 `insufficient_scope` before rmcp.
-#[cfg(all(feature = "policy", feature = "jwt"))]
-pub(crate) fn step_up(principal: &Principal, action: &str, resource: &str, required: &[String]) {
-    tracing::info!(
-        target: TARGET,
-        event = "authz",
-        outcome = "deny",
-        reason = "insufficient_scope",
-        subject = principal.subject(),
-        client_id = principal.client_id(),
-        issuer = principal.issuer(),
-        action,
-        resource,
-        required_scopes = %required.join(" "),
-    );
+/// One audit event; see the [module docs](self) for the fields of each.
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum AuditEvent<'a> {
+    /// The bearer layer accepted or refused a request.
+    Authn {
+        /// Allow, deny, or error (an upstream down).
+        outcome: Outcome,
+        /// `valid_token` or the refusal's reason code.
+        reason: &'a str,
+        /// The HTTP status of a refusal.
+        status: Option<u16>,
+        /// Who, as far as known.
+        caller: Caller<'a>,
+        /// Whether the verified-token cache answered.
+        cached: bool,
+    },
+    /// The session-binding layer refused a request naming a session.
+    Session {
+        /// Why (`session_not_owned`, `malformed_session_id`, `unauthenticated`).
+        reason: &'a str,
+        /// The caller's subject, when known.
+        subject: Option<&'a str>,
+    },
+    /// The step-up layer answered 403 `insufficient_scope` before rmcp.
+    StepUp {
+        /// The caller.
+        principal: &'a Principal,
+        /// The tool, resource or prompt.
+        resource: &'a str,
+        /// The action.
+        action: &'a str,
+        /// Every scope the new token needs.
+        required_scopes: &'a [String],
+    },
+    /// One policy decision (a listing is one decision).
+    PolicyDecision {
+        /// The caller; `None` when none was in the request.
+        principal: Option<&'a Principal>,
+        /// The tool, resource or prompt; empty for a listing.
+        resource: &'a str,
+        /// The action.
+        action: &'a str,
+        /// Allow, deny, or error (the policy did not yield a boolean).
+        outcome: Outcome,
+        /// The first reason, or empty.
+        reason: &'a str,
+        /// The content hash of the policy that decided; empty when none ran.
+        policy_version: &'a str,
+        /// How long it took.
+        duration_us: u64,
+        /// Whether the per-thread memo answered.
+        cached: bool,
+    },
+    /// A policy reload: applied (`Allow`) or refused (`Error`, the previous
+    /// version keeps serving).
+    PolicyReload {
+        /// Applied or refused.
+        outcome: Outcome,
+        /// The version before.
+        previous_version: &'a str,
+        /// The version in force after.
+        policy_version: &'a str,
+        /// Why a reload was refused.
+        error: Option<&'a dyn fmt::Display>,
+    },
+    /// One credential lookup.
+    SecretAccess {
+        /// The caller, when known.
+        principal: Option<&'a Principal>,
+        /// The service asked for.
+        service: &'a str,
+        /// The path template.
+        template: &'a str,
+        /// The resolved path; `None` when refused before resolution.
+        path: Option<&'a str>,
+        /// `ok` or the error's code.
+        outcome: &'a str,
+        /// The cache status (`hit`, `miss`, `joined`, `stale`, `bypass`, `none`).
+        cache: &'a str,
+    },
+    /// One downstream token request.
+    TokenExchange {
+        /// The caller; `None` for client credentials.
+        principal: Option<&'a Principal>,
+        /// `token_exchange` or `client_credentials`.
+        grant: &'a str,
+        /// The audience asked for.
+        audience: &'a str,
+        /// `ok` or the error's code.
+        outcome: &'a str,
+        /// The cache status (`hit`, `miss`, `joined`, `none`).
+        cache: &'a str,
+    },
+}
+
+impl fmt::Debug for AuditEvent<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuditEvent")
+            .field("event", &self.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuditEvent<'_> {
+    /// The `event` field.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AuditEvent::Authn { .. } => "authn",
+            AuditEvent::Session { .. } => "session",
+            AuditEvent::StepUp { .. } => "authz",
+            AuditEvent::PolicyDecision { .. } => "policy_decision",
+            AuditEvent::PolicyReload { .. } => "policy_reload",
+            AuditEvent::SecretAccess { .. } => "secret_access",
+            AuditEvent::TokenExchange { .. } => "token_exchange",
+        }
+    }
+
+    /// Emit the event on [`TARGET`].
+    pub(crate) fn emit(&self) {
+        let event = self.name();
+        match *self {
+            AuditEvent::Authn {
+                outcome,
+                reason,
+                status,
+                caller,
+                cached,
+            } => tracing::info!(
+                target: TARGET,
+                event,
+                outcome = outcome.as_str(),
+                reason,
+                status,
+                subject = caller.subject,
+                client_id = caller.client_id,
+                issuer = caller.issuer,
+                tenant = caller.tenant,
+                cached,
+            ),
+            AuditEvent::Session { reason, subject } => {
+                tracing::info!(target: TARGET, event, outcome = Outcome::Deny.as_str(), reason, subject)
+            }
+            AuditEvent::StepUp {
+                principal,
+                resource,
+                action,
+                required_scopes,
+            } => tracing::info!(
+                target: TARGET,
+                event,
+                outcome = Outcome::Deny.as_str(),
+                reason = "insufficient_scope",
+                subject = principal.subject(),
+                client_id = principal.client_id(),
+                issuer = principal.issuer(),
+                resource,
+                action,
+                required_scopes = %required_scopes.join(" "),
+            ),
+            AuditEvent::PolicyDecision {
+                principal,
+                resource,
+                action,
+                outcome,
+                reason,
+                policy_version,
+                duration_us,
+                cached,
+            } => tracing::info!(
+                target: TARGET,
+                event,
+                subject = principal.map_or("", |p| p.subject()),
+                issuer = principal.map_or("", |p| p.issuer()),
+                resource,
+                action,
+                outcome = outcome.as_str(),
+                allowed = outcome == Outcome::Allow,
+                reason,
+                policy_version,
+                duration_us,
+                cached,
+            ),
+            AuditEvent::PolicyReload {
+                outcome,
+                previous_version,
+                policy_version,
+                error,
+            } => match error {
+                None => tracing::info!(
+                    target: TARGET,
+                    event,
+                    outcome = outcome.as_str(),
+                    previous_version,
+                    policy_version,
+                ),
+                Some(error) => tracing::error!(
+                    target: TARGET,
+                    event,
+                    outcome = outcome.as_str(),
+                    previous_version,
+                    policy_version,
+                    error = %error,
+                ),
+            },
+            AuditEvent::SecretAccess {
+                principal,
+                service,
+                template,
+                path,
+                outcome,
+                cache,
+            } => tracing::info!(
+                target: TARGET,
+                event,
+                subject = principal.map_or("", |p| p.subject()),
+                issuer = principal.map_or("", |p| p.issuer()),
+                tenant = principal.and_then(|p| p.tenant()).unwrap_or(""),
+                service,
+                template,
+                path = path.unwrap_or(""),
+                outcome,
+                cache,
+            ),
+            AuditEvent::TokenExchange {
+                principal,
+                grant,
+                audience,
+                outcome,
+                cache,
+            } => tracing::info!(
+                target: TARGET,
+                event,
+                subject = principal.map_or("", |p| p.subject()),
+                issuer = principal.map_or("", |p| p.issuer()),
+                grant,
+                audience,
+                outcome,
+                cache,
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_stable() {
+        let p = Principal::unverified("i", "s").build();
+        let names: Vec<&str> = [
+            AuditEvent::Authn {
+                outcome: Outcome::Allow,
+                reason: "valid_token",
+                status: None,
+                caller: Caller::from(&p),
+                cached: false,
+            },
+            AuditEvent::Session {
+                reason: "session_not_owned",
+                subject: None,
+            },
+            AuditEvent::StepUp {
+                principal: &p,
+                resource: "t",
+                action: "tools/call",
+                required_scopes: &[],
+            },
+        ]
+        .iter()
+        .map(AuditEvent::name)
+        .collect();
+        assert_eq!(names, ["authn", "session", "authz"]);
+        assert_eq!(Outcome::Error.as_str(), "error");
+    }
 }

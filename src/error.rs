@@ -1,10 +1,13 @@
 //! Errors: [`ConfigError`] for what fails when a configuration is built,
-//! [`AuthError`] for why a request was refused.
+//! [`AuthError`] for why a request was refused at the HTTP layer, and
+//! [`Rejection`] for why a tool did not get what it asked for.
 //!
 //! A `ConfigError` says what to fix and stops the server from starting. An
 //! `AuthError` becomes an HTTP response (see [`AuthError::status`]) with an
 //! RFC 6750 challenge; its `Display` text is the short, token-free
-//! `error_description` a client sees.
+//! `error_description` a client sees. A `Rejection` becomes one JSON-RPC
+//! error: every denial, whoever decided it (policy, secrets, token exchange),
+//! has the same code, [`PERMISSION_DENIED`].
 
 use http::StatusCode;
 
@@ -210,6 +213,85 @@ impl AuthError {
             AuthError::InsufficientScope { .. } => "insufficient_scope",
             AuthError::KeysUnavailable => "keys_unavailable",
             AuthError::IntrospectionUnavailable => "introspection_unavailable",
+        }
+    }
+}
+
+/// The JSON-RPC error code of every denial (policy, credentials, token
+/// exchange, a missing caller).
+///
+/// JSON-RPC leaves -32000..-32099 to implementations; MCP defines no
+/// "forbidden" code. The error's `data` is `{"error": "forbidden"}`, or
+/// `{"error": "insufficient_scope", "scope": "<space-separated scopes>"}`
+/// when the policy said which scopes would grant the request, so a transport
+/// layer can answer HTTP 403 with a step-up challenge.
+pub const PERMISSION_DENIED: rmcp::model::ErrorCode = rmcp::model::ErrorCode(-32003);
+
+/// Why a tool did not get what it asked for: the caller, a permission, a
+/// credential, a downstream token. One type for every extractor and check,
+/// turned into one [`rmcp::ErrorData`] with `?`.
+///
+/// | variant | JSON-RPC error |
+/// |---|---|
+/// | [`Unauthenticated`](Self::Unauthenticated), [`Forbidden`](Self::Forbidden) | [`PERMISSION_DENIED`] (-32003), "permission denied" |
+/// | [`NotFound`](Self::NotFound) | -32002 resource not found |
+/// | [`NotConfigured`](Self::NotConfigured), [`Unavailable`](Self::Unavailable) | -32603 internal error |
+///
+/// The message names neither the policy's reasons nor whether a target
+/// exists; audit events carry the detail.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// The request carries no authenticated caller: the stack is wired wrong
+    /// (no bearer layer in front), or the work left the request's task.
+    #[error("permission denied")]
+    Unauthenticated,
+    /// The policy, the secret store or the authorization server refused.
+    #[error("permission denied")]
+    Forbidden {
+        /// Scopes that would grant the request, when the policy said so
+        /// (a client can step up); empty otherwise.
+        required_scopes: Vec<String>,
+    },
+    /// What was asked for does not exist for this caller.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The capability is not configured on this server.
+    #[error("{0} is not configured on this server")]
+    NotConfigured(&'static str),
+    /// A dependency (Vault, the token endpoint) failed; try again later.
+    #[error("{0} is temporarily unavailable")]
+    Unavailable(&'static str),
+}
+
+impl Rejection {
+    /// A refusal with no scope that would grant it.
+    pub fn forbidden() -> Self {
+        Rejection::Forbidden {
+            required_scopes: Vec::new(),
+        }
+    }
+}
+
+impl From<Rejection> for rmcp::ErrorData {
+    fn from(rejection: Rejection) -> Self {
+        let message = rejection.to_string();
+        match rejection {
+            Rejection::Unauthenticated => rmcp::ErrorData::new(
+                PERMISSION_DENIED,
+                message,
+                Some(serde_json::json!({ "error": "forbidden" })),
+            ),
+            Rejection::Forbidden { required_scopes } => {
+                let data = if required_scopes.is_empty() {
+                    serde_json::json!({ "error": "forbidden" })
+                } else {
+                    serde_json::json!({ "error": "insufficient_scope", "scope": required_scopes.join(" ") })
+                };
+                rmcp::ErrorData::new(PERMISSION_DENIED, message, Some(data))
+            }
+            Rejection::NotFound(_) => rmcp::ErrorData::resource_not_found(message, None),
+            Rejection::NotConfigured(_) | Rejection::Unavailable(_) => rmcp::ErrorData::internal_error(message, None),
         }
     }
 }

@@ -3,20 +3,34 @@
 #![warn(missing_docs, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[macro_use]
+#[allow(unused_macros)] // the smallest build has no middleware
+mod macros;
+
 pub mod audit;
-pub mod error;
-pub mod principal;
+#[cfg(any(feature = "jwt", feature = "policy"))]
+mod body;
+#[cfg(any(feature = "jwt", feature = "policy"))]
+mod challenge;
+mod error;
+mod extract;
+mod principal;
 
 #[cfg(feature = "jwt")]
 pub mod oauth;
 
-#[cfg(feature = "policy")]
-pub mod policy;
-
 #[cfg(feature = "jwt")]
 pub mod session;
 
+#[cfg(feature = "policy")]
+pub mod policy;
+
 pub mod secrets;
+
+#[cfg(feature = "jwt")]
+mod guard;
+#[cfg(feature = "jwt")]
+mod serve;
 
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -25,10 +39,14 @@ pub mod testing;
 #[cfg_attr(docsrs, doc(cfg(feature = "dev")))]
 pub mod dev;
 
-pub use error::{AuthError, ConfigError};
+#[cfg(any(feature = "jwt", feature = "policy"))]
+pub use challenge::Challenges;
+pub use error::{AuthError, ConfigError, PERMISSION_DENIED, Rejection, TokenRejection};
 #[cfg(feature = "jwt")]
-pub use oauth::{BearerAuthLayer, Issuer, ResourceServer};
-pub use principal::Principal;
+pub use guard::Guard;
+pub use principal::{Principal, PrincipalBuilder};
+#[cfg(feature = "jwt")]
+pub use serve::{Serve, serve};
 
 /// Check the policy before a tool body runs; see [`policy::require_permission`].
 #[cfg(feature = "macros")]

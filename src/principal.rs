@@ -1,18 +1,27 @@
 //! The authenticated caller, as tools and policies see it.
 //!
 //! [`BearerAuthLayer`](crate::BearerAuthLayer) inserts a [`Principal`] into the
-//! request extensions after it has verified the bearer token. rmcp copies the
-//! HTTP request's [`http::request::Parts`] into every JSON-RPC request, so a
-//! tool reads the caller in one line:
+//! request extensions after it has verified the bearer token. A `Principal`
+//! is an rmcp extractor: a tool (or prompt) takes it as a parameter, and a
+//! request without one is refused with the one denial error
+//! ([`Rejection::Unauthenticated`](crate::Rejection::Unauthenticated)).
 //!
 //! ```
-//! use rmcp::handler::server::tool::Extension;
+//! use rmcp::{ErrorData, handler::server::router::tool::ToolRouter, tool, tool_router};
 //! use rmcp_guard::Principal;
 //!
-//! async fn whoami(Extension(parts): Extension<http::request::Parts>) -> Result<String, rmcp::ErrorData> {
-//!     let caller = Principal::from_parts(&parts)?;
-//!     Ok(format!("hello {}", caller.subject()))
+//! struct Server {
+//!     tool_router: ToolRouter<Self>,
 //! }
+//!
+//! #[tool_router]
+//! impl Server {
+//!     #[tool(description = "Who am I?")]
+//!     async fn whoami(&self, caller: Principal) -> Result<String, ErrorData> {
+//!         Ok(format!("hello {}", caller.subject()))
+//!     }
+//! }
+//! # let _ = Server { tool_router: Server::tool_router() };
 //! ```
 //!
 //! A `Principal` is cheap to clone (one reference count): the verified-token
@@ -23,6 +32,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use rmcp::handler::server::common::{AsRequestContext, FromContextPart};
 use serde_json::{Map, Value};
 
 /// The caller behind a verified access token.
@@ -114,19 +124,6 @@ impl Principal {
         (&self.inner.issuer, &self.inner.subject)
     }
 
-    /// The principal that the bearer layer attached to this request.
-    ///
-    /// This is the one-line accessor for tool authors. It fails with an MCP
-    /// error (never a panic) when the request did not pass through
-    /// [`BearerAuthLayer`](crate::BearerAuthLayer), which means the server is
-    /// wired wrong: fail closed.
-    pub fn from_parts(parts: &http::request::Parts) -> Result<&Principal, rmcp::ErrorData> {
-        parts
-            .extensions
-            .get::<Principal>()
-            .ok_or_else(|| rmcp::ErrorData::invalid_request("request is not authenticated", None))
-    }
-
     /// Start building a principal that no token stands behind.
     ///
     /// For tests, permission matrices and other offline tools. The bearer
@@ -146,6 +143,17 @@ impl Principal {
                 claims: Map::new(),
             },
         }
+    }
+}
+
+/// The caller of the request being handled; refused with
+/// [`Rejection::Unauthenticated`](crate::Rejection::Unauthenticated) when the
+/// request did not pass the bearer layer (the server is wired wrong: fail
+/// closed).
+impl<C: AsRequestContext> FromContextPart<C> for Principal {
+    fn from_context_part(context: &mut C) -> Result<Self, rmcp::ErrorData> {
+        crate::extract::extension::<Principal, C>(context)
+            .ok_or_else(|| crate::error::Rejection::Unauthenticated.into())
     }
 }
 

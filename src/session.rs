@@ -60,7 +60,6 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::oauth::ResponseBody;
 use crate::principal::Principal;
 
 /// The header rmcp uses for session ids.
@@ -178,6 +177,10 @@ pub struct SessionBinding<S> {
     bindings: Arc<Bindings>,
 }
 
+impl<S> SessionBinding<S> {
+    define_inner_service_accessors!();
+}
+
 impl<S> std::fmt::Debug for SessionBinding<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SessionBinding").finish_non_exhaustive()
@@ -199,7 +202,7 @@ impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionBinding<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
 {
-    type Response = Response<ResponseBody<ResBody>>;
+    type Response = Response<SessionBody<ResBody>>;
     type Error = S::Error;
     type Future = SessionFuture<S::Future>;
 
@@ -214,7 +217,11 @@ where
             .map(|p| (p.issuer().to_owned(), p.subject().to_owned()));
         let session = req.headers().get(SESSION_HEADER).map(|v| v.to_str().map(str::to_owned));
         let refused = |reason: &'static str| {
-            crate::audit::session_refused(owner_subject(&req), reason);
+            crate::audit::AuditEvent::Session {
+                reason,
+                subject: req.extensions().get::<Principal>().map(Principal::subject),
+            }
+            .emit();
             SessionFuture::Refused {
                 response: Some(not_found()),
             }
@@ -243,10 +250,6 @@ where
             after: Some(after),
         }
     }
-}
-
-fn owner_subject<B>(req: &Request<B>) -> Option<String> {
-    req.extensions().get::<Principal>().map(|p| p.subject().to_owned())
 }
 
 enum After {
@@ -278,7 +281,7 @@ impl<F, ResBody, E> Future for SessionFuture<F>
 where
     F: Future<Output = Result<Response<ResBody>, E>>,
 {
-    type Output = Result<Response<ResponseBody<ResBody>>, E>;
+    type Output = Result<Response<SessionBody<ResBody>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
@@ -299,14 +302,20 @@ where
                         _ => {}
                     }
                 }
-                Poll::Ready(Ok(response.map(|body| ResponseBody::Inner { body })))
+                Poll::Ready(Ok(response.map(SessionBody::inner)))
             }
             SessionFutureProj::Refused { response } => {
                 let response = response.take().unwrap_or_else(not_found);
-                Poll::Ready(Ok(response.map(|body| ResponseBody::Rejection { body: Some(body) })))
+                Poll::Ready(Ok(response.map(SessionBody::rejection)))
             }
         }
     }
+}
+
+opaque_body! {
+    /// The response body of [`SessionBinding`]: the inner service's body, or
+    /// the 404 of a refused session.
+    pub type SessionBody<B>;
 }
 
 #[cfg(test)]

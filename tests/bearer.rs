@@ -14,7 +14,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::*;
-use rmcp_guard::Issuer;
+use rmcp_guard::oauth::Issuer;
 use rmcp_guard::testing::{KeyAlg, TestIssuer, TestKey, shared_secret_token, unsigned_token};
 use serde_json::{Value, json};
 
@@ -389,7 +389,7 @@ async fn strict_mode_requires_the_access_token_type() {
     let server = start_guarded_with(
         Issuer::with_jwks_uri(issuer.issuer(), issuer.jwks_uri()),
         Mode::Stateless,
-        |b| b.require_access_token_type(),
+        |b| b.token_rules(rmcp_guard::oauth::TokenRules::default().require_access_token_type()),
     )
     .await;
     for typ in [Some("JWT"), Some("jwt"), None, Some("logout+jwt"), Some("id_token")] {

@@ -1,12 +1,12 @@
-//! `credentials(&parts, ..)` inside a real rmcp tool call over Streamable
-//! HTTP: the layer's handle and the principal reach the tool through the
-//! request parts rmcp copies, and each tenant gets its own credential.
+//! The `CallerCredentials` extractor inside a real rmcp tool call over
+//! Streamable HTTP: the server's handle and the principal reach the tool
+//! through the request parts rmcp copies, and each tenant gets its own
+//! credential.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use rmcp::handler::server::router::tool::ToolRouter;
-use rmcp::handler::server::tool::Extension;
 use rmcp::model::{CallToolRequestParams, ServerCapabilities, ServerConfig};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
@@ -14,7 +14,7 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, ServerHandler, ServiceExt, tool, tool_handler, tool_router};
 use rmcp_guard::Principal;
-use rmcp_guard::secrets::{Credentials, MemoryStore, credentials};
+use rmcp_guard::secrets::{CallerCredentials, Credentials, MemoryStore};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -32,8 +32,8 @@ impl Tools {
     }
 
     #[tool(description = "Connect to Catalyst Center with the caller's credential")]
-    async fn connect(&self, Extension(parts): Extension<http::request::Parts>) -> Result<String, ErrorData> {
-        let cred = credentials(&parts, "catalyst-center").await?;
+    async fn connect(&self, credentials: CallerCredentials) -> Result<String, ErrorData> {
+        let cred = credentials.get("catalyst-center").await?;
         let user = cred.expose_required("username")?;
         let _password = cred.expose_required("password")?;
         Ok(format!("connected as {user}"))
@@ -84,7 +84,7 @@ async fn serve() -> (String, tokio::task::JoinHandle<()>) {
     });
     let app = axum::Router::new()
         .nest_service("/mcp", mcp)
-        .layer(creds.layer())
+        .layer(axum::Extension(creds))
         .layer(fake_bearer);
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
@@ -117,15 +117,13 @@ async fn each_tenant_connects_with_its_own_credential_through_rmcp() {
 
     let err = call(&url, "initech").await.unwrap_err();
     assert_eq!(err.code, rmcp::model::ErrorCode::RESOURCE_NOT_FOUND);
-    assert_eq!(err.message, "credentials: no credential is stored for this service");
+    assert_eq!(err.message, "credential not found");
 
+    // A tenant claim that would escape its prefix is a denial, with the one
+    // denial code every refusal has.
     let err = call(&url, "..").await.unwrap_err();
-    assert_eq!(err.code, rmcp::model::ErrorCode::INVALID_REQUEST);
-    assert!(
-        err.message.starts_with("credentials: the caller cannot be mapped"),
-        "{}",
-        err.message
-    );
+    assert_eq!(err.code, rmcp_guard::PERMISSION_DENIED);
+    assert_eq!(err.message, "permission denied");
     assert!(!format!("{err:?}").contains("pw-"));
     server.abort();
 }

@@ -27,8 +27,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use http::Request;
 use rmcp_guard::oauth::{
-    ClientAuth, DownstreamRequest, ExchangeError, InboundToken, Issuer, ResourceServer, ResourceServerBuilder,
-    TokenExchange, downstream_token,
+    ClientAuth, DownstreamRequest, ExchangeError, InboundToken, IntrospectionConfig, Issuer, ResourceServer,
+    ResourceServerBuilder, TokenExchange,
 };
 use rmcp_guard::testing::TestIssuer;
 use rmcp_guard::{ConfigError, Principal};
@@ -147,28 +147,32 @@ struct Answer {
 }
 
 /// One request through the bearer layer in front of a service that reports
-/// the principal (and whether the inbound token handle is there).
+/// the principal (and whether the inbound token handle is there: kept, as
+/// for token exchange).
 async fn call(rs: &ResourceServer, token: &str) -> Answer {
-    let service = rs.layer().layer(service_fn(|req: Request<String>| async move {
-        let principal = req.extensions().get::<Principal>().cloned();
-        let has_inbound = req.extensions().get::<InboundToken>().is_some();
-        let body = match principal {
-            Some(p) => json!({
-                "sub": p.subject(),
-                "iss": p.issuer(),
-                "client_id": p.client_id(),
-                "tenant": p.tenant(),
-                "groups": p.groups(),
-                "scopes": p.scopes().collect::<Vec<_>>(),
-                "aud": p.audiences(),
-                "inbound": has_inbound,
-            }),
-            None => json!(null),
-        };
-        Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from(
-            body.to_string(),
-        ))))
-    }));
+    let service = rs
+        .layer()
+        .keep_inbound_token()
+        .layer(service_fn(|req: Request<String>| async move {
+            let principal = req.extensions().get::<Principal>().cloned();
+            let has_inbound = req.extensions().get::<InboundToken>().is_some();
+            let body = match principal {
+                Some(p) => json!({
+                    "sub": p.subject(),
+                    "iss": p.issuer(),
+                    "client_id": p.client_id(),
+                    "tenant": p.tenant(),
+                    "groups": p.groups(),
+                    "scopes": p.scopes().collect::<Vec<_>>(),
+                    "aud": p.audiences(),
+                    "inbound": has_inbound,
+                }),
+                None => json!(null),
+            };
+            Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from(
+                body.to_string(),
+            ))))
+        }));
     let response = service
         .oneshot(
             Request::post("/mcp")
@@ -236,7 +240,7 @@ async fn revoked_token_is_inactive() {
     let provider = Provider::start();
     let rs = provider
         .builder(RESOURCE)
-        .introspection_cache_ttl(Duration::ZERO)
+        .introspection(IntrospectionConfig::default().cache_ttl(Duration::ZERO))
         .build()
         .unwrap();
     let token = provider.mint(RESOURCE, "mcp:tools").await;
@@ -337,7 +341,7 @@ async fn negative_cache_expires() {
     let provider = Provider::start();
     let rs = provider
         .builder(RESOURCE)
-        .introspection_negative_cache_ttl(Duration::from_secs(1))
+        .introspection(IntrospectionConfig::default().negative_cache_ttl(Duration::from_secs(1)))
         .build()
         .unwrap();
     let (before, _) = provider.counts().await;
@@ -610,7 +614,7 @@ async fn distinct_new_tokens_are_bounded_in_flight() {
             ClientAuth::client_secret("id", "secret").unwrap(),
         ),
     )
-    .introspection_max_in_flight(3)
+    .introspection(IntrospectionConfig::default().max_in_flight(3))
     .build()
     .unwrap();
     let tokens: Vec<String> = (0..24).map(|i| format!("forged-{i}")).collect();
@@ -719,7 +723,17 @@ struct App {
 /// the audience and scope obtained (never the token).
 async fn call_downstream(State(app): State<App>, request: axum::extract::Request) -> axum::response::Response {
     let (parts, _) = request.into_parts();
-    match downstream_token(&parts, &app.audience).await {
+    // What the `DownstreamTokens` extractor does inside an rmcp tool.
+    let ext = &parts.extensions;
+    let (Some(principal), Some(inbound), Some(exchange)) = (
+        ext.get::<Principal>(),
+        ext.get::<InboundToken>(),
+        ext.get::<TokenExchange>(),
+    ) else {
+        return (StatusCode::BAD_GATEWAY, ExchangeError::Unauthenticated.code()).into_response();
+    };
+    let request = DownstreamRequest::audience(&app.audience);
+    match exchange.exchange(principal, inbound, &request).await {
         Ok(token) => {
             let status = reqwest::Client::new()
                 .get(&app.api)
@@ -786,8 +800,8 @@ impl ExchangeSetup {
                 audience: audience.to_owned(),
                 api: format!("http://{}/api", self.as_addr),
             })
-            .layer(self.exchange.layer())
-            .layer(self.rs.layer());
+            .layer(axum::Extension(self.exchange.clone()))
+            .layer(self.rs.layer().keep_inbound_token());
         let response = app
             .oneshot(
                 Request::post("/mcp")
@@ -939,17 +953,30 @@ async fn inbound_token_leaves_only_as_subject_token_to_the_token_endpoint() {
     assert!(!format!("{seen:?}").is_empty());
 }
 
-fn assert_send<T: Send>(_: &T) {}
-
 #[tokio::test]
-async fn without_the_layers_the_accessor_fails_closed() {
-    let (parts, ()) = Request::post("/mcp").body(()).unwrap().into_parts();
-    let future = downstream_token(&parts, API_AUDIENCE);
-    assert_send(&future);
-    drop(future);
-    let (parts, ()) = Request::post("/mcp").body(()).unwrap().into_parts();
-    assert_eq!(
-        downstream_token(&parts, API_AUDIENCE).await.unwrap_err(),
-        ExchangeError::Unauthenticated
-    );
+async fn without_keep_inbound_token_the_token_is_gone_after_verification() {
+    let setup = exchange_setup(exchange_client).await;
+    let token = setup.issuer.token().audience(RESOURCE).sign();
+    let app = Router::new()
+        .route(
+            "/mcp",
+            post(|request: axum::extract::Request| async move {
+                let ext = request.extensions();
+                let kept = ext.get::<InboundToken>().is_some();
+                let header = request.headers().contains_key("authorization");
+                format!("{} {kept} {header}", ext.get::<Principal>().is_some())
+            }),
+        )
+        .layer(setup.rs.layer());
+    let response = app
+        .oneshot(
+            Request::post("/mcp")
+                .header("authorization", format!("Bearer {token}"))
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 10).await.unwrap();
+    assert_eq!(&body[..], b"true false false");
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::*;
-use rmcp_guard::Issuer;
+use rmcp_guard::oauth::{Issuer, KeyRefresh};
 use rmcp_guard::testing::{KeyAlg, TestIssuer, TestKey, shared_secret_token};
 use serde_json::json;
 use tokio::task::JoinSet;
@@ -180,7 +180,7 @@ async fn jwks_down_at_start_answers_503_never_200() {
     let issuer = TestIssuer::start().await.unwrap();
     issuer.set_available(false);
     let server = start_guarded_with(jwks_issuer(&issuer), Mode::Stateless, |b| {
-        b.key_retry_after_failure(Duration::from_millis(50))
+        b.key_refresh(KeyRefresh::default().retry_after_failure(Duration::from_millis(50)))
     })
     .await;
     assert!(server.rs.warm_up().await.is_err(), "warm_up reports the outage");
@@ -216,8 +216,11 @@ async fn jwks_down_at_start_answers_503_never_200() {
 async fn jwks_down_mid_run_keeps_serving_cached_keys() {
     let issuer = TestIssuer::start().await.unwrap();
     let server = start_guarded_with(jwks_issuer(&issuer), Mode::Stateless, |b| {
-        b.unknown_kid_cooldown(Duration::from_millis(100))
-            .key_retry_after_failure(Duration::from_millis(100))
+        b.key_refresh(
+            KeyRefresh::default()
+                .unknown_kid_cooldown(Duration::from_millis(100))
+                .retry_after_failure(Duration::from_millis(100)),
+        )
     })
     .await;
     server.rs.warm_up().await.expect("keys load");
@@ -290,7 +293,7 @@ async fn zero_max_age_is_raised_to_the_minimum_bound() {
     let issuer = TestIssuer::start().await.unwrap();
     issuer.set_cache_control(Some("no-store, max-age=0"));
     let server = start_guarded_with(jwks_issuer(&issuer), Mode::Stateless, |b| {
-        b.key_refresh_bounds(Duration::from_secs(60), Duration::from_secs(3600))
+        b.key_refresh(KeyRefresh::default().bounds(Duration::from_secs(60), Duration::from_secs(3600)))
     })
     .await;
     for i in 0..10 {
@@ -306,8 +309,11 @@ async fn max_age_schedules_a_background_refresh() {
     let issuer = TestIssuer::start().await.unwrap();
     issuer.set_cache_control(Some("public, max-age=1"));
     let server = start_guarded_with(jwks_issuer(&issuer), Mode::Stateless, |b| {
-        b.key_refresh_bounds(Duration::from_millis(100), Duration::from_secs(3600))
-            .key_refresh_interval(Duration::from_secs(3600))
+        b.key_refresh(
+            KeyRefresh::default()
+                .bounds(Duration::from_millis(100), Duration::from_secs(3600))
+                .interval(Duration::from_secs(3600)),
+        )
     })
     .await;
     let warm = token_for(&issuer, &server).sign();
@@ -325,7 +331,7 @@ async fn long_max_age_is_capped_by_the_maximum_bound() {
     let issuer = TestIssuer::start().await.unwrap();
     issuer.set_cache_control(Some("max-age=31536000"));
     let server = start_guarded_with(jwks_issuer(&issuer), Mode::Stateless, |b| {
-        b.key_refresh_bounds(Duration::from_millis(100), Duration::from_millis(300))
+        b.key_refresh(KeyRefresh::default().bounds(Duration::from_millis(100), Duration::from_millis(300)))
     })
     .await;
     let warm = token_for(&issuer, &server).sign();
@@ -343,8 +349,11 @@ async fn failed_background_refresh_keeps_the_last_good_keys() {
     let issuer = TestIssuer::start().await.unwrap();
     issuer.set_cache_control(Some("max-age=0"));
     let server = start_guarded_with(jwks_issuer(&issuer), Mode::Stateless, |b| {
-        b.key_refresh_bounds(Duration::from_millis(50), Duration::from_secs(3600))
-            .key_retry_after_failure(Duration::from_millis(50))
+        b.key_refresh(
+            KeyRefresh::default()
+                .bounds(Duration::from_millis(50), Duration::from_secs(3600))
+                .retry_after_failure(Duration::from_millis(50)),
+        )
     })
     .await;
     server.rs.warm_up().await.unwrap();

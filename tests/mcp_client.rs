@@ -10,8 +10,8 @@ use rmcp::ServiceExt;
 use rmcp::model::CallToolRequestParams;
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use rmcp_guard::Issuer;
-use rmcp_guard::error::AuthError;
+use rmcp_guard::AuthError;
+use rmcp_guard::oauth::Issuer;
 use rmcp_guard::testing::TestIssuer;
 use serde_json::{Value, json};
 
@@ -91,7 +91,7 @@ async fn rmcp_client_without_a_token_is_refused_with_the_challenge() {
         .await
         .expect("handshake does not hang")
         .expect_err("no token, no session");
-    let expected = server.rs.challenge(&AuthError::MissingToken).unwrap();
+    let expected = server.rs.challenges().header(&AuthError::MissingToken).unwrap();
     let challenge = error
         .auth_challenge()
         .unwrap_or_else(|| panic!("no challenge in {error:?}"));

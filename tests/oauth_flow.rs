@@ -29,7 +29,6 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rmcp::handler::server::router::tool::ToolRouter;
-use rmcp::handler::server::tool::Extension;
 use rmcp::model::{CallToolRequestParams, ServerCapabilities, ServerConfig};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::auth::{
@@ -39,9 +38,11 @@ use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, ServerHandler, ServiceExt, tool, tool_handler, tool_router};
+use rmcp_guard::AuthError;
+use rmcp_guard::Principal;
 use rmcp_guard::dev::DevAuthServer;
-use rmcp_guard::error::AuthError;
-use rmcp_guard::{Issuer, Principal, ResourceServer};
+use rmcp_guard::oauth::{Issuer, ResourceServer};
+use rmcp_guard::session::SessionBindingLayer;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 use tokio::task::JoinHandle;
@@ -72,8 +73,7 @@ impl Tools {
     }
 
     #[tool(description = "Who the token says the caller is")]
-    async fn whoami(&self, Extension(parts): Extension<http::request::Parts>) -> Result<String, ErrorData> {
-        let p = Principal::from_parts(&parts)?;
+    async fn whoami(&self, p: Principal) -> Result<String, ErrorData> {
         Ok(json!({
             "subject": p.subject(),
             "issuer": p.issuer(),
@@ -87,8 +87,7 @@ impl Tools {
     }
 
     #[tool(description = "An admin-only report (needs mcp:admin)")]
-    async fn admin_report(&self, Extension(parts): Extension<http::request::Parts>) -> Result<String, ErrorData> {
-        let p = Principal::from_parts(&parts)?;
+    async fn admin_report(&self, p: Principal) -> Result<String, ErrorData> {
         Ok(format!("admin report for {}", p.subject()))
     }
 }
@@ -114,7 +113,7 @@ async fn step_up(State(rs): State<ResourceServer>, request: Request, next: Next)
         let error = AuthError::InsufficientScope {
             required: vec![TOOLS.to_owned(), ADMIN.to_owned()],
         };
-        return rs.reject(&error).map(Body::from);
+        return rs.challenges().reject(&error).map(Body::from);
     }
     next.run(Request::from_parts(parts, Body::from(bytes))).await
 }
@@ -146,7 +145,7 @@ async fn start_stack() -> Stack {
     let rs = ResourceServer::builder(resource.clone(), Issuer::discover(auth.issuer()))
         .required_scopes([TOOLS])
         .scopes_supported([TOOLS, ADMIN])
-        .require_access_token_type()
+        .token_rules(rmcp_guard::oauth::TokenRules::default().require_access_token_type())
         .build()
         .unwrap();
     let mcp = StreamableHttpService::new(
@@ -157,9 +156,15 @@ async fn start_stack() -> Stack {
     let stepped = axum::Router::new()
         .fallback_service(mcp)
         .layer(axum::middleware::from_fn_with_state(rs.clone(), step_up));
-    let app = rs.router(stepped);
+    // A custom stack: the bearer layer, session binding, this test's own
+    // step-up middleware, rmcp; and the metadata routes.
+    let guarded = tower::Layer::layer(
+        &rs.layer(),
+        tower::Layer::layer(&SessionBindingLayer::default(), stepped),
+    );
+    let app = rs.metadata_router().route_service(rs.resource_path(), guarded);
     let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
+        let _ = rmcp_guard::serve(listener, app).await;
     });
     Stack {
         auth,

@@ -4,7 +4,8 @@
 
 use std::path::Path;
 
-use rmcp_guard::policy::{PolicyEngine, PolicyInput, RBAC_TOOL_SCOPE, RegoVersion};
+use rmcp_guard::audit::Outcome;
+use rmcp_guard::policy::{Action, PolicyEngine, PolicyInput, RBAC_TOOL_SCOPE, RegoVersion};
 use rmcp_guard::{ConfigError, Principal};
 use serde_json::json;
 
@@ -26,7 +27,7 @@ fn member(groups: &[&str]) -> Principal {
 }
 
 fn may_call(engine: &PolicyEngine, who: &Principal, tool: &str) -> bool {
-    engine.decide(&PolicyInput::new(who, "tools/call", tool)).allowed()
+    engine.decide(&PolicyInput::new(who, tool, Action::CallTool)).allowed()
 }
 
 fn allowed_tools(engine: &PolicyEngine, who: &Principal) -> Vec<&'static str> {
@@ -102,7 +103,7 @@ fn rbac_permission_checks_follow_roles() {
     ];
     for (name, engine) in engines() {
         for (groups, resource, action, allowed) in cases {
-            let d = engine.decide(&PolicyInput::new(&member(groups), action, resource));
+            let d = engine.decide(&PolicyInput::new(&member(groups), resource, Action::custom(action)));
             assert_eq!(d.allowed(), allowed, "{name}: {groups:?} {action} {resource}");
         }
     }
@@ -114,7 +115,7 @@ fn rbac_requires_the_tool_scope_and_says_so() {
         let no_scope = Principal::unverified("https://idp.example", "x")
             .groups(["admin"])
             .build();
-        let d = engine.decide(&PolicyInput::new(&no_scope, "tools/call", "echo"));
+        let d = engine.decide(&PolicyInput::new(&no_scope, "echo", Action::CallTool));
         assert!(!d.allowed(), "{name}");
         assert!(
             d.reasons().iter().any(|r| r == "missing_scope"),
@@ -123,7 +124,7 @@ fn rbac_requires_the_tool_scope_and_says_so() {
         );
         assert_eq!(d.required_scopes(), [RBAC_TOOL_SCOPE], "{name}");
         // Listing needs no scope.
-        let d = engine.decide(&PolicyInput::new(&no_scope, "tools/list", ""));
+        let d = engine.decide(&PolicyInput::new(&no_scope, "", Action::ListTools));
         assert!(d.allowed(), "{name}");
     }
 }
@@ -132,10 +133,10 @@ fn rbac_requires_the_tool_scope_and_says_so() {
 fn rbac_denial_reasons_name_the_cause() {
     for (name, engine) in engines() {
         let dev = member(&["developers"]);
-        let d = engine.decide(&PolicyInput::new(&dev, "tools/call", "deploy_template"));
+        let d = engine.decide(&PolicyInput::new(&dev, "deploy_template", Action::CallTool));
         assert_eq!(d.reasons(), ["no_role_grants_access"], "{name}");
         assert!(d.required_scopes().is_empty(), "{name}");
-        let d = engine.decide(&PolicyInput::new(&dev, "tools/call", "nope"));
+        let d = engine.decide(&PolicyInput::new(&dev, "nope", Action::CallTool));
         assert_eq!(d.reasons(), ["no_role_grants_access", "unknown_tool"], "{name}");
     }
 }
@@ -176,7 +177,7 @@ fn rbac_v0_and_v1_decide_identically() {
             let p = b.build();
             for a in actions {
                 for r in &resources {
-                    let input = PolicyInput::new(&p, a, *r);
+                    let input = PolicyInput::new(&p, *r, Action::method(a));
                     let (d1, d0) = (v1.evaluate(&input), v0.evaluate(&input));
                     assert_eq!(
                         (d1.allowed(), d1.reasons(), d1.required_scopes()),
@@ -194,13 +195,25 @@ fn default_policy_lists_for_everyone_and_calls_with_the_scope() {
     let engine = PolicyEngine::default_policy("mcp:tools").unwrap();
     let with = Principal::unverified("i", "a").scopes(["mcp:tools"]).build();
     let without = Principal::unverified("i", "b").build();
-    assert!(engine.decide(&PolicyInput::new(&without, "tools/list", "")).allowed());
-    assert!(engine.decide(&PolicyInput::new(&with, "tools/call", "echo")).allowed());
-    let d = engine.decide(&PolicyInput::new(&without, "tools/call", "echo"));
+    assert!(
+        engine
+            .decide(&PolicyInput::new(&without, "", Action::ListTools))
+            .allowed()
+    );
+    assert!(
+        engine
+            .decide(&PolicyInput::new(&with, "echo", Action::CallTool))
+            .allowed()
+    );
+    let d = engine.decide(&PolicyInput::new(&without, "echo", Action::CallTool));
     assert!(!d.allowed());
     assert_eq!(d.required_scopes(), ["mcp:tools"]);
     // Fine-grained checks need a policy that grants them: fail closed.
-    assert!(!engine.decide(&PolicyInput::new(&with, "write", "github")).allowed());
+    assert!(
+        !engine
+            .decide(&PolicyInput::new(&with, "github", Action::custom("write")))
+            .allowed()
+    );
 }
 
 fn engine_for(policy: &str) -> PolicyEngine {
@@ -214,10 +227,13 @@ fn runtime_error_denies() {
         "package mcp.authz\nallow if { input.resource == \"boom\"; 1 / count(input.groups) > 0 }\nallow if input.resource == \"ok\"",
     );
     let p = Principal::unverified("i", "s").build();
-    assert!(engine.decide(&PolicyInput::new(&p, "tools/call", "ok")).allowed());
-    let d = engine.decide(&PolicyInput::new(&p, "tools/call", "boom"));
+    assert!(engine.decide(&PolicyInput::new(&p, "ok", Action::CallTool)).allowed());
+    let d = engine.decide(&PolicyInput::new(&p, "boom", Action::CallTool));
     assert!(!d.allowed());
-    assert!(d.is_fault() || d.reason() == Some("denied_by_policy"), "{d:?}");
+    assert!(
+        d.outcome() == Outcome::Error || d.reason() == Some("denied_by_policy"),
+        "{d:?}"
+    );
 }
 
 #[test]
@@ -226,10 +242,10 @@ fn conflicting_rule_values_deny_as_an_error() {
         "package mcp.authz\nallow := true if input.resource == \"x\"\nallow := false if input.action == \"tools/call\"",
     );
     let p = Principal::unverified("i", "s").build();
-    let d = engine.decide(&PolicyInput::new(&p, "tools/call", "x"));
+    let d = engine.decide(&PolicyInput::new(&p, "x", Action::CallTool));
     // regorus reports the conflict as an error or as undefined: both deny.
     assert!(!d.allowed());
-    assert!(d.is_fault(), "{d:?}");
+    assert_eq!(d.outcome(), Outcome::Error, "{d:?}");
     assert!(matches!(d.reason(), Some("policy_error" | "policy_undefined")), "{d:?}");
 }
 
@@ -237,7 +253,7 @@ fn conflicting_rule_values_deny_as_an_error() {
 fn non_boolean_result_denies() {
     let engine = engine_for("package mcp.authz\nallow := \"yes\" if input.resource == \"x\"");
     let p = Principal::unverified("i", "s").build();
-    let d = engine.decide(&PolicyInput::new(&p, "tools/call", "x"));
+    let d = engine.decide(&PolicyInput::new(&p, "x", Action::CallTool));
     assert!(!d.allowed());
     assert_eq!(d.reason(), Some("policy_not_boolean"));
 }
@@ -246,10 +262,10 @@ fn non_boolean_result_denies() {
 fn undefined_result_denies() {
     let engine = engine_for("package mcp.authz\nallow if input.resource == \"x\"");
     let p = Principal::unverified("i", "s").build();
-    let d = engine.decide(&PolicyInput::new(&p, "tools/call", "y"));
+    let d = engine.decide(&PolicyInput::new(&p, "y", Action::CallTool));
     assert!(!d.allowed());
     assert_eq!(d.reason(), Some("policy_undefined"));
-    assert!(engine.decide(&PolicyInput::new(&p, "tools/call", "x")).allowed());
+    assert!(engine.decide(&PolicyInput::new(&p, "x", Action::CallTool)).allowed());
 }
 
 #[test]
@@ -287,7 +303,7 @@ fn auto_accepts_v0_and_v1_modules_together() {
         .build()
         .unwrap();
     let p = Principal::unverified("i", "s").groups(["x"]).build();
-    assert!(engine.decide(&PolicyInput::new(&p, "tools/call", "t")).allowed());
+    assert!(engine.decide(&PolicyInput::new(&p, "t", Action::CallTool)).allowed());
 }
 
 fn write(dir: &Path, name: &str, text: &str) {
@@ -312,7 +328,7 @@ fn reload_swaps_a_good_policy_and_keeps_serving_on_a_bad_one() {
     write(&dir, "data.json", r#"{"open": ["a"]}"#);
     let engine = PolicyEngine::from_path(&dir).unwrap();
     let p = Principal::unverified("i", "s").build();
-    let call = |tool: &str| engine.decide(&PolicyInput::new(&p, "tools/call", tool)).allowed();
+    let call = |tool: &str| engine.decide(&PolicyInput::new(&p, tool, Action::CallTool)).allowed();
     let v1 = engine.version();
     assert!(call("a") && !call("b"));
 
@@ -325,7 +341,9 @@ fn reload_swaps_a_good_policy_and_keeps_serving_on_a_bad_one() {
     assert_ne!(v1, v2);
     assert!(call("a") && call("b"));
     assert_eq!(
-        engine.decide(&PolicyInput::new(&p, "tools/call", "b")).policy_version(),
+        engine
+            .decide(&PolicyInput::new(&p, "b", Action::CallTool))
+            .policy_version(),
         v2
     );
 
@@ -356,14 +374,14 @@ fn reload_is_seen_by_other_threads() {
     let p = Principal::unverified("i", "s").build();
     let e2 = engine.clone();
     let p2 = p.clone();
-    let before = std::thread::spawn(move || e2.decide(&PolicyInput::new(&p2, "tools/call", "t")).allowed())
+    let before = std::thread::spawn(move || e2.decide(&PolicyInput::new(&p2, "t", Action::CallTool)).allowed())
         .join()
         .unwrap();
     assert!(!before);
     write(&dir, "authz.rego", "package mcp.authz\nallow := true");
     engine.reload().unwrap();
     let e3 = engine.clone();
-    let after = std::thread::spawn(move || e3.decide(&PolicyInput::new(&p, "tools/call", "t")).allowed())
+    let after = std::thread::spawn(move || e3.decide(&PolicyInput::new(&p, "t", Action::CallTool)).allowed())
         .join()
         .unwrap();
     assert!(after);
@@ -385,7 +403,7 @@ fn decisions_are_memoized_only_when_arguments_are_not_read() {
     let rbac = PolicyEngine::rbac_example().unwrap();
     assert!(rbac.is_memoized());
     let p = member(&["developers"]);
-    let input = PolicyInput::new(&p, "tools/call", "list_repositories");
+    let input = PolicyInput::new(&p, "list_repositories", Action::CallTool);
     let first = rbac.decide(&input);
     let second = rbac.decide(&input);
     assert!(!first.from_cache() && second.from_cache());
@@ -394,17 +412,17 @@ fn decisions_are_memoized_only_when_arguments_are_not_read() {
     // one with different groups does not.
     let twin = member(&["developers"]);
     assert!(
-        rbac.decide(&PolicyInput::new(&twin, "tools/call", "list_repositories"))
+        rbac.decide(&PolicyInput::new(&twin, "list_repositories", Action::CallTool))
             .from_cache()
     );
     let other = member(&["service-desk"]);
-    let d = rbac.decide(&PolicyInput::new(&other, "tools/call", "list_repositories"));
+    let d = rbac.decide(&PolicyInput::new(&other, "list_repositories", Action::CallTool));
     assert!(!d.from_cache() && !d.allowed());
 
     let args = engine_for("package mcp.authz\nallow if input.arguments.amount < 100");
     assert!(!args.is_memoized());
-    let small = PolicyInput::new(&p, "tools/call", "pay").with_arguments(json!({"amount": 5}));
-    let large = PolicyInput::new(&p, "tools/call", "pay").with_arguments(json!({"amount": 500}));
+    let small = PolicyInput::new(&p, "pay", Action::CallTool).with_arguments(json!({"amount": 5}));
+    let large = PolicyInput::new(&p, "pay", Action::CallTool).with_arguments(json!({"amount": 500}));
     assert!(args.decide(&small).allowed());
     assert!(!args.decide(&large).allowed());
     assert!(!args.decide(&small).from_cache());
@@ -426,7 +444,7 @@ fn memo_is_bounded() {
         .unwrap();
     let p = member(&["developers"]);
     for tool in ["a", "b", "c", "a"] {
-        let d = engine.decide(&PolicyInput::new(&p, "tools/call", tool));
+        let d = engine.decide(&PolicyInput::new(&p, tool, Action::CallTool));
         assert!(!d.from_cache(), "{tool}: capacity 2 was cleared at the third entry");
     }
 }
@@ -454,8 +472,8 @@ fn runaway_policy_hits_the_instruction_budget_and_denies() {
         .build()
         .unwrap();
     let p = Principal::unverified("i", "s").build();
-    assert!(engine.decide(&PolicyInput::new(&p, "tools/call", "ok")).allowed());
-    let d = engine.decide(&PolicyInput::new(&p, "tools/call", "spin"));
+    assert!(engine.decide(&PolicyInput::new(&p, "ok", Action::CallTool)).allowed());
+    let d = engine.decide(&PolicyInput::new(&p, "spin", Action::CallTool));
     assert!(!d.allowed());
     assert_eq!(d.reason(), Some("policy_error"));
 }
@@ -478,7 +496,7 @@ async fn interval_reload_picks_up_changes() {
     }
     assert!(changed, "the interval reload applied the new policy");
     let p = Principal::unverified("i", "s").build();
-    assert!(engine.decide(&PolicyInput::new(&p, "tools/call", "t")).allowed());
+    assert!(engine.decide(&PolicyInput::new(&p, "t", Action::CallTool)).allowed());
     // The task ends once every clone of the engine is gone.
     drop(engine);
     tokio::time::timeout(std::time::Duration::from_secs(5), task)

@@ -18,8 +18,9 @@ use rmcp::model::{ServerCapabilities, ServerConfig};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, ServerHandler, tool, tool_handler, tool_router};
+use rmcp_guard::PERMISSION_DENIED;
 use rmcp_guard::Principal;
-use rmcp_guard::policy::{Guarded, PERMISSION_DENIED, PolicyEngine, RBAC_DATA, require_permission};
+use rmcp_guard::policy::{Action, Guarded, PolicyEngine, RBAC_DATA, require_permission};
 use serde_json::{Value, json};
 
 /// Counts tool bodies that ran, to prove a denied call never reached one.
@@ -79,7 +80,7 @@ impl Tools {
     /// as `#[require_permission]` will.
     #[tool(description = "Peek at GitHub")]
     async fn peek(&self) -> Result<String, ErrorData> {
-        require_permission("github", "read", None).await?;
+        require_permission("github", Action::custom("read"), None).await?;
         RAN.fetch_add(1, Ordering::SeqCst);
         Ok("peeked".into())
     }
@@ -87,7 +88,7 @@ impl Tools {
     /// Spawns the check onto another task: no context there, so it denies.
     #[tool(description = "Check from a spawned task")]
     async fn detached(&self) -> Result<String, ErrorData> {
-        tokio::spawn(async { require_permission("github", "read", None).await })
+        tokio::spawn(async { require_permission("github", Action::custom("read"), None).await })
             .await
             .map_err(|e| ErrorData::internal_error(e.to_string(), None))??;
         Ok("unreachable".into())

@@ -11,12 +11,11 @@ use common::{Reply, client, mcp_post};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{ServerCapabilities, ServerConfig};
-use rmcp::transport::streamable_http_server::StreamableHttpService;
-use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::{ErrorData, ServerHandler, schemars, tool, tool_handler, tool_router};
-use rmcp_guard::policy::{Guarded, PolicyEngine, RBAC_DATA, RBAC_POLICY, StepUpLayer};
+use rmcp_guard::oauth::{Issuer, ResourceServer};
+use rmcp_guard::policy::{PolicyEngine, RBAC_DATA, RBAC_POLICY};
 use rmcp_guard::testing::TestIssuer;
-use rmcp_guard::{Issuer, ResourceServer, require_permission};
+use rmcp_guard::{Guard, require_permission};
 use serde_json::{Value, json};
 
 #[derive(Clone)]
@@ -146,17 +145,9 @@ impl Server {
             .required_scopes(scopes.iter().copied())
             .build()
             .unwrap();
-        let handler_engine = engine.clone();
-        let mcp = StreamableHttpService::new(
-            move || Ok(Guarded::new(Tools::new(), handler_engine.clone())),
-            LocalSessionManager::default().into(),
-            rs.streamable_http_config()
-                .with_legacy_session_mode(false)
-                .with_json_response(true),
-        );
-        let app = rs.router(tower::Layer::layer(&StepUpLayer::new(&rs, engine), mcp));
+        let app = Guard::new(rs).stateless().policy(engine).router(|| Ok(Tools::new()));
         let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            let _ = rmcp_guard::serve(listener, app).await;
         });
         Server { url, issuer, task }
     }

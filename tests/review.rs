@@ -9,7 +9,7 @@ mod introspection {
     use axum::Router;
     use axum::http::StatusCode;
     use axum::routing::post;
-    use rmcp_guard::error::AuthError;
+    use rmcp_guard::AuthError;
     use rmcp_guard::oauth::{ClientAuth, Issuer, ResourceServer};
 
     /// An introspection endpoint that answers every request with `status`
@@ -68,7 +68,7 @@ mod introspection {
             for round in 1..=2 {
                 let err = rs.authenticate(&bearer("opaque-token"), &uri).await.unwrap_err();
                 assert_eq!(err, AuthError::IntrospectionUnavailable, "{status}: {err:?}");
-                assert_eq!(rs.reject(&err).status(), 503);
+                assert_eq!(rs.challenges().reject(&err).status(), 503);
                 // Not cached: the second request asks again.
                 assert_eq!(hits.load(Ordering::SeqCst), round, "{status}");
             }

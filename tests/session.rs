@@ -4,7 +4,7 @@
 mod common;
 
 use common::{Mode, Reply, client, echo_call, mcp_post, start_guarded_with};
-use rmcp_guard::Issuer;
+use rmcp_guard::oauth::Issuer;
 use rmcp_guard::testing::TestIssuer;
 use serde_json::json;
 
@@ -167,7 +167,7 @@ async fn a_foreign_origin_is_refused_and_the_resource_origin_accepted() {
 async fn tools_never_see_the_bearer_token() {
     use tower::{Layer, ServiceExt, service_fn};
     let issuer = TestIssuer::start().await.unwrap();
-    let rs = rmcp_guard::ResourceServer::builder("http://127.0.0.1:9/mcp", Issuer::discover(issuer.issuer()))
+    let rs = rmcp_guard::oauth::ResourceServer::builder("http://127.0.0.1:9/mcp", Issuer::discover(issuer.issuer()))
         .build()
         .unwrap();
     let token = issuer.token().audience("http://127.0.0.1:9/mcp").sign();

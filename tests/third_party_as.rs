@@ -20,7 +20,7 @@ use std::process::{Child, Command, Stdio};
 
 use base64::Engine as _;
 use common::{Mode, call_echo, start_guarded_with};
-use rmcp_guard::Issuer;
+use rmcp_guard::oauth::Issuer;
 
 const CLIENT_ID: &str = "rmcp-guard-third-party";
 const CLIENT_SECRET: &str = "third-party-test-secret-not-used-anywhere-else";

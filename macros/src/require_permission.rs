@@ -138,7 +138,7 @@ pub(crate) fn try_expand(attr: TokenStream, function: &ItemFn) -> syn::Result<To
     let args = parse_args(attr)?;
     let Args { resource, action } = args;
     let check = quote_spanned! {resource.span()=>
-        ::rmcp_guard::policy::require_permission(#resource, #action, ::core::option::Option::None).await?;
+        ::rmcp_guard::policy::require_permission(#resource, ::rmcp_guard::policy::Action::custom(#action), ::core::option::Option::None).await?;
     };
     let output = match &function.sig.output {
         ReturnType::Type(_, ty) => Some(ty.as_ref()),
@@ -224,7 +224,7 @@ mod tests {
         let expected = quote! {
             #[doc = "x"]
             pub async fn deploy(&self, Parameters(a): Parameters<A>) -> Result<String, ErrorData> {
-                ::rmcp_guard::policy::require_permission("catalyst-center", "write", ::core::option::Option::None).await?;
+                ::rmcp_guard::policy::require_permission("catalyst-center", ::rmcp_guard::policy::Action::custom("write"), ::core::option::Option::None).await?;
                 { body(a) }
             }
         }
@@ -243,7 +243,7 @@ mod tests {
         let expected = quote! {
             fn list(&self) -> ::std::pin::Pin<Box<dyn ::std::future::Future<Output = Result<String, ErrorData>> + Send + '_>> {
                 Box::pin(async move {
-                    ::rmcp_guard::policy::require_permission("github", "read", ::core::option::Option::None).await?;
+                    ::rmcp_guard::policy::require_permission("github", ::rmcp_guard::policy::Action::custom("read"), ::core::option::Option::None).await?;
                     { Ok(String::new()) }
                 })
             }

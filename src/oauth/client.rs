@@ -224,9 +224,9 @@ pub(crate) async fn discover_endpoint(
         issuer: issuer.to_owned(),
         reason,
     };
-    let url = super::resource_server::parse_url("issuer", issuer)?;
+    let url = super::url::parse_url("issuer", issuer)?;
     let mut last = String::from("no metadata document");
-    for candidate in super::resource_server::discovery_urls(&url) {
+    for candidate in super::url::discovery_urls(&url) {
         let request = http::Request::get(candidate.as_str())
             .header(http::header::ACCEPT, "application/json")
             .body(Vec::new())
@@ -252,7 +252,7 @@ pub(crate) async fn discover_endpoint(
         let Some(endpoint) = doc.get(field).and_then(|v| v.as_str()) else {
             return Err(fail(format!("{candidate} has no {field}")));
         };
-        super::resource_server::parse_url(field, endpoint)?;
+        super::url::parse_url(field, endpoint)?;
         return Ok(endpoint.to_owned());
     }
     Err(fail(last))

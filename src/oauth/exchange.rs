@@ -8,23 +8,25 @@
 //! server for a token scoped to the downstream audience, authenticating as
 //! its own confidential client ([`ClientAuth`]).
 //!
-//! # For tool authors: one line
+//! # For tool authors: one parameter, one line
 //!
 //! ```
-//! use rmcp::handler::server::tool::Extension;
-//! use rmcp_guard::oauth::downstream_token;
+//! use rmcp::ErrorData;
+//! use rmcp_guard::oauth::DownstreamTokens;
 //!
-//! async fn list_tickets(Extension(parts): Extension<http::request::Parts>) -> Result<String, rmcp::ErrorData> {
-//!     let token = downstream_token(&parts, "https://tickets.example.com").await?; // a clear MCP error on failure
+//! async fn list_tickets(tokens: DownstreamTokens) -> Result<String, ErrorData> {
+//!     let token = tokens.get("https://tickets.example.com").await?; // a clear MCP error on failure
 //!     // call the API with `Authorization: {token.authorization_header()}`; never return the token itself
 //!     Ok(format!("scopes granted: {:?}", token.scopes()))
 //! }
 //! ```
 //!
-//! [`downstream_token`] takes the caller's [`Principal`] and [`InboundToken`]
-//! (both inserted by the bearer layer) and the [`TokenExchange`] (inserted by
-//! [`TokenExchange::layer`]) from the request. [`downstream_token_with`] also
-//! sets `resource` (RFC 8707) and `scope`.
+//! [`DownstreamTokens`] (an rmcp extractor: a tool parameter) holds the
+//! caller's [`Principal`] and [`InboundToken`] (both inserted by the bearer
+//! layer) and the [`TokenExchange`] (put there by the
+//! [`GuardedRouter`](crate::GuardedRouter), which also asks the bearer layer
+//! to keep the inbound token). [`DownstreamTokens::request`] also sets
+//! `resource` (RFC 8707) and `scope`.
 //!
 //! # For the server: wiring
 //!
@@ -37,8 +39,9 @@
 //!     ClientAuth::client_secret("mcp-server", "s3cret")?, // or client_secret_file
 //! )
 //! .build()?;
-//! // axum: Router::new().nest_service("/mcp", mcp).layer(exchange.layer()).layer(rs.layer())
-//! let _layer = exchange.layer();
+//! // rmcp_guard::GuardedRouter::new(rs).exchange(exchange); in a custom stack:
+//! // app.layer(axum::Extension(exchange)) inside rs.layer().keep_inbound_token()
+//! let _layer = axum::Extension(exchange);
 //! # Ok(()) }
 //! ```
 //!
@@ -94,44 +97,15 @@ use zeroize::Zeroizing;
 
 use super::client::{ClientAuth, default_http_client, send};
 use super::flight::{SingleFlight, TtlMap};
-use crate::error::ConfigError;
+use super::inbound::InboundToken;
+use crate::error::{ConfigError, Rejection};
 use crate::principal::Principal;
+use rmcp::handler::server::common::{AsRequestContext, FromContextPart};
 
 /// RFC 8693 grant type.
-pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 /// RFC 8693 token type of an OAuth access token.
-pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
-
-/// The caller's validated bearer token, as the bearer layer put it into the
-/// request extensions next to the [`Principal`].
-///
-/// It exists so that [`downstream_token`] can send it, as `subject_token`, to
-/// the token endpoint and nowhere else: there is no public way to read it,
-/// `Debug` prints `[REDACTED]`, and the value is zeroized when the last
-/// clone is dropped.
-#[derive(Clone)]
-pub struct InboundToken(Arc<Zeroizing<String>>);
-
-impl InboundToken {
-    pub(crate) fn new(token: &str) -> Self {
-        InboundToken(Arc::new(Zeroizing::new(token.to_owned())))
-    }
-
-    fn expose(&self) -> &str {
-        self.0.as_str()
-    }
-
-    /// The caller's token from the request, if the bearer layer put it there.
-    pub fn from_parts(parts: &http::request::Parts) -> Option<&InboundToken> {
-        parts.extensions.get::<InboundToken>()
-    }
-}
-
-impl fmt::Debug for InboundToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("InboundToken([REDACTED])")
-    }
-}
+const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 
 /// What to ask for: the downstream `audience`, `resource`s and `scope`s.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -263,8 +237,8 @@ pub enum ExchangeError {
     /// layer): the server is wired wrong.
     #[error("request is not authenticated")]
     Unauthenticated,
-    /// No [`TokenExchange`] is in the request extensions (see
-    /// [`TokenExchange::layer`]).
+    /// No [`TokenExchange`] is in the request extensions: the server is wired
+    /// without one.
     #[error("token exchange is not configured on this server")]
     NotConfigured,
     /// The authorization server refused, with this OAuth error code
@@ -293,14 +267,17 @@ impl ExchangeError {
     }
 }
 
-impl From<ExchangeError> for rmcp::ErrorData {
+impl From<ExchangeError> for Rejection {
+    /// A refusal by the authorization server is a denial; the rest is this
+    /// server's wiring or the authorization server being unavailable. The
+    /// detail stays in the audit event.
     fn from(e: ExchangeError) -> Self {
         match e {
-            ExchangeError::Unauthenticated | ExchangeError::Refused(_) => {
-                rmcp::ErrorData::invalid_request(e.to_string(), None)
-            }
-            ExchangeError::NotConfigured | ExchangeError::Unavailable | ExchangeError::InvalidResponse => {
-                rmcp::ErrorData::internal_error(e.to_string(), None)
+            ExchangeError::Unauthenticated => Rejection::Unauthenticated,
+            ExchangeError::Refused(_) => Rejection::forbidden(),
+            ExchangeError::NotConfigured => Rejection::NotConfigured("token exchange"),
+            ExchangeError::Unavailable | ExchangeError::InvalidResponse => {
+                Rejection::Unavailable("the authorization server")
             }
         }
     }
@@ -431,7 +408,7 @@ impl TokenExchangeBuilder {
 
     /// Check the configuration and build.
     pub fn build(self) -> Result<TokenExchange, ConfigError> {
-        super::resource_server::parse_url("token_endpoint", &self.token_endpoint)?;
+        super::url::parse_url("token_endpoint", &self.token_endpoint)?;
         let url = TokenUrl::new(self.token_endpoint.clone()).map_err(|_| ConfigError::InvalidUrl {
             what: "token_endpoint",
             url: self.token_endpoint.clone(),
@@ -502,21 +479,6 @@ impl TokenExchange {
             token_endpoint: endpoint,
             ..builder
         })
-    }
-
-    /// A layer that puts this `TokenExchange` into every request's
-    /// extensions, where [`downstream_token`] finds it. Apply it inside (after)
-    /// the bearer layer.
-    pub fn layer(&self) -> axum::Extension<TokenExchange> {
-        axum::Extension(self.clone())
-    }
-
-    /// The `TokenExchange` of this request (see [`layer`](Self::layer)).
-    pub fn from_parts(parts: &http::request::Parts) -> Result<&TokenExchange, ExchangeError> {
-        parts
-            .extensions
-            .get::<TokenExchange>()
-            .ok_or(ExchangeError::NotConfigured)
     }
 
     /// Exchange the caller's token for one scoped by `request` (RFC 8693).
@@ -774,30 +736,66 @@ fn cache_key(grant: &Grant<'_>, request: &DownstreamRequest) -> CacheKey {
 }
 
 fn audit(principal: Option<&Principal>, grant: &str, audience: &str, outcome: &str, cache: &str) {
-    crate::audit::token_exchange(principal, grant, audience, outcome, cache);
+    crate::audit::AuditEvent::TokenExchange {
+        principal,
+        grant,
+        audience,
+        outcome,
+        cache,
+    }
+    .emit();
 }
 
-/// The one-line accessor for tool authors: a token for `audience`, obtained
-/// by exchanging the caller's token. See the [module docs](self).
-pub async fn downstream_token(parts: &http::request::Parts, audience: &str) -> Result<DownstreamToken, ExchangeError> {
-    downstream_token_with(parts, &DownstreamRequest::audience(audience)).await
+/// Downstream tokens for the caller, as a tool parameter: an rmcp extractor
+/// holding the request's [`Principal`], its [`InboundToken`] and the
+/// server's [`TokenExchange`]. See the [module docs](self).
+///
+/// Extraction fails closed with the one denial error when the request has no
+/// caller (or no kept token), and with "not configured" when the server has
+/// no token exchange.
+#[derive(Clone, Debug)]
+pub struct DownstreamTokens {
+    principal: Principal,
+    token: InboundToken,
+    exchange: TokenExchange,
 }
 
-/// Like [`downstream_token`], with `resource` and `scope` as well.
-pub async fn downstream_token_with(
-    parts: &http::request::Parts,
-    request: &DownstreamRequest,
-) -> Result<DownstreamToken, ExchangeError> {
-    let principal = parts.extensions.get::<Principal>();
-    let token = parts.extensions.get::<InboundToken>();
-    let (Some(principal), Some(token)) = (principal, token) else {
-        audit(principal, "token_exchange", request.target(), "unauthenticated", "none");
-        return Err(ExchangeError::Unauthenticated);
-    };
-    let exchange = TokenExchange::from_parts(parts).inspect_err(|e| {
-        audit(Some(principal), "token_exchange", request.target(), e.code(), "none");
-    })?;
-    exchange.exchange(principal, token, request).await
+impl DownstreamTokens {
+    /// A token for `audience`, obtained by exchanging the caller's token.
+    pub async fn get(&self, audience: &str) -> Result<DownstreamToken, Rejection> {
+        self.request(&DownstreamRequest::audience(audience)).await
+    }
+
+    /// A token for `request` (audience, RFC 8707 resources, scopes).
+    pub async fn request(&self, request: &DownstreamRequest) -> Result<DownstreamToken, Rejection> {
+        self.exchange
+            .exchange(&self.principal, &self.token, request)
+            .await
+            .map_err(Rejection::from)
+    }
+}
+
+impl<C: AsRequestContext> FromContextPart<C> for DownstreamTokens {
+    fn from_context_part(context: &mut C) -> Result<Self, rmcp::ErrorData> {
+        let principal = crate::extract::extension::<Principal, C>(context);
+        let token = crate::extract::extension::<InboundToken, C>(context);
+        let exchange = crate::extract::extension::<TokenExchange, C>(context);
+        match (principal, token, exchange) {
+            (Some(principal), Some(token), Some(exchange)) => Ok(DownstreamTokens {
+                principal,
+                token,
+                exchange,
+            }),
+            (principal, token, exchange) => {
+                let e = match (principal.is_some() && token.is_some(), exchange.is_some()) {
+                    (false, _) => ExchangeError::Unauthenticated,
+                    (true, _) => ExchangeError::NotConfigured,
+                };
+                audit(principal.as_ref(), "token_exchange", "", e.code(), "none");
+                Err(Rejection::from(e).into())
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -831,7 +829,7 @@ mod tests {
 
     #[test]
     fn tokens_are_redacted() {
-        let inbound = InboundToken::new("inbound-secret-token");
+        let inbound = InboundToken::new(Zeroizing::new("inbound-secret-token".to_owned()));
         assert!(!format!("{inbound:?}").contains("inbound-secret"));
         let t = DownstreamToken {
             inner: Arc::new(TokenInner {
@@ -849,7 +847,10 @@ mod tests {
     #[test]
     fn cache_keys_differ_by_token_and_request() {
         let p = Principal::unverified("https://idp", "alice").build();
-        let (a, b) = (InboundToken::new("a"), InboundToken::new("b"));
+        let (a, b) = (
+            InboundToken::new(Zeroizing::new("a".to_owned())),
+            InboundToken::new(Zeroizing::new("b".to_owned())),
+        );
         let ga = Grant::Exchange {
             principal: &p,
             subject_token: &a,
@@ -875,12 +876,12 @@ mod tests {
         p: &Principal,
         t: &InboundToken,
         r: &DownstreamRequest,
-        parts: &http::request::Parts,
+        d: &DownstreamTokens,
     ) {
         fn send<T: Send>(_: T) {}
         send(x.exchange(p, t, r));
         send(x.client_credentials(r));
-        send(downstream_token(parts, "a"));
+        send(d.get("a"));
     }
 
     #[test]

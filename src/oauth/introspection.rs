@@ -62,17 +62,17 @@
 //! # Caching and load on the provider
 //!
 //! - An accepted answer is cached in the verified-token cache, at most
-//!   [`introspection_cache_ttl`](super::ResourceServerBuilder::introspection_cache_ttl)
+//!   [`IntrospectionConfig::cache_ttl`]
 //!   (default 60 s) and never past `exp`: revocation at the provider takes
 //!   effect within that time.
 //! - A refused answer is cached for
-//!   [`introspection_negative_cache_ttl`](super::ResourceServerBuilder::introspection_negative_cache_ttl)
+//!   [`IntrospectionConfig::negative_cache_ttl`]
 //!   (default 10 s), bounded in size, so a flood of one bad token is not a
 //!   flood at the provider.
 //! - One request is in flight per token: concurrent requests with the same new
 //!   token wait for the one answer. Requests for distinct new tokens are
 //!   bounded too: at most
-//!   [`introspection_max_in_flight`](super::ResourceServerBuilder::introspection_max_in_flight)
+//!   [`IntrospectionConfig::max_in_flight`]
 //!   (default 32) at once; the others wait their turn.
 //!
 //! # Provider down
@@ -86,8 +86,6 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use oauth2::basic::{BasicErrorResponse, BasicErrorResponseType, BasicRevocationErrorResponse, BasicTokenResponse};
 use oauth2::{
     AccessToken, EndpointNotSet, EndpointSet, ExtraTokenFields, IntrospectionUrl, RequestTokenError,
@@ -95,10 +93,10 @@ use oauth2::{
 };
 use serde_json::{Map, Value};
 
-use super::cache::TokenHash;
+use super::cache::{TokenCache, TokenHash};
 use super::client::{ClientAuth, HttpError, send};
+use super::config::{ClaimRules, IntrospectionConfig};
 use super::jwt::Failure;
-use super::resource_server::Shared;
 use crate::error::{AuthError, ConfigError, TokenRejection};
 use crate::principal::Principal;
 
@@ -129,12 +127,6 @@ type IntrospectionClient = oauth2::Client<
     EndpointNotSet,
 >;
 
-/// Default upper bound on how long an accepted answer is reused.
-pub(crate) const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(60);
-/// Default time a refused answer is reused.
-pub(crate) const DEFAULT_NEGATIVE_CACHE_TTL: Duration = Duration::from_secs(10);
-/// Default bound on introspection requests in flight at once.
-pub(crate) const DEFAULT_MAX_IN_FLIGHT: usize = 32;
 /// Bound on remembered refusals.
 const NEGATIVE_CAPACITY: usize = 10_000;
 
@@ -183,11 +175,10 @@ impl Introspector {
         endpoint: &str,
         auth: &ClientAuth,
         http: reqwest::Client,
-        cache_ttl: Duration,
-        negative_ttl: Duration,
-        max_in_flight: usize,
+        config: &IntrospectionConfig,
     ) -> Result<Self, ConfigError> {
-        super::resource_server::parse_url("introspection_endpoint", endpoint)?;
+        config.check()?;
+        super::url::parse_url("introspection_endpoint", endpoint)?;
         let url = IntrospectionUrl::new(endpoint.to_owned()).map_err(|_| ConfigError::InvalidUrl {
             what: "introspection_endpoint",
             url: endpoint.to_owned(),
@@ -201,11 +192,11 @@ impl Introspector {
             issuer,
             client,
             http,
-            cache_ttl,
-            negative_ttl,
+            cache_ttl: config.cache_ttl,
+            negative_ttl: config.negative_cache_ttl,
             negative: super::flight::TtlMap::new(NEGATIVE_CAPACITY),
             flight: super::flight::SingleFlight::new(),
-            permits: tokio::sync::Semaphore::new(max_in_flight),
+            permits: tokio::sync::Semaphore::new(config.max_in_flight),
         })
     }
 
@@ -219,7 +210,8 @@ impl Introspector {
     /// provider. Accepted answers go into the verified-token cache here.
     pub(crate) async fn verify(
         &self,
-        shared: &Shared,
+        rules: &ClaimRules,
+        cache: &TokenCache,
         token: &str,
         hash: TokenHash,
         now: u64,
@@ -230,12 +222,12 @@ impl Introspector {
                 self.flight
                     .run(hash, || async {
                         // Another flight may have finished just before this one began.
-                        if let Some(principal) = shared.cache.get(&hash, now) {
+                        if let Some(principal) = cache.get(&hash, now) {
                             return Ok(principal);
                         }
-                        let result = self.ask(shared, token, now).await;
+                        let result = self.ask(rules, token, now).await;
                         match &result {
-                            Ok(principal) => shared.cache.insert_for(hash, principal, now, self.cache_ttl),
+                            Ok(principal) => cache.insert_for(hash, principal, now, self.cache_ttl),
                             Err(refusal) if matches!(refusal.error, AuthError::InvalidToken(_)) => {
                                 let at = Instant::now();
                                 self.negative.insert(hash, refusal.clone(), at + self.negative_ttl, at);
@@ -256,7 +248,7 @@ impl Introspector {
     }
 
     /// One introspection request and the checks on its answer.
-    async fn ask(&self, shared: &Shared, token: &str, now: u64) -> Result<Principal, Refusal> {
+    async fn ask(&self, rules: &ClaimRules, token: &str, now: u64) -> Result<Principal, Refusal> {
         // Distinct new tokens are not merged by the single flight: bound them.
         let Ok(_permit) = self.permits.acquire().await else {
             return Err(Refusal {
@@ -274,7 +266,7 @@ impl Introspector {
             .request_async(&|request| send(http.clone(), request))
             .await;
         match answer {
-            Ok(answer) => self.check(shared, &answer, now),
+            Ok(answer) => self.check(rules, &answer, now),
             Err(error) => Err(self.failed(error)),
         }
     }
@@ -316,7 +308,7 @@ impl Introspector {
         }
     }
 
-    fn check(&self, shared: &Shared, answer: &Answer, now: u64) -> Result<Principal, Refusal> {
+    fn check(&self, rules: &ClaimRules, answer: &Answer, now: u64) -> Result<Principal, Refusal> {
         if !answer.active() {
             return Err(TokenRejection::Inactive.into());
         }
@@ -344,7 +336,7 @@ impl Introspector {
         if !bearer || members.contains_key("cnf") {
             return Err(fail(TokenRejection::WrongType));
         }
-        let leeway = shared.leeway as i64;
+        let leeway = rules.leeway as i64;
         let now_i = i64::try_from(now).unwrap_or(i64::MAX);
         let exp = answer
             .exp()
@@ -366,7 +358,7 @@ impl Introspector {
             return Err(fail(TokenRejection::IssuedInFuture));
         }
         let audiences = answer.aud().cloned().unwrap_or_default();
-        if !audiences.iter().any(|a| shared.audiences.contains(a)) {
+        if !audiences.iter().any(|a| rules.audiences.contains(a)) {
             return Err(fail(TokenRejection::WrongAudience));
         }
         let Some(subject) = subject.clone() else {
@@ -382,7 +374,7 @@ impl Introspector {
             .scopes()
             .map(|s| s.iter().map(|s| s.as_str().to_owned()).collect())
             .unwrap_or_default();
-        let groups = match members.get(&shared.groups_claim) {
+        let groups = match members.get(&rules.groups_claim) {
             Some(Value::String(g)) => vec![g.clone()],
             Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
             _ => Vec::new(),
@@ -395,7 +387,7 @@ impl Introspector {
         if let Some(client_id) = client_id {
             builder = builder.client_id(client_id);
         }
-        if let Some(Value::String(tenant)) = members.get(&shared.tenant_claim)
+        if let Some(Value::String(tenant)) = members.get(&rules.tenant_claim)
             && !tenant.is_empty()
         {
             builder = builder.tenant(tenant.clone());
@@ -404,91 +396,15 @@ impl Introspector {
     }
 }
 
-/// Whether `token` goes to the JWT path: a JWS whose unverified `iss` is one
-/// of the JWT issuers. Nothing here is trusted; it only picks the validator.
-pub(crate) fn is_jwt_issuer_token(shared: &Shared, token: &str) -> bool {
-    if shared.issuers.is_empty() || token.bytes().filter(|b| *b == b'.').count() != 2 {
-        return false;
-    }
-    let mut segments = token.split('.');
-    let (Some(header), Some(payload)) = (segments.next(), segments.next()) else {
-        return false;
-    };
-    if header.is_empty() || payload.is_empty() {
-        return false;
-    }
-    let Ok(bytes) = URL_SAFE_NO_PAD.decode(payload) else {
-        return false;
-    };
-    let Ok(claims) = serde_json::from_slice::<Map<String, Value>>(&bytes) else {
-        return false;
-    };
-    match claims.get("iss") {
-        Some(Value::String(iss)) => shared.issuers.iter().any(|i| i.url == *iss),
-        _ => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::oauth::{Issuer, ResourceServer};
-
-    fn jws(payload: &Value) -> String {
-        let p = URL_SAFE_NO_PAD.encode(payload.to_string());
-        format!("eyJhbGciOiJSUzI1NiJ9.{p}.c2ln")
-    }
-
-    #[test]
-    fn only_a_jws_of_a_jwt_issuer_takes_the_jwt_path() {
-        let rs = ResourceServer::builder(
-            "https://mcp.example.com/mcp",
-            Issuer::with_jwks_uri("https://jwt.example.com", "https://jwt.example.com/jwks"),
-        )
-        .issuer(Issuer::introspection(
-            "https://opaque.example.com",
-            "https://opaque.example.com/introspect",
-            ClientAuth::client_secret("id", "secret").unwrap(),
-        ))
-        .build()
-        .unwrap();
-        let shared = &rs.shared;
-        assert!(shared.introspection.is_some());
-        assert!(is_jwt_issuer_token(
-            shared,
-            &jws(&serde_json::json!({"iss": "https://jwt.example.com"}))
-        ));
-        for token in [
-            jws(&serde_json::json!({"iss": "https://opaque.example.com"})),
-            jws(&serde_json::json!({"iss": "https://jwt.example.com/"})),
-            jws(&serde_json::json!({"sub": "x"})),
-            jws(&serde_json::json!(["https://jwt.example.com"])),
-            "opaque-token-value".to_owned(),
-            "a.b.c".to_owned(),
-            "a.b.c.d.e".to_owned(),
-        ] {
-            assert!(!is_jwt_issuer_token(shared, &token), "{token}");
-        }
-        // The introspection issuer is advertised like any other.
-        assert_eq!(
-            rs.issuers().collect::<Vec<_>>(),
-            ["https://jwt.example.com", "https://opaque.example.com"]
-        );
-    }
 
     #[test]
     fn negative_cache_ttl_is_bounded() {
-        let err = ResourceServer::builder(
-            "https://mcp.example.com/mcp",
-            Issuer::introspection(
-                "https://opaque.example.com",
-                "https://opaque.example.com/introspect",
-                ClientAuth::client_secret("id", "secret").unwrap(),
-            ),
-        )
-        .introspection_negative_cache_ttl(Duration::from_secs(301))
-        .build()
-        .unwrap_err();
-        assert!(matches!(err, ConfigError::OutOfRange { .. }), "{err}");
+        let config = IntrospectionConfig::default().negative_cache_ttl(Duration::from_secs(301));
+        assert!(matches!(config.check(), Err(ConfigError::OutOfRange { .. })));
+        let config = IntrospectionConfig::default().max_in_flight(0);
+        assert!(matches!(config.check(), Err(ConfigError::OutOfRange { .. })));
     }
 }

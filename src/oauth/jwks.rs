@@ -32,7 +32,8 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyOperations, 
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 
-use crate::error::{AuthError, ConfigError};
+use super::config::KeyRefresh;
+use crate::error::AuthError;
 
 /// Where an issuer's keys come from.
 pub(crate) enum KeySource {
@@ -47,48 +48,8 @@ pub(crate) enum KeySource {
     },
 }
 
-/// Timing settings of the key cache; see the builder methods of
-/// [`ResourceServerBuilder`](super::ResourceServerBuilder).
-#[derive(Debug, Clone)]
-pub(crate) struct KeyCacheSettings {
-    pub(crate) default_refresh: Duration,
-    pub(crate) min_refresh: Duration,
-    pub(crate) max_refresh: Duration,
-    pub(crate) unknown_kid_cooldown: Duration,
-    pub(crate) retry_after_failure: Duration,
-    pub(crate) max_document_bytes: usize,
-}
-
-impl Default for KeyCacheSettings {
-    fn default() -> Self {
-        KeyCacheSettings {
-            default_refresh: Duration::from_secs(300),
-            min_refresh: Duration::from_secs(60),
-            max_refresh: Duration::from_secs(24 * 3600),
-            unknown_kid_cooldown: Duration::from_secs(30),
-            retry_after_failure: Duration::from_secs(5),
-            max_document_bytes: 256 * 1024,
-        }
-    }
-}
-
-impl KeyCacheSettings {
-    pub(crate) fn check(&self) -> Result<(), ConfigError> {
-        if self.min_refresh > self.max_refresh {
-            return Err(ConfigError::OutOfRange {
-                what: "key_refresh_bounds",
-                reason: "the minimum must not exceed the maximum",
-            });
-        }
-        if self.default_refresh.is_zero() || self.max_refresh.is_zero() {
-            return Err(ConfigError::OutOfRange {
-                what: "key_refresh_interval",
-                reason: "must be positive",
-            });
-        }
-        Ok(())
-    }
-}
+/// The largest metadata or JWKS document read (256 KiB).
+const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
 
 /// The kind of public key, which decides the algorithms it may verify.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,7 +151,7 @@ struct CacheInner {
     issuer: String,
     source: KeySource,
     client: reqwest::Client,
-    settings: KeyCacheSettings,
+    settings: KeyRefresh,
     snapshot: RwLock<Arc<Snapshot>>,
     /// The single-flight gate; holds the discovered `jwks_uri`.
     gate: tokio::sync::Mutex<Option<String>>,
@@ -210,7 +171,7 @@ enum Trigger {
 }
 
 impl KeyCache {
-    pub(crate) fn new(issuer: String, source: KeySource, client: reqwest::Client, settings: KeyCacheSettings) -> Self {
+    pub(crate) fn new(issuer: String, source: KeySource, client: reqwest::Client, settings: KeyRefresh) -> Self {
         let snapshot = match &source {
             KeySource::SharedSecret { secret, alg } => Snapshot::new(
                 vec![VerifyKey {
@@ -372,7 +333,7 @@ impl KeyCache {
         match self.fetch(&mut jwks_uri).await {
             Ok((keys, max_age)) => {
                 let s = &self.inner.settings;
-                let ttl = max_age.map_or(s.default_refresh, |age| age.clamp(s.min_refresh, s.max_refresh));
+                let ttl = max_age.map_or(s.interval, |age| age.clamp(s.min, s.max));
                 tracing::debug!(issuer = %self.inner.issuer, keys = keys.len(), ?ttl, "signing keys fetched");
                 self.store(Snapshot::new(keys, seen + 1, Some(Instant::now() + ttl), false));
                 self.inner.last_failure.store(0, Ordering::Release);
@@ -403,8 +364,7 @@ impl KeyCache {
             }
             (KeySource::SharedSecret { .. }, _) => return Err(FetchError("a shared secret is never fetched".into())),
         };
-        let (body, cache_control) =
-            get_limited(&self.inner.client, &uri, self.inner.settings.max_document_bytes).await?;
+        let (body, cache_control) = get_limited(&self.inner.client, &uri, MAX_DOCUMENT_BYTES).await?;
         let keys = parse_jwks(&body, &self.inner.issuer)?;
         Ok((keys, cache_control.as_deref().and_then(max_age)))
     }
@@ -417,7 +377,7 @@ impl KeyCache {
         }
         let mut last = FetchError("no discovery URL".into());
         for url in candidates {
-            let body = match get_limited(&self.inner.client, url, self.inner.settings.max_document_bytes).await {
+            let body = match get_limited(&self.inner.client, url, MAX_DOCUMENT_BYTES).await {
                 Ok((body, _)) => body,
                 Err(e) => {
                     last = e;
@@ -441,7 +401,7 @@ impl KeyCache {
                 continue;
             };
             // An unusable jwks_uri in one document: try the next one.
-            if let Err(e) = super::resource_server::parse_url("jwks_uri", &jwks_uri) {
+            if let Err(e) = super::url::parse_url("jwks_uri", &jwks_uri) {
                 last = FetchError(format!("{url}: {e}"));
                 continue;
             }

@@ -21,9 +21,16 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 
-use super::resource_server::{Shared, TrustedIssuer};
+use super::config::ClaimRules;
+use super::jwks::KeyCache;
 use crate::error::{AuthError, TokenRejection};
 use crate::principal::Principal;
+
+/// A JWT issuer and its key cache.
+pub(crate) struct TrustedIssuer {
+    pub(crate) url: String,
+    pub(crate) keys: KeyCache,
+}
 
 /// A refused token, with what is known of the caller for the audit event.
 /// `subject` and `client_id` are set only once the signature has verified.
@@ -64,7 +71,12 @@ fn decode_json(segment: &str) -> Result<Map<String, Value>, TokenRejection> {
 
 /// Verify `token` (already checked against the size limit) at time `now`
 /// (seconds since the Unix epoch).
-pub(crate) async fn verify(shared: &Shared, token: &str, now: u64) -> Result<Principal, Failure> {
+pub(crate) async fn verify(
+    rules: &ClaimRules,
+    issuers: &[TrustedIssuer],
+    token: &str,
+    now: u64,
+) -> Result<Principal, Failure> {
     let dots = token.bytes().filter(|b| *b == b'.').count();
     if dots == 4 {
         return Err(TokenRejection::Encrypted.into());
@@ -89,14 +101,14 @@ pub(crate) async fn verify(shared: &Shared, token: &str, now: u64) -> Result<Pri
     if header.contains_key("crit") || header.contains_key("b64") {
         return Err(TokenRejection::CriticalHeader.into());
     }
-    check_type(header.get("typ"), shared.require_access_token_type)?;
+    check_type(header.get("typ"), rules.require_access_token_type)?;
     let kid = match header.get("kid") {
         None => None,
         Some(Value::String(kid)) => Some(kid.as_str()),
         Some(_) => return Err(TokenRejection::Malformed.into()),
     };
 
-    let issuer = select_issuer(shared, &claims)?;
+    let issuer = select_issuer(issuers, &claims)?;
     let with_issuer = |error: AuthError| Failure {
         error,
         issuer: Some(issuer.url.clone()),
@@ -105,7 +117,7 @@ pub(crate) async fn verify(shared: &Shared, token: &str, now: u64) -> Result<Pri
     };
     let allowed = match issuer.keys.shared_secret_alg() {
         Some(secret_alg) => alg == secret_alg,
-        None => shared.algorithms.contains(&alg),
+        None => rules.algorithms.contains(&alg),
     };
     if !allowed {
         return Err(with_issuer(TokenRejection::AlgorithmNotAllowed.into()));
@@ -130,18 +142,18 @@ pub(crate) async fn verify(shared: &Shared, token: &str, now: u64) -> Result<Pri
         client_id: client_id.clone(),
     };
     let check =
-        check_times(&claims, now, shared.leeway).and_then(|exp| check_audience(shared, &claims).map(|aud| (exp, aud)));
+        check_times(&claims, now, rules.leeway).and_then(|exp| check_audience(rules, &claims).map(|aud| (exp, aud)));
     let (exp, audiences) = check.map_err(fail)?;
 
     let mut builder = Principal::unverified(issuer.url.clone(), subject)
         .scopes(scopes(&claims))
         .audiences(audiences)
         .expires_at_unix(exp)
-        .groups(groups(claims.get(&shared.groups_claim)));
+        .groups(groups(claims.get(&rules.groups_claim)));
     if let Some(client_id) = client_id {
         builder = builder.client_id(client_id);
     }
-    if let Some(tenant) = string_claim(&claims, &shared.tenant_claim) {
+    if let Some(tenant) = string_claim(&claims, &rules.tenant_claim) {
         builder = builder.tenant(tenant);
     }
     Ok(builder.claims(claims).build())
@@ -163,12 +175,14 @@ fn check_type(typ: Option<&Value>, strict: bool) -> Result<(), TokenRejection> {
     if ok { Ok(()) } else { Err(TokenRejection::WrongType) }
 }
 
-fn select_issuer<'a>(shared: &'a Shared, claims: &Map<String, Value>) -> Result<&'a TrustedIssuer, TokenRejection> {
+fn select_issuer<'a>(
+    issuers: &'a [TrustedIssuer],
+    claims: &Map<String, Value>,
+) -> Result<&'a TrustedIssuer, TokenRejection> {
     let Some(Value::String(iss)) = claims.get("iss") else {
         return Err(TokenRejection::UntrustedIssuer);
     };
-    shared
-        .issuers
+    issuers
         .iter()
         .find(|i| i.url == *iss)
         .ok_or(TokenRejection::UntrustedIssuer)
@@ -204,7 +218,7 @@ fn check_times(claims: &Map<String, Value>, now: u64, leeway: u64) -> Result<u64
     Ok(exp.max(0.0).floor() as u64)
 }
 
-fn check_audience(shared: &Shared, claims: &Map<String, Value>) -> Result<Vec<String>, TokenRejection> {
+fn check_audience(rules: &ClaimRules, claims: &Map<String, Value>) -> Result<Vec<String>, TokenRejection> {
     let audiences = match claims.get("aud") {
         Some(Value::String(a)) => vec![a.clone()],
         Some(Value::Array(items)) => {
@@ -220,7 +234,7 @@ fn check_audience(shared: &Shared, claims: &Map<String, Value>) -> Result<Vec<St
         None => return Err(TokenRejection::WrongAudience),
         Some(_) => return Err(TokenRejection::InvalidClaim),
     };
-    if audiences.iter().any(|a| shared.audiences.contains(a)) {
+    if audiences.iter().any(|a| rules.audiences.contains(a)) {
         Ok(audiences)
     } else {
         Err(TokenRejection::WrongAudience)

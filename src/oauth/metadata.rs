@@ -1,6 +1,6 @@
 //! RFC 9728 OAuth 2.0 Protected Resource Metadata.
 //!
-//! The document is built once from the [`ResourceServer`] and served at both
+//! The document is built once from the [`ResourceServer`](super::ResourceServer) and served at both
 //! `/.well-known/oauth-protected-resource` and the path-suffixed form for the
 //! resource path (`/.well-known/oauth-protected-resource/mcp`), which is the
 //! URL the `resource_metadata` challenge parameter points to.
@@ -34,8 +34,6 @@ use axum::routing::get;
 use http::{HeaderValue, header};
 use serde::{Deserialize, Serialize};
 
-use super::ResourceServer;
-
 /// The RFC 9728 metadata document of a protected resource.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -63,60 +61,30 @@ pub struct ProtectedResourceMetadata {
 /// The well-known path prefix of RFC 9728.
 pub const WELL_KNOWN_PATH: &str = "/.well-known/oauth-protected-resource";
 
-impl ResourceServer {
-    /// A router serving the metadata at [`WELL_KNOWN_PATH`] and at the
-    /// path-suffixed form for the resource path. Merge it into the router that
-    /// serves the MCP endpoint; it needs no authentication.
-    pub fn metadata_router<S>(&self) -> Router<S>
-    where
-        S: Clone + Send + Sync + 'static,
-    {
-        let body = self.shared.metadata_json.clone();
-        let handler = move || {
-            let body = body.clone();
-            async move {
-                (
-                    [
-                        (header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
-                        (header::CACHE_CONTROL, HeaderValue::from_static("max-age=3600")),
-                        (header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*")),
-                    ],
-                    body,
-                )
-                    .into_response()
-            }
-        };
-        let mut router = Router::new().route(WELL_KNOWN_PATH, get(handler.clone()));
-        let path = self.resource_path().trim_end_matches('/');
-        if !path.is_empty() {
-            router = router.route(&format!("{WELL_KNOWN_PATH}{path}"), get(handler));
+/// The metadata routes: `WELL_KNOWN_PATH` and, for a resource with a path,
+/// `WELL_KNOWN_PATH` + that path (RFC 9728 section 3.1), both serving `body`.
+pub(crate) fn routes<S>(body: bytes::Bytes, resource_path: &str) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    let handler = move || {
+        let body = body.clone();
+        async move {
+            (
+                [
+                    (header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
+                    (header::CACHE_CONTROL, HeaderValue::from_static("max-age=3600")),
+                    (header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*")),
+                ],
+                body,
+            )
+                .into_response()
         }
-        router
+    };
+    let mut router = Router::new().route(WELL_KNOWN_PATH, get(handler.clone()));
+    let path = resource_path.trim_end_matches('/');
+    if !path.is_empty() {
+        router = router.route(&format!("{WELL_KNOWN_PATH}{path}"), get(handler));
     }
-
-    /// An axum router with the guarded MCP service at the resource path and
-    /// the metadata routes beside it: the whole HTTP surface in one call.
-    ///
-    /// `mcp` is typically rmcp's `StreamableHttpService`. Requests pass
-    /// [`BearerAuthLayer`](super::BearerAuthLayer), then
-    /// [`SessionBindingLayer`](crate::session::SessionBindingLayer) (an
-    /// `Mcp-Session-Id` only works for the principal that created it).
-    pub fn router<M, B>(&self, mcp: M) -> Router
-    where
-        M: tower_service::Service<
-                http::Request<axum::body::Body>,
-                Response = http::Response<B>,
-                Error = std::convert::Infallible,
-            > + Clone
-            + Send
-            + Sync
-            + 'static,
-        M::Future: Send + 'static,
-        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-        B::Error: Into<axum::BoxError>,
-    {
-        let bound = tower_layer::Layer::layer(&crate::session::SessionBindingLayer::default(), mcp);
-        let guarded = tower_layer::Layer::layer(&self.layer(), bound);
-        self.metadata_router().route_service(self.resource_path(), guarded)
-    }
+    router
 }

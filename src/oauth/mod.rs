@@ -1,50 +1,66 @@
 //! The OAuth 2.1 resource server: RFC 9728 metadata, bearer JWT validation
 //! with a JWKS key cache, RFC 8707 audience binding and RFC 6750 / MCP
-//! challenges.
+//! challenges; RFC 7662 introspection and RFC 8693 token exchange behind
+//! their features.
 //!
 //! Start from [`ResourceServer::builder`]; everything else here is derived
 //! from the [`ResourceServer`] it builds.
 //!
 //! | file | concept |
 //! |---|---|
-//! | [`resource_server`] | the one configuration value and its builder |
-//! | [`metadata`] | RFC 9728 protected resource metadata and routes |
-//! | [`challenge`] | `WWW-Authenticate` values and rejection responses |
-//! | [`jwt`] | token parsing and claim checks |
-//! | [`jwks`] | the issuer key cache |
-//! | `cache` | the verified-token cache |
-//! | [`layer`] | [`BearerAuthLayer`], the tower middleware |
-//! | [`introspection`] | RFC 7662 introspection, the validator for opaque tokens (feature `introspection`) |
-//! | [`exchange`] | RFC 8693 token exchange and client credentials for downstream calls (feature `introspection`) |
-//! | [`client`] | this server as an OAuth client: [`ClientAuth`] (feature `introspection`) |
+//! | `resource_server` | [`ResourceServer`]: identity, metadata, challenges; authenticates requests |
+//! | `config`, `hosts` | typed configuration: [`TokenRules`], [`KeyRefresh`], [`TokenCacheConfig`], [`HostPolicy`], [`IntrospectionConfig`] |
+//! | `issuer` | [`Issuer`]: a trusted authorization server |
+//! | `validator` | the token validator: issuers, key caches, verified-token cache, introspection |
+//! | `jwt`, `jwks` | JWT checks and the issuer key cache |
+//! | `introspection` | RFC 7662, the validator for opaque tokens (feature `introspection`) |
+//! | `metadata` | the RFC 9728 document and routes |
+//! | `layer` | [`BearerAuthLayer`], tower glue over [`ResourceServer::authenticate`] |
+//! | `inbound` | [`InboundToken`], the caller's token kept for exchange |
+//! | `client` | this server as an OAuth client: [`ClientAuth`] (features `introspection`, `exchange`) |
+//! | `exchange` | RFC 8693 token exchange and client credentials (feature `exchange`) |
+//! | `url` | URL rules and derived URLs (a leaf) |
+//!
+//! Imports flow one way: `layer` -> `resource_server` -> `validator` ->
+//! `jwt`/`introspection` -> `jwks`/`cache`/`client` -> `config`/`url`.
 
 mod cache;
-pub mod challenge;
-#[cfg(feature = "introspection")]
-#[cfg_attr(docsrs, doc(cfg(feature = "introspection")))]
-pub mod client;
-#[cfg(feature = "introspection")]
-#[cfg_attr(docsrs, doc(cfg(feature = "introspection")))]
-pub mod exchange;
-#[cfg(feature = "introspection")]
+#[cfg(any(feature = "introspection", feature = "exchange"))]
+mod client;
+mod config;
+#[cfg(feature = "exchange")]
+mod exchange;
+#[cfg(any(feature = "introspection", feature = "exchange"))]
 mod flight;
+mod hosts;
+mod inbound;
 #[cfg(feature = "introspection")]
-#[cfg_attr(docsrs, doc(cfg(feature = "introspection")))]
-pub mod introspection;
-pub mod jwks;
-pub mod jwt;
-pub mod layer;
-pub mod metadata;
-pub mod resource_server;
+mod introspection;
+mod issuer;
+mod jwks;
+mod jwt;
+mod layer;
+mod metadata;
+mod resource_server;
+mod url;
+mod validator;
 
-#[cfg(feature = "introspection")]
+#[cfg(any(feature = "introspection", feature = "exchange"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "introspection", feature = "exchange"))))]
 pub use client::ClientAuth;
 #[cfg(feature = "introspection")]
+#[cfg_attr(docsrs, doc(cfg(feature = "introspection")))]
+pub use config::IntrospectionConfig;
+pub use config::{DEFAULT_ALGORITHMS, KeyRefresh, TokenCacheConfig, TokenRules};
+#[cfg(feature = "exchange")]
+#[cfg_attr(docsrs, doc(cfg(feature = "exchange")))]
 pub use exchange::{
-    DownstreamRequest, DownstreamToken, ExchangeError, InboundToken, TokenExchange, TokenExchangeBuilder,
-    downstream_token, downstream_token_with,
+    DownstreamRequest, DownstreamToken, DownstreamTokens, ExchangeError, TokenExchange, TokenExchangeBuilder,
 };
+pub use hosts::HostPolicy;
+pub use inbound::InboundToken;
+pub use issuer::Issuer;
 pub use jsonwebtoken::Algorithm;
-pub use layer::{BearerAuth, BearerAuthLayer, ResponseBody, ResponseFuture};
-pub use metadata::ProtectedResourceMetadata;
-pub use resource_server::{DEFAULT_ALGORITHMS, Issuer, ResourceServer, ResourceServerBuilder};
+pub use layer::{BearerAuth, BearerAuthLayer, BearerBody, ResponseFuture};
+pub use metadata::{ProtectedResourceMetadata, WELL_KNOWN_PATH};
+pub use resource_server::{DangerousResourceServerBuilder, ResourceServer, ResourceServerBuilder};

@@ -14,32 +14,22 @@ use std::future::Future;
 use rmcp::ErrorData;
 use serde_json::Value;
 
+use super::action::Action;
 use super::decision::{Decision, reason};
 use super::engine::PolicyEngine;
 use super::input::PolicyInput;
 use crate::Principal;
-
-/// The JSON-RPC error code of a policy denial.
-///
-/// JSON-RPC leaves -32000..-32099 to implementations; MCP defines no
-/// "forbidden" code. The error's `data` is `{"error": "forbidden"}`, or
-/// `{"error": "insufficient_scope", "scope": "<space-separated scopes>"}`
-/// when the policy said which scopes would grant the request, so a
-/// transport layer can answer HTTP 403 with a step-up challenge.
-pub const PERMISSION_DENIED: rmcp::model::ErrorCode = rmcp::model::ErrorCode(-32003);
+#[cfg(test)]
+use crate::error::PERMISSION_DENIED;
+use crate::error::Rejection;
 
 /// The JSON-RPC error for a denial: a short message that names neither the
 /// policy's reasons nor whether the target exists.
-pub fn denial_error(decision: &Decision) -> ErrorData {
-    let data = if decision.required_scopes().is_empty() {
-        serde_json::json!({ "error": "forbidden" })
-    } else {
-        serde_json::json!({
-            "error": "insufficient_scope",
-            "scope": decision.required_scopes().join(" "),
-        })
-    };
-    ErrorData::new(PERMISSION_DENIED, "permission denied", Some(data))
+pub(crate) fn denial_error(decision: &Decision) -> ErrorData {
+    Rejection::Forbidden {
+        required_scopes: decision.required_scopes().to_vec(),
+    }
+    .into()
 }
 
 /// What a check inside a request needs: who asks, and which policy answers.
@@ -63,7 +53,8 @@ pub(crate) async fn scope<F: Future>(context: AuthzContext, future: F) -> F::Out
 
 /// The principal of the request being handled, when inside a
 /// [`Guarded`](super::Guarded) handler's tool, resource or prompt handler.
-pub fn current_principal() -> Option<Principal> {
+#[cfg(test)]
+fn current_principal() -> Option<Principal> {
     CONTEXT.try_with(|c| c.principal.clone()).ok()
 }
 
@@ -77,13 +68,13 @@ pub fn current_principal() -> Option<Principal> {
 ///
 /// # Errors
 ///
-/// A JSON-RPC error with code [`PERMISSION_DENIED`] when the policy denies,
+/// A JSON-RPC error with code [`PERMISSION_DENIED`](crate::PERMISSION_DENIED) when the policy denies,
 /// and also when there is no authorization context (fail closed): the
 /// handler is not wrapped in [`Guarded`](super::Guarded), or the check runs
 /// in a task spawned away from the request.
-pub async fn require_permission(resource: &str, action: &str, arguments: Option<&Value>) -> Result<(), ErrorData> {
+pub async fn require_permission(resource: &str, action: Action, arguments: Option<&Value>) -> Result<(), ErrorData> {
     let decision = CONTEXT.try_with(|c| {
-        let mut input = PolicyInput::new(&c.principal, action, resource);
+        let mut input = PolicyInput::new(&c.principal, resource, action.clone());
         if let Some(args) = arguments.or(c.arguments.as_ref()) {
             input = input.with_arguments(args.clone());
         }
@@ -96,7 +87,17 @@ pub async fn require_permission(resource: &str, action: &str, arguments: Option<
         Ok(d) if d.allowed() => Ok(()),
         Ok(d) => Err(denial_error(&d)),
         Err(_) => {
-            crate::audit::policy_denied_unauthenticated(action, resource, reason::NO_CONTEXT);
+            crate::audit::AuditEvent::PolicyDecision {
+                principal: None,
+                resource,
+                action: action.as_str(),
+                outcome: crate::audit::Outcome::Error,
+                reason: reason::NO_CONTEXT,
+                policy_version: "",
+                duration_us: 0,
+                cached: false,
+            }
+            .emit();
             Err(denial_error(&Decision::deny_without_policy(reason::NO_CONTEXT)))
         }
     }
@@ -108,7 +109,9 @@ mod tests {
 
     #[tokio::test]
     async fn no_context_denies() {
-        let err = require_permission("github", "read", None).await.unwrap_err();
+        let err = require_permission("github", Action::custom("read"), None)
+            .await
+            .unwrap_err();
         assert_eq!(err.code, PERMISSION_DENIED);
         assert!(current_principal().is_none());
     }
@@ -131,14 +134,18 @@ mod tests {
         };
         let ok = scope(ctx(1), async {
             assert_eq!(current_principal().unwrap().subject(), "alice");
-            require_permission("x", "write", None).await
+            require_permission("x", Action::custom("write"), None).await
         })
         .await;
         assert!(ok.is_ok());
-        let denied = scope(ctx(50), require_permission("x", "write", None)).await;
+        let denied = scope(ctx(50), require_permission("x", Action::custom("write"), None)).await;
         assert_eq!(denied.unwrap_err().code, PERMISSION_DENIED);
         let explicit = serde_json::json!({ "n": 2 });
-        let ok = scope(ctx(50), require_permission("x", "write", Some(&explicit))).await;
+        let ok = scope(
+            ctx(50),
+            require_permission("x", Action::custom("write"), Some(&explicit)),
+        )
+        .await;
         assert!(ok.is_ok());
     }
 
@@ -146,7 +153,7 @@ mod tests {
     fn denial_error_names_scopes_only() {
         let engine = PolicyEngine::default_policy("mcp:tools").unwrap();
         let who = Principal::unverified("i", "s").build();
-        let d = engine.evaluate(&PolicyInput::new(&who, "tools/call", "secret_tool"));
+        let d = engine.evaluate(&PolicyInput::new(&who, "secret_tool", Action::CallTool));
         let e = denial_error(&d);
         assert_eq!(e.message, "permission denied");
         let data = e.data.unwrap();

@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::audit::Outcome;
+
 /// Why a decision denied without the policy saying so.
 pub(crate) mod reason {
     /// The policy raised an error while evaluating.
@@ -21,22 +23,21 @@ pub(crate) mod reason {
 
 /// What the policy says, shared by memoized decisions.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Outcome {
-    pub(crate) allowed: bool,
+pub(crate) struct Answer {
+    /// [`Outcome::Error`] when the policy itself did not yield a boolean
+    /// (error, undefined, wrong type) or was not evaluated: never memoized.
+    pub(crate) outcome: Outcome,
     pub(crate) reasons: Vec<String>,
     pub(crate) required_scopes: Vec<String>,
-    /// True when the policy itself did not yield a boolean (error,
-    /// undefined, wrong type): never memoized.
-    pub(crate) fault: bool,
 }
 
-impl Outcome {
-    pub(crate) fn deny(reason: &str, fault: bool) -> Self {
+impl Answer {
+    /// A denial for want of a decision.
+    pub(crate) fn fault(reason: &str) -> Self {
         Self {
-            allowed: false,
+            outcome: Outcome::Error,
             reasons: vec![reason.to_owned()],
             required_scopes: Vec::new(),
-            fault,
         }
     }
 }
@@ -46,18 +47,18 @@ impl Outcome {
 /// ```
 /// # fn main() -> Result<(), rmcp_guard::ConfigError> {
 /// use rmcp_guard::Principal;
-/// use rmcp_guard::policy::{PolicyEngine, PolicyInput};
+/// use rmcp_guard::policy::{Action, PolicyEngine, PolicyInput};
 ///
 /// let engine = PolicyEngine::rbac_example()?;
 /// let bob = Principal::unverified("https://idp", "bob").groups(["service-desk"]).scopes(["mcp:tools"]).build();
-/// let d = engine.decide(&PolicyInput::new(&bob, "tools/call", "deploy_template"));
+/// let d = engine.decide(&PolicyInput::new(&bob, "deploy_template", Action::CallTool));
 /// assert!(!d.allowed());
 /// assert!(d.policy_version().starts_with("sha256:"));
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
 pub struct Decision {
-    pub(crate) outcome: Arc<Outcome>,
+    pub(crate) answer: Arc<Answer>,
     pub(crate) policy_version: Arc<str>,
     pub(crate) duration: Duration,
     pub(crate) cached: bool,
@@ -67,7 +68,7 @@ impl Decision {
     /// A denial made without evaluating a policy (no principal, no context).
     pub(crate) fn deny_without_policy(reason: &str) -> Self {
         Self {
-            outcome: Arc::new(Outcome::deny(reason, true)),
+            answer: Arc::new(Answer::fault(reason)),
             policy_version: Arc::from(""),
             duration: Duration::ZERO,
             cached: false,
@@ -76,7 +77,13 @@ impl Decision {
 
     /// Whether the action is allowed. Anything but a policy's `true` is `false`.
     pub fn allowed(&self) -> bool {
-        self.outcome.allowed
+        self.answer.outcome == Outcome::Allow
+    }
+
+    /// Allow, deny, or error (the policy did not yield a boolean, or was
+    /// not evaluated; this always denies).
+    pub fn outcome(&self) -> Outcome {
+        self.answer.outcome
     }
 
     /// The first reason for the decision, if any.
@@ -85,18 +92,18 @@ impl Decision {
     /// `denied_by_policy`, `policy_error`, `policy_undefined`,
     /// `policy_not_boolean`, `no_principal`, `no_authorization_context`.
     pub fn reason(&self) -> Option<&str> {
-        self.outcome.reasons.first().map(String::as_str)
+        self.answer.reasons.first().map(String::as_str)
     }
 
     /// Every reason the policy gave, sorted.
     pub fn reasons(&self) -> &[String] {
-        &self.outcome.reasons
+        &self.answer.reasons
     }
 
     /// Scopes that would grant the action, from the policy's
     /// required-scopes rule (for a step-up `insufficient_scope` challenge).
     pub fn required_scopes(&self) -> &[String] {
-        &self.outcome.required_scopes
+        &self.answer.required_scopes
     }
 
     /// The version (content hash) of the policy that decided, e.g.
@@ -114,11 +121,5 @@ impl Decision {
     /// identical (for this policy) input.
     pub fn from_cache(&self) -> bool {
         self.cached
-    }
-
-    /// Whether the policy failed to produce a boolean (error, undefined,
-    /// non-boolean) or was not evaluated; such a decision always denies.
-    pub fn is_fault(&self) -> bool {
-        self.outcome.fault
     }
 }

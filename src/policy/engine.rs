@@ -18,10 +18,12 @@ use std::time::{Duration, Instant};
 use regorus::rvm::program::Program;
 use regorus::rvm::vm::RegoVM;
 
+use super::action::Action;
 use super::analysis::{self, InputUse};
-use super::decision::{Decision, Outcome, reason};
+use super::decision::{Answer, Decision, reason};
 use super::input::PolicyInput;
 use super::source::{Bundle, DataSource, ModuleSource, Sources};
+use crate::audit::{AuditEvent, Outcome};
 use crate::{ConfigError, Principal};
 
 /// The entrypoint evaluated for every decision unless configured otherwise.
@@ -247,7 +249,7 @@ struct Shared {
 /// ```
 /// # fn main() -> Result<(), rmcp_guard::ConfigError> {
 /// use rmcp_guard::Principal;
-/// use rmcp_guard::policy::{PolicyEngine, PolicyInput};
+/// use rmcp_guard::policy::{Action, PolicyEngine, PolicyInput};
 ///
 /// let engine = PolicyEngine::builder()
 ///     .module("authz.rego", r#"
@@ -257,7 +259,7 @@ struct Shared {
 ///     "#)
 ///     .build()?;
 /// let root = Principal::unverified("https://idp", "root").groups(["admin"]).build();
-/// assert!(engine.decide(&PolicyInput::new(&root, "tools/call", "anything")).allowed());
+/// assert!(engine.decide(&PolicyInput::new(&root, "anything", Action::CallTool)).allowed());
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -314,7 +316,17 @@ impl PolicyEngine {
     /// Decide, and emit one audit event for the decision.
     pub fn decide(&self, input: &PolicyInput) -> Decision {
         let decision = self.evaluate(input);
-        crate::audit::policy_decision(input, &decision);
+        AuditEvent::PolicyDecision {
+            principal: Some(input.principal()),
+            resource: input.resource(),
+            action: input.action().as_str(),
+            outcome: decision.outcome(),
+            reason: decision.reason().unwrap_or(""),
+            policy_version: decision.policy_version(),
+            duration_us: u64::try_from(decision.duration().as_micros()).unwrap_or(u64::MAX),
+            cached: decision.from_cache(),
+        }
+        .emit();
         decision
     }
 
@@ -332,12 +344,12 @@ impl PolicyEngine {
             // use a one-off worker rather than fail.
             Err(_) => Worker::new(self.shared.id, self.current()).decide(input),
         });
-        let (outcome, version, cached) = result.unwrap_or_else(|_| {
+        let (answer, version, cached) = result.unwrap_or_else(|_| {
             // Thread-local storage is being torn down: one-off worker.
             Worker::new(self.shared.id, self.current()).decide(input)
         });
         Decision {
-            outcome,
+            answer,
             policy_version: version,
             duration: start.elapsed(),
             cached,
@@ -393,11 +405,23 @@ impl PolicyEngine {
                 let generation = loaded.generation;
                 *lock(&self.shared.current) = Arc::new(loaded);
                 self.shared.generation.store(generation, Ordering::Release);
-                crate::audit::policy_reloaded(&previous.version, &version);
+                AuditEvent::PolicyReload {
+                    outcome: Outcome::Allow,
+                    previous_version: &previous.version,
+                    policy_version: &version,
+                    error: None,
+                }
+                .emit();
                 Ok(version)
             }
             Err(error) => {
-                crate::audit::policy_reload_failed(&previous.version, &error);
+                AuditEvent::PolicyReload {
+                    outcome: Outcome::Error,
+                    previous_version: &previous.version,
+                    policy_version: &previous.version,
+                    error: Some(&error),
+                }
+                .emit();
                 Err(error)
             }
         }
@@ -532,7 +556,7 @@ fn compile(bundle: &Bundle, options: &Options, generation: u64) -> Result<Loaded
 /// yield a boolean (or be undefined, which denies).
 fn smoke(loaded: &Loaded) -> Result<(), ConfigError> {
     let nobody = Principal::unverified("urn:rmcp-guard:smoke", "smoke-test").build();
-    let input = PolicyInput::new(&nobody, super::input::ACTION_CALL_TOOL, "smoke-test");
+    let input = PolicyInput::new(&nobody, "smoke-test", Action::CallTool);
     let mut vm = new_vm(loaded).map_err(|e| ConfigError::PolicySmoke { message: e.to_string() })?;
     vm.set_input(regorus::Value::from(input.to_json()));
     match vm.execute_entry_point_by_name(&loaded.entrypoint) {
@@ -548,6 +572,10 @@ fn new_vm(loaded: &Loaded) -> Result<RegoVM, regorus::rvm::vm::VmError> {
     let mut vm = RegoVM::new();
     vm.load_program(loaded.program.clone());
     vm.set_max_instructions(loaded.max_instructions);
+    // A builtin error (a claim of the wrong type given to `endswith`...) is
+    // an evaluation error, which denies; regorus' default turns it into
+    // "undefined", and a `not deny` rule would then allow.
+    vm.set_strict_builtin_errors(true);
     vm.set_data(loaded.data.clone())?;
     Ok(vm)
 }
@@ -566,7 +594,7 @@ struct Worker {
     loaded: Arc<Loaded>,
     /// `None` when the VM could not be set up (data rejected): deny.
     vm: Option<RegoVM>,
-    memo: HashMap<Box<[u8]>, Arc<Outcome>>,
+    memo: HashMap<Box<[u8]>, Arc<Answer>>,
     key: Vec<u8>,
 }
 
@@ -597,7 +625,7 @@ impl Worker {
         }
     }
 
-    fn decide(&mut self, input: &PolicyInput) -> (Arc<Outcome>, Arc<str>, bool) {
+    fn decide(&mut self, input: &PolicyInput) -> (Arc<Answer>, Arc<str>, bool) {
         let version = self.version.clone();
         let memo_fields = self.memoizing.then_some(()).and(self.loaded.input_fields.as_ref());
         if let Some(fields) = memo_fields {
@@ -610,7 +638,7 @@ impl Worker {
             }
         }
         let outcome = Arc::new(self.run(input));
-        if self.memoizing && !outcome.fault {
+        if self.memoizing && outcome.outcome != Outcome::Error {
             if self.memo.len() >= self.loaded.memo_capacity {
                 self.memo.clear();
             }
@@ -619,9 +647,9 @@ impl Worker {
         (outcome, version, false)
     }
 
-    fn run(&mut self, input: &PolicyInput) -> Outcome {
+    fn run(&mut self, input: &PolicyInput) -> Answer {
         let Some(vm) = self.vm.as_mut() else {
-            return Outcome::deny(reason::EVAL_ERROR, true);
+            return Answer::fault(reason::EVAL_ERROR);
         };
         let loaded = &self.loaded;
         let document = match &loaded.input_fields {
@@ -632,25 +660,24 @@ impl Worker {
         vm.set_input(regorus::Value::from(document));
         let allowed = match vm.execute_entry_point_by_name(&loaded.entrypoint) {
             Ok(regorus::Value::Bool(b)) => b,
-            Ok(regorus::Value::Undefined) => return Outcome::deny(reason::UNDEFINED, true),
-            Ok(_) => return Outcome::deny(reason::NOT_BOOLEAN, true),
+            Ok(regorus::Value::Undefined) => return Answer::fault(reason::UNDEFINED),
+            Ok(_) => return Answer::fault(reason::NOT_BOOLEAN),
             Err(error) => {
                 tracing::warn!(
                     %error,
                     policy_version = %loaded.version,
-                    action = input.action(),
+                    action = %input.action(),
                     resource = input.resource(),
                     "policy evaluation failed; denying"
                 );
-                return Outcome::deny(reason::EVAL_ERROR, true);
+                return Answer::fault(reason::EVAL_ERROR);
             }
         };
         if allowed {
-            return Outcome {
-                allowed,
+            return Answer {
+                outcome: Outcome::Allow,
                 reasons: Vec::new(),
                 required_scopes: Vec::new(),
-                fault: false,
             };
         }
         let mut strings = |rule: &Option<String>| -> Vec<String> {
@@ -668,11 +695,10 @@ impl Worker {
         if reasons.is_empty() {
             reasons.push(reason::DENIED.to_owned());
         }
-        Outcome {
-            allowed: false,
+        Answer {
+            outcome: Outcome::Deny,
             reasons,
             required_scopes,
-            fault: false,
         }
     }
 }

@@ -8,12 +8,11 @@ use rmcp::service::{NotificationContext, RequestContext, RoleServer, Subscriptio
 use rmcp::{ErrorData, ServerHandler};
 use serde_json::Value;
 
-#[cfg(doc)]
-use super::context::PERMISSION_DENIED;
+use super::action::Action;
 use super::context::{self, AuthzContext, denial_error};
 use super::decision::{Decision, reason};
 use super::engine::PolicyEngine;
-use super::input::{self as actions, PolicyInput};
+use super::input::PolicyInput;
 use crate::Principal;
 
 /// An rmcp [`ServerHandler`] that asks a [`PolicyEngine`] before `H` runs.
@@ -33,7 +32,7 @@ use crate::Principal;
 /// * `tools/call`, `resources/read`, `prompts/get`, `resources/subscribe`,
 ///   `skills/get`, `resources/directory/read` and `completion/complete` (on
 ///   the prompt or resource it refers to) are decided before the inner
-///   handler runs; a denial is a JSON-RPC error ([`PERMISSION_DENIED`],
+///   handler runs; a denial is a JSON-RPC error ([`PERMISSION_DENIED`](crate::PERMISSION_DENIED),
 ///   "permission denied"), never a successful tool result.
 /// * `tools/list`, `resources/list`, `resources/templates/list`,
 ///   `prompts/list` and `skills/list` are decided as a listing, then filtered
@@ -133,13 +132,23 @@ fn caller(extensions: &Extensions) -> Option<Caller> {
     Some(Caller { principal, session_id })
 }
 
-fn no_principal(action: &str, resource: &str) -> ErrorData {
-    crate::audit::policy_denied_unauthenticated(action, resource, reason::NO_PRINCIPAL);
+fn no_principal(action: &Action, resource: &str) -> ErrorData {
+    crate::audit::AuditEvent::PolicyDecision {
+        principal: None,
+        resource,
+        action: action.as_str(),
+        outcome: crate::audit::Outcome::Error,
+        reason: reason::NO_PRINCIPAL,
+        policy_version: "",
+        duration_us: 0,
+        cached: false,
+    }
+    .emit();
     denial_error(&Decision::deny_without_policy(reason::NO_PRINCIPAL))
 }
 
-fn input(caller: &Caller, action: &str, resource: &str, arguments: Option<&Value>) -> PolicyInput {
-    let mut input = PolicyInput::new(&caller.principal, action, resource);
+fn input(caller: &Caller, action: &Action, resource: &str, arguments: Option<&Value>) -> PolicyInput {
+    let mut input = PolicyInput::new(&caller.principal, resource, action.clone());
     if let Some(arguments) = arguments {
         input = input.with_arguments(arguments.clone());
     }
@@ -154,16 +163,16 @@ impl<H> Guarded<H> {
     fn authorize(
         &self,
         extensions: &Extensions,
-        action: &str,
+        action: Action,
         resource: &str,
         arguments: Option<Value>,
     ) -> Result<AuthzContext, ErrorData> {
         let Some(caller) = caller(extensions) else {
-            return Err(no_principal(action, resource));
+            return Err(no_principal(&action, resource));
         };
         let decision = self
             .engine
-            .decide(&input(&caller, action, resource, arguments.as_ref()));
+            .decide(&input(&caller, &action, resource, arguments.as_ref()));
         if !decision.allowed() {
             return Err(denial_error(&decision));
         }
@@ -180,8 +189,8 @@ impl<H> Guarded<H> {
     fn lister(
         &self,
         extensions: &Extensions,
-        list_action: &str,
-        item_action: &'static str,
+        list_action: Action,
+        item_action: Action,
     ) -> Result<impl Fn(&str) -> bool + '_, ErrorData> {
         let ctx = self.authorize(extensions, list_action, "", None)?;
         let caller = Caller {
@@ -190,7 +199,7 @@ impl<H> Guarded<H> {
         };
         Ok(move |resource: &str| {
             self.engine
-                .evaluate(&input(&caller, item_action, resource, None))
+                .evaluate(&input(&caller, &item_action, resource, None))
                 .allowed()
         })
     }
@@ -233,10 +242,10 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
     ) -> Result<CompleteResult, ErrorData> {
         // Completing an argument of a prompt or resource needs the right to use it.
         let (action, resource) = match &request.r#ref {
-            Reference::Prompt(p) => (actions::ACTION_GET_PROMPT, p.name.clone()),
-            Reference::Resource(r) => (actions::ACTION_READ_RESOURCE, r.uri.clone()),
+            Reference::Prompt(p) => (Action::GetPrompt, p.name.clone()),
+            Reference::Resource(r) => (Action::ReadResource, r.uri.clone()),
             #[allow(unreachable_patterns)] // `Reference` is non-exhaustive.
-            _ => ("completion/complete", String::new()),
+            _ => (Action::method("completion/complete"), String::new()),
         };
         self.authorize(&context.extensions, action, &resource, None)?;
         self.inner.complete(request, context).await
@@ -257,7 +266,7 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
     ) -> Result<GetPromptResponse, ErrorData> {
         let ctx = self.authorize(
             &context.extensions,
-            actions::ACTION_GET_PROMPT,
+            Action::GetPrompt,
             &request.name,
             object(request.arguments.clone()),
         )?;
@@ -269,11 +278,7 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
         request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, ErrorData> {
-        let may = self.lister(
-            &context.extensions,
-            actions::ACTION_LIST_PROMPTS,
-            actions::ACTION_GET_PROMPT,
-        )?;
+        let may = self.lister(&context.extensions, Action::ListPrompts, Action::GetPrompt)?;
         let mut result = self.inner.list_prompts(request, context).await?;
         result.prompts.retain(|p| may(&p.name));
         Ok(result)
@@ -284,11 +289,7 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
         request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
-        let may = self.lister(
-            &context.extensions,
-            actions::ACTION_LIST_RESOURCES,
-            actions::ACTION_READ_RESOURCE,
-        )?;
+        let may = self.lister(&context.extensions, Action::ListResources, Action::ReadResource)?;
         let mut result = self.inner.list_resources(request, context).await?;
         result.resources.retain(|r| may(&r.uri));
         Ok(result)
@@ -299,11 +300,7 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
         request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, ErrorData> {
-        let may = self.lister(
-            &context.extensions,
-            actions::ACTION_LIST_RESOURCE_TEMPLATES,
-            actions::ACTION_READ_RESOURCE,
-        )?;
+        let may = self.lister(&context.extensions, Action::ListResourceTemplates, Action::ReadResource)?;
         let mut result = self.inner.list_resource_templates(request, context).await?;
         result.resource_templates.retain(|t| may(&t.uri_template));
         Ok(result)
@@ -314,7 +311,7 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
         request: ReadResourceRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
-        let ctx = self.authorize(&context.extensions, actions::ACTION_READ_RESOURCE, &request.uri, None)?;
+        let ctx = self.authorize(&context.extensions, Action::ReadResource, &request.uri, None)?;
         context::scope(ctx, self.inner.read_resource(request, context)).await
     }
 
@@ -333,11 +330,11 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
             .chain(context.requested().resource_subscriptions.iter().flatten());
         let mut checked = false;
         for uri in uris {
-            self.authorize(extensions, actions::ACTION_READ_RESOURCE, uri, None)?;
+            self.authorize(extensions, Action::ReadResource, uri, None)?;
             checked = true;
         }
         if !checked && caller(extensions).is_none() {
-            return Err(no_principal("subscriptions/listen", ""));
+            return Err(no_principal(&Action::method("subscriptions/listen"), ""));
         }
         self.inner.listen(context).await
     }
@@ -347,7 +344,7 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
         request: SubscribeRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        self.authorize(&context.extensions, actions::ACTION_READ_RESOURCE, &request.uri, None)?;
+        self.authorize(&context.extensions, Action::ReadResource, &request.uri, None)?;
         self.inner.subscribe(request, context).await
     }
 
@@ -366,7 +363,7 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
     ) -> Result<CallToolResponse, ErrorData> {
         let ctx = self.authorize(
             &context.extensions,
-            actions::ACTION_CALL_TOOL,
+            Action::CallTool,
             &request.name,
             object(request.arguments.clone()),
         )?;
@@ -378,11 +375,7 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
         request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let may = self.lister(
-            &context.extensions,
-            actions::ACTION_LIST_TOOLS,
-            actions::ACTION_CALL_TOOL,
-        )?;
+        let may = self.lister(&context.extensions, Action::ListTools, Action::CallTool)?;
         let mut result = self.inner.list_tools(request, context).await?;
         result.tools.retain(|t| may(&t.name));
         Ok(result)
@@ -397,7 +390,12 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
         request: CustomRequest,
         context: RequestContext<RoleServer>,
     ) -> Result<CustomResult, ErrorData> {
-        let ctx = self.authorize(&context.extensions, &request.method, "", request.params.clone())?;
+        let ctx = self.authorize(
+            &context.extensions,
+            Action::method(&request.method),
+            "",
+            request.params.clone(),
+        )?;
         context::scope(ctx, self.inner.on_custom_request(request, context)).await
     }
 
@@ -422,7 +420,7 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
         // decision is audited).
         if let Ok(ctx) = self.authorize(
             &context.extensions,
-            &notification.method,
+            Action::method(&notification.method),
             "",
             notification.params.clone(),
         ) {
@@ -440,7 +438,7 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
         context: RequestContext<RoleServer>,
     ) -> Result<GetTaskResult, ErrorData> {
         if caller(&context.extensions).is_none() {
-            return Err(no_principal("tasks/get", ""));
+            return Err(no_principal(&Action::method("tasks/get"), ""));
         }
         self.inner.get_task(request, context).await
     }
@@ -451,7 +449,7 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
         context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
         if caller(&context.extensions).is_none() {
-            return Err(no_principal("tasks/update", ""));
+            return Err(no_principal(&Action::method("tasks/update"), ""));
         }
         self.inner.update_task(request, context).await
     }
@@ -462,7 +460,7 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
         context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
         if caller(&context.extensions).is_none() {
-            return Err(no_principal("tasks/cancel", ""));
+            return Err(no_principal(&Action::method("tasks/cancel"), ""));
         }
         self.inner.cancel_task(request, context).await
     }
@@ -472,7 +470,7 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
         request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListSkillsResult, ErrorData> {
-        let may = self.lister(&context.extensions, "skills/list", actions::ACTION_READ_RESOURCE)?;
+        let may = self.lister(&context.extensions, Action::method("skills/list"), Action::ReadResource)?;
         let mut result = self.inner.list_skills(request, context).await?;
         result.skills.retain(|s| may(&s.uri));
         Ok(result)
@@ -483,7 +481,7 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
         request: GetSkillRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<GetSkillResult, ErrorData> {
-        let ctx = self.authorize(&context.extensions, actions::ACTION_READ_RESOURCE, &request.uri, None)?;
+        let ctx = self.authorize(&context.extensions, Action::ReadResource, &request.uri, None)?;
         context::scope(ctx, self.inner.get_skill(request, context)).await
     }
 
@@ -492,7 +490,7 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
         request: ReadResourceDirectoryRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceDirectoryResult, ErrorData> {
-        let ctx = self.authorize(&context.extensions, actions::ACTION_READ_RESOURCE, &request.uri, None)?;
+        let ctx = self.authorize(&context.extensions, Action::ReadResource, &request.uri, None)?;
         let caller = Caller {
             principal: ctx.principal.clone(),
             session_id: ctx.session_id.clone(),
@@ -500,7 +498,7 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
         let mut result = context::scope(ctx, self.inner.read_resource_directory(request, context)).await?;
         result.resources.retain(|r| {
             self.engine
-                .evaluate(&input(&caller, actions::ACTION_READ_RESOURCE, &r.uri, None))
+                .evaluate(&input(&caller, &Action::ReadResource, &r.uri, None))
                 .allowed()
         });
         Ok(result)

@@ -43,25 +43,11 @@
 
 use serde_json::{Map, Value};
 
+use super::action::Action;
 use crate::Principal;
 
 /// The version of the input document, the `version` field.
 pub const INPUT_VERSION: u32 = 1;
-
-/// The `action` of a `tools/call` request.
-pub const ACTION_CALL_TOOL: &str = "tools/call";
-/// The `action` of a `tools/list` request.
-pub const ACTION_LIST_TOOLS: &str = "tools/list";
-/// The `action` of a `resources/read` request.
-pub const ACTION_READ_RESOURCE: &str = "resources/read";
-/// The `action` of a `resources/list` request.
-pub const ACTION_LIST_RESOURCES: &str = "resources/list";
-/// The `action` of a `resources/templates/list` request.
-pub const ACTION_LIST_RESOURCE_TEMPLATES: &str = "resources/templates/list";
-/// The `action` of a `prompts/get` request.
-pub const ACTION_GET_PROMPT: &str = "prompts/get";
-/// The `action` of a `prompts/list` request.
-pub const ACTION_LIST_PROMPTS: &str = "prompts/list";
 
 /// The fields of the input document, in their serialized order.
 pub(crate) const FIELDS: [&str; 12] = [
@@ -87,12 +73,12 @@ pub(crate) const FIELDS: [&str; 12] = [
 ///
 /// ```
 /// use rmcp_guard::Principal;
-/// use rmcp_guard::policy::PolicyInput;
+/// use rmcp_guard::policy::{Action, PolicyInput};
 ///
 /// let alice = Principal::unverified("https://idp.example", "alice")
 ///     .groups(["developers"])
 ///     .build();
-/// let input = PolicyInput::new(&alice, "tools/call", "list_repositories")
+/// let input = PolicyInput::new(&alice, "list_repositories", Action::CallTool)
 ///     .with_arguments(serde_json::json!({ "org": "acme" }));
 /// assert_eq!(input.to_json()["groups"][0], "developers");
 /// assert_eq!(input.to_json()["version"], 1);
@@ -100,19 +86,20 @@ pub(crate) const FIELDS: [&str; 12] = [
 #[derive(Debug, Clone)]
 pub struct PolicyInput {
     principal: Principal,
-    action: String,
     resource: String,
+    action: Action,
     arguments: Option<Value>,
     session_id: Option<String>,
 }
 
 impl PolicyInput {
-    /// The input for `principal` asking for `action` on `resource`.
-    pub fn new(principal: &Principal, action: impl Into<String>, resource: impl Into<String>) -> Self {
+    /// The input for `principal` asking for `action` on `resource` (the
+    /// order of `#[require_permission(resource, action)]`).
+    pub fn new(principal: &Principal, resource: impl Into<String>, action: Action) -> Self {
         Self {
             principal: principal.clone(),
-            action: action.into(),
             resource: resource.into(),
+            action,
             arguments: None,
             session_id: None,
         }
@@ -135,8 +122,8 @@ impl PolicyInput {
         &self.principal
     }
 
-    /// The action, e.g. `tools/call`.
-    pub fn action(&self) -> &str {
+    /// The action, e.g. [`Action::CallTool`].
+    pub fn action(&self) -> &Action {
         &self.action
     }
 
@@ -187,7 +174,7 @@ impl PolicyInput {
             "groups" => p.groups().iter().map(|g| Value::String(g.clone())).collect(),
             "scopes" => p.scopes().map(|s| Value::String(s.to_owned())).collect(),
             "claims" => Value::Object(p.claims().clone()),
-            "action" => Value::String(self.action.clone()),
+            "action" => Value::String(self.action.as_str().to_owned()),
             "resource" => Value::String(self.resource.clone()),
             "arguments" => self.arguments.clone().unwrap_or(Value::Null),
             "session_id" => opt(self.session_id.as_deref()),
@@ -235,7 +222,7 @@ impl PolicyInput {
                 }
                 key.push(b']');
             }
-            "action" => string(&self.action, key),
+            "action" => string(self.action.as_str(), key),
             "resource" => string(&self.resource, key),
             "session_id" => opt(self.session_id.as_deref(), key),
             // claims and arguments: the full JSON value. serde_json writes an
@@ -263,7 +250,7 @@ mod tests {
 
     #[test]
     fn document_has_every_documented_field() {
-        let doc = PolicyInput::new(&alice(), "tools/call", "echo").to_json();
+        let doc = PolicyInput::new(&alice(), "echo", Action::CallTool).to_json();
         let obj = doc.as_object().unwrap();
         assert_eq!(obj.len(), FIELDS.len());
         assert_eq!(doc["version"], INPUT_VERSION);
@@ -281,8 +268,8 @@ mod tests {
         let one = Principal::unverified("i", "s").groups(["a,b"]).build();
         let two = Principal::unverified("i", "s").groups(["a", "b"]).build();
         let (mut k1, mut k2) = (Vec::new(), Vec::new());
-        PolicyInput::new(&one, "x", "y").write_key_field("groups", &mut k1);
-        PolicyInput::new(&two, "x", "y").write_key_field("groups", &mut k2);
+        PolicyInput::new(&one, "y", Action::custom("x")).write_key_field("groups", &mut k1);
+        PolicyInput::new(&two, "y", Action::custom("x")).write_key_field("groups", &mut k2);
         assert_ne!(k1, k2);
     }
 }

@@ -22,7 +22,7 @@
 //! ```
 //! # fn main() -> Result<(), rmcp_guard::ConfigError> {
 //! use rmcp_guard::Principal;
-//! use rmcp_guard::policy::{PolicyEngine, PolicyInput};
+//! use rmcp_guard::policy::{Action, PolicyEngine, PolicyInput};
 //!
 //! // The example RBAC policy: groups claim -> roles -> (resource, action).
 //! let engine = PolicyEngine::rbac_example()?;
@@ -31,10 +31,10 @@
 //!     .scopes(["mcp:tools"])
 //!     .build();
 //!
-//! let deploy = engine.decide(&PolicyInput::new(&alice, "tools/call", "deploy_template"));
+//! let deploy = engine.decide(&PolicyInput::new(&alice, "deploy_template", Action::CallTool));
 //! assert!(deploy.allowed());
 //!
-//! let ticket = engine.decide(&PolicyInput::new(&alice, "tools/call", "create_ticket"));
+//! let ticket = engine.decide(&PolicyInput::new(&alice, "create_ticket", Action::CallTool));
 //! assert!(!ticket.allowed());
 //! assert_eq!(ticket.reason(), Some("no_role_grants_access"));
 //! # Ok(()) }
@@ -76,6 +76,7 @@
 //! `cached`. A listing is one decision (the `*/list` action); the per-item
 //! filter decisions are not logged one by one.
 
+mod action;
 mod analysis;
 mod context;
 mod decision;
@@ -84,10 +85,10 @@ mod handler;
 pub mod input;
 mod shipped;
 mod source;
-#[cfg(feature = "jwt")]
-pub mod step_up;
+mod step_up;
 
-pub use context::{PERMISSION_DENIED, current_principal, denial_error, require_permission};
+pub use action::Action;
+pub use context::require_permission;
 pub use decision::Decision;
 pub use engine::{
     DEFAULT_ENTRYPOINT, DEFAULT_MAX_INSTRUCTIONS, DEFAULT_MEMO_CAPACITY, DEFAULT_REASONS_RULE,
@@ -96,8 +97,7 @@ pub use engine::{
 pub use handler::Guarded;
 pub use input::{INPUT_VERSION, PolicyInput};
 pub use shipped::{DEFAULT_POLICY, RBAC_DATA, RBAC_POLICY, RBAC_POLICY_V0, RBAC_TOOL_SCOPE};
-#[cfg(feature = "jwt")]
-pub use step_up::{StepUp, StepUpLayer};
+pub use step_up::{StepUp, StepUpBody, StepUpLayer};
 
 /// Secret reads are policy decisions too: `Credentials::builder(store)
 /// .authorizer(engine.clone())` asks the policy for action
@@ -105,7 +105,7 @@ pub use step_up::{StepUp, StepUpLayer};
 /// secret is looked up.
 impl crate::secrets::SecretAuthorizer for PolicyEngine {
     fn authorize(&self, principal: &crate::Principal, service: &str) -> bool {
-        self.decide(&PolicyInput::new(principal, crate::secrets::SECRETS_READ, service))
+        self.decide(&PolicyInput::new(principal, service, Action::ReadSecret))
             .allowed()
     }
 }

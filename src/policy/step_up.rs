@@ -33,25 +33,27 @@ use serde_json::Value;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::action::Action;
 use super::engine::PolicyEngine;
-use super::input::{ACTION_CALL_TOOL, ACTION_GET_PROMPT, ACTION_READ_RESOURCE, PolicyInput};
+use super::input::PolicyInput;
+use crate::challenge::Challenges;
 use crate::error::AuthError;
-use crate::oauth::{ResourceServer, ResponseBody};
 use crate::principal::Principal;
 
 /// Adds the step-up pre-check; see the [module docs](self).
 #[derive(Clone, Debug)]
 pub struct StepUpLayer {
-    rs: ResourceServer,
+    challenges: Challenges,
     engine: PolicyEngine,
     max_body_bytes: usize,
 }
 
 impl StepUpLayer {
-    /// A layer deciding with `engine` and answering with `rs`'s challenges.
-    pub fn new(rs: &ResourceServer, engine: PolicyEngine) -> Self {
+    /// A layer deciding with `engine` and answering with `challenges`
+    /// ([`ResourceServer::challenges`](crate::ResourceServer::challenges)).
+    pub fn new(challenges: &Challenges, engine: PolicyEngine) -> Self {
         StepUpLayer {
-            rs: rs.clone(),
+            challenges: challenges.clone(),
             engine,
             max_body_bytes: 256 * 1024,
         }
@@ -82,30 +84,34 @@ pub struct StepUp<S> {
     layer: StepUpLayer,
 }
 
+impl<S> StepUp<S> {
+    define_inner_service_accessors!();
+}
+
 /// The method, target and arguments of a JSON-RPC request that can step up.
-fn target(body: &[u8]) -> Option<(&'static str, String, Option<Value>)> {
+fn target(body: &[u8]) -> Option<(Action, String, Option<Value>)> {
     let Value::Object(mut message) = serde_json::from_slice::<Value>(body).ok()? else {
         return None;
     };
     let method = match message.get("method")?.as_str()? {
-        "tools/call" => ACTION_CALL_TOOL,
-        "resources/read" => ACTION_READ_RESOURCE,
-        "prompts/get" => ACTION_GET_PROMPT,
+        "tools/call" => Action::CallTool,
+        "resources/read" => Action::ReadResource,
+        "prompts/get" => Action::GetPrompt,
         _ => return None,
     };
     let Some(Value::Object(mut params)) = message.remove("params") else {
         return None;
     };
-    let key = if method == ACTION_READ_RESOURCE { "uri" } else { "name" };
+    let key = if method == Action::ReadResource { "uri" } else { "name" };
     let name = params.get(key)?.as_str()?.to_owned();
     Some((method, name, params.remove("arguments")))
 }
 
 impl StepUpLayer {
     /// The scopes a step-up needs, if the policy denies for lack of them.
-    fn missing_scopes(&self, principal: &Principal, body: &[u8]) -> Option<(Vec<String>, String, &'static str)> {
+    fn missing_scopes(&self, principal: &Principal, body: &[u8]) -> Option<(Vec<String>, String, Action)> {
         let (action, resource, arguments) = target(body)?;
-        let mut input = PolicyInput::new(principal, action, resource.clone());
+        let mut input = PolicyInput::new(principal, resource.clone(), action.clone());
         if let Some(arguments) = arguments {
             input = input.with_arguments(arguments);
         }
@@ -115,7 +121,7 @@ impl StepUpLayer {
         }
         // The challenge names everything the new token needs: what the
         // resource always requires plus what this call requires.
-        let mut needed: Vec<String> = self.rs.required_scopes().to_vec();
+        let mut needed: Vec<String> = self.challenges.required_scopes().to_vec();
         for scope in decision.required_scopes() {
             if !needed.contains(scope) {
                 needed.push(scope.clone());
@@ -136,7 +142,7 @@ where
     ReqBody::Error: Into<axum::BoxError>,
     ResBody: Send + 'static,
 {
-    type Response = Response<ResponseBody<ResBody>>;
+    type Response = Response<StepUpBody<ResBody>>;
     type Error = S::Error;
     type Future = BoxFuture<Result<Self::Response, S::Error>>;
 
@@ -157,7 +163,7 @@ where
         let principal = req.extensions().get::<Principal>().cloned();
         let (Some(principal), true) = (principal, inspect) else {
             let future = inner.call(req.map(Body::new));
-            return Box::pin(async move { Ok(future.await?.map(|body| ResponseBody::Inner { body })) });
+            return Box::pin(async move { Ok(future.await?.map(StepUpBody::inner)) });
         };
         let layer = self.layer.clone();
         Box::pin(async move {
@@ -167,19 +173,33 @@ where
             let bytes = match http_body_util::BodyExt::collect(limited).await {
                 Ok(collected) => collected.to_bytes(),
                 Err(_) => {
-                    let response = layer.rs.reject(&AuthError::InvalidRequest("unreadable request body"));
-                    return Ok(response.map(|body| ResponseBody::Rejection { body: Some(body) }));
+                    let response = layer
+                        .challenges
+                        .reject(&AuthError::InvalidRequest("unreadable request body"));
+                    return Ok(response.map(StepUpBody::rejection));
                 }
             };
             if let Some((required, resource, action)) = layer.missing_scopes(&principal, &bytes) {
-                crate::audit::step_up(&principal, action, &resource, &required);
-                let response = layer.rs.reject(&AuthError::InsufficientScope { required });
-                return Ok(response.map(|body| ResponseBody::Rejection { body: Some(body) }));
+                crate::audit::AuditEvent::StepUp {
+                    principal: &principal,
+                    resource: &resource,
+                    action: action.as_str(),
+                    required_scopes: &required,
+                }
+                .emit();
+                let response = layer.challenges.reject(&AuthError::InsufficientScope { required });
+                return Ok(response.map(StepUpBody::rejection));
             }
             let response = inner.call(Request::from_parts(parts, Body::from(bytes))).await?;
-            Ok(response.map(|body| ResponseBody::Inner { body }))
+            Ok(response.map(StepUpBody::inner))
         })
     }
+}
+
+opaque_body! {
+    /// The response body of [`StepUp`]: the inner service's body, or the 403
+    /// step-up challenge.
+    pub type StepUpBody<B>;
 }
 
 #[cfg(test)]
@@ -190,7 +210,7 @@ mod tests {
     fn targets_of_stepping_up_methods() {
         let call = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"deploy","arguments":{"a":1}}}"#;
         let (action, name, args) = target(call).unwrap();
-        assert_eq!((action, name.as_str()), ("tools/call", "deploy"));
+        assert_eq!((action, name.as_str()), (Action::CallTool, "deploy"));
         assert_eq!(args, Some(serde_json::json!({"a": 1})));
         let read = br#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///x"}}"#;
         assert_eq!(target(read).unwrap().1, "file:///x");

@@ -1,21 +1,23 @@
-//! [`Credentials`]: the handle tools reach through the request, and
-//! [`credentials`], the one-line accessor.
+//! [`Credentials`]: the handle the server configures, and
+//! [`CallerCredentials`], the extractor a tool takes.
 //!
 //! A handle binds a [`SecretStore`] to a [`PathTemplate`], a cache and an
-//! optional [`SecretAuthorizer`]. [`CredentialsLayer`] puts a clone of it
+//! optional [`SecretAuthorizer`]. The [`GuardedRouter`](crate::GuardedRouter)
+//! (or `axum::Extension(credentials)` in a custom stack) puts a clone of it
 //! into every HTTP request's extensions; rmcp copies the request's
-//! [`http::request::Parts`] into each tool call, where [`credentials`] finds
-//! it next to the [`Principal`] the bearer layer inserted.
+//! [`http::request::Parts`] into each tool call, where [`CallerCredentials`]
+//! finds it next to the [`Principal`] the bearer layer inserted.
 
 use std::fmt;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::FutureExt;
+use rmcp::handler::server::common::{AsRequestContext, FromContextPart};
 
 use crate::Principal;
-use crate::audit;
+use crate::audit::AuditEvent;
+use crate::error::Rejection;
 
 use super::cache::{Cache, CacheConfig, CacheStatus};
 use super::{PathTemplate, Secret, SecretError, SecretStore};
@@ -55,7 +57,7 @@ where
 }
 
 /// A store, a path template, a cache and an optional authorizer: what
-/// [`credentials`] uses. Cheap to clone (one reference count).
+/// [`CallerCredentials`] reads through. Cheap to clone (one reference count).
 #[derive(Clone)]
 pub struct Credentials {
     inner: Arc<Inner>,
@@ -127,16 +129,6 @@ impl Credentials {
         result
     }
 
-    /// The handle attached to this request by [`CredentialsLayer`].
-    pub fn from_parts(parts: &http::request::Parts) -> Result<&Credentials, SecretError> {
-        parts.extensions.get::<Credentials>().ok_or(SecretError::NotConfigured)
-    }
-
-    /// A layer that attaches this handle to every request.
-    pub fn layer(&self) -> CredentialsLayer {
-        CredentialsLayer::new(self.clone())
-    }
-
     /// The path template in use.
     pub fn template(&self) -> &PathTemplate {
         &self.inner.template
@@ -158,40 +150,77 @@ impl fmt::Debug for Credentials {
     }
 }
 
-/// `principal`'s credential for `service`, from the request: the one line a
-/// tool needs.
+/// The caller's credentials, as a tool parameter: an rmcp extractor holding
+/// the request's [`Principal`] and the server's [`Credentials`].
 ///
-/// Takes the [`Principal`] (bearer layer) and the [`Credentials`]
-/// ([`CredentialsLayer`]) from `parts`, and fails closed when either is
-/// missing. `?` turns the error into a clear [`rmcp::ErrorData`].
+/// Extraction fails closed with the one denial error when the request has
+/// no caller, and with "not configured" when the server has no credentials.
 ///
 /// ```
-/// use rmcp::handler::server::tool::Extension;
-/// use rmcp_guard::secrets::credentials;
+/// use rmcp::{ErrorData, handler::server::router::tool::ToolRouter, tool, tool_router};
+/// use rmcp_guard::secrets::CallerCredentials;
 ///
-/// async fn get_all_templates(
-///     Extension(parts): Extension<http::request::Parts>,
-/// ) -> Result<String, rmcp::ErrorData> {
-///     let cred = credentials(&parts, "catalyst-center").await?;
-///     let user = cred.expose_required("username")?;
-///     let _password = cred.expose_required("password")?; // log in downstream with it
-///     Ok(format!("connected to Catalyst Center as {user}"))
+/// struct Server {
+///     tool_router: ToolRouter<Self>,
 /// }
+///
+/// #[tool_router]
+/// impl Server {
+///     #[tool(description = "List the device templates")]
+///     async fn get_all_templates(&self, credentials: CallerCredentials) -> Result<String, ErrorData> {
+///         let cred = credentials.get("catalyst-center").await?; // mcp/{tenant}/catalyst-center
+///         let user = cred.expose_required("username")?;
+///         let _password = cred.expose_required("password")?; // log in downstream with it
+///         Ok(format!("connected to Catalyst Center as {user}"))
+///     }
+/// }
+/// # let _ = Server { tool_router: Server::tool_router() };
 /// ```
-pub async fn credentials(parts: &http::request::Parts, service: &str) -> Result<Secret, SecretError> {
-    let principal = parts.extensions.get::<Principal>();
-    let creds = parts.extensions.get::<Credentials>();
-    match (principal, creds) {
-        (Some(principal), Some(creds)) => creds.get(principal, service).await,
-        (principal, creds) => {
-            let e = if principal.is_none() {
-                SecretError::Unauthenticated
-            } else {
-                SecretError::NotConfigured
-            };
-            let template = creds.map_or("-", |c| c.template().as_str());
-            report(principal, service, template, None, &Err(e.clone()), CacheStatus::None);
-            Err(e)
+#[derive(Clone, Debug)]
+pub struct CallerCredentials {
+    principal: Principal,
+    credentials: Credentials,
+}
+
+impl CallerCredentials {
+    /// The caller's credential for `service`: authorized, resolved from the
+    /// caller's claims, read through the cache; one audit event.
+    pub async fn get(&self, service: &str) -> Result<Secret, Rejection> {
+        self.credentials
+            .get(&self.principal, service)
+            .await
+            .map_err(Rejection::from)
+    }
+
+    /// Whose credentials these are.
+    pub fn principal(&self) -> &Principal {
+        &self.principal
+    }
+}
+
+impl<C: AsRequestContext> FromContextPart<C> for CallerCredentials {
+    fn from_context_part(context: &mut C) -> Result<Self, rmcp::ErrorData> {
+        let principal = crate::extract::extension::<Principal, C>(context);
+        let credentials = crate::extract::extension::<Credentials, C>(context);
+        match (principal, credentials) {
+            (Some(principal), Some(credentials)) => Ok(CallerCredentials { principal, credentials }),
+            (principal, credentials) => {
+                let e = if principal.is_none() {
+                    SecretError::Unauthenticated
+                } else {
+                    SecretError::NotConfigured
+                };
+                let template = credentials.as_ref().map_or("-", |c| c.template().as_str());
+                report(
+                    principal.as_ref(),
+                    "",
+                    template,
+                    None,
+                    &Err(e.clone()),
+                    CacheStatus::None,
+                );
+                Err(Rejection::from(e).into())
+            }
         }
     }
 }
@@ -208,7 +237,15 @@ fn report(
         Ok(_) => "ok",
         Err(e) => e.code(),
     };
-    audit::secret_access(principal, service, template, path, outcome, cache.as_str());
+    AuditEvent::SecretAccess {
+        principal,
+        service,
+        template,
+        path,
+        outcome,
+        cache: cache.as_str(),
+    }
+    .emit();
     if let Err(e) = result {
         let path = path.unwrap_or("-");
         if e.is_infrastructure() {
@@ -254,17 +291,6 @@ impl CredentialsBuilder {
         self
     }
 
-    /// For how long after expiry a cached value may still be served while
-    /// the store is *unavailable* (unreachable, sealed, our token rejected).
-    /// Never when the store answers "not found" or "permission denied".
-    /// Zero means fail closed as soon as the value expires.
-    ///
-    /// Defaults to `0s`.
-    pub fn stale_if_error(mut self, window: Duration) -> Self {
-        self.cache.stale_if_error = window;
-        self
-    }
-
     /// Ask `authorizer` before every read; see [`SecretAuthorizer`].
     ///
     /// Without one, every authenticated principal may read the credentials
@@ -274,6 +300,12 @@ impl CredentialsBuilder {
     pub fn authorizer(mut self, authorizer: impl SecretAuthorizer) -> Self {
         self.authorizer = Some(Arc::new(authorizer));
         self
+    }
+
+    /// Settings that weaken a default, named so a reviewer sees them.
+    /// Everything after this step is dangerous.
+    pub fn dangerous(self) -> DangerousCredentialsBuilder {
+        DangerousCredentialsBuilder { builder: self }
     }
 
     /// Finish.
@@ -299,99 +331,28 @@ impl fmt::Debug for CredentialsBuilder {
     }
 }
 
-/// Attaches a [`Credentials`] handle to every request's extensions.
-///
-/// rmcp copies the HTTP request's [`http::request::Parts`] into each tool
-/// call, where [`credentials`] finds the handle next to the [`Principal`].
-///
-/// ```
-/// use rmcp_guard::Principal;
-/// use rmcp_guard::secrets::{Credentials, CredentialsLayer, MemoryStore, credentials};
-/// use tower::{Layer, ServiceExt, service_fn};
-///
-/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-/// let store = MemoryStore::new().with("mcp/acme/ticketing", [("token", "t0k")]);
-/// let creds = Credentials::builder(store).build();
-///
-/// // Stand-in for the rmcp service: what a tool does with the request parts.
-/// let svc = CredentialsLayer::new(creds).layer(service_fn(|req: http::Request<()>| async move {
-///     let (parts, _) = req.into_parts();
-///     let secret = credentials(&parts, "ticketing").await?;
-///     let status = if secret.expose("token").is_some() { 200 } else { 500 };
-///     Ok::<_, rmcp::ErrorData>(http::Response::builder().status(status).body(()).unwrap())
-/// }));
-///
-/// // Stand-in for the bearer layer: a verified caller of tenant `acme`.
-/// let mut req = http::Request::new(());
-/// req.extensions_mut().insert(Principal::unverified("https://idp", "alice").tenant("acme").build());
-/// assert_eq!(svc.oneshot(req).await.unwrap().status(), 200);
-/// # });
-/// ```
-///
-/// Put it anywhere around the rmcp `StreamableHttpService` (inside or outside
-/// the bearer layer). `axum::Extension(credentials)` does the same job.
-#[derive(Clone, Debug)]
-pub struct CredentialsLayer {
-    credentials: Credentials,
+/// The settings of [`CredentialsBuilder::dangerous`].
+#[must_use]
+#[derive(Debug)]
+pub struct DangerousCredentialsBuilder {
+    builder: CredentialsBuilder,
 }
 
-impl CredentialsLayer {
-    /// A layer that attaches `credentials`.
-    pub fn new(credentials: Credentials) -> Self {
-        CredentialsLayer { credentials }
-    }
-}
-
-impl<S> tower_layer::Layer<S> for CredentialsLayer {
-    type Service = CredentialsService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        CredentialsService {
-            inner,
-            credentials: self.credentials.clone(),
-        }
-    }
-}
-
-/// The service of [`CredentialsLayer`].
-#[derive(Clone, Debug)]
-pub struct CredentialsService<S> {
-    inner: S,
-    credentials: Credentials,
-}
-
-impl<S> CredentialsService<S> {
-    /// The wrapped service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
+impl DangerousCredentialsBuilder {
+    /// For how long after expiry a cached value may still be served while
+    /// the store is *unavailable* (unreachable, sealed, our token rejected):
+    /// a credential revoked in Vault keeps working that long. Never when the
+    /// store answers "not found" or "permission denied".
+    ///
+    /// Defaults to `0s`: fail closed as soon as the value expires.
+    pub fn stale_if_error(mut self, window: Duration) -> Self {
+        self.builder.cache.stale_if_error = window;
+        self
     }
 
-    /// The wrapped service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwrap.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-}
-
-impl<S, B> tower_service::Service<http::Request<B>> for CredentialsService<S>
-where
-    S: tower_service::Service<http::Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        req.extensions_mut().insert(self.credentials.clone());
-        self.inner.call(req)
+    /// Finish.
+    pub fn build(self) -> Credentials {
+        self.builder.build()
     }
 }
 
@@ -463,46 +424,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn accessor_fails_closed_without_principal_or_handle() {
-        let (parts, _) = http::Request::new(()).into_parts();
-        assert_eq!(
-            credentials(&parts, "cc").await.unwrap_err(),
-            SecretError::Unauthenticated
-        );
-        let mut req = http::Request::new(());
-        req.extensions_mut().insert(acme());
-        let (parts, _) = req.into_parts();
-        assert_eq!(credentials(&parts, "cc").await.unwrap_err(), SecretError::NotConfigured);
-    }
-
-    #[tokio::test]
-    async fn layer_works_on_an_axum_router() {
-        use tower::ServiceExt;
-        async fn tool(parts: http::request::Parts) -> Result<String, rmcp::ErrorData> {
-            let s = credentials(&parts, "cc").await?;
-            Ok(s.expose_required("username")?.to_owned())
-        }
-        let creds = Credentials::builder(store()).build();
-        let app = axum::Router::new()
-            .route(
-                "/",
-                axum::routing::get(|parts: http::request::Parts| async move {
-                    match tool(parts).await {
-                        Ok(user) => (http::StatusCode::OK, user),
-                        Err(e) => (http::StatusCode::FORBIDDEN, e.message.into_owned()),
-                    }
-                }),
-            )
-            .layer(creds.layer());
-        let mut req = http::Request::new(axum::body::Body::empty());
-        req.extensions_mut().insert(acme());
-        let resp = app.clone().oneshot(req).await.unwrap();
-        assert_eq!(resp.status(), http::StatusCode::OK);
-        let resp = app
-            .oneshot(http::Request::new(axum::body::Body::empty()))
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), http::StatusCode::FORBIDDEN);
+    async fn caller_credentials_read_the_callers_own_path() {
+        let creds = CallerCredentials {
+            principal: acme(),
+            credentials: Credentials::builder(store()).build(),
+        };
+        let secret = creds.get("cc").await.unwrap();
+        assert_eq!(secret.expose("username"), Some("acme-user"));
+        assert_eq!(creds.get("nope").await.unwrap_err(), Rejection::NotFound("credential"));
     }
 
     #[test]

@@ -2,9 +2,11 @@
 
 use std::path::PathBuf;
 
+#[cfg(test)]
 use serde_json::json;
 
 use super::template::ScopeError;
+use crate::error::Rejection;
 
 /// Why a credential lookup failed.
 ///
@@ -40,7 +42,7 @@ pub enum SecretError {
     #[error("request is not authenticated")]
     Unauthenticated,
     /// No [`Credentials`](super::Credentials) handle in the request: the server
-    /// is wired without [`CredentialsLayer`](super::CredentialsLayer).
+    /// is wired without credentials.
     #[error("credentials are not configured on this server")]
     NotConfigured,
     /// The stored credential lacks a field the tool requires.
@@ -95,21 +97,27 @@ impl SecretError {
     }
 }
 
-impl From<SecretError> for rmcp::ErrorData {
-    /// Caller-attributable refusals become `invalid_request`, a missing
-    /// credential `resource_not_found`, infrastructure failures
-    /// `internal_error`. `data` is `{"reason": <code>}`.
+impl From<SecretError> for Rejection {
+    /// Refusals (the authorizer, the store's permission, a claim that cannot
+    /// name a path, no caller) are denials; a missing credential or field is
+    /// "not found"; everything else is the store being unavailable. The
+    /// detail stays in the audit event.
     fn from(e: SecretError) -> Self {
-        let data = Some(json!({ "reason": e.code() }));
-        let message = format!("credentials: {e}");
         match e {
-            SecretError::Denied
-            | SecretError::PermissionDenied
-            | SecretError::Scope(_)
-            | SecretError::Unauthenticated => rmcp::ErrorData::invalid_request(message, data),
-            SecretError::NotFound => rmcp::ErrorData::resource_not_found(message, data),
-            _ => rmcp::ErrorData::internal_error(message, data),
+            SecretError::Denied | SecretError::PermissionDenied | SecretError::Scope(_) => Rejection::forbidden(),
+            SecretError::Unauthenticated => Rejection::Unauthenticated,
+            SecretError::NotFound => Rejection::NotFound("credential"),
+            SecretError::MissingField(_) => Rejection::NotFound("credential field"),
+            SecretError::NotConfigured => Rejection::NotConfigured("credentials"),
+            _ => Rejection::Unavailable("the credential store"),
         }
+    }
+}
+
+impl From<SecretError> for rmcp::ErrorData {
+    /// Through [`Rejection`]: the same error for every denial.
+    fn from(e: SecretError) -> Self {
+        Rejection::from(e).into()
     }
 }
 
@@ -170,13 +178,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn mcp_errors_are_clear_and_carry_a_reason_code() {
+    fn a_denial_is_the_one_denial_error() {
         let e: rmcp::ErrorData = SecretError::Unreachable.into();
         assert_eq!(e.code, rmcp::model::ErrorCode::INTERNAL_ERROR);
-        assert_eq!(e.message, "credentials: the secret store is unreachable");
-        assert_eq!(e.data, Some(json!({"reason": "unreachable"})));
-        let e: rmcp::ErrorData = SecretError::PermissionDenied.into();
-        assert_eq!(e.code, rmcp::model::ErrorCode::INVALID_REQUEST);
+        assert_eq!(e.message, "the credential store is temporarily unavailable");
+        for denied in [SecretError::PermissionDenied, SecretError::Denied] {
+            let e: rmcp::ErrorData = denied.into();
+            assert_eq!(e.code, crate::error::PERMISSION_DENIED);
+            assert_eq!(e.data, Some(json!({"error": "forbidden"})));
+        }
         let e: rmcp::ErrorData = SecretError::NotFound.into();
         assert_eq!(e.code, rmcp::model::ErrorCode::RESOURCE_NOT_FOUND);
     }

@@ -5,16 +5,14 @@
 //! hosts) with credentials that are neither in environment variables nor in
 //! config files, and one tenant never reads another's.
 //!
-//! # For tool authors: one line
+//! # For tool authors: one parameter, one line
 //!
 //! ```
-//! use rmcp::handler::server::tool::Extension;
-//! use rmcp_guard::secrets::credentials;
+//! use rmcp::ErrorData;
+//! use rmcp_guard::secrets::CallerCredentials;
 //!
-//! async fn create_ticket(
-//!     Extension(parts): Extension<http::request::Parts>,
-//! ) -> Result<String, rmcp::ErrorData> {
-//!     let cred = credentials(&parts, "servicenow").await?; // a clear MCP error on failure
+//! async fn create_ticket(credentials: CallerCredentials) -> Result<String, ErrorData> {
+//!     let cred = credentials.get("servicenow").await?; // a clear MCP error on failure
 //!     let user = cred.expose_required("username")?;
 //!     let _password = cred.expose_required("password")?;
 //!     // ... call ServiceNow; never return the secret itself.
@@ -22,8 +20,9 @@
 //! }
 //! ```
 //!
-//! [`credentials`] takes the [`Principal`](crate::Principal) (bearer layer)
-//! and the [`Credentials`] handle ([`CredentialsLayer`]) from the request,
+//! [`CallerCredentials`] (an rmcp extractor: a tool parameter) takes the
+//! [`Principal`](crate::Principal) (bearer layer) and the [`Credentials`]
+//! handle (put there by the [`GuardedRouter`](crate::GuardedRouter)) from the request,
 //! resolves the caller's path from the [`PathTemplate`] (default
 //! `mcp/{tenant}/{service}`: tenant `acme` asking for `catalyst-center` reads
 //! `mcp/acme/catalyst-center`), asks the optional [`SecretAuthorizer`], and
@@ -42,8 +41,9 @@
 //!     .template(PathTemplate::parse("mcp/{tenant}/{service}")?) // the default
 //!     .cache_ttl(Duration::from_secs(60))                        // the default
 //!     .build();
-//! // axum: Router::new().nest_service("/mcp", mcp).layer(credentials.layer()).layer(bearer)
-//! let _layer = credentials.layer();
+//! // rmcp_guard::GuardedRouter::new(rs).credentials(credentials); in a custom
+//! // stack: app.layer(axum::Extension(credentials))
+//! let _layer = axum::Extension(credentials);
 //! # Ok(()) }
 //! ```
 //!
@@ -148,7 +148,7 @@ use std::sync::Arc;
 
 pub use cache::CacheStatus;
 pub use credentials::{
-    Credentials, CredentialsBuilder, CredentialsLayer, CredentialsService, SECRETS_READ, SecretAuthorizer, credentials,
+    CallerCredentials, Credentials, CredentialsBuilder, DangerousCredentialsBuilder, SECRETS_READ, SecretAuthorizer,
 };
 pub use error::{SecretError, SecretsConfigError};
 pub use memory::MemoryStore;

@@ -23,15 +23,15 @@ use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use axum::response::IntoResponse;
 use rmcp::handler::server::router::tool::ToolRouter;
-use rmcp::handler::server::tool::Extension;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{ServerCapabilities, ServerConfig};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, ServerHandler, schemars, tool, tool_handler, tool_router};
 use rmcp_guard::oauth::ResourceServerBuilder;
+use rmcp_guard::oauth::{Issuer, ResourceServer};
 use rmcp_guard::testing::{TestIssuer, TokenBuilder};
-use rmcp_guard::{Issuer, Principal, ResourceServer};
+use rmcp_guard::{Guard, Principal};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -65,8 +65,7 @@ impl Tools {
     }
 
     #[tool(description = "Who is calling: subject, tenant, groups and scopes of the token")]
-    async fn whoami(&self, Extension(parts): Extension<http::request::Parts>) -> Result<String, ErrorData> {
-        let caller = Principal::from_parts(&parts)?;
+    async fn whoami(&self, caller: Principal) -> Result<String, ErrorData> {
         Ok(json!({
             "subject": caller.subject(),
             "issuer": caller.issuer(),
@@ -127,7 +126,7 @@ impl Running {
     fn spawn(listener: TcpListener, app: Router, cancel_mcp: Option<Box<dyn FnOnce() + Send>>) -> Running {
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
+            let _ = rmcp_guard::serve(listener, app)
                 .with_graceful_shutdown(async move {
                     let _ = rx.await;
                 })
@@ -161,7 +160,7 @@ async fn bind() -> (TcpListener, SocketAddr) {
     (listener, addr)
 }
 
-/// The guarded rmcp server: `rs.router(mcp)` on `127.0.0.1:0`.
+/// The guarded rmcp server: [`Guard`] around the tools, on `127.0.0.1:0`.
 pub struct GuardedServer {
     /// The configuration the server runs with.
     pub rs: ResourceServer,
@@ -195,13 +194,20 @@ pub async fn start_guarded_with(
         .required_scopes([SCOPE])
         .http_timeout(Duration::from_secs(3));
     let rs = configure(builder).build().expect("valid test configuration");
-    let (mcp, cancel) = mcp_service(mode, rs.streamable_http_config());
-    let app = rs.router(mcp);
+    let config = rs.streamable_http_config().with_sse_keep_alive(None);
+    let cancel = config.cancellation_token.clone();
+    let guard = Guard::new(rs.clone()).http_config(config);
+    let guard = if mode == Mode::Stateless {
+        guard.stateless()
+    } else {
+        guard
+    };
+    let app = guard.router(|| Ok(Tools::new()));
     GuardedServer {
         rs,
         url,
         base,
-        _running: Running::spawn(listener, app, Some(cancel)),
+        _running: Running::spawn(listener, app, Some(Box::new(move || cancel.cancel()))),
     }
 }
 
@@ -210,7 +216,6 @@ pub async fn start_guarded_with(
 /// stack of `examples/secure_server.rs`.
 #[cfg(feature = "policy")]
 pub async fn start_guarded_with_policy(issuer: &TestIssuer, engine: rmcp_guard::policy::PolicyEngine) -> GuardedServer {
-    use rmcp_guard::policy::{Guarded, StepUpLayer};
     let (listener, addr) = bind().await;
     let base = format!("http://{addr}");
     let url = format!("{base}/mcp");
@@ -218,19 +223,13 @@ pub async fn start_guarded_with_policy(issuer: &TestIssuer, engine: rmcp_guard::
         .required_scopes([SCOPE])
         .build()
         .expect("valid test configuration");
-    let config = rs
-        .streamable_http_config()
-        .with_sse_keep_alive(None)
-        .with_legacy_session_mode(false)
-        .with_json_response(true);
+    let config = rs.streamable_http_config().with_sse_keep_alive(None);
     let cancel = config.cancellation_token.clone();
-    let handler_engine = engine.clone();
-    let mcp = StreamableHttpService::new(
-        move || Ok(Guarded::new(Tools::new(), handler_engine.clone())),
-        Arc::new(LocalSessionManager::default()),
-        config,
-    );
-    let app = rs.router(tower::Layer::layer(&StepUpLayer::new(&rs, engine), mcp));
+    let app = Guard::new(rs.clone())
+        .http_config(config)
+        .stateless()
+        .policy(engine)
+        .router(|| Ok(Tools::new()));
     GuardedServer {
         rs,
         url,

@@ -14,14 +14,14 @@
 //! be echoed.
 //!
 //! ```
-//! use rmcp_guard::error::AuthError;
+//! use rmcp_guard::AuthError;
 //! use rmcp_guard::oauth::{Issuer, ResourceServer};
 //!
 //! let rs = ResourceServer::builder("https://mcp.example.com/mcp", Issuer::discover("https://idp.example.com"))
 //!     .required_scopes(["mcp:tools"])
 //!     .build()
 //!     .unwrap();
-//! let response = rs.reject(&AuthError::MissingToken);
+//! let response = rs.challenges().reject(&AuthError::MissingToken);
 //! assert_eq!(response.status(), 401);
 //! assert_eq!(
 //!     response.headers()["www-authenticate"],
@@ -29,24 +29,54 @@
 //! );
 //! ```
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::{HeaderValue, Response, header};
 
-use super::ResourceServer;
 use crate::error::AuthError;
 
-impl ResourceServer {
-    /// The `WWW-Authenticate` value for `error`, or `None` when the rejection
-    /// is not an authentication challenge (503).
-    pub fn challenge(&self, error: &AuthError) -> Option<String> {
-        let metadata = quote(&self.shared.metadata_url);
+/// The challenges of one resource: its metadata URL and the scopes every
+/// request needs. Built by the resource server
+/// ([`ResourceServer::challenges`](crate::ResourceServer::challenges)); cheap
+/// to clone.
+#[derive(Debug, Clone)]
+pub struct Challenges {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    metadata_url: String,
+    required_scopes: Vec<String>,
+}
+
+impl Challenges {
+    pub(crate) fn new(metadata_url: String, required_scopes: Vec<String>) -> Self {
+        Challenges {
+            inner: Arc::new(Inner {
+                metadata_url,
+                required_scopes,
+            }),
+        }
+    }
+
+    /// The scopes every request needs.
+    pub fn required_scopes(&self) -> &[String] {
+        &self.inner.required_scopes
+    }
+
+    /// The `WWW-Authenticate` value for `error`, or `None` when the answer
+    /// carries no challenge (503).
+    pub fn header(&self, error: &AuthError) -> Option<String> {
+        let metadata = quote(&self.inner.metadata_url);
         let scope = |scopes: &[String]| (!scopes.is_empty()).then(|| quote(&scopes.join(" ")));
         let mut params: Vec<(&str, String)> = Vec::with_capacity(4);
         match error {
             AuthError::KeysUnavailable | AuthError::IntrospectionUnavailable => return None,
             AuthError::MissingToken => {
                 params.push(("resource_metadata", metadata));
-                if let Some(s) = scope(&self.shared.required_scopes) {
+                if let Some(s) = scope(&self.inner.required_scopes) {
                     params.push(("scope", s));
                 }
             }
@@ -62,7 +92,7 @@ impl ResourceServer {
                 params.push(("error", quote(error.error_code().unwrap_or("invalid_token"))));
                 params.push(("error_description", quote(&error.to_string())));
                 params.push(("resource_metadata", metadata));
-                if let Some(s) = scope(&self.shared.required_scopes) {
+                if let Some(s) = scope(&self.inner.required_scopes) {
                     params.push(("scope", s));
                 }
             }
@@ -71,7 +101,8 @@ impl ResourceServer {
         Some(format!("Bearer {}", joined.join(", ")))
     }
 
-    /// The HTTP response for `error`: status, challenge and a short JSON body.
+    /// The whole rejection: status, challenge, `Cache-Control: no-store`,
+    /// `Retry-After` for a 503, and a short JSON body.
     pub fn reject(&self, error: &AuthError) -> Response<Bytes> {
         let body = serde_json::json!({
             "error": error.error_code().unwrap_or("unauthorized"),
@@ -82,7 +113,7 @@ impl ResourceServer {
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if let Some(value) = self.challenge(error).and_then(|c| HeaderValue::from_str(&c).ok()) {
+        if let Some(value) = self.header(error).and_then(|c| HeaderValue::from_str(&c).ok()) {
             headers.insert(header::WWW_AUTHENTICATE, value);
         }
         if matches!(error, AuthError::KeysUnavailable | AuthError::IntrospectionUnavailable) {
@@ -92,8 +123,6 @@ impl ResourceServer {
     }
 }
 
-/// An RFC 7230 quoted-string. Every value passed here comes from the
-/// configuration or a static description, never from the request.
 fn quote(value: &str) -> String {
     let mut out = String::with_capacity(value.len() + 2);
     out.push('"');
@@ -113,21 +142,17 @@ fn quote(value: &str) -> String {
 mod tests {
     use super::*;
     use crate::error::TokenRejection;
-    use crate::oauth::Issuer;
 
-    fn rs() -> ResourceServer {
-        ResourceServer::builder(
-            "https://mcp.example.com/mcp",
-            Issuer::discover("https://idp.example.com"),
+    fn rs() -> Challenges {
+        Challenges::new(
+            "https://mcp.example.com/.well-known/oauth-protected-resource/mcp".into(),
+            vec!["mcp:tools".into()],
         )
-        .required_scopes(["mcp:tools"])
-        .build()
-        .unwrap()
     }
 
     #[test]
     fn invalid_token_challenge() {
-        let c = rs().challenge(&TokenRejection::Expired.into()).unwrap();
+        let c = rs().header(&TokenRejection::Expired.into()).unwrap();
         assert_eq!(
             c,
             "Bearer error=\"invalid_token\", error_description=\"token expired\", \

@@ -1,0 +1,219 @@
+//! [`Guard`]: the whole guarded MCP endpoint, assembled in one call.
+//!
+//! ```no_run
+//! use rmcp_guard::Guard;
+//! use rmcp_guard::oauth::{Issuer, ResourceServer};
+//! # #[derive(Clone)] struct MyServer;
+//! # impl rmcp::ServerHandler for MyServer {}
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let rs = ResourceServer::builder("https://mcp.example.com/mcp", Issuer::discover("https://idp.example.com"))
+//!     .required_scopes(["mcp:tools"])
+//!     .build()?;
+//! let app = Guard::new(rs).router(|| Ok(MyServer));
+//! rmcp_guard::serve(tokio::net::TcpListener::bind("0.0.0.0:8080").await?, app).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! What [`Guard::router`] returns, from the outside in:
+//!
+//! | piece | what it does | when |
+//! |---|---|---|
+//! | RFC 9728 metadata routes | `/.well-known/oauth-protected-resource[/mcp]`, unauthenticated | always |
+//! | [`BearerAuthLayer`](crate::BearerAuthLayer) | authenticates every request to the MCP endpoint | always |
+//! | request context | the [`Credentials`] and [`TokenExchange`](crate::oauth::TokenExchange) for the extractors | when configured |
+//! | [`SessionBindingLayer`] | a session belongs to the caller that opened it | with sessions |
+//! | [`StepUpLayer`](crate::policy::StepUpLayer) | 403 `insufficient_scope` before rmcp when the policy names missing scopes | with a policy |
+//! | rmcp's `StreamableHttpService` | Host/Origin checks from the resource URI ([`HostPolicy`](crate::oauth::HostPolicy)) | always |
+//! | [`Guarded`](crate::policy::Guarded) | every call, read, get and listing decided by the policy | with a policy |
+//! | your handler | tools take [`Principal`](crate::Principal), [`CallerCredentials`](crate::secrets::CallerCredentials), [`DownstreamTokens`](crate::oauth::DownstreamTokens) | always |
+//!
+//! Each piece stays public for custom stacks.
+
+use std::sync::Arc;
+
+use rmcp::ServerHandler;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+
+use crate::oauth::ResourceServer;
+use crate::secrets::Credentials;
+use crate::session::SessionBindingLayer;
+
+/// Assembles the guarded MCP endpoint; see the [module docs](self).
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct Guard {
+    rs: ResourceServer,
+    #[cfg(feature = "policy")]
+    policy: Option<crate::policy::PolicyEngine>,
+    credentials: Option<Credentials>,
+    #[cfg(feature = "exchange")]
+    exchange: Option<crate::oauth::TokenExchange>,
+    sessions: Option<SessionBindingLayer>,
+    http: StreamableHttpServerConfig,
+}
+
+impl Guard {
+    /// Guard the MCP endpoint of `rs` (served at its resource path).
+    pub fn new(rs: ResourceServer) -> Self {
+        Guard {
+            #[cfg(feature = "policy")]
+            policy: None,
+            credentials: None,
+            #[cfg(feature = "exchange")]
+            exchange: None,
+            sessions: Some(SessionBindingLayer::default()),
+            http: rs.streamable_http_config(),
+            rs,
+        }
+    }
+
+    /// Decide every call, read, get and listing with `engine`, and answer
+    /// 403 `insufficient_scope` for a step-up. Defaults to none: every
+    /// authenticated caller reaches every tool.
+    #[cfg(feature = "policy")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "policy")))]
+    pub fn policy(mut self, engine: crate::policy::PolicyEngine) -> Self {
+        self.policy = Some(engine);
+        self
+    }
+
+    /// Give tools their callers' credentials
+    /// ([`CallerCredentials`](crate::secrets::CallerCredentials)). Defaults
+    /// to none.
+    pub fn credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = Some(credentials);
+        self
+    }
+
+    /// Give tools downstream tokens exchanged from the caller's
+    /// ([`DownstreamTokens`](crate::oauth::DownstreamTokens)); the bearer
+    /// layer then keeps the caller's token, redacted, for the exchange.
+    /// Defaults to none.
+    #[cfg(feature = "exchange")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "exchange")))]
+    pub fn exchange(mut self, exchange: crate::oauth::TokenExchange) -> Self {
+        self.exchange = Some(exchange);
+        self
+    }
+
+    /// Bind sessions with `layer` (its capacity and idle time). Defaults to
+    /// [`SessionBindingLayer::default`].
+    pub fn session_binding(mut self, layer: SessionBindingLayer) -> Self {
+        self.sessions = Some(layer);
+        self
+    }
+
+    /// Serve without sessions: every request stands alone (the only mode of
+    /// MCP 2026-07-28; older clients are served statelessly too) and
+    /// answers are JSON where the handler allows. Any replica can answer any
+    /// request. Defaults to sessions for clients before 2026-07-28, bound to
+    /// their callers.
+    pub fn stateless(mut self) -> Self {
+        self.sessions = None;
+        self
+    }
+
+    /// rmcp's Streamable HTTP settings: keep-alive, request body limit, the
+    /// cancellation token that ends open streams on shutdown. Defaults to
+    /// [`ResourceServer::streamable_http_config`], whose `Host`/`Origin`
+    /// checks come from the resource URI; keep them when you replace it.
+    pub fn http_config(mut self, config: StreamableHttpServerConfig) -> Self {
+        self.http = config;
+        self
+    }
+
+    /// The axum router: the metadata routes and the guarded MCP endpoint at
+    /// the resource path, serving handlers made by `factory` (one per
+    /// session, or per request when stateless).
+    pub fn router<H, F>(self, factory: F) -> axum::Router
+    where
+        H: ServerHandler + Send + 'static,
+        F: Fn() -> Result<H, std::io::Error> + Send + Sync + 'static,
+    {
+        let mut config = self.http;
+        if self.sessions.is_none() {
+            config = config.with_legacy_session_mode(false).with_json_response(true);
+        }
+        let path = self.rs.resource_path().to_owned();
+        let stateful = self.sessions.is_some();
+        #[cfg(feature = "policy")]
+        let mut mcp = match self.policy.clone() {
+            Some(engine) => {
+                let step_up = crate::policy::StepUpLayer::new(self.rs.challenges(), engine.clone());
+                let factory = move || factory().map(|h| crate::policy::Guarded::new(h, engine.clone()));
+                mcp_router(&path, factory, stateful, config, Some(step_up))
+            }
+            None => mcp_router(&path, factory, stateful, config, None),
+        };
+        #[cfg(not(feature = "policy"))]
+        let mut mcp = mcp_router(&path, factory, stateful, config, None);
+        if let Some(sessions) = self.sessions {
+            mcp = mcp.layer(sessions);
+        }
+        if let Some(credentials) = self.credentials {
+            mcp = mcp.layer(axum::Extension(credentials));
+        }
+        #[allow(unused_mut)]
+        let mut bearer = self.rs.layer();
+        #[cfg(feature = "exchange")]
+        if let Some(exchange) = self.exchange {
+            mcp = mcp.layer(axum::Extension(exchange));
+            bearer = bearer.keep_inbound_token();
+        }
+        mcp.layer(bearer).merge(self.rs.metadata_router())
+    }
+}
+
+#[cfg(feature = "policy")]
+type StepUp = crate::policy::StepUpLayer;
+#[cfg(not(feature = "policy"))]
+type StepUp = std::convert::Infallible;
+
+/// rmcp's Streamable HTTP service at `path`, with sessions or without,
+/// behind the step-up layer when there is one.
+fn mcp_router<H, F>(
+    path: &str,
+    factory: F,
+    stateful: bool,
+    config: StreamableHttpServerConfig,
+    step_up: Option<StepUp>,
+) -> axum::Router
+where
+    H: ServerHandler + Send + 'static,
+    F: Fn() -> Result<H, std::io::Error> + Send + Sync + 'static,
+{
+    if stateful {
+        let service = StreamableHttpService::new(factory, Arc::new(LocalSessionManager::default()), config);
+        route(path, service, step_up)
+    } else {
+        let service = StreamableHttpService::new(factory, Arc::new(NeverSessionManager::default()), config);
+        route(path, service, step_up)
+    }
+}
+
+fn route<S, B>(path: &str, service: S, step_up: Option<StepUp>) -> axum::Router
+where
+    S: tower_service::Service<
+            http::Request<axum::body::Body>,
+            Response = http::Response<B>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    let router = axum::Router::new();
+    match step_up {
+        #[cfg(feature = "policy")]
+        Some(layer) => router.route_service(path, tower_layer::Layer::layer(&layer, service)),
+        #[cfg(not(feature = "policy"))]
+        Some(never) => match never {},
+        None => router.route_service(path, service),
+    }
+}

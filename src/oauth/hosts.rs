@@ -1,0 +1,173 @@
+//! [`HostPolicy`]: the `Host` and `Origin` values the MCP endpoint answers to.
+//!
+//! rmcp refuses (403) a request whose `Host` is not allowed or whose `Origin`
+//! is present and not allowed: DNS-rebinding protection. Its own defaults are
+//! loopback names only, so a server deployed at its public URI would refuse
+//! everything; here both lists are derived from the resource URI instead.
+//!
+//! ```
+//! use rmcp_guard::oauth::{HostPolicy, Issuer, ResourceServer};
+//!
+//! let rs = ResourceServer::builder("https://mcp.example.com/mcp", Issuer::discover("https://idp.example.com"))
+//!     .hosts(HostPolicy::default().hosts(["mcp.example.com", "mcp.internal:8080"]))
+//!     .build()
+//!     .unwrap();
+//! assert_eq!(rs.allowed_hosts(), ["mcp.example.com", "mcp.internal:8080"]);
+//! assert_eq!(rs.allowed_origins(), ["https://mcp.example.com:443"]);
+//! ```
+
+use url::Url;
+
+use super::url::is_loopback;
+use crate::error::ConfigError;
+
+/// Which `Host` and `Origin` values are accepted; see the [module docs](self).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[must_use]
+pub struct HostPolicy {
+    hosts: Option<Vec<String>>,
+    origins: Option<Vec<String>>,
+}
+
+impl HostPolicy {
+    /// The `Host` values accepted (`host` or `host:port`). Defaults to the
+    /// resource URI's host and `host:port`, plus `localhost`, `127.0.0.1` and
+    /// `::1` for a loopback resource. An empty list is refused: it would turn
+    /// the protection off.
+    pub fn hosts<I, S>(mut self, hosts: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.hosts = Some(hosts.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// The browser origins accepted (`scheme://host:port`). Defaults to the
+    /// resource URI's origin. Wildcard ports (`:*`) and the `null` origin are
+    /// refused here; [`dangerous`](super::ResourceServerBuilder::dangerous)
+    /// allows them.
+    pub fn origins<I, S>(mut self, origins: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.origins = Some(origins.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// The lists in force for `resource`, checked.
+    pub(crate) fn resolve(&self, resource: &Url, wildcards: bool) -> Result<(Vec<String>, Vec<String>), ConfigError> {
+        let hosts = self.hosts.clone().unwrap_or_else(|| hosts_for(resource));
+        if hosts.is_empty() || hosts.iter().any(|h| h.trim().is_empty()) {
+            return Err(ConfigError::OutOfRange {
+                what: "allowed hosts",
+                reason: "at least one non-empty host (an empty list would disable DNS-rebinding protection)",
+            });
+        }
+        let origins = self.origins.clone().unwrap_or_else(|| origins_for(resource));
+        for origin in &origins {
+            let wild = origin.ends_with(":*") || origin.trim() == "null";
+            if wild && !wildcards {
+                return Err(ConfigError::OutOfRange {
+                    what: "allowed origins",
+                    reason: "`:*` and `null` accept pages you do not control; allow them with dangerous().wildcard_origins()",
+                });
+            }
+            let bare = origin.strip_suffix(":*").unwrap_or(origin);
+            let parsed = Url::parse(bare).ok();
+            let plain = parsed.as_ref().is_some_and(|u| {
+                u.username().is_empty() && u.password().is_none() && matches!(u.path(), "" | "/") && u.query().is_none()
+            });
+            if !(plain || origin.trim() == "null") {
+                return Err(ConfigError::InvalidUrl {
+                    what: "allowed origin",
+                    url: origin.clone(),
+                    reason: "an origin is scheme://host[:port], nothing more",
+                });
+            }
+        }
+        Ok((hosts, origins))
+    }
+}
+
+fn hosts_for(resource: &Url) -> Vec<String> {
+    let mut hosts = Vec::new();
+    if let Some(host) = resource.host_str() {
+        hosts.push(host.to_owned());
+        if let Some(port) = resource.port_or_known_default() {
+            hosts.push(format!("{host}:{port}"));
+        }
+    }
+    if is_loopback(resource) {
+        for alias in ["localhost", "127.0.0.1", "::1"] {
+            if !hosts.iter().any(|h| h == alias) {
+                hosts.push(alias.to_owned());
+            }
+        }
+    }
+    hosts
+}
+
+fn origins_for(resource: &Url) -> Vec<String> {
+    let host = resource.host_str().unwrap_or_default();
+    match resource.port_or_known_default() {
+        Some(port) => vec![format!("{}://{host}:{port}", resource.scheme())],
+        None => vec![format!("{}://{host}", resource.scheme())],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resource() -> Url {
+        Url::parse("https://mcp.example.com/mcp").unwrap()
+    }
+
+    #[test]
+    fn defaults_are_derived_from_the_resource() {
+        let (hosts, origins) = HostPolicy::default().resolve(&resource(), false).unwrap();
+        assert_eq!(hosts, ["mcp.example.com", "mcp.example.com:443"]);
+        assert_eq!(origins, ["https://mcp.example.com:443"]);
+        let loopback = Url::parse("http://127.0.0.1:8080/mcp").unwrap();
+        let (hosts, _) = HostPolicy::default().resolve(&loopback, false).unwrap();
+        assert_eq!(hosts, ["127.0.0.1", "127.0.0.1:8080", "localhost", "::1"]);
+    }
+
+    #[test]
+    fn empty_hosts_are_refused() {
+        let err = HostPolicy::default()
+            .hosts(Vec::<String>::new())
+            .resolve(&resource(), false);
+        assert!(matches!(err, Err(ConfigError::OutOfRange { .. })));
+    }
+
+    #[test]
+    fn wildcard_origins_need_the_dangerous_step() {
+        let policy = HostPolicy::default().origins(["http://localhost:*"]);
+        assert!(matches!(
+            policy.resolve(&resource(), false),
+            Err(ConfigError::OutOfRange { .. })
+        ));
+        assert!(policy.resolve(&resource(), true).is_ok());
+        let null = HostPolicy::default().origins(["null"]);
+        assert!(null.resolve(&resource(), false).is_err());
+    }
+
+    #[test]
+    fn origins_with_a_path_or_credentials_are_refused() {
+        for origin in [
+            "https://a.example/x",
+            "https://u:p@a.example",
+            "https://a.example?q",
+            "nonsense",
+        ] {
+            let policy = HostPolicy::default().origins([origin]);
+            assert!(
+                matches!(policy.resolve(&resource(), true), Err(ConfigError::InvalidUrl { .. })),
+                "{origin}"
+            );
+        }
+    }
+}
