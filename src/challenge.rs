@@ -1,33 +1,4 @@
 //! `WWW-Authenticate` challenges (RFC 6750 section 3, MCP 2025-11-25) and the
-//! rejection responses that carry them.
-//!
-//! | situation | status | challenge |
-//! |---|---|---|
-//! | no credentials | 401 | `Bearer resource_metadata="…", scope="…"` (no error code) |
-//! | malformed request | 400 | `Bearer error="invalid_request", …` |
-//! | bad token | 401 | `Bearer error="invalid_token", error_description="…", resource_metadata="…"` |
-//! | missing scope | 403 | `Bearer error="insufficient_scope", scope="<needed>", resource_metadata="…"` |
-//! | keys unavailable | 503 | none; `Retry-After` |
-//!
-//! The body is a short JSON object `{"error": …, "error_description": …}`.
-//! Nothing in a rejection is copied from the request, so a token can never
-//! be echoed.
-//!
-//! ```
-//! use rmcp_guard::AuthError;
-//! use rmcp_guard::oauth::{Issuer, ResourceServer};
-//!
-//! let rs = ResourceServer::builder("https://mcp.example.com/mcp", Issuer::discover("https://idp.example.com"))
-//!     .required_scopes(["mcp:tools"])
-//!     .build()
-//!     .unwrap();
-//! let response = rs.challenges().reject(&AuthError::MissingToken);
-//! assert_eq!(response.status(), 401);
-//! assert_eq!(
-//!     response.headers()["www-authenticate"],
-//!     r#"Bearer resource_metadata="https://mcp.example.com/.well-known/oauth-protected-resource/mcp", scope="mcp:tools""#
-//! );
-//! ```
 
 use std::sync::Arc;
 
@@ -38,8 +9,38 @@ use crate::error::AuthError;
 
 /// The challenges of one resource: its metadata URL and the scopes every
 /// request needs. Built by the resource server
-/// ([`ResourceServer::challenges`](crate::ResourceServer::challenges)); cheap
+/// ([`ResourceServer::challenges`](crate::oauth::ResourceServer::challenges)); cheap
 /// to clone.
+///
+/// rejection responses that carry them.
+///
+/// | situation | status | challenge |
+/// |---|---|---|
+/// | no credentials | 401 | `Bearer resource_metadata="…", scope="…"` (no error code) |
+/// | malformed request | 400 | `Bearer error="invalid_request", …` |
+/// | bad token | 401 | `Bearer error="invalid_token", error_description="…", resource_metadata="…"` |
+/// | missing scope | 403 | `Bearer error="insufficient_scope", scope="<needed>", resource_metadata="…"` |
+/// | keys unavailable | 503 | none; `Retry-After` |
+///
+/// The body is a short JSON object `{"error": …, "error_description": …}`.
+/// Nothing in a rejection is copied from the request, so a token can never
+/// be echoed.
+///
+/// ```
+/// use rmcp_guard::AuthError;
+/// use rmcp_guard::oauth::{Issuer, ResourceServer};
+///
+/// let rs = ResourceServer::builder("https://mcp.example.com/mcp", Issuer::discover("https://idp.example.com"))
+///     .required_scopes(["mcp:tools"])
+///     .build()
+///     .unwrap();
+/// let response = rs.challenges().reject(&AuthError::MissingToken);
+/// assert_eq!(response.status(), 401);
+/// assert_eq!(
+///     response.headers()["www-authenticate"],
+///     r#"Bearer resource_metadata="https://mcp.example.com/.well-known/oauth-protected-resource/mcp", scope="mcp:tools""#
+/// );
+/// ```
 #[derive(Debug, Clone)]
 pub struct Challenges {
     inner: Arc<Inner>,
@@ -52,6 +53,7 @@ struct Inner {
 }
 
 impl Challenges {
+    #[cfg_attr(not(feature = "jwt"), allow(dead_code))] // built by the resource server
     pub(crate) fn new(metadata_url: String, required_scopes: Vec<String>) -> Self {
         Challenges {
             inner: Arc::new(Inner {

@@ -1,34 +1,4 @@
 //! [`Guard`]: the whole guarded MCP endpoint, assembled in one call.
-//!
-//! ```no_run
-//! use rmcp_guard::Guard;
-//! use rmcp_guard::oauth::{Issuer, ResourceServer};
-//! # #[derive(Clone)] struct MyServer;
-//! # impl rmcp::ServerHandler for MyServer {}
-//!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let rs = ResourceServer::builder("https://mcp.example.com/mcp", Issuer::discover("https://idp.example.com"))
-//!     .required_scopes(["mcp:tools"])
-//!     .build()?;
-//! let app = Guard::new(rs).router(|| Ok(MyServer));
-//! rmcp_guard::serve(tokio::net::TcpListener::bind("0.0.0.0:8080").await?, app).await?;
-//! # Ok(()) }
-//! ```
-//!
-//! What [`Guard::router`] returns, from the outside in:
-//!
-//! | piece | what it does | when |
-//! |---|---|---|
-//! | RFC 9728 metadata routes | `/.well-known/oauth-protected-resource[/mcp]`, unauthenticated | always |
-//! | [`BearerAuthLayer`](crate::BearerAuthLayer) | authenticates every request to the MCP endpoint | always |
-//! | request context | the [`Credentials`] and [`TokenExchange`](crate::oauth::TokenExchange) for the extractors | when configured |
-//! | [`SessionBindingLayer`] | a session belongs to the caller that opened it | with sessions |
-//! | [`StepUpLayer`](crate::policy::StepUpLayer) | 403 `insufficient_scope` before rmcp when the policy names missing scopes | with a policy |
-//! | rmcp's `StreamableHttpService` | Host/Origin checks from the resource URI ([`HostPolicy`](crate::oauth::HostPolicy)) | always |
-//! | [`Guarded`](crate::policy::Guarded) | every call, read, get and listing decided by the policy | with a policy |
-//! | your handler | tools take [`Principal`](crate::Principal), [`CallerCredentials`](crate::secrets::CallerCredentials), [`DownstreamTokens`](crate::oauth::DownstreamTokens) | always |
-//!
-//! Each piece stays public for custom stacks.
 
 use std::sync::Arc;
 
@@ -41,7 +11,37 @@ use crate::oauth::ResourceServer;
 use crate::secrets::Credentials;
 use crate::session::SessionBindingLayer;
 
-/// Assembles the guarded MCP endpoint; see the [module docs](self).
+/// Assembles the guarded MCP endpoint; see the [type docs](Self).
+///
+/// ```no_run
+/// use rmcp_guard::Guard;
+/// use rmcp_guard::oauth::{Issuer, ResourceServer};
+/// # #[derive(Clone)] struct MyServer;
+/// # impl rmcp::ServerHandler for MyServer {}
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let rs = ResourceServer::builder("https://mcp.example.com/mcp", Issuer::discover("https://idp.example.com"))
+///     .required_scopes(["mcp:tools"])
+///     .build()?;
+/// let app = Guard::new(rs).router(|| Ok(MyServer));
+/// rmcp_guard::serve(tokio::net::TcpListener::bind("0.0.0.0:8080").await?, app).await?;
+/// # Ok(()) }
+/// ```
+///
+/// What [`Guard::router`] returns, from the outside in:
+///
+/// | piece | what it does | when |
+/// |---|---|---|
+/// | RFC 9728 metadata routes | `/.well-known/oauth-protected-resource[/mcp]`, unauthenticated | always |
+/// | [`BearerAuthLayer`](crate::oauth::BearerAuthLayer) | authenticates every request to the MCP endpoint | always |
+/// | request context | the [`Credentials`] and [`TokenExchange`](crate::oauth::TokenExchange) for the extractors | when configured |
+/// | [`SessionBindingLayer`] | a session belongs to the caller that opened it | with sessions |
+/// | [`StepUpLayer`](crate::policy::StepUpLayer) | 403 `insufficient_scope` before rmcp when the policy names missing scopes | with a policy |
+/// | rmcp's `StreamableHttpService` | Host/Origin checks from the resource URI ([`HostPolicy`](crate::oauth::HostPolicy)) | always |
+/// | [`Guarded`](crate::policy::Guarded) | every call, read, get and listing decided by the policy | with a policy |
+/// | your handler | tools take [`Principal`](crate::Principal), [`CallerCredentials`](crate::secrets::CallerCredentials), [`DownstreamTokens`](crate::oauth::DownstreamTokens) | always |
+///
+/// Each piece stays public for custom stacks.
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct Guard {

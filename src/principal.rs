@@ -1,6 +1,6 @@
 //! The authenticated caller, as tools and policies see it.
 //!
-//! [`BearerAuthLayer`](crate::BearerAuthLayer) inserts a [`Principal`] into the
+//! [`BearerAuthLayer`](crate::oauth::BearerAuthLayer) inserts a [`Principal`] into the
 //! request extensions after it has verified the bearer token. A `Principal`
 //! is an rmcp extractor: a tool (or prompt) takes it as a parameter, and a
 //! request without one is refused with the one denial error

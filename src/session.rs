@@ -16,10 +16,10 @@
 //! - a `DELETE` of another principal's session is refused the same way; a
 //!   successful `DELETE` by the owner forgets the binding.
 //!
-//! It sits inside [`BearerAuthLayer`](crate::BearerAuthLayer), so every request
+//! It sits inside [`BearerAuthLayer`](crate::oauth::BearerAuthLayer), so every request
 //! on a session is still fully authenticated: an expired token does not ride
 //! on the session. Stateless servers (no session ids) pass through untouched.
-//! [`ResourceServer::router`](crate::ResourceServer::router) installs it.
+//! [`Guard`](crate::Guard) installs it (unless stateless).
 //!
 //! Bindings live in memory, bounded in number (oldest idle evicted first) and
 //! forgotten after an idle time. A forgotten binding makes its session answer

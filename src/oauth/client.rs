@@ -1,4 +1,4 @@
-//! This server as an OAuth client: its credentials ([`ClientAuth`]) and the
+//! This server as an OAuth client: its credentials ([`ClientAuth`](super::ClientAuth)) and the
 //! HTTP hook that carries `oauth2` requests over the crate's one reqwest.
 //!
 //! Introspection ([`introspection`](super::introspection)) and token exchange

@@ -276,6 +276,90 @@ impl TokenCacheConfig {
 }
 
 /// How RFC 7662 answers are reused, and how hard the provider is asked.
+///
+/// for providers where revocation must take effect at once).
+///
+/// An introspection issuer is configured like any other, with
+/// [`Issuer::introspection`](super::Issuer::introspection): the server asks the provider's introspection
+/// endpoint about each new token, authenticating as a confidential client
+/// ([`ClientAuth`](super::ClientAuth)). The answer becomes the same [`Principal`](crate::Principal) the JWT path
+/// builds, behind the same [`BearerAuthLayer`](super::BearerAuthLayer), with
+/// the same challenges.
+///
+/// ```
+/// use rmcp_guard::oauth::{ClientAuth, Issuer, ResourceServer};
+///
+/// # fn main() -> Result<(), rmcp_guard::ConfigError> {
+/// let rs = ResourceServer::builder(
+///     "https://mcp.example.com/mcp",
+///     Issuer::introspection(
+///         "https://idp.example.com",
+///         "https://idp.example.com/oauth2/introspect",
+///         ClientAuth::client_secret("mcp-server", "s3cret")?, // or client_secret_file
+///     ),
+/// )
+/// .required_scopes(["mcp:tools"])
+/// .build()?;
+/// assert_eq!(rs.issuers().collect::<Vec<_>>(), ["https://idp.example.com"]);
+/// # Ok(()) }
+/// ```
+///
+/// # Which validator sees a token
+///
+/// Exactly one, chosen before anything is verified: a JWS-shaped token (three
+/// base64url segments whose payload is a JSON object) whose `iss` names one of
+/// the **JWT issuers** is verified locally; every other token goes to the
+/// introspection issuer. A token refused by one validator is never retried by
+/// the other. At most one introspection issuer can be configured
+/// ([`ConfigError::MultipleIntrospectionIssuers`]):
+/// an opaque token carries no issuer, so with two there would be no sound
+/// way to choose. Without an introspection issuer, every token takes the JWT
+/// path, exactly as before.
+///
+/// # What is checked
+///
+/// After the provider's answer, the same rules as the JWT path, each with the
+/// same rejection (401 `invalid_token`, or 403 `insufficient_scope`):
+///
+/// | answer | rejection |
+/// |---|---|
+/// | `active: false`, or a 4xx other than a client-authentication error | `inactive_token` |
+/// | `iss` present and not the configured issuer | `untrusted_issuer` |
+/// | `token_type` not `Bearer`, or a `cnf` (sender-constrained, e.g. DPoP or mTLS) | `wrong_token_type` |
+/// | no `exp` (this server never accepts a token it cannot bound) | `missing_exp` |
+/// | `exp`, `nbf`, `iat` out of range (with the configured leeway) | `expired`, `not_yet_valid`, `issued_in_future` |
+/// | `aud` missing or naming no accepted audience (RFC 8707) | `wrong_audience` |
+/// | neither `sub` nor `client_id` | `invalid_claim` |
+/// | a required scope missing from `scope` | 403 `insufficient_scope` |
+///
+/// The subject is `sub`, or `client_id` for a client-credentials token that
+/// has no `sub` (as RFC 9068 prescribes for JWTs). Tenant and groups come from
+/// the configured claim names; every member of the answer is in
+/// [`Principal::claims`](crate::Principal::claims).
+///
+/// # Caching and load on the provider
+///
+/// - An accepted answer is cached in the verified-token cache, at most
+///   [`IntrospectionConfig::cache_ttl`]
+///   (default 60 s) and never past `exp`: revocation at the provider takes
+///   effect within that time.
+/// - A refused answer is cached for
+///   [`IntrospectionConfig::negative_cache_ttl`]
+///   (default 10 s), bounded in size, so a flood of one bad token is not a
+///   flood at the provider.
+/// - One request is in flight per token: concurrent requests with the same new
+///   token wait for the one answer. Requests for distinct new tokens are
+///   bounded too: at most
+///   [`IntrospectionConfig::max_in_flight`]
+///   (default 32) at once; the others wait their turn.
+///
+/// # Provider down
+///
+/// A timeout, a connection failure, a 5xx, an unreadable answer, or the
+/// provider refusing this server's client credentials (`invalid_client`)
+/// answers 503 ([`AuthError::IntrospectionUnavailable`](crate::AuthError::IntrospectionUnavailable), audit reason
+/// `introspection_unavailable`), never allow, and is not cached. Tokens cached
+/// before keep working until their cache entry ends.
 #[cfg(feature = "introspection")]
 #[cfg_attr(docsrs, doc(cfg(feature = "introspection")))]
 #[derive(Debug, Clone, PartialEq, Eq)]

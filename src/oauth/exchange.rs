@@ -1,85 +1,4 @@
 //! Downstream tokens: RFC 8693 token exchange on the caller's behalf, and
-//! client credentials as the server itself.
-//!
-//! A tool that calls another API must not pass the caller's token on (the
-//! MCP specification forbids it: the token was minted for *this* resource,
-//! and forwarding it makes every downstream API a confused deputy). Instead
-//! the server exchanges the caller's validated token at the authorization
-//! server for a token scoped to the downstream audience, authenticating as
-//! its own confidential client ([`ClientAuth`]).
-//!
-//! # For tool authors: one parameter, one line
-//!
-//! ```
-//! use rmcp::ErrorData;
-//! use rmcp_guard::oauth::DownstreamTokens;
-//!
-//! async fn list_tickets(tokens: DownstreamTokens) -> Result<String, ErrorData> {
-//!     let token = tokens.get("https://tickets.example.com").await?; // a clear MCP error on failure
-//!     // call the API with `Authorization: {token.authorization_header()}`; never return the token itself
-//!     Ok(format!("scopes granted: {:?}", token.scopes()))
-//! }
-//! ```
-//!
-//! [`DownstreamTokens`] (an rmcp extractor: a tool parameter) holds the
-//! caller's [`Principal`] and [`InboundToken`] (both inserted by the bearer
-//! layer) and the [`TokenExchange`] (put there by the
-//! [`GuardedRouter`](crate::GuardedRouter), which also asks the bearer layer
-//! to keep the inbound token). [`DownstreamTokens::request`] also sets
-//! `resource` (RFC 8707) and `scope`.
-//!
-//! # For the server: wiring
-//!
-//! ```
-//! use rmcp_guard::oauth::{ClientAuth, TokenExchange};
-//!
-//! # fn main() -> Result<(), rmcp_guard::ConfigError> {
-//! let exchange = TokenExchange::builder(
-//!     "https://idp.example.com/oauth2/token",
-//!     ClientAuth::client_secret("mcp-server", "s3cret")?, // or client_secret_file
-//! )
-//! .build()?;
-//! // rmcp_guard::GuardedRouter::new(rs).exchange(exchange); in a custom stack:
-//! // app.layer(axum::Extension(exchange)) inside rs.layer().keep_inbound_token()
-//! let _layer = axum::Extension(exchange);
-//! # Ok(()) }
-//! ```
-//!
-//! # The request
-//!
-//! `grant_type=urn:ietf:params:oauth:grant-type:token-exchange`,
-//! `subject_token` (the caller's token), `subject_token_type`
-//! (`urn:ietf:params:oauth:token-type:access_token`), `audience` and/or
-//! `resource`, `scope`, and `actor_token` / `actor_token_type` when the server
-//! is configured with an [`actor_token`](TokenExchangeBuilder::actor_token) of
-//! its own (delegation rather than impersonation). `oauth2` has no RFC 8693
-//! grant: the request is an `oauth2` [`HttpRequest`](oauth2::HttpRequest) with
-//! client authentication done exactly as `oauth2` does it, sent through the same
-//! reqwest hook, and the answer is parsed as an `oauth2`
-//! `StandardTokenResponse` / `StandardErrorResponse`. Client credentials
-//! ([`TokenExchange::client_credentials`]) is `oauth2`'s own request.
-//!
-//! # Guarantees
-//!
-//! - **The inbound token goes to one place**: the configured token endpoint,
-//!   as `subject_token` in a POST body. [`InboundToken`] has no public way to
-//!   read it, prints `[REDACTED]`, and is zeroized when the last request
-//!   holding it ends. Tests assert that no other URL ever sees it.
-//! - **Cache**: a downstream token is reused per (caller's token, principal,
-//!   audience, resources, scopes) until [`refresh_margin`](TokenExchangeBuilder::refresh_margin)
-//!   (default 30 s) before its `expires_in`, at most
-//!   [`max_cache_ttl`](TokenExchangeBuilder::max_cache_ttl) (default 5 min), and
-//!   never past the caller's token's `exp`. A token without `expires_in` is not
-//!   cached. Keying on the caller's token (not only on the principal) means a
-//!   downstream token obtained with one inbound token is never handed to a
-//!   request made with another, narrower one.
-//! - **Single flight**: concurrent calls with the same key share one request.
-//! - **Fail closed**: a refusal or an unreachable authorization server is an
-//!   [`ExchangeError`] (an MCP error for the tool), never a fallback to the
-//!   caller's token.
-//! - **Audit**: one event per call on [`audit::TARGET`](crate::audit::TARGET),
-//!   `event = "token_exchange"`, with the outcome and cache status; never a
-//!   token.
 
 use std::fmt;
 use std::sync::Arc;
@@ -310,7 +229,89 @@ type TokenClient = oauth2::Client<
 type CacheKey = [u8; 32];
 
 /// Token exchange and client credentials at one authorization server; see
-/// the [module docs](self). Cheap to clone (one reference count).
+/// the [type docs](Self). Cheap to clone (one reference count).
+///
+/// client credentials as the server itself.
+///
+/// A tool that calls another API must not pass the caller's token on (the
+/// MCP specification forbids it: the token was minted for *this* resource,
+/// and forwarding it makes every downstream API a confused deputy). Instead
+/// the server exchanges the caller's validated token at the authorization
+/// server for a token scoped to the downstream audience, authenticating as
+/// its own confidential client ([`ClientAuth`](super::ClientAuth)).
+///
+/// # For tool authors: one parameter, one line
+///
+/// ```
+/// use rmcp::ErrorData;
+/// use rmcp_guard::oauth::DownstreamTokens;
+///
+/// async fn list_tickets(tokens: DownstreamTokens) -> Result<String, ErrorData> {
+///     let token = tokens.get("https://tickets.example.com").await?; // a clear MCP error on failure
+///     // call the API with `Authorization: {token.authorization_header()}`; never return the token itself
+///     Ok(format!("scopes granted: {:?}", token.scopes()))
+/// }
+/// ```
+///
+/// [`DownstreamTokens`] (an rmcp extractor: a tool parameter) holds the
+/// caller's [`Principal`] and [`InboundToken`] (both inserted by the bearer
+/// layer) and the [`TokenExchange`] (put there by the
+/// [`GuardedRouter`](crate::Guard), which also asks the bearer layer
+/// to keep the inbound token). [`DownstreamTokens::request`] also sets
+/// `resource` (RFC 8707) and `scope`.
+///
+/// # For the server: wiring
+///
+/// ```
+/// use rmcp_guard::oauth::{ClientAuth, TokenExchange};
+///
+/// # fn main() -> Result<(), rmcp_guard::ConfigError> {
+/// let exchange = TokenExchange::builder(
+///     "https://idp.example.com/oauth2/token",
+///     ClientAuth::client_secret("mcp-server", "s3cret")?, // or client_secret_file
+/// )
+/// .build()?;
+/// // rmcp_guard::GuardedRouter::new(rs).exchange(exchange); in a custom stack:
+/// // app.layer(axum::Extension(exchange)) inside rs.layer().keep_inbound_token()
+/// let _layer = axum::Extension(exchange);
+/// # Ok(()) }
+/// ```
+///
+/// # The request
+///
+/// `grant_type=urn:ietf:params:oauth:grant-type:token-exchange`,
+/// `subject_token` (the caller's token), `subject_token_type`
+/// (`urn:ietf:params:oauth:token-type:access_token`), `audience` and/or
+/// `resource`, `scope`, and `actor_token` / `actor_token_type` when the server
+/// is configured with an [`actor_token`](TokenExchangeBuilder::actor_token) of
+/// its own (delegation rather than impersonation). `oauth2` has no RFC 8693
+/// grant: the request is an `oauth2` [`HttpRequest`](oauth2::HttpRequest) with
+/// client authentication done exactly as `oauth2` does it, sent through the same
+/// reqwest hook, and the answer is parsed as an `oauth2`
+/// `StandardTokenResponse` / `StandardErrorResponse`. Client credentials
+/// ([`TokenExchange::client_credentials`]) is `oauth2`'s own request.
+///
+/// # Guarantees
+///
+/// - **The inbound token goes to one place**: the configured token endpoint,
+///   as `subject_token` in a POST body. [`InboundToken`] has no public way to
+///   read it, prints `[REDACTED]`, and is zeroized when the last request
+///   holding it ends. Tests assert that no other URL ever sees it.
+/// - **Cache**: a downstream token is reused per (caller's token, principal,
+///   audience, resources, scopes) until [`refresh_margin`](TokenExchangeBuilder::refresh_margin)
+///   (default 30 s) before its `expires_in`, at most
+///   [`max_cache_ttl`](TokenExchangeBuilder::max_cache_ttl) (default 5 min), and
+///   never past the caller's token's `exp`. A token without `expires_in` is not
+///   cached. Keying on the caller's token (not only on the principal) means a
+///   downstream token obtained with one inbound token is never handed to a
+///   request made with another, narrower one.
+/// - **Single flight**: concurrent calls with the same key share one request.
+/// - **Fail closed**: a refusal or an unreachable authorization server is an
+///   [`ExchangeError`] (an MCP error for the tool), never a fallback to the
+///   caller's token.
+/// - **Audit**: one event per call on [`audit::TARGET`](crate::audit::TARGET),
+///   `event = "token_exchange"`, with the outcome and cache status; never a
+///   token.
 #[derive(Clone)]
 pub struct TokenExchange {
     inner: Arc<Inner>,
@@ -364,7 +365,7 @@ impl fmt::Debug for TokenExchangeBuilder {
 
 impl TokenExchangeBuilder {
     /// Present `token` (of RFC 8693 type `token_type`, for example
-    /// [`ACCESS_TOKEN_TYPE`]) as `actor_token` in every exchange, so the
+    /// `urn:ietf:params:oauth:token-type:access_token`) as `actor_token` in every exchange, so the
     /// downstream token says the server acts for the caller (delegation).
     /// Defaults to none (impersonation, as most providers implement it).
     pub fn actor_token(mut self, token: impl Into<String>, token_type: impl Into<String>) -> Self {
@@ -748,7 +749,7 @@ fn audit(principal: Option<&Principal>, grant: &str, audience: &str, outcome: &s
 
 /// Downstream tokens for the caller, as a tool parameter: an rmcp extractor
 /// holding the request's [`Principal`], its [`InboundToken`] and the
-/// server's [`TokenExchange`]. See the [module docs](self).
+/// server's [`TokenExchange`]. See [`TokenExchange`].
 ///
 /// Extraction fails closed with the one denial error when the request has no
 /// caller (or no kept token), and with "not configured" when the server has

@@ -1,27 +1,27 @@
 //! [`HostPolicy`]: the `Host` and `Origin` values the MCP endpoint answers to.
-//!
-//! rmcp refuses (403) a request whose `Host` is not allowed or whose `Origin`
-//! is present and not allowed: DNS-rebinding protection. Its own defaults are
-//! loopback names only, so a server deployed at its public URI would refuse
-//! everything; here both lists are derived from the resource URI instead.
-//!
-//! ```
-//! use rmcp_guard::oauth::{HostPolicy, Issuer, ResourceServer};
-//!
-//! let rs = ResourceServer::builder("https://mcp.example.com/mcp", Issuer::discover("https://idp.example.com"))
-//!     .hosts(HostPolicy::default().hosts(["mcp.example.com", "mcp.internal:8080"]))
-//!     .build()
-//!     .unwrap();
-//! assert_eq!(rs.allowed_hosts(), ["mcp.example.com", "mcp.internal:8080"]);
-//! assert_eq!(rs.allowed_origins(), ["https://mcp.example.com:443"]);
-//! ```
 
 use url::Url;
 
 use super::url::is_loopback;
 use crate::error::ConfigError;
 
-/// Which `Host` and `Origin` values are accepted; see the [module docs](self).
+/// Which `Host` and `Origin` values are accepted; see the [type docs](Self).
+///
+/// rmcp refuses (403) a request whose `Host` is not allowed or whose `Origin`
+/// is present and not allowed: DNS-rebinding protection. Its own defaults are
+/// loopback names only, so a server deployed at its public URI would refuse
+/// everything; here both lists are derived from the resource URI instead.
+///
+/// ```
+/// use rmcp_guard::oauth::{HostPolicy, Issuer, ResourceServer};
+///
+/// let rs = ResourceServer::builder("https://mcp.example.com/mcp", Issuer::discover("https://idp.example.com"))
+///     .hosts(HostPolicy::default().hosts(["mcp.example.com", "mcp.internal:8080"]))
+///     .build()
+///     .unwrap();
+/// assert_eq!(rs.allowed_hosts(), ["mcp.example.com", "mcp.internal:8080"]);
+/// assert_eq!(rs.allowed_origins(), ["https://mcp.example.com:443"]);
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[must_use]
 pub struct HostPolicy {

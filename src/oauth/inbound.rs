@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 /// The caller's validated bearer token, as the bearer layer put it into the
 /// request extensions next to the [`Principal`](crate::Principal), when
 /// asked to ([`BearerAuthLayer::keep_inbound_token`](super::BearerAuthLayer::keep_inbound_token);
-/// the [`GuardedRouter`](crate::GuardedRouter) asks when a token exchange
+/// the [`GuardedRouter`](crate::Guard) asks when a token exchange
 /// is configured).
 ///
 /// It exists so that token exchange can send it, as `subject_token`, to the

@@ -88,8 +88,8 @@ impl Issuer {
     /// RFC 7662 introspection endpoint, authenticating as `client`.
     ///
     /// Every token that is not a JWT of another configured issuer goes there;
-    /// see [`introspection`](super::introspection) for the rules, the checks
-    /// and the caches. At most one introspection issuer can be configured.
+    /// see [`IntrospectionConfig`](super::IntrospectionConfig) for the
+    /// rules, the checks and the caches. At most one introspection issuer can be configured.
     #[cfg(feature = "introspection")]
     #[cfg_attr(docsrs, doc(cfg(feature = "introspection")))]
     pub fn introspection(

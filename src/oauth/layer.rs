@@ -1,45 +1,4 @@
 //! [`BearerAuthLayer`]: authenticate every request before it reaches the MCP
-//! service.
-//!
-//! The token is read only from `Authorization: Bearer` (scheme
-//! case-insensitive). A request with `access_token` in its query string is
-//! refused with 400 whatever else it carries, so a token that leaked into a URL
-//! (and so into proxy logs) is never honoured. On success the [`Principal`] is
-//! inserted into the request extensions; on failure the request never reaches
-//! the inner service and the client gets the status and challenge of
-//! [`challenge`](super::challenge).
-//!
-//! The `Authorization` header is removed from an accepted request, so tools
-//! that read `http::request::Parts` never see the caller's token. With
-//! [`BearerAuthLayer::keep_inbound_token`] (for token exchange) a redacted,
-//! zeroizing [`InboundToken`] is kept in its place.
-//!
-//! The decision is [`ResourceServer::authenticate`]'s; this file is only the
-//! tower plumbing around it.
-//!
-//! A token seen before is answered from the verified-token cache without
-//! touching the signature (a SHA-256 and a shard lookup); a new one is verified
-//! on an async path that may fetch the issuer's keys.
-//!
-//! ```
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() {
-//! use rmcp_guard::oauth::{Issuer, ResourceServer};
-//! use tower::{ServiceBuilder, ServiceExt, service_fn};
-//!
-//! let rs = ResourceServer::builder("https://mcp.example.com/mcp", Issuer::discover("https://idp.example.com"))
-//!     .build()
-//!     .unwrap();
-//! let service = ServiceBuilder::new().layer(rs.layer()).service(service_fn(|_req: http::Request<String>| async {
-//!     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from("hi"))))
-//! }));
-//! let response = service
-//!     .oneshot(http::Request::post("/mcp").body(String::new()).unwrap())
-//!     .await
-//!     .unwrap();
-//! assert_eq!(response.status(), 401);
-//! # }
-//! ```
 
 use std::future::Future;
 use std::pin::Pin;
@@ -58,6 +17,48 @@ use crate::principal::Principal;
 
 /// Applies [`BearerAuth`] to a service. Build it with
 /// [`ResourceServer::layer`].
+///
+/// service.
+///
+/// The token is read only from `Authorization: Bearer` (scheme
+/// case-insensitive). A request with `access_token` in its query string is
+/// refused with 400 whatever else it carries, so a token that leaked into a URL
+/// (and so into proxy logs) is never honoured. On success the [`Principal`] is
+/// inserted into the request extensions; on failure the request never reaches
+/// the inner service and the client gets the status and challenge of
+/// [`Challenges`](crate::Challenges).
+///
+/// The `Authorization` header is removed from an accepted request, so tools
+/// that read `http::request::Parts` never see the caller's token. With
+/// [`BearerAuthLayer::keep_inbound_token`] (for token exchange) a redacted,
+/// zeroizing [`InboundToken`] is kept in its place.
+///
+/// The decision is [`ResourceServer::authenticate`]'s; this file is only the
+/// tower plumbing around it.
+///
+/// A token seen before is answered from the verified-token cache without
+/// touching the signature (a SHA-256 and a shard lookup); a new one is verified
+/// on an async path that may fetch the issuer's keys.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use rmcp_guard::oauth::{Issuer, ResourceServer};
+/// use tower::{ServiceBuilder, ServiceExt, service_fn};
+///
+/// let rs = ResourceServer::builder("https://mcp.example.com/mcp", Issuer::discover("https://idp.example.com"))
+///     .build()
+///     .unwrap();
+/// let service = ServiceBuilder::new().layer(rs.layer()).service(service_fn(|_req: http::Request<String>| async {
+///     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from("hi"))))
+/// }));
+/// let response = service
+///     .oneshot(http::Request::post("/mcp").body(String::new()).unwrap())
+///     .await
+///     .unwrap();
+/// assert_eq!(response.status(), 401);
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct BearerAuthLayer {
     rs: ResourceServer,
@@ -93,7 +94,7 @@ impl<S> Layer<S> for BearerAuthLayer {
     }
 }
 
-/// The bearer-token middleware; see the [module docs](self).
+/// The bearer-token middleware; see [`BearerAuthLayer`].
 #[derive(Clone, Debug)]
 pub struct BearerAuth<S> {
     inner: S,

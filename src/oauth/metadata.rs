@@ -1,32 +1,4 @@
 //! RFC 9728 OAuth 2.0 Protected Resource Metadata.
-//!
-//! The document is built once from the [`ResourceServer`](super::ResourceServer) and served at both
-//! `/.well-known/oauth-protected-resource` and the path-suffixed form for the
-//! resource path (`/.well-known/oauth-protected-resource/mcp`), which is the
-//! URL the `resource_metadata` challenge parameter points to.
-//!
-//! ```
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() {
-//! use rmcp_guard::oauth::{Issuer, ResourceServer};
-//! use tower::ServiceExt;
-//!
-//! let rs = ResourceServer::builder("https://mcp.example.com/mcp", Issuer::discover("https://idp.example.com"))
-//!     .required_scopes(["mcp:tools"])
-//!     .build()
-//!     .unwrap();
-//! let response = rs
-//!     .metadata_router()
-//!     .oneshot(
-//!         http::Request::get("/.well-known/oauth-protected-resource/mcp")
-//!             .body(axum::body::Body::empty())
-//!             .unwrap(),
-//!     )
-//!     .await
-//!     .unwrap();
-//! assert_eq!(response.status(), 200);
-//! # }
-//! ```
 
 use axum::Router;
 use axum::response::IntoResponse;
@@ -35,6 +7,34 @@ use http::{HeaderValue, header};
 use serde::{Deserialize, Serialize};
 
 /// The RFC 9728 metadata document of a protected resource.
+///
+/// The document is built once from the [`ResourceServer`](super::ResourceServer) and served at both
+/// `/.well-known/oauth-protected-resource` and the path-suffixed form for the
+/// resource path (`/.well-known/oauth-protected-resource/mcp`), which is the
+/// URL the `resource_metadata` challenge parameter points to.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use rmcp_guard::oauth::{Issuer, ResourceServer};
+/// use tower::ServiceExt;
+///
+/// let rs = ResourceServer::builder("https://mcp.example.com/mcp", Issuer::discover("https://idp.example.com"))
+///     .required_scopes(["mcp:tools"])
+///     .build()
+///     .unwrap();
+/// let response = rs
+///     .metadata_router()
+///     .oneshot(
+///         http::Request::get("/.well-known/oauth-protected-resource/mcp")
+///             .body(axum::body::Body::empty())
+///             .unwrap(),
+///     )
+///     .await
+///     .unwrap();
+/// assert_eq!(response.status(), 200);
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct ProtectedResourceMetadata {

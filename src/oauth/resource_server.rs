@@ -1,29 +1,4 @@
 //! The one configuration value: [`ResourceServer`].
-//!
-//! A `ResourceServer` is built once from the canonical resource URI and the
-//! trusted issuers. It holds the resource's identity (URI, RFC 9728 metadata,
-//! challenges, `Host`/`Origin` policy) and the token validator, and
-//! authenticates requests with them; [`BearerAuthLayer`] is tower glue over
-//! [`ResourceServer::authenticate`]. The metadata document, the challenges
-//! and the layer cannot disagree because they read the same value.
-//!
-//! ```
-//! use rmcp_guard::oauth::{Issuer, ResourceServer};
-//!
-//! let rs = ResourceServer::builder("https://mcp.example.com/mcp", Issuer::discover("https://idp.example.com"))
-//!     .required_scopes(["mcp:tools"])
-//!     .build()
-//!     .expect("valid configuration");
-//! assert_eq!(rs.resource(), "https://mcp.example.com/mcp");
-//! assert_eq!(
-//!     rs.metadata_url(),
-//!     "https://mcp.example.com/.well-known/oauth-protected-resource/mcp"
-//! );
-//! ```
-//!
-//! Settings that weaken a default are behind one named step,
-//! [`ResourceServerBuilder::dangerous`]: a shared-secret (HS*) issuer, a
-//! custom HTTP client, wildcard origins.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -47,9 +22,34 @@ use crate::challenge::Challenges;
 use crate::error::{AuthError, ConfigError, TokenRejection};
 use crate::principal::Principal;
 
-/// The OAuth 2.1 resource server configuration; see the [module docs](self).
+/// The OAuth 2.1 resource server configuration; see the [type docs](Self).
 ///
 /// Cheap to clone (one reference count).
+///
+/// A `ResourceServer` is built once from the canonical resource URI and the
+/// trusted issuers. It holds the resource's identity (URI, RFC 9728 metadata,
+/// challenges, `Host`/`Origin` policy) and the token validator, and
+/// authenticates requests with them; [`BearerAuthLayer`] is tower glue over
+/// [`ResourceServer::authenticate`]. The metadata document, the challenges
+/// and the layer cannot disagree because they read the same value.
+///
+/// ```
+/// use rmcp_guard::oauth::{Issuer, ResourceServer};
+///
+/// let rs = ResourceServer::builder("https://mcp.example.com/mcp", Issuer::discover("https://idp.example.com"))
+///     .required_scopes(["mcp:tools"])
+///     .build()
+///     .expect("valid configuration");
+/// assert_eq!(rs.resource(), "https://mcp.example.com/mcp");
+/// assert_eq!(
+///     rs.metadata_url(),
+///     "https://mcp.example.com/.well-known/oauth-protected-resource/mcp"
+/// );
+/// ```
+///
+/// Settings that weaken a default are behind one named step,
+/// [`ResourceServerBuilder::dangerous`]: a shared-secret (HS*) issuer, a
+/// custom HTTP client, wildcard origins.
 #[derive(Clone)]
 pub struct ResourceServer {
     inner: Arc<Inner>,

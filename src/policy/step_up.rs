@@ -1,25 +1,4 @@
 //! [`StepUpLayer`]: answer HTTP 403 `insufficient_scope` when the policy says
-//! a call needs scopes the token does not carry (MCP 2025-11-25 step-up).
-//!
-//! [`Guarded`](super::Guarded) makes every authorization decision, but it
-//! runs inside rmcp, after the HTTP status is chosen, so a denial there is a
-//! JSON-RPC error. A client can only step up (re-authorize with more scopes)
-//! from an HTTP 403 with `WWW-Authenticate: Bearer error="insufficient_scope",
-//! scope="…"`. This layer sits between the bearer layer and rmcp and looks at
-//! `tools/call`, `resources/read` and `prompts/get` requests before rmcp does:
-//!
-//! - the body is read only when it is a `POST` with a `Content-Length` of at
-//!   most [`StepUpLayer::max_body_bytes`] (default 256 KiB); anything else is
-//!   passed on untouched and still decided by `Guarded`;
-//! - the policy is evaluated (not audited here: `Guarded` audits the real
-//!   decision) for the caller, the method and its target;
-//! - if it denies **and** names required scopes the token lacks, the answer
-//!   is 403 with the challenge; the request never reaches rmcp and one audit
-//!   event records the step-up;
-//! - otherwise the request goes on with its body intact.
-//!
-//! The check is an early answer, never the only one: a request this layer
-//! lets through is decided again by `Guarded`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -40,7 +19,29 @@ use crate::challenge::Challenges;
 use crate::error::AuthError;
 use crate::principal::Principal;
 
-/// Adds the step-up pre-check; see the [module docs](self).
+/// Adds the step-up pre-check; see the [type docs](Self).
+///
+/// a call needs scopes the token does not carry (MCP 2025-11-25 step-up).
+///
+/// [`Guarded`](super::Guarded) makes every authorization decision, but it
+/// runs inside rmcp, after the HTTP status is chosen, so a denial there is a
+/// JSON-RPC error. A client can only step up (re-authorize with more scopes)
+/// from an HTTP 403 with `WWW-Authenticate: Bearer error="insufficient_scope",
+/// scope="…"`. This layer sits between the bearer layer and rmcp and looks at
+/// `tools/call`, `resources/read` and `prompts/get` requests before rmcp does:
+///
+/// - the body is read only when it is a `POST` with a `Content-Length` of at
+///   most [`StepUpLayer::max_body_bytes`] (default 256 KiB); anything else is
+///   passed on untouched and still decided by `Guarded`;
+/// - the policy is evaluated (not audited here: `Guarded` audits the real
+///   decision) for the caller, the method and its target;
+/// - if it denies **and** names required scopes the token lacks, the answer
+///   is 403 with the challenge; the request never reaches rmcp and one audit
+///   event records the step-up;
+/// - otherwise the request goes on with its body intact.
+///
+/// The check is an early answer, never the only one: a request this layer
+/// lets through is decided again by `Guarded`.
 #[derive(Clone, Debug)]
 pub struct StepUpLayer {
     challenges: Challenges,
@@ -50,7 +51,7 @@ pub struct StepUpLayer {
 
 impl StepUpLayer {
     /// A layer deciding with `engine` and answering with `challenges`
-    /// ([`ResourceServer::challenges`](crate::ResourceServer::challenges)).
+    /// ([`ResourceServer::challenges`](crate::oauth::ResourceServer::challenges)).
     pub fn new(challenges: &Challenges, engine: PolicyEngine) -> Self {
         StepUpLayer {
             challenges: challenges.clone(),
@@ -77,7 +78,7 @@ impl<S> Layer<S> for StepUpLayer {
     }
 }
 
-/// The step-up middleware; see the [module docs](self).
+/// The step-up middleware; see [`StepUpLayer`].
 #[derive(Clone, Debug)]
 pub struct StepUp<S> {
     inner: S,

@@ -2,7 +2,7 @@
 //! [`CallerCredentials`], the extractor a tool takes.
 //!
 //! A handle binds a [`SecretStore`] to a [`PathTemplate`], a cache and an
-//! optional [`SecretAuthorizer`]. The [`GuardedRouter`](crate::GuardedRouter)
+//! optional [`SecretAuthorizer`]. The [`GuardedRouter`](crate::Guard)
 //! (or `axum::Extension(credentials)` in a custom stack) puts a clone of it
 //! into every HTTP request's extensions; rmcp copies the request's
 //! [`http::request::Parts`] into each tool call, where [`CallerCredentials`]

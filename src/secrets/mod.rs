@@ -22,7 +22,7 @@
 //!
 //! [`CallerCredentials`] (an rmcp extractor: a tool parameter) takes the
 //! [`Principal`](crate::Principal) (bearer layer) and the [`Credentials`]
-//! handle (put there by the [`GuardedRouter`](crate::GuardedRouter)) from the request,
+//! handle (put there by the [`GuardedRouter`](crate::Guard)) from the request,
 //! resolves the caller's path from the [`PathTemplate`] (default
 //! `mcp/{tenant}/{service}`: tenant `acme` asking for `catalyst-center` reads
 //! `mcp/acme/catalyst-center`), asks the optional [`SecretAuthorizer`], and
