@@ -80,7 +80,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use oauth2::basic::{
     BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse, BasicTokenType,
@@ -93,7 +93,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::client::{ClientAuth, default_http_client, send};
-use super::flight::{SingleFlight, TtlMap};
+use crate::cache::{Flight, Limits, SingleFlight, Timestamp, TtlCache};
 use crate::error::ConfigError;
 use crate::principal::Principal;
 
@@ -346,7 +346,7 @@ struct Inner {
     actor: Option<(Zeroizing<String>, String)>,
     refresh_margin: Duration,
     max_cache_ttl: Duration,
-    cache: TtlMap<CacheKey, DownstreamToken>,
+    cache: TtlCache<CacheKey, DownstreamToken>,
     flight: SingleFlight<CacheKey, Result<DownstreamToken, ExchangeError>>,
 }
 
@@ -459,7 +459,7 @@ impl TokenExchangeBuilder {
                 actor: self.actor,
                 refresh_margin: self.refresh_margin,
                 max_cache_ttl: self.max_cache_ttl,
-                cache: TtlMap::new(self.cache_capacity),
+                cache: TtlCache::new(Limits::entries(self.cache_capacity)),
                 flight: SingleFlight::new(),
             }),
         })
@@ -557,17 +557,15 @@ impl TokenExchange {
             Grant::Exchange { .. } => "token_exchange",
             Grant::ClientCredentials => "client_credentials",
         };
-        if let Some(token) = self.inner.cache.get(&key, Instant::now()) {
+        if let Some(token) = self.inner.cache.get(&key, Timestamp::now()) {
             audit(principal, kind, request.target(), "ok", "hit");
             return Ok(token);
         }
-        let led = std::sync::atomic::AtomicBool::new(false);
-        let (this, grant, led_flag) = (self, &grant, &led);
-        let result = self
+        let (this, grant) = (self, &grant);
+        let (result, flight) = self
             .inner
             .flight
             .run(key, move || {
-                led_flag.store(true, std::sync::atomic::Ordering::Relaxed);
                 async move {
                     let (result, principal) = match grant {
                         Grant::Exchange {
@@ -583,7 +581,6 @@ impl TokenExchange {
                 }
             })
             .await;
-        let led = led.load(std::sync::atomic::Ordering::Relaxed);
         let outcome = match &result {
             Ok(_) => "ok",
             Err(e) => e.code(),
@@ -593,7 +590,7 @@ impl TokenExchange {
             kind,
             request.target(),
             outcome,
-            if led { "miss" } else { "joined" },
+            if flight == Flight::Led { "miss" } else { "joined" },
         );
         result
     }
@@ -602,7 +599,6 @@ impl TokenExchange {
         let Some(expires_at) = token.expires_at() else {
             return;
         };
-        let now = Instant::now();
         let system_now = SystemTime::now();
         let mut lifetime = expires_at
             .duration_since(system_now)
@@ -612,7 +608,8 @@ impl TokenExchange {
         if let Some(p) = principal {
             lifetime = lifetime.min(p.expires_at().duration_since(system_now).unwrap_or_default());
         }
-        self.inner.cache.insert(key, token.clone(), now + lifetime, now);
+        let now = Timestamp::now();
+        self.inner.cache.insert(key, token.clone(), 0, now.saturating_add(lifetime), now);
     }
 
     async fn request_exchange(

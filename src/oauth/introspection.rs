@@ -84,7 +84,7 @@
 //! before keep working until their cache entry ends.
 
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -95,7 +95,8 @@ use oauth2::{
 };
 use serde_json::{Map, Value};
 
-use super::cache::TokenHash;
+use super::cache::{PrehashedState, TokenHash};
+use crate::cache::{Limits, SingleFlight, Timestamp, TtlCache};
 use super::client::{ClientAuth, HttpError, send};
 use super::jwt::Failure;
 use super::resource_server::Shared;
@@ -163,8 +164,8 @@ pub(crate) struct Introspector {
     http: reqwest::Client,
     cache_ttl: Duration,
     negative_ttl: Duration,
-    negative: super::flight::TtlMap<TokenHash, Refusal>,
-    flight: super::flight::SingleFlight<TokenHash, Result<Principal, Refusal>>,
+    negative: TtlCache<TokenHash, Refusal, PrehashedState>,
+    flight: SingleFlight<TokenHash, Result<Principal, Refusal>>,
     permits: tokio::sync::Semaphore,
 }
 
@@ -203,8 +204,8 @@ impl Introspector {
             http,
             cache_ttl,
             negative_ttl,
-            negative: super::flight::TtlMap::new(NEGATIVE_CAPACITY),
-            flight: super::flight::SingleFlight::new(),
+            negative: TtlCache::with_hasher(Limits::entries(NEGATIVE_CAPACITY), PrehashedState::default()),
+            flight: SingleFlight::new(),
             permits: tokio::sync::Semaphore::new(max_in_flight),
         })
     }
@@ -224,7 +225,7 @@ impl Introspector {
         hash: TokenHash,
         now: u64,
     ) -> Result<Principal, Failure> {
-        let result = match self.negative.get(&hash, Instant::now()) {
+        let result = match self.negative.get(&hash, Timestamp::now()) {
             Some(refusal) => Err(refusal),
             None => {
                 self.flight
@@ -237,14 +238,16 @@ impl Introspector {
                         match &result {
                             Ok(principal) => shared.cache.insert_for(hash, principal, now, self.cache_ttl),
                             Err(refusal) if matches!(refusal.error, AuthError::InvalidToken(_)) => {
-                                let at = Instant::now();
-                                self.negative.insert(hash, refusal.clone(), at + self.negative_ttl, at);
+                                let at = Timestamp::now();
+                                let until = at.saturating_add(self.negative_ttl);
+                                self.negative.insert(hash, refusal.clone(), 0, until, at);
                             }
                             Err(_) => {}
                         }
                         result
                     })
                     .await
+                    .0
             }
         };
         result.map_err(|r| Failure {

@@ -27,8 +27,6 @@ pub mod client;
 #[cfg_attr(docsrs, doc(cfg(feature = "introspection")))]
 pub mod exchange;
 #[cfg(feature = "introspection")]
-mod flight;
-#[cfg(feature = "introspection")]
 #[cfg_attr(docsrs, doc(cfg(feature = "introspection")))]
 pub mod introspection;
 pub mod jwks;
