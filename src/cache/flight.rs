@@ -1,16 +1,25 @@
 //! [`SingleFlight`]: one computation in flight per key; callers that arrive
 //! while it runs wait for its result instead of starting their own.
 //!
-//! Cancellation-safe: if the caller running the computation is cancelled (its
-//! request dropped), one of the waiters takes over and runs its own; when the
-//! last caller for a key goes away, the key leaves the map, so abandoned keys
-//! never pile up.
+//! Cancellation-safe: when the last caller for a key goes away, the key leaves
+//! the map, so abandoned keys never pile up; and no waiter is left hanging.
+//! Two ways to run, one per [`SingleFlight`] value:
+//!
+//! - [`run`](SingleFlight::run): the computation runs inside the leading
+//!   caller and may borrow from it. If that caller is cancelled (its request
+//!   dropped), one of the waiters takes over and runs its own.
+//! - [`run_spawned`](SingleFlight::run_spawned): the computation is spawned as
+//!   its own task. It completes (and its side effects, such as filling a cache,
+//!   happen) even when every caller goes away, and callers cancelled or not
+//!   all await that one task: a key is never computed twice at once.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
 use tokio::sync::OnceCell;
 
 use super::lock::lock;
@@ -26,7 +35,24 @@ pub(crate) enum Flight {
 
 /// One computation in flight per key; see the [module docs](self).
 pub(crate) struct SingleFlight<K, V> {
-    inflight: Mutex<HashMap<K, Arc<OnceCell<V>>>>,
+    inflight: Mutex<HashMap<K, Arc<Slot<V>>>>,
+}
+
+/// One key's run: its result once known, and (for
+/// [`run_spawned`](SingleFlight::run_spawned)) the task computing it, `None`
+/// when that task panicked.
+struct Slot<V> {
+    value: OnceCell<V>,
+    task: OnceLock<Shared<BoxFuture<'static, Option<V>>>>,
+}
+
+impl<V> Default for Slot<V> {
+    fn default() -> Self {
+        Slot {
+            value: OnceCell::new(),
+            task: OnceLock::new(),
+        }
+    }
 }
 
 impl<K: Hash + Eq + Clone, V: Clone> SingleFlight<K, V> {
@@ -42,18 +68,11 @@ impl<K: Hash + Eq + Clone, V: Clone> SingleFlight<K, V> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = V>,
     {
-        let cell = lock(&self.inflight).entry(key.clone()).or_default().clone();
-        // Removes the entry when the run is over, and also when this caller
-        // is cancelled (its request dropped) as the last one waiting: an
-        // abandoned, never-initialized cell would otherwise stay forever.
-        let guard = Leave {
-            flight: self,
-            key,
-            cell,
-        };
+        let guard = self.join(key);
         let mut led = false;
         let value = guard
-            .cell
+            .slot
+            .value
             .get_or_init(|| {
                 led = true;
                 work()
@@ -64,9 +83,52 @@ impl<K: Hash + Eq + Clone, V: Clone> SingleFlight<K, V> {
         (value, if led { Flight::Led } else { Flight::Joined })
     }
 
+    /// Spawn `work()` for `key` as its own task, or join the one in flight;
+    /// `panicked()` is the answer if that task panics. Needs a Tokio runtime.
+    pub(crate) async fn run_spawned<F, Fut>(&self, key: K, work: F, panicked: impl FnOnce() -> V) -> (V, Flight)
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = V> + Send + 'static,
+        V: Send + Sync + 'static,
+    {
+        let guard = self.join(key);
+        let mut led = false;
+        let task = guard
+            .slot
+            .task
+            .get_or_init(|| {
+                led = true;
+                let task = tokio::spawn(work());
+                async move { task.await.ok() }.boxed().shared()
+            })
+            .clone();
+        // Whoever initializes the value (the leader, or a waiter taking over
+        // from a cancelled one) awaits the same task.
+        let value = guard
+            .slot
+            .value
+            .get_or_init(|| async move { task.await.unwrap_or_else(panicked) })
+            .await
+            .clone();
+        drop(guard);
+        (value, if led { Flight::Led } else { Flight::Joined })
+    }
+
+    /// This caller's place in the run for `key`, joined or started.
+    fn join(&self, key: K) -> Leave<'_, K, V> {
+        let slot = lock(&self.inflight).entry(key.clone()).or_default().clone();
+        // Removes the entry when the run is over, and also when this caller
+        // is cancelled (its request dropped) as the last one waiting: an
+        // abandoned, never-initialized slot would otherwise stay forever.
+        Leave {
+            flight: self,
+            key,
+            slot,
+        }
+    }
+
     /// Forget every run in flight: later callers start afresh instead of
     /// joining them (their current callers still get their results).
-    #[cfg_attr(not(test), allow(dead_code))] // secret cache; compiled in every build, used by this one later
     pub(crate) fn clear(&self) {
         lock(&self.inflight).clear();
     }
@@ -83,20 +145,20 @@ impl<K: Hash + Eq + Clone, V: Clone> SingleFlight<K, V> {
 struct Leave<'a, K: Hash + Eq, V> {
     flight: &'a SingleFlight<K, V>,
     key: K,
-    cell: Arc<OnceCell<V>>,
+    slot: Arc<Slot<V>>,
 }
 
 impl<K: Hash + Eq, V> Drop for Leave<'_, K, V> {
     fn drop(&mut self) {
         let mut inflight = lock(&self.flight.inflight);
-        // Every clone of the cell is made or dropped under this lock, so the
+        // Every clone of the slot is made or dropped under this lock, so the
         // count is exact: 2 means the map's and ours, nobody else is waiting.
-        let cell = std::mem::take(&mut self.cell);
-        let ours = inflight.get(&self.key).is_some_and(|c| Arc::ptr_eq(c, &cell));
-        if ours && (cell.initialized() || Arc::strong_count(&cell) == 2) {
+        let slot = std::mem::take(&mut self.slot);
+        let ours = inflight.get(&self.key).is_some_and(|s| Arc::ptr_eq(s, &slot));
+        if ours && (slot.value.initialized() || Arc::strong_count(&slot) == 2) {
             inflight.remove(&self.key);
         }
-        drop(cell);
+        drop(slot);
     }
 }
 
@@ -185,6 +247,50 @@ mod tests {
         leader.abort();
         let answer = tokio::time::timeout(Duration::from_secs(5), waiter).await;
         assert_eq!(answer.expect("the waiter is not left hanging").unwrap(), (9, Flight::Led));
+        assert_eq!(flight.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_spawned_run_outlives_its_callers_and_is_never_run_twice() {
+        let flight = Arc::new(SingleFlight::<u8, usize>::new());
+        let runs = Arc::new(AtomicUsize::new(0));
+        let work = |runs: Arc<AtomicUsize>| {
+            move || async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                runs.fetch_add(1, Ordering::SeqCst) + 1
+            }
+        };
+        let leader = {
+            let (flight, work) = (flight.clone(), work(runs.clone()));
+            tokio::spawn(async move { flight.run_spawned(1, work, || 0).await })
+        };
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let waiter = {
+            let (flight, work) = (flight.clone(), work(runs.clone()));
+            tokio::spawn(async move { flight.run_spawned(1, work, || 0).await })
+        };
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        // The leader goes away: the waiter gets the same task's answer.
+        leader.abort();
+        assert_eq!(waiter.await.unwrap(), (1, Flight::Joined));
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert_eq!(flight.len(), 0);
+        // With every caller gone, the task still completes.
+        let run = flight.run_spawned(2, work(runs.clone()), || 0);
+        assert!(tokio::time::timeout(Duration::from_millis(5), run).await.is_err());
+        assert_eq!(flight.len(), 0);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_spawned_run_answers_every_caller() {
+        let flight = SingleFlight::<u8, u8>::new();
+        let work = || async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            panic!("the work fails")
+        };
+        assert_eq!(flight.run_spawned(1, work, || 99).await, (99, Flight::Led));
         assert_eq!(flight.len(), 0);
     }
 
