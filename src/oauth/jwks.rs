@@ -255,19 +255,13 @@ impl KeyCache {
     }
 
     fn snapshot(&self) -> Arc<Snapshot> {
-        match self.inner.snapshot.read() {
-            Ok(guard) => guard.clone(),
-            // A writer only swaps an Arc; a poisoned lock still holds a whole snapshot.
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        // A writer only swaps an Arc; a poisoned lock still holds a whole snapshot.
+        crate::cache::read(&self.inner.snapshot).clone()
     }
 
     fn store(&self, snapshot: Snapshot) {
         let snapshot = Arc::new(snapshot);
-        match self.inner.snapshot.write() {
-            Ok(mut guard) => *guard = snapshot,
-            Err(poisoned) => *poisoned.into_inner() = snapshot,
-        }
+        *crate::cache::write(&self.inner.snapshot) = snapshot;
     }
 
     fn millis_since_epoch(&self) -> u64 {
