@@ -28,6 +28,7 @@ impl Timestamp {
     }
 
     /// The start of second `secs` since the Unix epoch (a JWT `exp` or `iat`).
+    #[cfg_attr(not(any(test, feature = "jwt")), allow(dead_code))] // token `exp`
     pub(crate) const fn from_unix_secs(secs: u64) -> Self {
         Timestamp(secs.saturating_mul(1000))
     }
@@ -46,7 +47,10 @@ mod tests {
     #[test]
     fn unix_seconds_and_durations_meet_on_one_scale() {
         let t = Timestamp::from_unix_secs(1000);
-        assert_eq!(t.saturating_add(Duration::from_secs(30)), Timestamp::from_unix_secs(1030));
+        assert_eq!(
+            t.saturating_add(Duration::from_secs(30)),
+            Timestamp::from_unix_secs(1030)
+        );
         assert!(t.saturating_add(Duration::from_millis(999)) < Timestamp::from_unix_secs(1001));
         assert_eq!(Timestamp::from_unix_secs(u64::MAX), t.saturating_add(Duration::MAX));
         assert!(Timestamp::now() > Timestamp::from_unix_secs(1_700_000_000));

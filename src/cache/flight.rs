@@ -63,6 +63,7 @@ impl<K: Hash + Eq + Clone, V: Clone> SingleFlight<K, V> {
     }
 
     /// Run `work` for `key`, or join the run already in flight.
+    #[cfg_attr(not(any(test, feature = "jwt")), allow(dead_code))] // JWKS, introspection, exchange
     pub(crate) async fn run<F, Fut>(&self, key: K, work: F) -> (V, Flight)
     where
         F: FnOnce() -> Fut,
@@ -246,7 +247,10 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(5)).await;
         leader.abort();
         let answer = tokio::time::timeout(Duration::from_secs(5), waiter).await;
-        assert_eq!(answer.expect("the waiter is not left hanging").unwrap(), (9, Flight::Led));
+        assert_eq!(
+            answer.expect("the waiter is not left hanging").unwrap(),
+            (9, Flight::Led)
+        );
         assert_eq!(flight.len(), 0);
     }
 

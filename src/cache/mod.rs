@@ -19,5 +19,10 @@ mod ttl;
 
 pub(crate) use clock::Timestamp;
 pub(crate) use flight::{Flight, SingleFlight};
+// `lock` serves the JWKS cache, the policy engine and the Vault store, all behind features.
+#[cfg_attr(
+    not(any(feature = "jwt", feature = "policy", feature = "vault")),
+    allow(unused_imports)
+)]
 pub(crate) use lock::{lock, read, write};
 pub(crate) use ttl::{Limits, TtlCache};

@@ -565,20 +565,18 @@ impl TokenExchange {
         let (result, flight) = self
             .inner
             .flight
-            .run(key, move || {
-                async move {
-                    let (result, principal) = match grant {
-                        Grant::Exchange {
-                            principal,
-                            subject_token,
-                        } => (this.request_exchange(subject_token, request).await, Some(*principal)),
-                        Grant::ClientCredentials => (this.request_client_credentials(request).await, None),
-                    };
-                    if let Ok(token) = &result {
-                        this.remember(key, token, principal);
-                    }
-                    result
+            .run(key, move || async move {
+                let (result, principal) = match grant {
+                    Grant::Exchange {
+                        principal,
+                        subject_token,
+                    } => (this.request_exchange(subject_token, request).await, Some(*principal)),
+                    Grant::ClientCredentials => (this.request_client_credentials(request).await, None),
+                };
+                if let Ok(token) = &result {
+                    this.remember(key, token, principal);
                 }
+                result
             })
             .await;
         let outcome = match &result {
@@ -609,7 +607,9 @@ impl TokenExchange {
             lifetime = lifetime.min(p.expires_at().duration_since(system_now).unwrap_or_default());
         }
         let now = Timestamp::now();
-        self.inner.cache.insert(key, token.clone(), 0, now.saturating_add(lifetime), now);
+        self.inner
+            .cache
+            .insert(key, token.clone(), 0, now.saturating_add(lifetime), now);
     }
 
     async fn request_exchange(

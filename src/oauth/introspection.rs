@@ -96,10 +96,10 @@ use oauth2::{
 use serde_json::{Map, Value};
 
 use super::cache::{PrehashedState, TokenHash};
-use crate::cache::{Limits, SingleFlight, Timestamp, TtlCache};
 use super::client::{ClientAuth, HttpError, send};
 use super::jwt::Failure;
 use super::resource_server::Shared;
+use crate::cache::{Limits, SingleFlight, Timestamp, TtlCache};
 use crate::error::{AuthError, ConfigError, TokenRejection};
 use crate::principal::Principal;
 
