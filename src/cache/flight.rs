@@ -33,6 +33,12 @@ pub(crate) enum Flight {
     Joined,
 }
 
+impl Flight {
+    fn led(led: bool) -> Self {
+        if led { Flight::Led } else { Flight::Joined }
+    }
+}
+
 /// One computation in flight per key; see the [module docs](self).
 pub(crate) struct SingleFlight<K, V> {
     inflight: Mutex<HashMap<K, Arc<Slot<V>>>>,
@@ -69,19 +75,8 @@ impl<K: Hash + Eq + Clone, V: Clone> SingleFlight<K, V> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = V>,
     {
-        let guard = self.join(key);
-        let mut led = false;
-        let value = guard
-            .slot
-            .value
-            .get_or_init(|| {
-                led = true;
-                work()
-            })
-            .await
-            .clone();
-        drop(guard);
-        (value, if led { Flight::Led } else { Flight::Joined })
+        let (value, led) = Self::settle(self.join(key), work).await;
+        (value, Flight::led(led))
     }
 
     /// Spawn `work()` for `key` as its own task, or join the one in flight;
@@ -103,16 +98,27 @@ impl<K: Hash + Eq + Clone, V: Clone> SingleFlight<K, V> {
                 async move { task.await.ok() }.boxed().shared()
             })
             .clone();
-        // Whoever initializes the value (the leader, or a waiter taking over
+        // Whoever settles the value (the leader, or a waiter taking over
         // from a cancelled one) awaits the same task.
+        let (value, _) = Self::settle(guard, || async move { task.await.unwrap_or_else(panicked) }).await;
+        (value, Flight::led(led))
+    }
+
+    /// The value of `guard`'s run, computed by `init` if nobody else is;
+    /// whether `init` ran. Then leaves the run.
+    async fn settle<Fut: Future<Output = V>>(guard: Leave<'_, K, V>, init: impl FnOnce() -> Fut) -> (V, bool) {
+        let mut ran = false;
         let value = guard
             .slot
             .value
-            .get_or_init(|| async move { task.await.unwrap_or_else(panicked) })
+            .get_or_init(|| {
+                ran = true;
+                init()
+            })
             .await
             .clone();
         drop(guard);
-        (value, if led { Flight::Led } else { Flight::Joined })
+        (value, ran)
     }
 
     /// This caller's place in the run for `key`, joined or started.
@@ -169,6 +175,18 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
+    /// A caller, as a task, whose computation of `value` takes 50 ms.
+    fn slow_leader(flight: &Arc<SingleFlight<u8, u8>>, key: u8, value: u8) -> tokio::task::JoinHandle<(u8, Flight)> {
+        let flight = flight.clone();
+        tokio::spawn(async move {
+            let work = || async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                value
+            };
+            flight.run(key, work).await
+        })
+    }
+
     #[tokio::test]
     async fn concurrent_callers_share_one_run_and_only_one_leads() {
         let flight = Arc::new(SingleFlight::<u8, usize>::new());
@@ -213,17 +231,7 @@ mod tests {
         // A waiter that is cancelled while another caller still runs the
         // work does not remove the entry from under it.
         let flight = Arc::new(SingleFlight::<u8, u8>::new());
-        let leader = {
-            let flight = flight.clone();
-            tokio::spawn(async move {
-                flight
-                    .run(1, || async {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        7
-                    })
-                    .await
-            })
-        };
+        let leader = slow_leader(&flight, 1, 7);
         tokio::time::sleep(Duration::from_millis(5)).await;
         let waiter = flight.run(1, || async { 8 });
         assert!(tokio::time::timeout(Duration::from_millis(1), waiter).await.is_err());
@@ -288,7 +296,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_panicking_spawned_run_answers_every_caller() {
+    async fn a_panicking_spawned_run_answers_with_the_fallback() {
         let flight = SingleFlight::<u8, u8>::new();
         let work = || async {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -301,17 +309,7 @@ mod tests {
     #[tokio::test]
     async fn clear_lets_later_callers_start_afresh() {
         let flight = Arc::new(SingleFlight::<u8, u8>::new());
-        let first = {
-            let flight = flight.clone();
-            tokio::spawn(async move {
-                flight
-                    .run(1, || async {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        1
-                    })
-                    .await
-            })
-        };
+        let first = slow_leader(&flight, 1, 1);
         tokio::time::sleep(Duration::from_millis(5)).await;
         flight.clear();
         assert_eq!(flight.run(1, || async { 2 }).await, (2, Flight::Led));
