@@ -10,13 +10,13 @@
 //!   dropped), one of the waiters takes over and runs its own.
 //! - [`run_spawned`](SingleFlight::run_spawned): the computation is spawned as
 //!   its own task. It completes (and its side effects, such as filling a cache,
-//!   happen) even when every caller goes away, and callers cancelled or not
-//!   all await that one task: a key is never computed twice at once.
+//!   happen) even when every caller goes away, and until it does every caller
+//!   for the key awaits it: a key is never computed twice at once.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
@@ -41,8 +41,10 @@ impl Flight {
 
 /// One computation in flight per key; see the [module docs](self).
 pub(crate) struct SingleFlight<K, V> {
-    inflight: Mutex<HashMap<K, Arc<Slot<V>>>>,
+    inflight: Arc<Mutex<Runs<K, V>>>,
 }
+
+type Runs<K, V> = HashMap<K, Arc<Slot<V>>>;
 
 /// One key's run: its result once known, and (for
 /// [`run_spawned`](SingleFlight::run_spawned)) the task computing it, `None`
@@ -64,7 +66,7 @@ impl<V> Default for Slot<V> {
 impl<K: Hash + Eq + Clone, V: Clone> SingleFlight<K, V> {
     pub(crate) fn new() -> Self {
         SingleFlight {
-            inflight: Mutex::new(HashMap::new()),
+            inflight: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -85,6 +87,7 @@ impl<K: Hash + Eq + Clone, V: Clone> SingleFlight<K, V> {
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = V> + Send + 'static,
+        K: Send + Sync + 'static,
         V: Send + Sync + 'static,
     {
         let guard = self.join(key);
@@ -94,7 +97,16 @@ impl<K: Hash + Eq + Clone, V: Clone> SingleFlight<K, V> {
             .task
             .get_or_init(|| {
                 led = true;
-                let task = tokio::spawn(work());
+                let work = work();
+                let done = Done {
+                    inflight: Arc::downgrade(&self.inflight),
+                    key: guard.key.clone(),
+                    slot: Arc::downgrade(&guard.slot),
+                };
+                let task = tokio::spawn(async move {
+                    let _done = done;
+                    work.await
+                });
                 async move { task.await.ok() }.boxed().shared()
             })
             .clone();
@@ -160,12 +172,37 @@ impl<K: Hash + Eq, V> Drop for Leave<'_, K, V> {
         let mut inflight = lock(&self.flight.inflight);
         // Every clone of the slot is made or dropped under this lock, so the
         // count is exact: 2 means the map's and ours, nobody else is waiting.
+        // A spawned task still running keeps the entry: it removes it itself.
         let slot = std::mem::take(&mut self.slot);
         let ours = inflight.get(&self.key).is_some_and(|s| Arc::ptr_eq(s, &slot));
-        if ours && (slot.value.initialized() || Arc::strong_count(&slot) == 2) {
+        let abandoned = Arc::strong_count(&slot) == 2 && slot.task.get().is_none();
+        if ours && (slot.value.initialized() || abandoned) {
             inflight.remove(&self.key);
         }
         drop(slot);
+    }
+}
+
+/// A spawned computation ending (or panicking): its key leaves the map, so
+/// later callers start afresh. Holds no strong reference to the slot.
+struct Done<K: Hash + Eq, V> {
+    inflight: Weak<Mutex<Runs<K, V>>>,
+    key: K,
+    slot: Weak<Slot<V>>,
+}
+
+impl<K: Hash + Eq, V> Drop for Done<K, V> {
+    fn drop(&mut self) {
+        let Some(inflight) = self.inflight.upgrade() else {
+            return;
+        };
+        let mut inflight = lock(&inflight);
+        if inflight
+            .get(&self.key)
+            .is_some_and(|s| Arc::as_ptr(s) == self.slot.as_ptr())
+        {
+            inflight.remove(&self.key);
+        }
     }
 }
 
@@ -287,12 +324,23 @@ mod tests {
         assert_eq!(waiter.await.unwrap(), (1, Flight::Joined));
         assert_eq!(runs.load(Ordering::SeqCst), 1);
         assert_eq!(flight.len(), 0);
-        // With every caller gone, the task still completes.
+        // With every caller gone, the task still runs, and a caller that
+        // comes meanwhile joins it.
         let run = flight.run_spawned(2, work(runs.clone()), || 0);
         assert!(tokio::time::timeout(Duration::from_millis(5), run).await.is_err());
-        assert_eq!(flight.len(), 0);
-        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert_eq!(flight.len(), 1);
+        assert_eq!(
+            flight.run_spawned(2, work(runs.clone()), || 0).await,
+            (2, Flight::Joined)
+        );
         assert_eq!(runs.load(Ordering::SeqCst), 2);
+        assert_eq!(flight.len(), 0);
+        // Once done, nobody joins it: its key is gone even with no caller left.
+        let run = flight.run_spawned(3, work(runs.clone()), || 0);
+        assert!(tokio::time::timeout(Duration::from_millis(5), run).await.is_err());
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 3);
+        assert_eq!(flight.len(), 0);
     }
 
     #[tokio::test]
