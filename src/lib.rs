@@ -10,6 +10,7 @@ mod macros;
 pub mod audit;
 #[cfg(any(feature = "jwt", feature = "policy"))]
 mod body;
+mod cache;
 #[cfg(any(feature = "jwt", feature = "policy"))]
 mod challenge;
 mod error;

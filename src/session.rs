@@ -21,8 +21,8 @@
 //! on the session. Stateless servers (no session ids) pass through untouched.
 //! [`Guard`](crate::Guard) installs it (unless stateless).
 //!
-//! Bindings live in memory, bounded in number (oldest idle evicted first) and
-//! forgotten after an idle time. A forgotten binding makes its session answer
+//! Bindings live in memory, bounded in number (least recently used evicted
+//! first) and forgotten after an idle time. A forgotten binding makes its session answer
 //! 404, after which an MCP client starts a new session. Several server
 //! instances behind one load balancer each know only their own sessions; use
 //! sticky routing, or stateless mode.
@@ -47,12 +47,11 @@
 //! # }
 //! ```
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -60,6 +59,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::cache::{Limits, Timestamp, TtlCache};
 use crate::principal::Principal;
 
 /// The header rmcp uses for session ids.
@@ -67,59 +67,37 @@ pub const SESSION_HEADER: &str = "mcp-session-id";
 
 type Owner = (String, String);
 
-struct Binding {
-    owner: Owner,
-    last_seen: Instant,
-}
-
-/// The shared table of session owners.
+/// The shared table of session owners, each forgotten `idle` after its last
+/// request.
 struct Bindings {
-    table: Mutex<HashMap<String, Binding>>,
+    table: TtlCache<String, Owner>,
     capacity: usize,
     idle: Duration,
 }
 
 impl Bindings {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Binding>> {
-        // Every critical section leaves the map whole; a poisoned lock is still usable.
-        self.table.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Whether `owner` owns `session` (refreshing its idle time).
     fn owns(&self, session: &str, owner: &Owner) -> bool {
-        let now = Instant::now();
-        let mut table = self.lock();
-        match table.get_mut(session) {
-            Some(b) if now.duration_since(b.last_seen) >= self.idle => {
-                table.remove(session);
-                false
+        let now = Timestamp::now();
+        let owned = self.table.update(session, now, |bound, until| {
+            let owned = bound == owner;
+            if owned {
+                *until = now.saturating_add(self.idle);
             }
-            Some(b) if b.owner == *owner => {
-                b.last_seen = now;
-                true
-            }
-            _ => false,
-        }
+            owned
+        });
+        owned == Some(true)
     }
 
     fn bind(&self, session: String, owner: Owner) {
-        let now = Instant::now();
-        let mut table = self.lock();
-        if table.len() >= self.capacity && !table.contains_key(&session) {
-            table.retain(|_, b| now.duration_since(b.last_seen) < self.idle);
-            if table.len() >= self.capacity
-                && let Some(oldest) = table.iter().min_by_key(|(_, b)| b.last_seen).map(|(k, _)| k.clone())
-            {
-                table.remove(&oldest);
-            }
-        }
+        let now = Timestamp::now();
         // A session id the server just issued cannot already belong to
         // someone else; if it somehow does, the new owner is the creator.
-        table.insert(session, Binding { owner, last_seen: now });
+        self.table.insert(session, owner, 0, now.saturating_add(self.idle), now);
     }
 
     fn forget(&self, session: &str) {
-        self.lock().remove(session);
+        self.table.remove(session);
     }
 }
 
@@ -151,7 +129,7 @@ impl SessionBindingLayer {
     pub fn new(capacity: usize, idle: Duration) -> Self {
         SessionBindingLayer {
             bindings: Arc::new(Bindings {
-                table: Mutex::new(HashMap::new()),
+                table: TtlCache::new(Limits::entries(capacity.max(1))),
                 capacity: capacity.max(1),
                 idle,
             }),
@@ -346,7 +324,7 @@ mod tests {
         for i in 0..10 {
             b.bind(format!("s{i}"), owner("alice"));
         }
-        assert_eq!(b.lock().len(), 2);
+        assert_eq!(b.table.len(), 2);
         assert!(b.owns("s9", &owner("alice")));
     }
 }

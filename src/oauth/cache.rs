@@ -5,19 +5,17 @@
 //! (the token itself is never stored). An entry lives until the token's `exp`
 //! or the configured TTL, whichever comes first, and the cache holds a bounded
 //! number of entries in 16 shards so concurrent requests rarely meet on a lock.
-//! When a shard is full, expired entries are dropped first, then an arbitrary
-//! one: an attacker with many valid tokens can only evict, never inject.
+//! When a shard is full, expired entries are dropped first, then the least
+//! recently used: an attacker with many valid tokens can only evict, never
+//! inject. (A [`TtlCache`]; its module documents the rule.)
 
-use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use crate::cache::{Limits, Timestamp, TtlCache};
 use crate::principal::Principal;
-
-const SHARDS: usize = 16;
 
 /// The SHA-256 of a token.
 pub(crate) type TokenHash = [u8; 32];
@@ -28,7 +26,7 @@ pub(crate) fn hash_token(token: &str) -> TokenHash {
 
 /// The key is already a cryptographic hash: use 8 of its bytes as is.
 #[derive(Default)]
-struct PrehashedHasher(u64);
+pub(crate) struct PrehashedHasher(u64);
 
 impl Hasher for PrehashedHasher {
     fn finish(&self) -> u64 {
@@ -44,47 +42,25 @@ impl Hasher for PrehashedHasher {
     }
 }
 
-struct Entry {
-    principal: Principal,
-    valid_until: u64,
-}
-
-type Shard = HashMap<TokenHash, Entry, BuildHasherDefault<PrehashedHasher>>;
+/// Hashes [`TokenHash`] keys with [`PrehashedHasher`].
+pub(crate) type PrehashedState = BuildHasherDefault<PrehashedHasher>;
 
 pub(crate) struct TokenCache {
-    shards: Vec<Mutex<Shard>>,
-    per_shard: usize,
+    entries: TtlCache<TokenHash, Principal, PrehashedState>,
     ttl: u64,
 }
 
 impl TokenCache {
     pub(crate) fn new(capacity: usize, ttl: Duration) -> Self {
-        let per_shard = capacity.div_ceil(SHARDS);
         TokenCache {
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-            per_shard,
+            entries: TtlCache::with_hasher(Limits::entries(capacity), PrehashedState::default()),
             ttl: ttl.as_secs(),
         }
     }
 
-    fn shard(&self, hash: &TokenHash) -> &Mutex<Shard> {
-        &self.shards[hash[31] as usize % SHARDS]
-    }
-
     /// The principal for this token, if it was verified and is still valid at `now`.
     pub(crate) fn get(&self, hash: &TokenHash, now: u64) -> Option<Principal> {
-        if self.per_shard == 0 {
-            return None;
-        }
-        let mut shard = self.shard(hash).lock().unwrap_or_else(|p| p.into_inner());
-        match shard.get(hash) {
-            Some(entry) if entry.valid_until > now => Some(entry.principal.clone()),
-            Some(_) => {
-                shard.remove(hash);
-                None
-            }
-            None => None,
-        }
+        self.entries.get(hash, Timestamp::from_unix_secs(now))
     }
 
     /// Remember a verified principal until its `exp` or the TTL.
@@ -97,30 +73,13 @@ impl TokenCache {
     pub(crate) fn insert_for(&self, hash: TokenHash, principal: &Principal, now: u64, max_ttl: Duration) {
         let ttl = self.ttl.min(max_ttl.as_secs());
         let valid_until = principal.expires_at_unix().min(now.saturating_add(ttl));
-        if self.per_shard == 0 || valid_until <= now {
-            return;
-        }
-        let mut shard = self.shard(&hash).lock().unwrap_or_else(|p| p.into_inner());
-        if shard.len() >= self.per_shard && !shard.contains_key(&hash) {
-            shard.retain(|_, e| e.valid_until > now);
-            if shard.len() >= self.per_shard
-                && let Some(victim) = shard.keys().next().copied()
-            {
-                shard.remove(&victim);
-            }
-        }
-        shard.insert(
-            hash,
-            Entry {
-                principal: principal.clone(),
-                valid_until,
-            },
-        );
+        let (until, now) = (Timestamp::from_unix_secs(valid_until), Timestamp::from_unix_secs(now));
+        self.entries.insert(hash, principal.clone(), 0, until, now);
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().unwrap().len()).sum()
+        self.entries.len()
     }
 }
 

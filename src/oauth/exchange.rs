@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use oauth2::basic::{
     BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse, BasicTokenType,
@@ -15,8 +15,8 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::client::{ClientAuth, default_http_client, send};
-use super::flight::{SingleFlight, TtlMap};
 use super::inbound::InboundToken;
+use crate::cache::{Flight, Limits, SingleFlight, Timestamp, TtlCache};
 use crate::error::{ConfigError, Rejection};
 use crate::principal::Principal;
 use rmcp::handler::server::common::{AsRequestContext, FromContextPart};
@@ -324,7 +324,7 @@ struct Inner {
     actor: Option<(Zeroizing<String>, String)>,
     refresh_margin: Duration,
     max_cache_ttl: Duration,
-    cache: TtlMap<CacheKey, DownstreamToken>,
+    cache: TtlCache<CacheKey, DownstreamToken>,
     flight: SingleFlight<CacheKey, Result<DownstreamToken, ExchangeError>>,
 }
 
@@ -437,7 +437,7 @@ impl TokenExchangeBuilder {
                 actor: self.actor,
                 refresh_margin: self.refresh_margin,
                 max_cache_ttl: self.max_cache_ttl,
-                cache: TtlMap::new(self.cache_capacity),
+                cache: TtlCache::new(Limits::entries(self.cache_capacity)),
                 flight: SingleFlight::new(),
             }),
         })
@@ -520,33 +520,28 @@ impl TokenExchange {
             Grant::Exchange { .. } => "token_exchange",
             Grant::ClientCredentials => "client_credentials",
         };
-        if let Some(token) = self.inner.cache.get(&key, Instant::now()) {
+        if let Some(token) = self.inner.cache.get(&key, Timestamp::now()) {
             audit(principal, kind, request.target(), "ok", "hit");
             return Ok(token);
         }
-        let led = std::sync::atomic::AtomicBool::new(false);
-        let (this, grant, led_flag) = (self, &grant, &led);
-        let result = self
+        let (this, grant) = (self, &grant);
+        let (result, flight) = self
             .inner
             .flight
-            .run(key, move || {
-                led_flag.store(true, std::sync::atomic::Ordering::Relaxed);
-                async move {
-                    let (result, principal) = match grant {
-                        Grant::Exchange {
-                            principal,
-                            subject_token,
-                        } => (this.request_exchange(subject_token, request).await, Some(*principal)),
-                        Grant::ClientCredentials => (this.request_client_credentials(request).await, None),
-                    };
-                    if let Ok(token) = &result {
-                        this.remember(key, token, principal);
-                    }
-                    result
+            .run(key, move || async move {
+                let (result, principal) = match grant {
+                    Grant::Exchange {
+                        principal,
+                        subject_token,
+                    } => (this.request_exchange(subject_token, request).await, Some(*principal)),
+                    Grant::ClientCredentials => (this.request_client_credentials(request).await, None),
+                };
+                if let Ok(token) = &result {
+                    this.remember(key, token, principal);
                 }
+                result
             })
             .await;
-        let led = led.load(std::sync::atomic::Ordering::Relaxed);
         let outcome = match &result {
             Ok(_) => "ok",
             Err(e) => e.code(),
@@ -556,7 +551,7 @@ impl TokenExchange {
             kind,
             request.target(),
             outcome,
-            if led { "miss" } else { "joined" },
+            if flight == Flight::Led { "miss" } else { "joined" },
         );
         result
     }
@@ -565,7 +560,6 @@ impl TokenExchange {
         let Some(expires_at) = token.expires_at() else {
             return;
         };
-        let now = Instant::now();
         let system_now = SystemTime::now();
         let mut lifetime = expires_at
             .duration_since(system_now)
@@ -575,7 +569,10 @@ impl TokenExchange {
         if let Some(p) = principal {
             lifetime = lifetime.min(p.expires_at().duration_since(system_now).unwrap_or_default());
         }
-        self.inner.cache.insert(key, token.clone(), now + lifetime, now);
+        let now = Timestamp::now();
+        self.inner
+            .cache
+            .insert(key, token.clone(), 0, now.saturating_add(lifetime), now);
     }
 
     async fn request_exchange(

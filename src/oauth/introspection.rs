@@ -1,7 +1,7 @@
 //! RFC 7662 token introspection: the validator for opaque access tokens (and
 
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use oauth2::basic::{BasicErrorResponse, BasicErrorResponseType, BasicRevocationErrorResponse, BasicTokenResponse};
 use oauth2::{
@@ -10,10 +10,11 @@ use oauth2::{
 };
 use serde_json::{Map, Value};
 
-use super::cache::{TokenCache, TokenHash};
+use super::cache::{PrehashedState, TokenCache, TokenHash};
 use super::client::{ClientAuth, HttpError, send};
 use super::config::{ClaimRules, IntrospectionConfig};
 use super::jwt::Failure;
+use crate::cache::{Limits, SingleFlight, Timestamp, TtlCache};
 use crate::error::{AuthError, ConfigError, TokenRejection};
 use crate::principal::Principal;
 
@@ -72,8 +73,8 @@ pub(crate) struct Introspector {
     http: reqwest::Client,
     cache_ttl: Duration,
     negative_ttl: Duration,
-    negative: super::flight::TtlMap<TokenHash, Refusal>,
-    flight: super::flight::SingleFlight<TokenHash, Result<Principal, Refusal>>,
+    negative: TtlCache<TokenHash, Refusal, PrehashedState>,
+    flight: SingleFlight<TokenHash, Result<Principal, Refusal>>,
     permits: tokio::sync::Semaphore,
 }
 
@@ -111,8 +112,8 @@ impl Introspector {
             http,
             cache_ttl: config.cache_ttl,
             negative_ttl: config.negative_cache_ttl,
-            negative: super::flight::TtlMap::new(NEGATIVE_CAPACITY),
-            flight: super::flight::SingleFlight::new(),
+            negative: TtlCache::with_hasher(Limits::entries(NEGATIVE_CAPACITY), PrehashedState::default()),
+            flight: SingleFlight::new(),
             permits: tokio::sync::Semaphore::new(config.max_in_flight),
         })
     }
@@ -133,7 +134,7 @@ impl Introspector {
         hash: TokenHash,
         now: u64,
     ) -> Result<Principal, Failure> {
-        let result = match self.negative.get(&hash, Instant::now()) {
+        let result = match self.negative.get(&hash, Timestamp::now()) {
             Some(refusal) => Err(refusal),
             None => {
                 self.flight
@@ -146,14 +147,16 @@ impl Introspector {
                         match &result {
                             Ok(principal) => cache.insert_for(hash, principal, now, self.cache_ttl),
                             Err(refusal) if matches!(refusal.error, AuthError::InvalidToken(_)) => {
-                                let at = Instant::now();
-                                self.negative.insert(hash, refusal.clone(), at + self.negative_ttl, at);
+                                let at = Timestamp::now();
+                                let until = at.saturating_add(self.negative_ttl);
+                                self.negative.insert(hash, refusal.clone(), 0, until, at);
                             }
                             Err(_) => {}
                         }
                         result
                     })
                     .await
+                    .0
             }
         };
         result.map_err(|r| Failure {

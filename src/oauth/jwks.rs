@@ -4,8 +4,9 @@
 //! - **Reads never wait on I/O.** Keys live in an immutable snapshot behind an
 //!   `RwLock<Arc<_>>` that is held only to clone the `Arc`.
 //! - **Single flight.** Every fetch (initial, scheduled, unknown `kid`) goes
-//!   through one async gate; whoever waited on it and finds a newer snapshot
-//!   afterwards uses it instead of fetching again.
+//!   through one `SingleFlight`: whoever arrives while a fetch runs waits for
+//!   its result, and a fetch that finds a newer snapshot than its caller saw
+//!   uses it instead of fetching again.
 //! - **Unknown `kid` refetch is rate-limited** (default once per 30 s): a flood
 //!   of forged `kid`s costs the identity provider at most one request per
 //!   cooldown.
@@ -23,7 +24,7 @@
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -33,6 +34,7 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 
 use super::config::KeyRefresh;
+use crate::cache::{SingleFlight, lock};
 use crate::error::AuthError;
 
 /// Where an issuer's keys come from.
@@ -153,8 +155,10 @@ struct CacheInner {
     client: reqwest::Client,
     settings: KeyRefresh,
     snapshot: RwLock<Arc<Snapshot>>,
-    /// The single-flight gate; holds the discovered `jwks_uri`.
-    gate: tokio::sync::Mutex<Option<String>>,
+    /// One fetch at a time; the others wait for its result.
+    flight: SingleFlight<(), Result<(), AuthError>>,
+    /// The discovered `jwks_uri`, once known.
+    jwks_uri: Mutex<Option<String>>,
     background: AtomicBool,
     /// Milliseconds since `epoch` (+1, 0 = never) of the last unknown-`kid`
     /// fetch and of the last failed fetch.
@@ -193,7 +197,8 @@ impl KeyCache {
                 client,
                 settings,
                 snapshot: RwLock::new(Arc::new(snapshot)),
-                gate: tokio::sync::Mutex::new(None),
+                flight: SingleFlight::new(),
+                jwks_uri: Mutex::new(None),
                 background: AtomicBool::new(false),
                 last_unknown_kid_fetch: AtomicU64::new(0),
                 last_failure: AtomicU64::new(0),
@@ -216,19 +221,13 @@ impl KeyCache {
     }
 
     fn snapshot(&self) -> Arc<Snapshot> {
-        match self.inner.snapshot.read() {
-            Ok(guard) => guard.clone(),
-            // A writer only swaps an Arc; a poisoned lock still holds a whole snapshot.
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        // A writer only swaps an Arc; a poisoned lock still holds a whole snapshot.
+        crate::cache::read(&self.inner.snapshot).clone()
     }
 
     fn store(&self, snapshot: Snapshot) {
         let snapshot = Arc::new(snapshot);
-        match self.inner.snapshot.write() {
-            Ok(mut guard) => *guard = snapshot,
-            Err(poisoned) => *poisoned.into_inner() = snapshot,
-        }
+        *crate::cache::write(&self.inner.snapshot) = snapshot;
     }
 
     fn millis_since_epoch(&self) -> u64 {
@@ -307,12 +306,16 @@ impl KeyCache {
         });
     }
 
-    /// Fetch the key set once, unless someone else did while we waited.
+    /// Fetch the key set once, or wait for the fetch in flight.
     async fn refresh(&self, trigger: Trigger, seen: u64) -> Result<(), AuthError> {
         if self.within(&self.inner.last_failure, self.inner.settings.retry_after_failure) {
             return Err(AuthError::KeysUnavailable);
         }
-        let mut jwks_uri = self.inner.gate.lock().await;
+        self.inner.flight.run((), || self.fetch_once(trigger, seen)).await.0
+    }
+
+    /// The one fetch in flight, unless someone else fetched since `seen`.
+    async fn fetch_once(&self, trigger: Trigger, seen: u64) -> Result<(), AuthError> {
         if self.snapshot().generation != seen {
             return Ok(());
         }
@@ -330,7 +333,11 @@ impl KeyCache {
                 .last_unknown_kid_fetch
                 .store(self.millis_since_epoch(), Ordering::Release);
         }
-        match self.fetch(&mut jwks_uri).await {
+        // Never held across the fetch: copied out, written back.
+        let mut jwks_uri = lock(&self.inner.jwks_uri).clone();
+        let fetched = self.fetch(&mut jwks_uri).await;
+        *lock(&self.inner.jwks_uri) = jwks_uri;
+        match fetched {
             Ok((keys, max_age)) => {
                 let s = &self.inner.settings;
                 let ttl = max_age.map_or(s.interval, |age| age.clamp(s.min, s.max));
@@ -346,7 +353,7 @@ impl KeyCache {
                     .store(self.millis_since_epoch(), Ordering::Release);
                 // Discover again next time: the metadata may have moved.
                 if matches!(self.inner.source, KeySource::Discover { .. }) {
-                    *jwks_uri = None;
+                    *lock(&self.inner.jwks_uri) = None;
                 }
                 Err(AuthError::KeysUnavailable)
             }

@@ -30,8 +30,6 @@ mod client;
 mod config;
 #[cfg(feature = "exchange")]
 mod exchange;
-#[cfg(any(feature = "introspection", feature = "exchange"))]
-mod flight;
 mod hosts;
 mod inbound;
 #[cfg(feature = "introspection")]

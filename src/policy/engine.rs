@@ -12,7 +12,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use regorus::rvm::program::Program;
@@ -24,6 +24,7 @@ use super::decision::{Answer, Decision, reason};
 use super::input::PolicyInput;
 use super::source::{Bundle, DataSource, ModuleSource, Sources};
 use crate::audit::{AuditEvent, Outcome};
+use crate::cache::lock;
 use crate::{ConfigError, Principal};
 
 /// The entrypoint evaluated for every decision unless configured otherwise.
@@ -274,12 +275,6 @@ impl std::fmt::Debug for PolicyEngine {
             .field("entrypoint", &self.shared.options.entrypoint)
             .finish_non_exhaustive()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // The guarded values are replaced whole, never left half-written, so a
-    // panic elsewhere cannot leave them inconsistent: ignore poisoning.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl PolicyEngine {

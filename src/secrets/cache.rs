@@ -2,19 +2,21 @@
 //! TTL (capped by the store's lease), single-flight on a miss, bounded size,
 //! and an explicit stale-if-error window.
 //!
-//! The lock is a `std` mutex held only to read or update the map, never
-//! across I/O. A miss spawns the fetch as its own task: it completes (and
-//! fills the cache) even when the request that started it is cancelled, and
-//! every concurrent caller for the same path awaits that one fetch.
+//! Values live in a [`TtlCache`] (full: past the stale window first, then the
+//! least recently used) until the end of their stale window; a value is fresh
+//! until its TTL. A miss spawns the fetch as its own task
+//! ([`SingleFlight::run_spawned`]): it completes (and fills the cache) even
+//! when the request that started it is cancelled, and every concurrent caller
+//! for the same path awaits that one fetch. No lock is held across I/O.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use futures_util::FutureExt;
-use futures_util::future::{BoxFuture, Shared};
+use futures_util::future::BoxFuture;
 
 use super::{Secret, SecretError};
+use crate::cache::{Flight, Limits, SingleFlight, Timestamp, TtlCache};
 
 /// How a lookup was answered; the audit event's `cache` field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,7 +61,6 @@ pub(crate) struct CacheConfig {
 }
 
 type FetchResult = Result<(Secret, CacheStatus), SecretError>;
-type Pending = Shared<BoxFuture<'static, FetchResult>>;
 
 pub(crate) struct Cache {
     inner: Arc<Inner>,
@@ -67,25 +68,17 @@ pub(crate) struct Cache {
 
 struct Inner {
     config: CacheConfig,
-    state: Mutex<State>,
+    /// Each value until the end of its stale window.
+    entries: TtlCache<String, Entry>,
+    flight: SingleFlight<String, FetchResult>,
+    /// Bumped by [`Cache::clear`]: a fetch started before keeps nothing.
+    generation: AtomicU64,
 }
 
-#[derive(Default)]
-struct State {
-    slots: HashMap<String, Slot>,
-    next_id: u64,
-}
-
-#[derive(Default)]
-struct Slot {
-    ready: Option<Entry>,
-    pending: Option<(u64, Pending)>,
-}
-
+#[derive(Clone)]
 struct Entry {
     secret: Secret,
-    fresh_until: Instant,
-    stale_until: Instant,
+    fresh_until: Timestamp,
 }
 
 impl Cache {
@@ -93,7 +86,9 @@ impl Cache {
         Cache {
             inner: Arc::new(Inner {
                 config,
-                state: Mutex::new(State::default()),
+                entries: TtlCache::new(Limits::entries(config.max_entries)),
+                flight: SingleFlight::new(),
+                generation: AtomicU64::new(0),
             }),
         }
     }
@@ -111,150 +106,102 @@ impl Cache {
         if self.inner.config.ttl.is_zero() {
             return (fetch().await, CacheStatus::Bypass);
         }
-        let (pending, leader) = {
-            let now = Instant::now();
-            let mut state = self.inner.lock();
-            let slot = state.slots.get(path);
-            if let Some(entry) = slot.and_then(|s| s.ready.as_ref())
-                && entry.fresh_until > now
-            {
-                return (Ok(entry.secret.clone()), CacheStatus::Hit);
+        if let Some(secret) = self.inner.fresh(path) {
+            return (Ok(secret), CacheStatus::Hit);
+        }
+        let inner = Arc::clone(&self.inner);
+        let key = path.to_owned();
+        let work = move || -> BoxFuture<'static, FetchResult> {
+            // Another fetch may have filled the cache just before this one began.
+            if let Some(secret) = inner.fresh(&key) {
+                return Box::pin(std::future::ready(Ok((secret, CacheStatus::Hit))));
             }
-            match slot.and_then(|s| s.pending.as_ref()) {
-                Some((_, p)) => (p.clone(), false),
-                None => (self.start(&mut state, path, fetch()), true),
-            }
+            let generation = inner.generation.load(Ordering::Acquire);
+            let fetching = fetch();
+            Box::pin(async move {
+                let result = fetching.await;
+                inner.complete(&key, generation, result)
+            })
         };
-        match pending.await {
-            Ok((secret, CacheStatus::Stale)) => (Ok(secret), CacheStatus::Stale),
-            Ok((secret, _)) if leader => (Ok(secret), CacheStatus::Miss),
-            Ok((secret, _)) => (Ok(secret), CacheStatus::Joined),
-            Err(e) if leader => (Err(e), CacheStatus::Miss),
-            Err(e) => (Err(e), CacheStatus::Joined),
+        let panicked = || {
+            // The store panicked: nothing is kept, the next lookup tries again,
+            // and this one fails closed.
+            tracing::error!(path = %path, "secret store task failed");
+            Err(SecretError::Internal)
+        };
+        let (result, flight) = self.inner.flight.run_spawned(path.to_owned(), work, panicked).await;
+        match (result, flight) {
+            (Ok((secret, status @ (CacheStatus::Stale | CacheStatus::Hit))), _) => (Ok(secret), status),
+            (Ok((secret, _)), Flight::Led) => (Ok(secret), CacheStatus::Miss),
+            (Ok((secret, _)), Flight::Joined) => (Ok(secret), CacheStatus::Joined),
+            (Err(e), Flight::Led) => (Err(e), CacheStatus::Miss),
+            (Err(e), Flight::Joined) => (Err(e), CacheStatus::Joined),
         }
     }
 
-    fn start(&self, state: &mut State, path: &str, fetch: BoxFuture<'static, Result<Secret, SecretError>>) -> Pending {
-        state.next_id += 1;
-        let id = state.next_id;
-        let inner = Arc::clone(&self.inner);
-        let key = path.to_owned();
-        let task = tokio::spawn(async move {
-            let result = fetch.await;
-            inner.complete(&key, id, result)
-        });
-        let inner = Arc::clone(&self.inner);
-        let key = path.to_owned();
-        let pending = async move {
-            match task.await {
-                Ok(r) => r,
-                Err(_) => {
-                    // The store panicked: forget the slot so the next lookup
-                    // tries again, and fail this one closed.
-                    inner.forget(&key, id);
-                    tracing::error!(path = %key, "secret store task failed");
-                    Err(SecretError::Internal)
-                }
-            }
-        }
-        .boxed()
-        .shared();
-        state.slots.entry(path.to_owned()).or_default().pending = Some((id, pending.clone()));
-        pending
-    }
-
-    /// Drop every cached value (in-flight fetches complete but are not kept).
+    /// Drop every cached value (in-flight fetches complete but are not kept,
+    /// and later lookups do not join them).
     pub(crate) fn clear(&self) {
-        self.inner.lock().slots.clear();
+        self.inner.generation.fetch_add(1, Ordering::AcqRel);
+        self.inner.flight.clear();
+        self.inner.entries.clear();
     }
 
-    /// How many paths are cached or in flight.
+    /// How many paths are cached.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.inner.lock().slots.len()
+        self.inner.entries.len()
     }
 }
 
 impl Inner {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // The critical sections only move values in and out of the map; a
-        // panic inside one cannot leave a half-written entry.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    /// The value of `key` if cached and fresh.
+    fn fresh(&self, key: &str) -> Option<Secret> {
+        let now = Timestamp::now();
+        self.entries
+            .get(key, now)
+            .filter(|entry| entry.fresh_until > now)
+            .map(|entry| entry.secret)
     }
 
-    fn forget(&self, key: &str, id: u64) {
-        let mut state = self.lock();
-        if let Some(slot) = state.slots.get_mut(key)
-            && slot.pending.as_ref().is_some_and(|(p, _)| *p == id)
-        {
-            state.slots.remove(key);
-        }
-    }
-
-    fn complete(&self, key: &str, id: u64, result: Result<Secret, SecretError>) -> FetchResult {
-        let now = Instant::now();
+    fn complete(&self, key: &str, generation: u64, result: Result<Secret, SecretError>) -> FetchResult {
+        let now = Timestamp::now();
         let cfg = self.config;
-        let mut state = self.lock();
-        let slot = match state.slots.get_mut(key) {
-            Some(slot) if slot.pending.as_ref().is_some_and(|(p, _)| *p == id) => slot,
+        if self.generation.load(Ordering::Acquire) != generation {
             // Cleared while in flight: answer, but keep nothing.
-            _ => return result.map(|s| (s, CacheStatus::Miss)),
-        };
-        slot.pending = None;
+            return result.map(|s| (s, CacheStatus::Miss));
+        }
         match result {
             Ok(secret) => {
                 let ttl = secret.lease().map_or(cfg.ttl, |l| l.min(cfg.ttl));
                 if ttl.is_zero() {
-                    state.slots.remove(key);
+                    self.entries.remove(key);
                 } else {
-                    slot.ready = Some(Entry {
+                    let fresh_until = now.saturating_add(ttl);
+                    let entry = Entry {
                         secret: secret.clone(),
-                        fresh_until: now + ttl,
-                        stale_until: now + ttl + cfg.stale_if_error,
-                    });
-                    evict(&mut state, cfg.max_entries, now);
+                        fresh_until,
+                    };
+                    let stale_until = fresh_until.saturating_add(cfg.stale_if_error);
+                    self.entries.insert(key.to_owned(), entry, 0, stale_until, now);
+                    if self.generation.load(Ordering::Acquire) != generation {
+                        // Cleared between the check above and the insert.
+                        self.entries.remove(key);
+                    }
                 }
                 Ok((secret, CacheStatus::Miss))
             }
-            Err(e) if e.is_unavailable() => match &slot.ready {
-                Some(entry) if entry.stale_until > now => Ok((entry.secret.clone(), CacheStatus::Stale)),
-                _ => {
-                    state.slots.remove(key);
-                    Err(e)
-                }
+            Err(e) if e.is_unavailable() => match self.entries.get(key, now) {
+                Some(entry) => Ok((entry.secret, CacheStatus::Stale)),
+                None => Err(e),
             },
             Err(e) => {
                 // An answer (not found, permission denied): a revocation takes
                 // effect now, whatever was cached.
-                state.slots.remove(key);
+                self.entries.remove(key);
                 Err(e)
             }
         }
-    }
-}
-
-/// Bring the map back to `max` entries: first what is past its stale window,
-/// then the values closest to expiry. In-flight fetches are never evicted.
-fn evict(state: &mut State, max: usize, now: Instant) {
-    if state.slots.len() <= max {
-        return;
-    }
-    state
-        .slots
-        .retain(|_, s| s.pending.is_some() || s.ready.as_ref().is_some_and(|e| e.stale_until > now));
-    if state.slots.len() <= max {
-        return;
-    }
-    let mut ready: Vec<(Instant, String)> = state
-        .slots
-        .iter()
-        .filter(|(_, s)| s.pending.is_none())
-        .filter_map(|(k, s)| s.ready.as_ref().map(|e| (e.fresh_until, k.clone())))
-        .collect();
-    ready.sort_unstable();
-    let excess = state.slots.len() - max;
-    for (_, key) in ready.into_iter().take(excess) {
-        state.slots.remove(&key);
     }
 }
 
@@ -271,6 +218,7 @@ impl Default for CacheConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::FutureExt;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn counting(

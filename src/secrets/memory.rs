@@ -70,26 +70,21 @@ impl MemoryStore {
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Secret>> {
         // A poisoned lock only means a writer panicked mid-insert of a whole
         // value; the map itself is consistent.
-        self.secrets.write().unwrap_or_else(|e| e.into_inner())
+        crate::cache::write(&self.secrets)
     }
 }
 
 impl SecretStore for MemoryStore {
     fn get<'a>(&'a self, path: &'a str) -> StoreFuture<'a> {
         self.reads.fetch_add(1, Ordering::Relaxed);
-        let found = self
-            .secrets
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(path)
-            .cloned();
+        let found = crate::cache::read(&self.secrets).get(path).cloned();
         Box::pin(future::ready(found.ok_or(SecretError::NotFound)))
     }
 }
 
 impl fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let secrets = self.secrets.read().unwrap_or_else(|e| e.into_inner());
+        let secrets = crate::cache::read(&self.secrets);
         let mut paths: Vec<_> = secrets.keys().collect();
         paths.sort();
         f.debug_struct("MemoryStore")

@@ -267,11 +267,11 @@ struct Forbidden;
 impl Shared {
     fn lock_state(&self) -> std::sync::MutexGuard<'_, token::State> {
         // Plain data, updated field by field: consistent even if poisoned.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::cache::lock(&self.state)
     }
 
     fn current(&self) -> (Arc<VaultClient>, u64) {
-        let client = Arc::clone(&self.client.read().unwrap_or_else(|e| e.into_inner()));
+        let client = Arc::clone(&crate::cache::read(&self.client));
         (client, self.generation.load(Ordering::Acquire))
     }
 

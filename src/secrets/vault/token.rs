@@ -112,7 +112,7 @@ impl Shared {
                 return Err(e);
             }
         };
-        *self.client.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(client);
+        *crate::cache::write(&self.client) = Arc::new(client);
         self.generation.fetch_add(1, Ordering::AcqRel);
         {
             let mut s = self.lock_state();
