@@ -5,7 +5,7 @@
 //! ```
 //!
 //! It starts the in-process development authorization server
-//! ([`rmcp_guard::dev`]: loopback only, ephemeral keys, RFC 8414 metadata,
+//! ([`rmcp_guard_testkit::dev`]: loopback only, ephemeral keys, RFC 8414 metadata,
 //! dynamic client registration, PKCE, automatic approval as a demo user),
 //! trusts it, and serves the MCP endpoint at `http://127.0.0.1:8080/mcp` with
 //! its RFC 9728 metadata. An MCP client that follows the specification's
@@ -23,8 +23,8 @@ use rmcp::model::{ServerCapabilities, ServerConfig};
 use rmcp::transport::streamable_http_server::StreamableHttpService;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::{ErrorData, ServerHandler, tool, tool_handler, tool_router};
-use rmcp_guard::dev::DevAuthServer;
 use rmcp_guard::{Issuer, Principal, ResourceServer};
+use rmcp_guard_testkit::dev::DevAuthServer;
 
 #[derive(Clone)]
 struct Hello {

@@ -18,13 +18,6 @@ pub mod session;
 
 pub mod secrets;
 
-#[cfg(feature = "testing")]
-pub mod testing;
-
-#[cfg(feature = "dev")]
-#[cfg_attr(docsrs, doc(cfg(feature = "dev")))]
-pub mod dev;
-
 pub use error::{AuthError, ConfigError};
 #[cfg(feature = "jwt")]
 pub use oauth::{BearerAuthLayer, Issuer, ResourceServer};

@@ -39,9 +39,9 @@ use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, ServerHandler, ServiceExt, tool, tool_handler, tool_router};
-use rmcp_guard::dev::DevAuthServer;
 use rmcp_guard::error::AuthError;
 use rmcp_guard::{Issuer, Principal, ResourceServer};
+use rmcp_guard_testkit::dev::DevAuthServer;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 use tokio::task::JoinHandle;

@@ -15,8 +15,8 @@ use rmcp::transport::streamable_http_server::StreamableHttpService;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::{ErrorData, ServerHandler, schemars, tool, tool_handler, tool_router};
 use rmcp_guard::policy::{Guarded, PolicyEngine, RBAC_DATA, RBAC_POLICY, StepUpLayer};
-use rmcp_guard::testing::TestIssuer;
 use rmcp_guard::{Issuer, ResourceServer, require_permission};
+use rmcp_guard_testkit::TestIssuer;
 use serde_json::{Value, json};
 
 #[derive(Clone)]

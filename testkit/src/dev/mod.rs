@@ -1,4 +1,4 @@
-//! A development OAuth 2.1 authorization server (feature `dev`). **Never use
+//! A development OAuth 2.1 authorization server. **Never use
 //! it in production**: it approves every authorization request, without a
 //! login, as one configured demo user.
 //!
@@ -47,7 +47,7 @@
 //! resource.
 //!
 //! ```
-//! use rmcp_guard::dev::DevAuthServer;
+//! use rmcp_guard_testkit::dev::DevAuthServer;
 //! use serde_json::{Value, json};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -100,7 +100,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use url::Url;
 
-use crate::testing::{KeyAlg, TestKey};
+use crate::{KeyAlg, TestKey};
 
 /// Path of the RFC 8414 metadata.
 const METADATA_PATH: &str = "/.well-known/oauth-authorization-server";

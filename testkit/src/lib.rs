@@ -1,4 +1,5 @@
-//! Test kit: an in-process token issuer on a loopback port (feature `testing`).
+//! Test kit for servers guarded by `rmcp-guard`: an in-process token issuer on
+//! a loopback port, and a development authorization server ([`dev`]).
 //!
 //! [`TestIssuer::start`] binds `127.0.0.1:0`, generates ephemeral keys (RSA
 //! 2048, ECDSA P-256, Ed25519), serves RFC 8414 / OpenID Connect metadata and a
@@ -7,7 +8,7 @@
 //! token as `Authorization: Bearer ...`.
 //!
 //! ```
-//! use rmcp_guard::testing::{KeyAlg, TestIssuer};
+//! use rmcp_guard_testkit::{KeyAlg, TestIssuer};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -50,6 +51,10 @@
 //! The issuer listens on loopback only and its keys live only in memory. It
 //! is meant for tests and examples, never for production.
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod dev;
 mod issuer;
 mod keys;
 mod token;

@@ -16,8 +16,8 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use super::keys::{KeyAlg, KeyKind, KeyMaterial, compact_jws, json_bytes};
-use super::token::TokenBuilder;
+use crate::keys::{KeyAlg, KeyKind, KeyMaterial, compact_jws, json_bytes};
+use crate::token::TokenBuilder;
 
 /// Path of the RFC 8414 authorization server metadata.
 const OAUTH_METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
