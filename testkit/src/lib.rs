@@ -54,16 +54,22 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod client;
 pub mod dev;
 mod issuer;
 mod keys;
+mod persona;
+mod server;
 mod token;
 
 #[cfg(test)]
 mod tests;
 
+pub use client::{McpClient, McpError, Protocol};
 pub use issuer::TestIssuer;
 pub use keys::{KeyAlg, TestKey};
+pub use persona::Persona;
+pub use server::TestServer;
 pub use token::TokenBuilder;
 
 use aws_lc_rs::hmac;
