@@ -1,5 +1,76 @@
-//! Test kit for servers guarded by `rmcp-guard`: an in-process token issuer on
-//! a loopback port, and a development authorization server ([`dev`]).
+//! Test kit for servers guarded by `rmcp-guard`, all on loopback ports:
+//!
+//! - [`TestIssuer`]: an in-process token issuer (metadata, JWKS, tokens with
+//!   any claims), with named callers ([`Persona`]: `issuer.persona("alice")`);
+//! - [`TestServer`]: your axum app served in-process on `127.0.0.1:0`;
+//! - [`McpClient`]: an MCP client for Streamable HTTP that speaks both
+//!   protocol generations (2025-11-25 sessions, 2026-07-28 stateless) and
+//!   reports rejections with their status and challenge ([`client`]);
+//! - [`dev`]: a development OAuth 2.1 authorization server.
+//!
+//! Use it as a dev-dependency: `rmcp-guard-testkit = "0.1"` under
+//! `[dev-dependencies]`.
+//!
+//! # An integration test of an MCP server
+//!
+//! ```
+//! use rmcp::handler::server::router::tool::ToolRouter;
+//! use rmcp::model::{ServerCapabilities, ServerConfig};
+//! use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+//! use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+//! use rmcp::{ServerHandler, tool, tool_handler, tool_router};
+//! use rmcp_guard_testkit::{McpClient, Protocol, TestIssuer, TestServer};
+//!
+//! #[derive(Clone)]
+//! struct Hello {
+//!     tool_router: ToolRouter<Self>,
+//! }
+//!
+//! #[tool_router]
+//! impl Hello {
+//!     #[tool(description = "Say hello")]
+//!     async fn hello(&self) -> String {
+//!         "hello".into()
+//!     }
+//! }
+//!
+//! #[tool_handler(router = self.tool_router)]
+//! impl ServerHandler for Hello {
+//!     fn get_info(&self) -> ServerConfig {
+//!         ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mcp = StreamableHttpService::new(
+//!     || Ok(Hello { tool_router: Hello::tool_router() }),
+//!     LocalSessionManager::default().into(),
+//!     StreamableHttpServerConfig::default(),
+//! );
+//! // In a real test: your guarded router, trusting `issuer.issuer()`.
+//! let server = TestServer::start(axum::Router::new().nest_service("/mcp", mcp)).await?;
+//! let issuer = TestIssuer::start().await?;
+//! let token = issuer
+//!     .persona("alice")
+//!     .groups(["editors"])
+//!     .scopes(["mcp:tools"])
+//!     .token(server.mcp_url("/mcp"));
+//!
+//! for protocol in Protocol::ALL {
+//!     let client = McpClient::connect(server.mcp_url("/mcp"), protocol)
+//!         .bearer(token.clone())
+//!         .await?;
+//!     assert_eq!(client.list_tools().await?[0].name, "hello");
+//!     let result = client.call_tool("hello", serde_json::Value::Null).await?;
+//!     assert_eq!(result.content[0].as_text().map(|t| t.text.as_str()), Some("hello"));
+//!     client.close().await?;
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Tokens
 //!
 //! [`TestIssuer::start`] binds `127.0.0.1:0`, generates ephemeral keys (RSA
 //! 2048, ECDSA P-256, Ed25519), serves RFC 8414 / OpenID Connect metadata and a
@@ -50,6 +121,13 @@
 //!
 //! The issuer listens on loopback only and its keys live only in memory. It
 //! is meant for tests and examples, never for production.
+//!
+//! # What the test kit does not do
+//!
+//! [`McpClient`] is a test client: it does not answer requests the server
+//! sends on a 2025-11-25 stream (sampling, elicitation, roots), open the GET
+//! stream, resume streams, or run the OAuth flow itself (mint the token with
+//! the issuer, or use rmcp's own client with the `auth` feature for that).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
