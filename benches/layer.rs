@@ -1,7 +1,7 @@
 //! The cost of the bearer layer per request, in front of a trivial service.
 //!
 //! ```text
-//! cargo bench --features testing --bench layer
+//! cargo bench --bench layer
 //! ```
 //!
 //! - `first_seen/*`: a token the verified-token cache does not know (the cache
@@ -21,7 +21,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderValue, Request, Response, header};
 use http_body_util::Empty;
 use rmcp_guard::oauth::{Issuer, ResourceServer};
-use rmcp_guard::testing::{KeyAlg, TestIssuer};
+use rmcp_guard_testkit::{KeyAlg, TestIssuer};
 use tower::{Layer, Service, ServiceExt, service_fn};
 
 const RESOURCE: &str = "http://127.0.0.1:8080/mcp";

@@ -2,7 +2,7 @@
 //! in one run on loopback.
 //!
 //! ```text
-//! cargo bench --features testing --bench load
+//! cargo bench --bench load
 //! ```
 //!
 //! Both servers run rmcp's Streamable HTTP service in stateless JSON mode (a
@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{GuardedServer, Mode, echo_call, start_guarded, start_guarded_with_policy, start_unguarded, token_for};
-use rmcp_guard::testing::TestIssuer;
+use rmcp_guard_testkit::TestIssuer;
 
 const CLIENTS: usize = 32;
 const WARM_UP: Duration = Duration::from_secs(1);
@@ -160,7 +160,7 @@ fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing
     // useful either: run the whole program only for `cargo bench`.
     if !std::env::args().any(|a| a == "--bench") {
-        println!("load: run with `cargo bench --features testing --bench load`");
+        println!("load: run with `cargo bench --bench load`");
         return;
     }
     let rt = tokio::runtime::Builder::new_multi_thread()

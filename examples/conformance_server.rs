@@ -1,8 +1,8 @@
 //! The MCP conformance suite's server fixtures, plain or behind the guard.
 //!
 //! ```text
-//! cargo run --features testing --example conformance_server              # plain rmcp
-//! cargo run --features testing --example conformance_server -- --guarded # behind rmcp-guard
+//! cargo run --example conformance_server              # plain rmcp
+//! cargo run --example conformance_server -- --guarded # behind rmcp-guard
 //! ```
 //!
 //! The tools, resources and prompts are the ones the server scenarios of
@@ -38,7 +38,7 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, ServerHandler};
 use rmcp_guard::oauth::{Issuer, ResourceServer};
-use rmcp_guard::testing::TestIssuer;
+use rmcp_guard_testkit::TestIssuer;
 use serde_json::{Value, json};
 
 use rmcp_guard::Guard;

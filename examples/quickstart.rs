@@ -5,13 +5,20 @@
 //! ```
 //!
 //! It starts the in-process development authorization server
-//! ([`rmcp_guard::dev`]: loopback only, ephemeral keys, RFC 8414 metadata,
+//! ([`rmcp_guard_testkit::dev`]: loopback only, ephemeral keys, RFC 8414 metadata,
 //! dynamic client registration, PKCE, automatic approval as a demo user),
 //! trusts it, and serves the MCP endpoint at `http://127.0.0.1:8080/mcp` with
 //! its RFC 9728 metadata. An MCP client that follows the specification's
 //! discovery (401 -> protected resource metadata -> authorization server
 //! metadata -> registration -> PKCE -> token) connects with no setup. For curl
 //! users it also prints a ready bearer token and a curl line.
+//!
+//! To try a policy as several people, mint tokens for named personas (each
+//! `--persona` starts one; the `--groups` and `--tenant` after it are its):
+//!
+//! ```text
+//! cargo run --example quickstart -- --persona alice --groups admin,editors --tenant acme --persona bob
+//! ```
 //!
 //! Set `GUARD_BIND` to listen elsewhere (the authorization server always takes
 //! a free loopback port). For a real deployment start from `secure_server.rs`
@@ -20,9 +27,9 @@
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::model::{ServerCapabilities, ServerConfig};
 use rmcp::{ErrorData, ServerHandler, tool, tool_handler, tool_router};
-use rmcp_guard::dev::DevAuthServer;
 use rmcp_guard::oauth::{Issuer, ResourceServer, TokenRules};
 use rmcp_guard::{Guard, Principal};
+use rmcp_guard_testkit::dev::DevAuthServer;
 
 #[derive(Clone)]
 struct Hello {
@@ -54,8 +61,41 @@ impl ServerHandler for Hello {
     }
 }
 
+/// A caller named on the command line: subject, groups, tenant.
+#[derive(Debug, Default)]
+struct Persona {
+    name: String,
+    groups: Vec<String>,
+    tenant: Option<String>,
+}
+
+/// `--persona NAME [--groups a,b] [--tenant T]`, repeated.
+fn personas_from_args() -> Result<Vec<Persona>, String> {
+    let mut personas: Vec<Persona> = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        match (flag.as_str(), personas.last_mut()) {
+            ("--persona", _) => personas.push(Persona {
+                name: value,
+                ..Persona::default()
+            }),
+            ("--groups", Some(p)) => p.groups = value.split(',').filter(|g| !g.is_empty()).map(str::to_owned).collect(),
+            ("--tenant", Some(p)) => p.tenant = Some(value),
+            ("--groups" | "--tenant", None) => return Err(format!("{flag} must follow a --persona NAME")),
+            _ => {
+                return Err(format!(
+                    "unknown argument {flag} (expected --persona, --groups, --tenant)"
+                ));
+            }
+        }
+    }
+    Ok(personas)
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let personas = personas_from_args()?;
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
@@ -93,6 +133,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!();
     println!("MCP clients that support OAuth discovery connect to {resource} with no setup.");
     println!("Bearer token (1 h): {token}");
+    for p in &personas {
+        let token = auth.issue_access_token_as(
+            &p.name,
+            &p.groups,
+            p.tenant.as_deref(),
+            "mcp:tools",
+            std::time::Duration::from_secs(3600),
+        );
+        println!(
+            "Bearer token for {} (groups [{}], tenant {}; 1 h): {token}",
+            p.name,
+            p.groups.join(","),
+            p.tenant.as_deref().unwrap_or("none")
+        );
+    }
     println!();
     println!("Try it:");
     println!(

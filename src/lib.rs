@@ -33,13 +33,6 @@ mod guard;
 #[cfg(feature = "jwt")]
 mod serve;
 
-#[cfg(feature = "testing")]
-pub mod testing;
-
-#[cfg(feature = "dev")]
-#[cfg_attr(docsrs, doc(cfg(feature = "dev")))]
-pub mod dev;
-
 #[cfg(any(feature = "jwt", feature = "policy"))]
 pub use challenge::Challenges;
 pub use error::{AuthError, ConfigError, PERMISSION_DENIED, Rejection, TokenRejection};

@@ -15,7 +15,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::*;
 use rmcp_guard::oauth::Issuer;
-use rmcp_guard::testing::{KeyAlg, TestIssuer, TestKey, shared_secret_token, unsigned_token};
+use rmcp_guard_testkit::{KeyAlg, TestIssuer, TestKey, shared_secret_token, unsigned_token};
 use serde_json::{Value, json};
 
 async fn setup() -> (TestIssuer, GuardedServer) {

@@ -30,8 +30,8 @@ use rmcp_guard::oauth::{
     ClientAuth, DownstreamRequest, ExchangeError, InboundToken, IntrospectionConfig, Issuer, ResourceServer,
     ResourceServerBuilder, TokenExchange,
 };
-use rmcp_guard::testing::TestIssuer;
 use rmcp_guard::{ConfigError, Principal};
+use rmcp_guard_testkit::TestIssuer;
 use serde_json::{Value, json};
 use tower::{Layer, ServiceExt, service_fn};
 

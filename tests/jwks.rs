@@ -14,7 +14,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::*;
 use rmcp_guard::oauth::{Issuer, KeyRefresh};
-use rmcp_guard::testing::{KeyAlg, TestIssuer, TestKey, shared_secret_token};
+use rmcp_guard_testkit::{KeyAlg, TestIssuer, TestKey, shared_secret_token};
 use serde_json::json;
 use tokio::task::JoinSet;
 

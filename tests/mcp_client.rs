@@ -12,7 +12,7 @@ use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp_guard::AuthError;
 use rmcp_guard::oauth::Issuer;
-use rmcp_guard::testing::TestIssuer;
+use rmcp_guard_testkit::TestIssuer;
 use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(20);

@@ -40,9 +40,9 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use rmcp::{ErrorData, ServerHandler, ServiceExt, tool, tool_handler, tool_router};
 use rmcp_guard::AuthError;
 use rmcp_guard::Principal;
-use rmcp_guard::dev::DevAuthServer;
 use rmcp_guard::oauth::{Issuer, ResourceServer};
 use rmcp_guard::session::SessionBindingLayer;
+use rmcp_guard_testkit::dev::DevAuthServer;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 use tokio::task::JoinHandle;

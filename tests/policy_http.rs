@@ -14,8 +14,8 @@ use rmcp::model::{ServerCapabilities, ServerConfig};
 use rmcp::{ErrorData, ServerHandler, schemars, tool, tool_handler, tool_router};
 use rmcp_guard::oauth::{Issuer, ResourceServer};
 use rmcp_guard::policy::{PolicyEngine, RBAC_DATA, RBAC_POLICY};
-use rmcp_guard::testing::TestIssuer;
 use rmcp_guard::{Guard, require_permission};
+use rmcp_guard_testkit::TestIssuer;
 use serde_json::{Value, json};
 
 #[derive(Clone)]

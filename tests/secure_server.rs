@@ -13,7 +13,7 @@ use rmcp::ServiceExt;
 use rmcp::model::CallToolRequestParams;
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use rmcp_guard::testing::TestIssuer;
+use rmcp_guard_testkit::TestIssuer;
 use serde_json::{Value, json};
 
 /// `target/<profile>/examples/secure_server`, built by `cargo test`.

@@ -5,7 +5,7 @@ mod common;
 
 use common::{Mode, Reply, client, echo_call, mcp_post, start_guarded_with};
 use rmcp_guard::oauth::Issuer;
-use rmcp_guard::testing::TestIssuer;
+use rmcp_guard_testkit::TestIssuer;
 use serde_json::json;
 
 fn initialize() -> serde_json::Value {

@@ -30,8 +30,8 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use rmcp::{ErrorData, ServerHandler, schemars, tool, tool_handler, tool_router};
 use rmcp_guard::oauth::ResourceServerBuilder;
 use rmcp_guard::oauth::{Issuer, ResourceServer};
-use rmcp_guard::testing::{TestIssuer, TokenBuilder};
 use rmcp_guard::{Guard, Principal};
+use rmcp_guard_testkit::{TestIssuer, TokenBuilder};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;

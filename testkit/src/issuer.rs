@@ -16,8 +16,9 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use super::keys::{KeyAlg, KeyKind, KeyMaterial, compact_jws, json_bytes};
-use super::token::TokenBuilder;
+use crate::keys::{KeyAlg, KeyKind, KeyMaterial, compact_jws, json_bytes};
+use crate::persona::Personas;
+use crate::token::TokenBuilder;
 
 /// Path of the RFC 8414 authorization server metadata.
 const OAUTH_METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
@@ -81,6 +82,7 @@ struct Shared {
     metadata_fetches: AtomicUsize,
     other_requests: AtomicUsize,
     state: Mutex<KeyState>,
+    personas: Personas,
 }
 
 /// Everything that changes at run time. Never locked across an `.await`.
@@ -210,6 +212,7 @@ impl TestIssuer {
             metadata_fetches: AtomicUsize::new(0),
             other_requests: AtomicUsize::new(0),
             state: Mutex::new(state),
+            personas: Personas::default(),
         });
 
         let app = Router::new()
@@ -232,6 +235,11 @@ impl TestIssuer {
 
     fn shared(&self) -> &Shared {
         &self.inner.shared
+    }
+
+    /// The personas this issuer remembers (see [`TestIssuer::persona`]).
+    pub(crate) fn personas(&self) -> &Personas {
+        &self.shared().personas
     }
 
     /// The issuer identifier, `http://127.0.0.1:{port}` (no trailing slash);

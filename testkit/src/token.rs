@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
 
-use super::issuer::TestIssuer;
-use super::keys::{KeyAlg, KeyMaterial, TestKey, compact_jws, json_bytes};
+use crate::issuer::TestIssuer;
+use crate::keys::{KeyAlg, KeyMaterial, TestKey, compact_jws, json_bytes};
 
 /// Lifetime of a token when [`TokenBuilder::expires_in`] is not called.
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);

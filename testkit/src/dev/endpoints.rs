@@ -25,7 +25,7 @@ use sha2::{Digest as _, Sha256};
 use url::{Host, Url, form_urlencoded};
 
 use super::store::Store;
-use super::{AUTHORIZE_PATH, JWKS_PATH, METADATA_PATH, REGISTER_PATH, Shared, TOKEN_PATH};
+use super::{AUTHORIZE_PATH, DemoUser, JWKS_PATH, METADATA_PATH, REGISTER_PATH, Shared, TOKEN_PATH};
 
 /// Largest request body accepted (registration JSON, token form).
 const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -250,10 +250,21 @@ pub(super) fn jwks_document(shared: &Shared) -> Value {
 
 /// Signs an RFC 9068 access token for the demo user and the protected resource.
 pub(super) fn sign_access_token(shared: &Shared, client_id: &str, scopes: &[String], lifetime: Duration) -> String {
+    sign_access_token_as(shared, &shared.user, client_id, scopes, lifetime)
+}
+
+/// [`sign_access_token`] for `user` instead of the demo user.
+pub(super) fn sign_access_token_as(
+    shared: &Shared,
+    user: &DemoUser,
+    client_id: &str,
+    scopes: &[String],
+    lifetime: Duration,
+) -> String {
     let now = now_unix();
     let mut claims = Map::new();
     claims.insert("iss".into(), json!(shared.issuer));
-    claims.insert("sub".into(), json!(shared.user.subject));
+    claims.insert("sub".into(), json!(user.subject));
     claims.insert("aud".into(), json!(shared.resource));
     claims.insert("iat".into(), json!(now));
     claims.insert("exp".into(), json!(now.saturating_add(lifetime.as_secs().max(1))));
@@ -264,10 +275,10 @@ pub(super) fn sign_access_token(shared: &Shared, client_id: &str, scopes: &[Stri
     if !scopes.is_empty() {
         claims.insert("scope".into(), json!(scopes.join(" ")));
     }
-    if !shared.user.groups.is_empty() {
-        claims.insert("groups".into(), json!(shared.user.groups));
+    if !user.groups.is_empty() {
+        claims.insert("groups".into(), json!(user.groups));
     }
-    if let Some(tenant) = &shared.user.tenant {
+    if let Some(tenant) = &user.tenant {
         claims.insert("tenant".into(), json!(tenant));
     }
     let header = json!({"alg": shared.key.alg().name(), "typ": "at+jwt", "kid": shared.key.kid()});
@@ -333,7 +344,7 @@ async fn metadata(State(shared): State<Arc<Shared>>) -> Response {
         "token_endpoint_auth_methods_supported": ["none"],
         "code_challenge_methods_supported": ["S256"],
         "authorization_response_iss_parameter_supported": true,
-        "service_documentation": "https://docs.rs/rmcp-guard/latest/rmcp_guard/dev/",
+        "service_documentation": "https://docs.rs/rmcp-guard-testkit/latest/rmcp_guard_testkit/dev/",
     });
     axum::Json(body).into_response()
 }

@@ -1,4 +1,4 @@
-//! A development OAuth 2.1 authorization server (feature `dev`). **Never use
+//! A development OAuth 2.1 authorization server. **Never use
 //! it in production**: it approves every authorization request, without a
 //! login, as one configured demo user.
 //!
@@ -47,7 +47,7 @@
 //! resource.
 //!
 //! ```
-//! use rmcp_guard::dev::DevAuthServer;
+//! use rmcp_guard_testkit::dev::DevAuthServer;
 //! use serde_json::{Value, json};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -100,7 +100,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use url::Url;
 
-use crate::testing::{KeyAlg, TestKey};
+use crate::{KeyAlg, TestKey};
 
 /// Path of the RFC 8414 metadata.
 const METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
@@ -307,6 +307,31 @@ impl DevAuthServer {
         let scopes: Vec<String> = scope.split_whitespace().map(str::to_owned).collect();
         endpoints::sign_access_token(self.shared(), "rmcp-guard-dev", &scopes, lifetime)
     }
+
+    /// Like [`DevAuthServer::issue_access_token`], for another caller than
+    /// the demo user: `subject`, with `groups` (claim `groups`, absent when
+    /// empty) and `tenant` (claim `tenant`), e.g. to try a policy as several
+    /// people.
+    pub fn issue_access_token_as<I, S>(
+        &self,
+        subject: &str,
+        groups: I,
+        tenant: Option<&str>,
+        scope: &str,
+        lifetime: Duration,
+    ) -> String
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let user = DemoUser {
+            subject: subject.to_owned(),
+            groups: groups.into_iter().map(Into::into).collect(),
+            tenant: tenant.map(str::to_owned),
+        };
+        let scopes: Vec<String> = scope.split_whitespace().map(str::to_owned).collect();
+        endpoints::sign_access_token_as(self.shared(), &user, "rmcp-guard-dev", &scopes, lifetime)
+    }
 }
 
 impl DevAuthServerBuilder {
@@ -466,6 +491,48 @@ impl DevAuthServerBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn claims(token: &str) -> Value {
+        use base64::Engine as _;
+        let payload = token.split('.').nth(1).expect("a JWS");
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .expect("base64url");
+        serde_json::from_slice(&bytes).expect("JSON")
+    }
+
+    #[tokio::test]
+    async fn tokens_for_other_callers_carry_their_claims() {
+        let server = DevAuthServer::builder("http://127.0.0.1:8080/mcp")
+            .subject("demo")
+            .groups(["developers"])
+            .start()
+            .await
+            .unwrap();
+        let token = server.issue_access_token_as(
+            "alice",
+            ["admin", "editors"],
+            Some("acme"),
+            "mcp:tools",
+            Duration::from_secs(60),
+        );
+        let c = claims(&token);
+        assert_eq!(c["sub"], "alice");
+        assert_eq!(c["groups"], serde_json::json!(["admin", "editors"]));
+        assert_eq!(c["tenant"], "acme");
+        assert_eq!(c["scope"], "mcp:tools");
+        assert_eq!(c["aud"], "http://127.0.0.1:8080/mcp");
+        assert_eq!(c["iss"], server.issuer());
+
+        let c = claims(&server.issue_access_token_as("bob", Vec::<String>::new(), None, "", Duration::from_secs(60)));
+        assert_eq!(c["sub"], "bob");
+        assert!(c.get("groups").is_none() && c.get("tenant").is_none() && c.get("scope").is_none());
+        // The demo user is unchanged.
+        assert_eq!(
+            claims(&server.issue_access_token("mcp:tools", Duration::from_secs(60)))["sub"],
+            "demo"
+        );
+    }
 
     #[tokio::test]
     async fn non_loopback_bind_is_refused() {
