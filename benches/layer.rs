@@ -20,7 +20,7 @@ use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderValue, Request, Response, header};
 use http_body_util::Empty;
-use rmcp_guard::oauth::{Issuer, ResourceServer};
+use rmcp_guard::oauth::{BearerAuthLayer, Issuer, ResourceServer};
 use rmcp_guard_testkit::{KeyAlg, TestIssuer};
 use tower::{Layer, Service, ServiceExt, service_fn};
 
@@ -81,7 +81,7 @@ fn layer_cost(c: &mut Criterion) {
             .build()
             .expect("configuration");
         rt.block_on(rs.warm_up()).expect("keys load");
-        rs.layer().layer(service_fn(ok as Inner))
+        BearerAuthLayer::new(rs).layer(service_fn(ok as Inner))
     };
     let cached = server(10_000);
     let uncached = server(0);

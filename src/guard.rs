@@ -157,7 +157,7 @@ impl Guard {
             mcp = mcp.layer(axum::Extension(credentials));
         }
         #[allow(unused_mut)]
-        let mut bearer = self.rs.layer();
+        let mut bearer = crate::oauth::BearerAuthLayer::new(self.rs.clone());
         #[cfg(feature = "exchange")]
         if let Some(exchange) = self.exchange {
             mcp = mcp.layer(axum::Extension(exchange));

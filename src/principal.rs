@@ -195,21 +195,13 @@ impl PrincipalBuilder {
     }
 
     /// Set the scopes. Defaults to none.
-    pub fn scopes<I, S>(mut self, scopes: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
+    pub fn scopes(mut self, scopes: impl IntoIterator<Item = impl Into<String>>) -> Self {
         self.inner.scopes = scopes.into_iter().map(Into::into).collect();
         self
     }
 
     /// Set the audiences. Defaults to none.
-    pub fn audiences<I, S>(mut self, audiences: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
+    pub fn audiences(mut self, audiences: impl IntoIterator<Item = impl Into<String>>) -> Self {
         self.inner.audiences = audiences.into_iter().map(Into::into).collect();
         self
     }
@@ -227,11 +219,7 @@ impl PrincipalBuilder {
     }
 
     /// Set the groups. Defaults to none.
-    pub fn groups<I, S>(mut self, groups: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
+    pub fn groups(mut self, groups: impl IntoIterator<Item = impl Into<String>>) -> Self {
         self.inner.groups = groups.into_iter().map(Into::into).collect();
         self
     }

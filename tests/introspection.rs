@@ -27,8 +27,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use http::Request;
 use rmcp_guard::oauth::{
-    ClientAuth, DownstreamRequest, ExchangeError, InboundToken, IntrospectionConfig, Issuer, ResourceServer,
-    ResourceServerBuilder, TokenExchange,
+    BearerAuthLayer, ClientAuth, DownstreamRequest, ExchangeError, InboundToken, IntrospectionConfig, Issuer,
+    ResourceServer, ResourceServerBuilder, TokenExchange,
 };
 use rmcp_guard::{ConfigError, Principal};
 use rmcp_guard_testkit::TestIssuer;
@@ -150,29 +150,29 @@ struct Answer {
 /// the principal (and whether the inbound token handle is there: kept, as
 /// for token exchange).
 async fn call(rs: &ResourceServer, token: &str) -> Answer {
-    let service = rs
-        .layer()
-        .keep_inbound_token()
-        .layer(service_fn(|req: Request<String>| async move {
-            let principal = req.extensions().get::<Principal>().cloned();
-            let has_inbound = req.extensions().get::<InboundToken>().is_some();
-            let body = match principal {
-                Some(p) => json!({
-                    "sub": p.subject(),
-                    "iss": p.issuer(),
-                    "client_id": p.client_id(),
-                    "tenant": p.tenant(),
-                    "groups": p.groups(),
-                    "scopes": p.scopes().collect::<Vec<_>>(),
-                    "aud": p.audiences(),
-                    "inbound": has_inbound,
-                }),
-                None => json!(null),
-            };
-            Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from(
-                body.to_string(),
-            ))))
-        }));
+    let service =
+        BearerAuthLayer::new(rs.clone())
+            .keep_inbound_token()
+            .layer(service_fn(|req: Request<String>| async move {
+                let principal = req.extensions().get::<Principal>().cloned();
+                let has_inbound = req.extensions().get::<InboundToken>().is_some();
+                let body = match principal {
+                    Some(p) => json!({
+                        "sub": p.subject(),
+                        "iss": p.issuer(),
+                        "client_id": p.client_id(),
+                        "tenant": p.tenant(),
+                        "groups": p.groups(),
+                        "scopes": p.scopes().collect::<Vec<_>>(),
+                        "aud": p.audiences(),
+                        "inbound": has_inbound,
+                    }),
+                    None => json!(null),
+                };
+                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from(
+                    body.to_string(),
+                ))))
+            }));
     let response = service
         .oneshot(
             Request::post("/mcp")
@@ -801,7 +801,7 @@ impl ExchangeSetup {
                 api: format!("http://{}/api", self.as_addr),
             })
             .layer(axum::Extension(self.exchange.clone()))
-            .layer(self.rs.layer().keep_inbound_token());
+            .layer(BearerAuthLayer::new(self.rs.clone()).keep_inbound_token());
         let response = app
             .oneshot(
                 Request::post("/mcp")
@@ -967,7 +967,7 @@ async fn without_keep_inbound_token_the_token_is_gone_after_verification() {
                 format!("{} {kept} {header}", ext.get::<Principal>().is_some())
             }),
         )
-        .layer(setup.rs.layer());
+        .layer(BearerAuthLayer::new(setup.rs.clone()));
     let response = app
         .oneshot(
             Request::post("/mcp")

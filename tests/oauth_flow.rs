@@ -40,7 +40,7 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use rmcp::{ErrorData, ServerHandler, ServiceExt, tool, tool_handler, tool_router};
 use rmcp_guard::AuthError;
 use rmcp_guard::Principal;
-use rmcp_guard::oauth::{Issuer, ResourceServer};
+use rmcp_guard::oauth::{BearerAuthLayer, Issuer, ResourceServer};
 use rmcp_guard::session::SessionBindingLayer;
 use rmcp_guard_testkit::dev::DevAuthServer;
 use serde_json::{Value, json};
@@ -159,7 +159,7 @@ async fn start_stack() -> Stack {
     // A custom stack: the bearer layer, session binding, this test's own
     // step-up middleware, rmcp; and the metadata routes.
     let guarded = tower::Layer::layer(
-        &rs.layer(),
+        &BearerAuthLayer::new(rs.clone()),
         tower::Layer::layer(&SessionBindingLayer::default(), stepped),
     );
     let app = rs.metadata_router().route_service(rs.resource_path(), guarded);

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{Mode, Reply, client, echo_call, mcp_post, start_guarded_with};
-use rmcp_guard::oauth::Issuer;
+use rmcp_guard::oauth::{BearerAuthLayer, Issuer};
 use rmcp_guard_testkit::TestIssuer;
 use serde_json::json;
 
@@ -184,7 +184,11 @@ async fn tools_never_see_the_bearer_token() {
             .header("authorization", format!("Bearer {token}"))
             .body(String::new())
             .unwrap();
-        let response = rs.layer().layer(inner).oneshot(request).await.unwrap();
+        let response = BearerAuthLayer::new(rs.clone())
+            .layer(inner)
+            .oneshot(request)
+            .await
+            .unwrap();
         assert_eq!(response.status(), 200);
         let body = http_body_util::BodyExt::collect(response.into_body())
             .await

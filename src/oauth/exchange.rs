@@ -61,11 +61,7 @@ impl DownstreamRequest {
 
     /// Ask for these scopes (`scope`). Defaults to none: the authorization
     /// server's default for the audience.
-    pub fn scopes<I, S>(mut self, scopes: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
+    pub fn scopes(mut self, scopes: impl IntoIterator<Item = impl Into<String>>) -> Self {
         self.scopes = scopes.into_iter().map(Into::into).collect();
         self.scopes.sort();
         self.scopes.dedup();
@@ -272,7 +268,7 @@ type CacheKey = [u8; 32];
 /// )
 /// .build()?;
 /// // rmcp_guard::GuardedRouter::new(rs).exchange(exchange); in a custom stack:
-/// // app.layer(axum::Extension(exchange)) inside rs.layer().keep_inbound_token()
+/// // app.layer(axum::Extension(exchange)) inside BearerAuthLayer::new(rs).keep_inbound_token()
 /// let _layer = axum::Extension(exchange);
 /// # Ok(()) }
 /// ```

@@ -34,11 +34,7 @@ impl HostPolicy {
     /// resource URI's host and `host:port`, plus `localhost`, `127.0.0.1` and
     /// `::1` for a loopback resource. An empty list is refused: it would turn
     /// the protection off.
-    pub fn hosts<I, S>(mut self, hosts: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
+    pub fn hosts(mut self, hosts: impl IntoIterator<Item = impl Into<String>>) -> Self {
         self.hosts = Some(hosts.into_iter().map(Into::into).collect());
         self
     }
@@ -47,11 +43,7 @@ impl HostPolicy {
     /// resource URI's origin. Wildcard ports (`:*`) and the `null` origin are
     /// refused here; [`dangerous`](super::ResourceServerBuilder::dangerous)
     /// allows them.
-    pub fn origins<I, S>(mut self, origins: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
+    pub fn origins(mut self, origins: impl IntoIterator<Item = impl Into<String>>) -> Self {
         self.origins = Some(origins.into_iter().map(Into::into).collect());
         self
     }

@@ -43,13 +43,13 @@ use crate::principal::Principal;
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
-/// use rmcp_guard::oauth::{Issuer, ResourceServer};
+/// use rmcp_guard::oauth::{BearerAuthLayer, Issuer, ResourceServer};
 /// use tower::{ServiceBuilder, ServiceExt, service_fn};
 ///
 /// let rs = ResourceServer::builder("https://mcp.example.com/mcp", Issuer::discover("https://idp.example.com"))
 ///     .build()
 ///     .unwrap();
-/// let service = ServiceBuilder::new().layer(rs.layer()).service(service_fn(|_req: http::Request<String>| async {
+/// let service = ServiceBuilder::new().layer(BearerAuthLayer::new(rs)).service(service_fn(|_req: http::Request<String>| async {
 ///     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from("hi"))))
 /// }));
 /// let response = service

@@ -13,7 +13,6 @@ use super::config::{KeyRefresh, TokenCacheConfig, TokenRules};
 use super::hosts::HostPolicy;
 use super::issuer::Issuer;
 use super::jwt::Failure;
-use super::layer::BearerAuthLayer;
 use super::metadata::{self, ProtectedResourceMetadata};
 use super::url::{metadata_url_for, parse_url};
 use super::validator::{TokenValidator, ValidatorConfig};
@@ -29,7 +28,7 @@ use crate::principal::Principal;
 /// A `ResourceServer` is built once from the canonical resource URI and the
 /// trusted issuers. It holds the resource's identity (URI, RFC 9728 metadata,
 /// challenges, `Host`/`Origin` policy) and the token validator, and
-/// authenticates requests with them; [`BearerAuthLayer`] is tower glue over
+/// authenticates requests with them; [`BearerAuthLayer`](super::BearerAuthLayer) is tower glue over
 /// [`ResourceServer::authenticate`]. The metadata document, the challenges
 /// and the layer cannot disagree because they read the same value.
 ///
@@ -159,12 +158,6 @@ impl ResourceServer {
         &self.inner.challenges
     }
 
-    /// The tower layer that authenticates every request with this
-    /// configuration.
-    pub fn layer(&self) -> BearerAuthLayer {
-        BearerAuthLayer::new(self.clone())
-    }
-
     /// The RFC 9728 metadata routes (`/.well-known/oauth-protected-resource`
     /// and the path-suffixed form), to merge into an axum app.
     pub fn metadata_router<S>(&self) -> axum::Router<S>
@@ -203,7 +196,7 @@ impl ResourceServer {
         self.inner.validator.warm_up().await
     }
 
-    /// Authenticate a request's headers exactly as [`BearerAuthLayer`] does,
+    /// Authenticate a request's headers exactly as [`BearerAuthLayer`](super::BearerAuthLayer) does,
     /// for servers that are not built on tower; answer a refusal with
     /// [`challenges().reject(&error)`](Challenges::reject).
     pub async fn authenticate(&self, headers: &http::HeaderMap, uri: &http::Uri) -> Result<Principal, AuthError> {
@@ -381,33 +374,21 @@ impl ResourceServerBuilder {
 
     /// Accept tokens whose `aud` contains any of `audiences` (RFC 8707).
     /// Defaults to the resource URI alone.
-    pub fn audiences<I, S>(mut self, audiences: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
+    pub fn audiences(mut self, audiences: impl IntoIterator<Item = impl Into<String>>) -> Self {
         self.audiences = Some(audiences.into_iter().map(Into::into).collect());
         self
     }
 
     /// Scopes every request must carry; a token without them gets 403
     /// `insufficient_scope`. Defaults to none.
-    pub fn required_scopes<I, S>(mut self, scopes: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
+    pub fn required_scopes(mut self, scopes: impl IntoIterator<Item = impl Into<String>>) -> Self {
         self.required_scopes = scopes.into_iter().map(Into::into).collect();
         self
     }
 
     /// The `scopes_supported` advertised in the metadata. Defaults to the
     /// required scopes.
-    pub fn scopes_supported<I, S>(mut self, scopes: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
+    pub fn scopes_supported(mut self, scopes: impl IntoIterator<Item = impl Into<String>>) -> Self {
         self.scopes_supported = Some(scopes.into_iter().map(Into::into).collect());
         self
     }

@@ -90,24 +90,18 @@ impl Credentials {
     pub async fn get(&self, principal: &Principal, service: &str) -> Result<Secret, SecretError> {
         let inner = &*self.inner;
         let template = inner.template.as_str();
-        if let Some(authorizer) = &inner.authorizer
-            && !authorizer.authorize(principal, service)
-        {
-            let e = SecretError::Denied;
-            report(
-                Some(principal),
-                service,
-                template,
-                None,
-                &Err(e.clone()),
-                CacheStatus::None,
-            );
-            return Err(e);
-        }
-        let path = match inner.template.resolve(principal, service) {
+        let denied = inner
+            .authorizer
+            .as_ref()
+            .is_some_and(|authorizer| !authorizer.authorize(principal, service));
+        let resolved = if denied {
+            Err(SecretError::Denied)
+        } else {
+            inner.template.resolve(principal, service).map_err(SecretError::from)
+        };
+        let path = match resolved {
             Ok(path) => path,
             Err(e) => {
-                let e = SecretError::from(e);
                 report(
                     Some(principal),
                     service,
