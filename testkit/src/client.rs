@@ -777,6 +777,56 @@ mod tests {
     use super::*;
 
     #[test]
+    fn connect_defaults() {
+        let c = McpClient::connect("http://127.0.0.1:1/mcp", Protocol::V2026_07_28);
+        assert!(c.bearer.is_none());
+        assert!(c.http.is_none());
+        assert!(c.headers.is_empty());
+        assert_eq!(c.client_info["name"], "rmcp-guard-testkit");
+        assert_eq!(c.client_info["version"], env!("CARGO_PKG_VERSION"));
+        assert!(
+            !format!("{:?}", c.bearer("secret")).contains("secret"),
+            "Debug redacts the token"
+        );
+    }
+
+    #[test]
+    fn stateless_requests_carry_the_client_context() {
+        let client = McpClient {
+            http: reqwest::Client::new(),
+            url: "http://127.0.0.1:1/mcp".into(),
+            protocol: Protocol::V2026_07_28,
+            bearer: None,
+            client_info: json!({"name": "t", "version": "1"}),
+            headers: HeaderMap::new(),
+            session_id: None,
+            negotiated: "2026-07-28".into(),
+            initialize_result: None,
+            next_id: AtomicU64::new(1),
+            tool_schemas: Mutex::new(HashMap::new()),
+        };
+        let params = client
+            .with_meta(json!({"name": "get_weather", "_meta": {"progressToken": 7}}))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            params["_meta"],
+            json!({
+                "progressToken": 7,
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"},
+                "io.modelcontextprotocol/clientCapabilities": {},
+            })
+        );
+        let headers = client.request_headers("tools/call", Some(&params));
+        assert_eq!(headers["mcp-method"], "tools/call");
+        assert_eq!(headers["mcp-name"], "get_weather");
+        let headers = client.request_headers("resources/read", Some(&json!({"uri": "file:///a b"})));
+        assert_eq!(headers["mcp-name"], "file:///a b");
+        assert!(client.with_meta(json!([1])).is_err(), "params must be an object");
+    }
+
+    #[test]
     fn sse_parser_joins_data_lines_and_skips_comments() {
         let mut p = SseParser::default();
         assert!(p.push(b": keep-alive\r\n\r\nid: 1\r\nda").is_empty());
