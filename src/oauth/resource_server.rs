@@ -14,7 +14,7 @@ use super::hosts::HostPolicy;
 use super::issuer::Issuer;
 use super::jwt::Failure;
 use super::metadata::{self, ProtectedResourceMetadata};
-use super::url::{metadata_url_for, parse_url};
+use super::url::{metadata_url_for, parse_identifier, parse_url};
 use super::validator::{TokenValidator, ValidatorConfig};
 use crate::audit::{AuditEvent, Caller, Outcome};
 use crate::challenge::Challenges;
@@ -455,14 +455,7 @@ impl ResourceServerBuilder {
 
     /// Check the configuration and build the resource server.
     pub fn build(self) -> Result<ResourceServer, ConfigError> {
-        let resource_url = parse_url("resource", &self.resource)?;
-        if resource_url.query().is_some() {
-            return Err(ConfigError::InvalidUrl {
-                what: "resource",
-                url: self.resource,
-                reason: "it must not have a query",
-            });
-        }
+        let resource_url = parse_identifier("resource", &self.resource)?;
         let resource_path = match resource_url.path() {
             "" => "/".to_owned(),
             p => p.to_owned(),
@@ -618,34 +611,26 @@ mod tests {
     }
 
     #[test]
-    fn non_https_resource_is_refused_except_loopback() {
-        let err = ResourceServer::builder(
-            "http://mcp.example.com/mcp",
-            Issuer::discover("https://idp.example.com"),
-        )
-        .build()
-        .unwrap_err();
-        assert!(
-            matches!(err, ConfigError::InsecureUrl { what: "resource", .. }),
-            "{err}"
-        );
-        ResourceServer::builder("http://127.0.0.1:8080/mcp", Issuer::discover("http://localhost:9000"))
-            .build()
-            .unwrap();
-        ResourceServer::builder("http://[::1]:8080/mcp", Issuer::discover("https://idp.example.com"))
-            .build()
-            .unwrap();
-    }
-
-    #[test]
-    fn http_issuer_is_refused() {
-        let err = ResourceServer::builder(
-            "https://mcp.example.com/mcp",
-            Issuer::discover("http://idp.example.com"),
-        )
-        .build()
-        .unwrap_err();
-        assert!(matches!(err, ConfigError::InsecureUrl { what: "issuer", .. }), "{err}");
+    fn plain_http_is_refused_except_loopback() {
+        for (resource, issuer, refused) in [
+            (
+                "http://mcp.example.com/mcp",
+                "https://idp.example.com",
+                Some("resource"),
+            ),
+            ("https://mcp.example.com/mcp", "http://idp.example.com", Some("issuer")),
+            ("http://127.0.0.1:8080/mcp", "http://localhost:9000", None),
+            ("http://[::1]:8080/mcp", "https://idp.example.com", None),
+        ] {
+            match (
+                ResourceServer::builder(resource, Issuer::discover(issuer)).build(),
+                refused,
+            ) {
+                (Err(ConfigError::InsecureUrl { what, .. }), Some(setting)) => assert_eq!(what, setting),
+                (Ok(_), None) => {}
+                (other, _) => panic!("{resource} {issuer}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -33,6 +33,19 @@ pub(crate) fn parse_url(what: &'static str, value: &str) -> Result<Url, ConfigEr
     }
 }
 
+/// [`parse_url`], and no query: an identifier (a resource, an issuer).
+pub(crate) fn parse_identifier(what: &'static str, value: &str) -> Result<Url, ConfigError> {
+    let url = parse_url(what, value)?;
+    if url.query().is_some() {
+        return Err(ConfigError::InvalidUrl {
+            what,
+            url: value.to_owned(),
+            reason: "an identifier has no query or fragment",
+        });
+    }
+    Ok(url)
+}
+
 /// Whether the URL's host is a loopback address or `localhost`.
 pub(crate) fn is_loopback(url: &Url) -> bool {
     match url.host() {

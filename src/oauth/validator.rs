@@ -24,7 +24,7 @@ use super::config::{ClaimRules, KeyRefresh, TokenCacheConfig, TokenRules};
 use super::issuer::{Issuer, IssuerKeys};
 use super::jwks::{KeyCache, KeySource};
 use super::jwt::{self, Failure, TrustedIssuer};
-use super::url::{discovery_urls, parse_url};
+use super::url::{discovery_urls, parse_identifier, parse_url};
 use crate::error::{AuthError, ConfigError};
 use crate::principal::Principal;
 
@@ -58,14 +58,7 @@ impl TokenValidator {
         let mut seen = HashSet::new();
         let mut issuers = Vec::with_capacity(config.issuers.len());
         for issuer in config.issuers {
-            let url = parse_url("issuer", &issuer.url)?;
-            if url.query().is_some() {
-                return Err(ConfigError::InvalidUrl {
-                    what: "issuer",
-                    url: issuer.url,
-                    reason: "an issuer has no query or fragment",
-                });
-            }
+            let url = parse_identifier("issuer", &issuer.url)?;
             if !seen.insert(issuer.url.clone()) {
                 return Err(ConfigError::DuplicateIssuer(issuer.url));
             }

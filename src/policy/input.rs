@@ -197,6 +197,14 @@ impl PolicyInput {
                 None => key.extend_from_slice(b"null"),
             }
         }
+        fn list<'a>(items: impl Iterator<Item = &'a str>, key: &mut Vec<u8>) {
+            key.push(b'[');
+            for item in items {
+                string(item, key);
+                key.push(b',');
+            }
+            key.push(b']');
+        }
         let p = &self.principal;
         key.extend_from_slice(name.as_bytes());
         key.push(b'=');
@@ -206,22 +214,8 @@ impl PolicyInput {
             "issuer" => string(p.issuer(), key),
             "client_id" => opt(p.client_id(), key),
             "tenant" => opt(p.tenant(), key),
-            "groups" => {
-                key.push(b'[');
-                for g in p.groups() {
-                    string(g, key);
-                    key.push(b',');
-                }
-                key.push(b']');
-            }
-            "scopes" => {
-                key.push(b'[');
-                for s in p.scopes() {
-                    string(s, key);
-                    key.push(b',');
-                }
-                key.push(b']');
-            }
+            "groups" => list(p.groups().iter().map(String::as_str), key),
+            "scopes" => list(p.scopes(), key),
             "action" => string(self.action.as_str(), key),
             "resource" => string(&self.resource, key),
             "session_id" => opt(self.session_id.as_deref(), key),

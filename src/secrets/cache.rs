@@ -281,38 +281,32 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 
-    #[tokio::test]
-    async fn expiry_fails_closed_without_stale_window() {
-        let c = cache(30, 10, 0);
+    /// Cache a value with a 30 ms TTL, let it expire, then read it while the
+    /// store is unreachable.
+    async fn expired_while_unreachable(
+        stale_ms: u64,
+    ) -> (Cache, Arc<AtomicUsize>, (Result<Secret, SecretError>, CacheStatus)) {
+        let c = cache(30, 10, stale_ms);
         let calls = Arc::new(AtomicUsize::new(0));
-        assert!(
-            c.get("a", counting(&calls, Ok(secret()), Duration::ZERO))
-                .await
-                .0
-                .is_ok()
-        );
+        let (first, _) = c.get("a", counting(&calls, Ok(secret()), Duration::ZERO)).await;
+        assert!(first.is_ok());
         tokio::time::sleep(Duration::from_millis(40)).await;
-        let (r, s) = c
+        let read = c
             .get("a", counting(&calls, Err(SecretError::Unreachable), Duration::ZERO))
             .await;
+        (c, calls, read)
+    }
+
+    #[tokio::test]
+    async fn expiry_fails_closed_without_stale_window() {
+        let (_, _, (r, s)) = expired_while_unreachable(0).await;
         assert_eq!(r.unwrap_err(), SecretError::Unreachable);
         assert_eq!(s, CacheStatus::Miss);
     }
 
     #[tokio::test]
     async fn stale_window_serves_only_when_unavailable() {
-        let c = cache(30, 10, 10_000);
-        let calls = Arc::new(AtomicUsize::new(0));
-        assert!(
-            c.get("a", counting(&calls, Ok(secret()), Duration::ZERO))
-                .await
-                .0
-                .is_ok()
-        );
-        tokio::time::sleep(Duration::from_millis(40)).await;
-        let (r, s) = c
-            .get("a", counting(&calls, Err(SecretError::Unreachable), Duration::ZERO))
-            .await;
+        let (c, calls, (r, s)) = expired_while_unreachable(10_000).await;
         assert!(r.is_ok());
         assert_eq!(s, CacheStatus::Stale);
         // An answer (revocation) is never papered over by a stale value.

@@ -227,16 +227,12 @@ fn report(
     result: &Result<Secret, SecretError>,
     cache: CacheStatus,
 ) {
-    let outcome = match result {
-        Ok(_) => "ok",
-        Err(e) => e.code(),
-    };
     AuditEvent::SecretAccess {
         principal,
         service,
         template,
         path,
-        outcome,
+        outcome: result.as_ref().map_or_else(SecretError::code, |_| "ok"),
         cache: cache.as_str(),
     }
     .emit();
