@@ -52,8 +52,20 @@ impl TestServer {
     ///
     /// If called outside a tokio runtime.
     pub async fn start(router: Router) -> io::Result<TestServer> {
+        Self::start_with(|_| router).await
+    }
+
+    /// Binds `127.0.0.1:0`, builds the app with its own base URL
+    /// (`http://127.0.0.1:{port}`: a guarded app needs it for its resource
+    /// URI and audience) and serves it, as [`start`](Self::start) does.
+    ///
+    /// # Errors
+    ///
+    /// If the port cannot be bound.
+    pub async fn start_with(app: impl FnOnce(&str) -> Router) -> io::Result<TestServer> {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let addr = listener.local_addr()?;
+        let router = app(&format!("http://{addr}"));
         let (stop, stopped) = oneshot::channel::<()>();
         let listener = listener.tap_io(|tcp| {
             // Best effort: a socket that refuses the option still works.
