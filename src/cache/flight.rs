@@ -92,24 +92,21 @@ impl<K: Hash + Eq + Clone, V: Clone> SingleFlight<K, V> {
     {
         let guard = self.join(key);
         let mut led = false;
-        let task = guard
-            .slot
-            .task
-            .get_or_init(|| {
-                led = true;
-                let work = work();
-                let done = Done {
-                    inflight: Arc::downgrade(&self.inflight),
-                    key: guard.key.clone(),
-                    slot: Arc::downgrade(&guard.slot),
-                };
-                let task = tokio::spawn(async move {
-                    let _done = done;
-                    work.await
-                });
-                async move { task.await.ok() }.boxed().shared()
-            })
-            .clone();
+        let spawn = || {
+            led = true;
+            let work = work();
+            let done = Done {
+                inflight: Arc::downgrade(&self.inflight),
+                key: guard.key.clone(),
+                slot: Arc::downgrade(&guard.slot),
+            };
+            let task = tokio::spawn(async move {
+                let _done = done;
+                work.await
+            });
+            async move { task.await.ok() }.boxed().shared()
+        };
+        let task = guard.slot.task.get_or_init(spawn).clone();
         // Whoever settles the value (the leader, or a waiter taking over
         // from a cancelled one) awaits the same task.
         let (value, _) = Self::settle(guard, || async move { task.await.unwrap_or_else(panicked) }).await;
