@@ -16,7 +16,7 @@ use crate::error::AuthError;
 use crate::principal::Principal;
 
 /// Applies [`BearerAuth`] to a service. Build it with
-/// [`ResourceServer::layer`].
+/// [`BearerAuthLayer::new`].
 ///
 /// service.
 ///

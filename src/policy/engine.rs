@@ -28,15 +28,15 @@ use crate::cache::lock;
 use crate::{ConfigError, Principal};
 
 /// The entrypoint evaluated for every decision unless configured otherwise.
-pub const DEFAULT_ENTRYPOINT: &str = "data.mcp.authz.allow";
+pub(crate) const DEFAULT_ENTRYPOINT: &str = "data.mcp.authz.allow";
 /// The reasons rule read on a denial unless configured otherwise.
-pub const DEFAULT_REASONS_RULE: &str = "data.mcp.authz.reasons";
+pub(crate) const DEFAULT_REASONS_RULE: &str = "data.mcp.authz.reasons";
 /// The required-scopes rule read on a denial unless configured otherwise.
-pub const DEFAULT_REQUIRED_SCOPES_RULE: &str = "data.mcp.authz.required_scopes";
+pub(crate) const DEFAULT_REQUIRED_SCOPES_RULE: &str = "data.mcp.authz.required_scopes";
 /// How many decisions each thread memoizes per policy unless configured otherwise.
-pub const DEFAULT_MEMO_CAPACITY: usize = 4096;
+pub(crate) const DEFAULT_MEMO_CAPACITY: usize = 4096;
 /// The instruction budget of one evaluation unless configured otherwise.
-pub const DEFAULT_MAX_INSTRUCTIONS: usize = 100_000;
+pub(crate) const DEFAULT_MAX_INSTRUCTIONS: usize = 100_000;
 
 /// How many engines' VMs one thread keeps before it drops the oldest.
 const WORKERS_PER_THREAD: usize = 8;
@@ -715,4 +715,18 @@ fn string_list(value: &regorus::Value) -> Vec<String> {
     out.sort();
     out.dedup();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_have_their_documented_defaults() {
+        assert_eq!(DEFAULT_ENTRYPOINT, "data.mcp.authz.allow");
+        assert_eq!(DEFAULT_REASONS_RULE, "data.mcp.authz.reasons");
+        assert_eq!(DEFAULT_REQUIRED_SCOPES_RULE, "data.mcp.authz.required_scopes");
+        assert_eq!(DEFAULT_MEMO_CAPACITY, 4096);
+        assert_eq!(DEFAULT_MAX_INSTRUCTIONS, 100_000);
+    }
 }

@@ -1,45 +1,4 @@
 //! The input document a policy sees, versioned.
-//!
-//! Every decision evaluates the policy with one JSON document as `input`.
-//! Its shape is part of this crate's public contract and carries a
-//! `version`; a field is only ever added, and a change of meaning bumps
-//! [`INPUT_VERSION`].
-//!
-//! ```json
-//! {
-//!   "version": 1,
-//!   "subject": "alice",
-//!   "issuer": "https://idp.example.com",
-//!   "client_id": "claude-desktop",
-//!   "tenant": "acme",
-//!   "groups": ["network-engineers"],
-//!   "scopes": ["mcp:tools"],
-//!   "claims": { "sub": "alice", "groups": ["network-engineers"], "...": "..." },
-//!   "action": "tools/call",
-//!   "resource": "deploy_template",
-//!   "arguments": { "template_id": "t-1", "device_id": "d-9" },
-//!   "session_id": "6b0c..."
-//! }
-//! ```
-//!
-//! | field        | type              | meaning |
-//! |--------------|-------------------|---------|
-//! | `version`    | number            | [`INPUT_VERSION`] |
-//! | `subject`    | string            | the token's `sub` |
-//! | `issuer`     | string            | the token's `iss` (one of the trusted issuers) |
-//! | `client_id`  | string or null    | `client_id`, else `azp` |
-//! | `tenant`     | string or null    | the configured tenant claim |
-//! | `groups`     | array of strings  | the configured groups claim |
-//! | `scopes`     | array of strings  | the granted scopes, sorted |
-//! | `claims`     | object            | every claim of the token |
-//! | `action`     | string            | the MCP method (`tools/call`, `tools/list`, `resources/read`, `resources/list`, `resources/templates/list`, `prompts/get`, `prompts/list`, a custom method) or the action given to `#[require_permission]` |
-//! | `resource`   | string            | the tool or prompt name, the resource URI, `""` for a listing, or the resource given to `#[require_permission]` |
-//! | `arguments`  | object or null    | the tool call's or prompt's arguments, as the client sent them |
-//! | `session_id` | string or null    | the `Mcp-Session-Id` of the request, when there is one |
-//!
-//! Everything under `input` comes from the caller's verified token or from
-//! the request; `arguments` in particular is whatever the client sent and a
-//! policy must treat it as untrusted.
 
 use serde_json::{Map, Value};
 
@@ -69,7 +28,7 @@ pub(crate) const FIELDS: [&str; 12] = [
 ///
 /// Built from a [`Principal`]; it holds the principal by reference count, so
 /// building one does not copy the token's claims. [`to_json`](Self::to_json)
-/// gives the document described in the [module docs](self).
+/// gives the document described in the [type docs](Self).
 ///
 /// ```
 /// use rmcp_guard::Principal;
@@ -83,6 +42,47 @@ pub(crate) const FIELDS: [&str; 12] = [
 /// assert_eq!(input.to_json()["groups"][0], "developers");
 /// assert_eq!(input.to_json()["version"], 1);
 /// ```
+///
+/// Every decision evaluates the policy with one JSON document as `input`.
+/// Its shape is part of this crate's public contract and carries a
+/// `version`; a field is only ever added, and a change of meaning bumps
+/// [`INPUT_VERSION`].
+///
+/// ```json
+/// {
+///   "version": 1,
+///   "subject": "alice",
+///   "issuer": "https://idp.example.com",
+///   "client_id": "claude-desktop",
+///   "tenant": "acme",
+///   "groups": ["network-engineers"],
+///   "scopes": ["mcp:tools"],
+///   "claims": { "sub": "alice", "groups": ["network-engineers"], "...": "..." },
+///   "action": "tools/call",
+///   "resource": "deploy_template",
+///   "arguments": { "template_id": "t-1", "device_id": "d-9" },
+///   "session_id": "6b0c..."
+/// }
+/// ```
+///
+/// | field        | type              | meaning |
+/// |--------------|-------------------|---------|
+/// | `version`    | number            | [`INPUT_VERSION`] |
+/// | `subject`    | string            | the token's `sub` |
+/// | `issuer`     | string            | the token's `iss` (one of the trusted issuers) |
+/// | `client_id`  | string or null    | `client_id`, else `azp` |
+/// | `tenant`     | string or null    | the configured tenant claim |
+/// | `groups`     | array of strings  | the configured groups claim |
+/// | `scopes`     | array of strings  | the granted scopes, sorted |
+/// | `claims`     | object            | every claim of the token |
+/// | `action`     | string            | the MCP method (`tools/call`, `tools/list`, `resources/read`, `resources/list`, `resources/templates/list`, `prompts/get`, `prompts/list`, a custom method) or the action given to `#[require_permission]` |
+/// | `resource`   | string            | the tool or prompt name, the resource URI, `""` for a listing, or the resource given to `#[require_permission]` |
+/// | `arguments`  | object or null    | the tool call's or prompt's arguments, as the client sent them |
+/// | `session_id` | string or null    | the `Mcp-Session-Id` of the request, when there is one |
+///
+/// Everything under `input` comes from the caller's verified token or from
+/// the request; `arguments` in particular is whatever the client sent and a
+/// policy must treat it as untrusted.
 #[derive(Debug, Clone)]
 pub struct PolicyInput {
     principal: Principal,

@@ -47,7 +47,7 @@
 //! `reasons` (a set of short codes, for the audit log; never sent to the
 //! client) and `required_scopes` (a set of scopes that would grant the
 //! request; sent to the client for a step-up). The input document is
-//! described in [`input`]. [`DEFAULT_POLICY`] and [`RBAC_POLICY`] /
+//! described in [`PolicyInput`]. [`DEFAULT_POLICY`] and [`RBAC_POLICY`] /
 //! [`RBAC_POLICY_V0`] with [`RBAC_DATA`] are complete examples.
 //!
 //! # Performance
@@ -82,7 +82,7 @@ mod context;
 mod decision;
 mod engine;
 mod handler;
-pub mod input;
+mod input;
 mod shipped;
 mod source;
 mod step_up;
@@ -90,10 +90,7 @@ mod step_up;
 pub use action::Action;
 pub use context::require_permission;
 pub use decision::Decision;
-pub use engine::{
-    DEFAULT_ENTRYPOINT, DEFAULT_MAX_INSTRUCTIONS, DEFAULT_MEMO_CAPACITY, DEFAULT_REASONS_RULE,
-    DEFAULT_REQUIRED_SCOPES_RULE, PolicyEngine, PolicyEngineBuilder, RegoVersion,
-};
+pub use engine::{PolicyEngine, PolicyEngineBuilder, RegoVersion};
 pub use handler::Guarded;
 pub use input::{INPUT_VERSION, PolicyInput};
 pub use shipped::{DEFAULT_POLICY, RBAC_DATA, RBAC_POLICY, RBAC_POLICY_V0, RBAC_TOOL_SCOPE};
@@ -101,7 +98,7 @@ pub use step_up::{StepUp, StepUpBody, StepUpLayer};
 
 /// Secret reads are policy decisions too: `Credentials::builder(store)
 /// .authorizer(engine.clone())` asks the policy for action
-/// [`secrets/read`](crate::secrets::SECRETS_READ) on the service before any
+/// [`secrets/read`](Action::ReadSecret) on the service before any
 /// secret is looked up.
 impl crate::secrets::SecretAuthorizer for PolicyEngine {
     fn authorize(&self, principal: &crate::Principal, service: &str) -> bool {

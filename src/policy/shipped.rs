@@ -5,16 +5,25 @@ use crate::ConfigError;
 
 /// The default policy (Rego v1): authenticated callers may list; calling a
 /// tool, reading a resource or getting a prompt requires the tool scope
-/// given in `data.mcp.config.tool_scope`.
+/// given in `data.mcp.config.tool_scope`. The file is `policies/default.rego`
+/// in the repository:
+///
+#[doc = concat!("```rego\n", include_str!("../../policies/default.rego"), "```")]
 pub const DEFAULT_POLICY: &str = include_str!("../../policies/default.rego");
 
-/// The example RBAC policy in Rego v1 (groups claim; roles in [`RBAC_DATA`]).
+/// The example RBAC policy in Rego v1 (groups claim; roles in [`RBAC_DATA`]),
+/// `policies/rbac.rego` in the repository; copy it as a start for your own:
+///
+#[doc = concat!("```rego\n", include_str!("../../policies/rbac.rego"), "```")]
 pub const RBAC_POLICY: &str = include_str!("../../policies/rbac.rego");
 
 /// The example RBAC policy in Rego v0, with the same decisions as [`RBAC_POLICY`].
 pub const RBAC_POLICY_V0: &str = include_str!("../../policies/rbac_v0.rego");
 
-/// The example RBAC data document: roles, tool mapping, tool scope (`mcp:tools`).
+/// The example RBAC data document: roles, tool mapping, tool scope
+/// (`mcp:tools`), `policies/rbac_data.json` in the repository:
+///
+#[doc = concat!("```json\n", include_str!("../../policies/rbac_data.json"), "```")]
 pub const RBAC_DATA: &str = include_str!("../../policies/rbac_data.json");
 
 /// The tool scope of the example RBAC data.

@@ -21,7 +21,7 @@ use crate::cache::{Flight, Limits, SingleFlight, Timestamp, TtlCache};
 /// How a lookup was answered; the audit event's `cache` field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum CacheStatus {
+pub(crate) enum CacheStatus {
     /// A fresh cached value; the store was not asked.
     Hit,
     /// Not cached: this lookup fetched from the store.
@@ -40,7 +40,7 @@ pub enum CacheStatus {
 
 impl CacheStatus {
     /// The audit spelling.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             CacheStatus::Hit => "hit",
             CacheStatus::Miss => "miss",

@@ -23,10 +23,10 @@ use super::cache::{Cache, CacheConfig, CacheStatus};
 use super::{PathTemplate, Secret, SecretError, SecretStore};
 
 /// The policy action of a credential read, as an authorizer sees it.
-pub const SECRETS_READ: &str = "secrets/read";
+pub(crate) const SECRETS_READ: &str = "secrets/read";
 
 /// Decides whether a principal may read its credential for a service
-/// (action [`SECRETS_READ`], resource = the service name).
+/// (action `secrets/read`, resource = the service name).
 ///
 /// This is the hook for the policy engine: any `Fn(&Principal, &str) -> bool`
 /// is one. It runs before the path is resolved and before the cache, so a

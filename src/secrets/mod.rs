@@ -127,7 +127,7 @@
 //!
 //! # Policy
 //!
-//! A read can be made a policy decision (action [`SECRETS_READ`], resource =
+//! A read can be made a policy decision (action `secrets/read`, resource =
 //! the service) with [`CredentialsBuilder::authorizer`]; any
 //! `Fn(&Principal, &str) -> bool` is an authorizer. It runs before the path
 //! is resolved and before the cache.
@@ -140,20 +140,20 @@ mod secret;
 mod template;
 #[cfg(feature = "vault")]
 #[cfg_attr(docsrs, doc(cfg(feature = "vault")))]
-pub mod vault;
+mod vault;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-pub use cache::CacheStatus;
+pub(crate) use credentials::SECRETS_READ;
 pub use credentials::{
-    CallerCredentials, Credentials, CredentialsBuilder, DangerousCredentialsBuilder, SECRETS_READ, SecretAuthorizer,
+    CallerCredentials, Credentials, CredentialsBuilder, DangerousCredentialsBuilder, SecretAuthorizer,
 };
 pub use error::{SecretError, SecretsConfigError};
 pub use memory::MemoryStore;
 pub use secret::{REDACTED, Secret};
-pub use template::{DEFAULT_TEMPLATE, MAX_SEGMENT_LEN, PathTemplate, ScopeError};
+pub use template::{DEFAULT_TEMPLATE, PathTemplate, ScopeError};
 #[cfg(feature = "vault")]
 #[cfg_attr(docsrs, doc(cfg(feature = "vault")))]
 pub use vault::{KUBERNETES_JWT_FILE, TokenStatus, VaultAuth, VaultStore, VaultStoreBuilder};

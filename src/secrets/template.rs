@@ -11,7 +11,7 @@ use super::SecretsConfigError;
 pub const DEFAULT_TEMPLATE: &str = "mcp/{tenant}/{service}";
 
 /// The longest value accepted for one path segment.
-pub const MAX_SEGMENT_LEN: usize = 128;
+pub(crate) const MAX_SEGMENT_LEN: usize = 128;
 
 /// Why a principal (or a service name) cannot be mapped to a path.
 ///
@@ -50,7 +50,7 @@ pub enum ScopeError {
 /// the principal, so that two callers can never share a path by accident.
 ///
 /// Every substituted value must be one safe path segment: 1 to
-/// [`MAX_SEGMENT_LEN`] characters out of `A-Z a-z 0-9 - _ . @ + : |`, and not
+/// 128 characters out of `A-Z a-z 0-9 - _ . @ + : |`, and not
 /// `.` or `..`. Anything else (`/`, `\`, `%`, whitespace, control characters,
 /// non-ASCII, an absurd length) is **rejected, never normalized**: normalizing
 /// `acme/../globex` would hand one tenant another tenant's path.

@@ -1,82 +1,4 @@
 //! [`VaultStore`]: HashiCorp Vault / OpenBao KV (v2, or v1) through vaultrs,
-//! with our own token lifecycle.
-//!
-//! ```no_run
-//! use rmcp_guard::secrets::{Credentials, VaultAuth, VaultStore};
-//!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let store = VaultStore::builder("https://vault.internal:8200", VaultAuth::approle(
-//!     "4b1e…-role-id",
-//!     "/run/secrets/vault-secret-id", // chmod 0400
-//! ))
-//! .kv2("secret") // the default
-//! .build()
-//! .await?;
-//! let credentials = Credentials::builder(store).build();
-//! # Ok(()) }
-//! ```
-//!
-//! Vault when the environment names one, demo values otherwise (the
-//! `secure_server` example's wiring):
-//!
-//! ```no_run
-//! use std::sync::Arc;
-//! use rmcp_guard::secrets::{
-//!     Credentials, DEFAULT_TEMPLATE, MemoryStore, PathTemplate, SecretStore, VaultStoreBuilder,
-//! };
-//!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! // VAULT_ADDR + (VAULT_TOKEN | VAULT_TOKEN_FILE | VAULT_ROLE_ID + VAULT_SECRET_ID_FILE | ...)
-//! let store: Arc<dyn SecretStore> = match VaultStoreBuilder::from_env()? {
-//!     Some(vault) => Arc::new(vault.build().await?),
-//!     None => Arc::new(
-//!         MemoryStore::new()
-//!             .with("mcp/acme/catalyst-center", [("username", "acme-netops"), ("password", "demo")]),
-//!     ),
-//! };
-//! let template = std::env::var("GUARD_SECRET_TEMPLATE").unwrap_or_else(|_| DEFAULT_TEMPLATE.into());
-//! let credentials = Credentials::builder(store)
-//!     .template(PathTemplate::parse(&template)?)
-//!     .build();
-//! // let app = router.layer(credentials.layer());
-//! # Ok(()) }
-//! ```
-//!
-//! # Token lifecycle
-//!
-//! vaultrs sends whatever token its client holds; renewing and replacing it is
-//! ours. A background task, owned by the store and aborted when it is dropped:
-//!
-//! - looks the token up at start (`auth/token/lookup-self`): TTL, renewable;
-//! - renews it at about 2/3 of its TTL (`renew-self`);
-//! - logs in again (AppRole, Kubernetes, JWT, or re-reads a token file) when
-//!   renewal fails, when the token nears its max TTL, or when a read is
-//!   refused and `lookup-self` shows the token itself is dead (revoked). The
-//!   read is then retried once. A static token cannot be replaced: reads fail
-//!   closed with [`SecretError::AuthFailed`].
-//!
-//! Logins are single-flight and swap a fresh client in (vaultrs changes a
-//! token only through `&mut`); reads in flight finish with the old one.
-//!
-//! # Errors
-//!
-//! Vault's answers map to [`SecretError`] kinds: connection failures, timeouts
-//! and 5xx to `Unreachable`, 503 "sealed" to `Sealed`, 403 to
-//! `PermissionDenied` (or `AuthFailed` when the token is dead and cannot be
-//! replaced), 404 to `NotFound`. Vault's error text goes to `debug` logs of
-//! vaultrs only; our errors and logs carry the kind and the path.
-//!
-//! vaultrs logs every Vault error response (a 404 included) at `ERROR` on
-//! the `vaultrs` target; the text is Vault's message (e.g. "permission
-//! denied"), never a value or a token. Filter it with `vaultrs=off` if it is
-//! noise: our own `warn!`/`debug!` and the audit event say the same thing.
-//!
-//! # What is and is not zeroized
-//!
-//! Values are moved out of the parsed response into zeroizing [`Secret`]
-//! fields, and our copies of the token and `secret_id` are zeroizing. The HTTP
-//! response buffers inside reqwest/vaultrs, and the token string inside
-//! vaultrs' client, are not: Rust cannot reach them.
 
 mod auth;
 mod token;
@@ -124,10 +46,89 @@ pub struct TokenStatus {
     pub logins: u64,
 }
 
-/// A [`SecretStore`] reading Vault (or OpenBao) KV; see the [module docs](self).
+/// A [`SecretStore`] reading Vault (or OpenBao) KV; see the [type docs](Self).
 ///
 /// Not `Clone`: it owns the token-renewal task, which stops when it is
 /// dropped. Share it as `Arc<VaultStore>`.
+///
+/// with our own token lifecycle.
+///
+/// ```no_run
+/// use rmcp_guard::secrets::{Credentials, VaultAuth, VaultStore};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = VaultStore::builder("https://vault.internal:8200", VaultAuth::approle(
+///     "4b1e…-role-id",
+///     "/run/secrets/vault-secret-id", // chmod 0400
+/// ))
+/// .kv2("secret") // the default
+/// .build()
+/// .await?;
+/// let credentials = Credentials::builder(store).build();
+/// # Ok(()) }
+/// ```
+///
+/// Vault when the environment names one, demo values otherwise (the
+/// `secure_server` example's wiring):
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use rmcp_guard::secrets::{
+///     Credentials, DEFAULT_TEMPLATE, MemoryStore, PathTemplate, SecretStore, VaultStoreBuilder,
+/// };
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// // VAULT_ADDR + (VAULT_TOKEN | VAULT_TOKEN_FILE | VAULT_ROLE_ID + VAULT_SECRET_ID_FILE | ...)
+/// let store: Arc<dyn SecretStore> = match VaultStoreBuilder::from_env()? {
+///     Some(vault) => Arc::new(vault.build().await?),
+///     None => Arc::new(
+///         MemoryStore::new()
+///             .with("mcp/acme/catalyst-center", [("username", "acme-netops"), ("password", "demo")]),
+///     ),
+/// };
+/// let template = std::env::var("GUARD_SECRET_TEMPLATE").unwrap_or_else(|_| DEFAULT_TEMPLATE.into());
+/// let credentials = Credentials::builder(store)
+///     .template(PathTemplate::parse(&template)?)
+///     .build();
+/// // let app = router.layer(credentials.layer());
+/// # Ok(()) }
+/// ```
+///
+/// # Token lifecycle
+///
+/// vaultrs sends whatever token its client holds; renewing and replacing it is
+/// ours. A background task, owned by the store and aborted when it is dropped:
+///
+/// - looks the token up at start (`auth/token/lookup-self`): TTL, renewable;
+/// - renews it at about 2/3 of its TTL (`renew-self`);
+/// - logs in again (AppRole, Kubernetes, JWT, or re-reads a token file) when
+///   renewal fails, when the token nears its max TTL, or when a read is
+///   refused and `lookup-self` shows the token itself is dead (revoked). The
+///   read is then retried once. A static token cannot be replaced: reads fail
+///   closed with [`SecretError::AuthFailed`].
+///
+/// Logins are single-flight and swap a fresh client in (vaultrs changes a
+/// token only through `&mut`); reads in flight finish with the old one.
+///
+/// # Errors
+///
+/// Vault's answers map to [`SecretError`] kinds: connection failures, timeouts
+/// and 5xx to `Unreachable`, 503 "sealed" to `Sealed`, 403 to
+/// `PermissionDenied` (or `AuthFailed` when the token is dead and cannot be
+/// replaced), 404 to `NotFound`. Vault's error text goes to `debug` logs of
+/// vaultrs only; our errors and logs carry the kind and the path.
+///
+/// vaultrs logs every Vault error response (a 404 included) at `ERROR` on
+/// the `vaultrs` target; the text is Vault's message (e.g. "permission
+/// denied"), never a value or a token. Filter it with `vaultrs=off` if it is
+/// noise: our own `warn!`/`debug!` and the audit event say the same thing.
+///
+/// # What is and is not zeroized
+///
+/// Values are moved out of the parsed response into zeroizing [`Secret`]
+/// fields, and our copies of the token and `secret_id` are zeroizing. The HTTP
+/// response buffers inside reqwest/vaultrs, and the token string inside
+/// vaultrs' client, are not: Rust cannot reach them.
 pub struct VaultStore {
     shared: Arc<Shared>,
     task: tokio::task::JoinHandle<()>,
