@@ -500,3 +500,45 @@ async fn interval_reload_picks_up_changes() {
         .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_builtin_error_denies_even_under_a_not_rule() {
+    // regorus turns builtin errors into "undefined" unless strict: `blocked`
+    // would then be undefined for an `email` of the wrong type, and `not
+    // blocked` would allow.
+    let engine = PolicyEngine::builder()
+        .module(
+            "contractors.rego",
+            "package mcp.authz\nimport rego.v1\ndefault allow := false\n\
+             blocked if endswith(input.claims.email, \"@contractor.example\")\n\
+             allow if { input.action == \"tools/call\"; not blocked }",
+        )
+        .build()
+        .unwrap();
+    let with_email = |email: serde_json::Value| {
+        let mut claims = serde_json::Map::new();
+        claims.insert("email".to_owned(), email);
+        Principal::unverified("i", "s").claims(claims).build()
+    };
+    let employee = with_email(json!("ann@corp.example"));
+    assert!(
+        engine
+            .decide(&PolicyInput::new(&employee, "echo", Action::CallTool))
+            .allowed()
+    );
+    let contractor = with_email(json!("bob@contractor.example"));
+    assert!(
+        !engine
+            .decide(&PolicyInput::new(&contractor, "echo", Action::CallTool))
+            .allowed()
+    );
+    for confused in [json!(["x@contractor.example"]), json!({"a": 1}), json!(42)] {
+        let d = engine.decide(&PolicyInput::new(
+            &with_email(confused.clone()),
+            "echo",
+            Action::CallTool,
+        ));
+        assert!(!d.allowed(), "an email of {confused} must not be allowed");
+        assert_eq!(d.outcome(), Outcome::Error, "{confused}: {d:?}");
+    }
+}

@@ -13,6 +13,8 @@ pub(crate) mod reason {
     pub(crate) const UNDEFINED: &str = "policy_undefined";
     /// The entrypoint evaluated to something other than a boolean.
     pub(crate) const NOT_BOOLEAN: &str = "policy_not_boolean";
+    /// The policy's VM allowed but its interpreter did not confirm.
+    pub(crate) const NOT_CONFIRMED: &str = "policy_not_confirmed";
     /// The policy denied and gave no reason.
     pub(crate) const DENIED: &str = "denied_by_policy";
     /// The request carried no authenticated principal.
@@ -90,7 +92,8 @@ impl Decision {
     ///
     /// For a denial this is what the policy's reasons rule gave, or one of
     /// `denied_by_policy`, `policy_error`, `policy_undefined`,
-    /// `policy_not_boolean`, `no_principal`, `no_authorization_context`.
+    /// `policy_not_boolean`, `policy_not_confirmed`, `no_principal`,
+    /// `no_authorization_context`.
     pub fn reason(&self) -> Option<&str> {
         self.answer.reasons.first().map(String::as_str)
     }

@@ -219,6 +219,9 @@ struct Loaded {
     generation: u64,
     version: Arc<str>,
     program: Arc<Program>,
+    /// The same policy for regorus' interpreter, which confirms every allow
+    /// (see `Worker::run`).
+    confirm: regorus::CompiledPolicy,
     data: regorus::Value,
     entrypoint: String,
     reasons_rule: Option<String>,
@@ -515,6 +518,9 @@ fn compile(bundle: &Bundle, options: &Options, generation: u64) -> Result<Loaded
         message: e.to_string(),
     };
     let entry: regorus::Rc<str> = options.entrypoint.as_str().into();
+    // A builtin error is an error, not "undefined" (which `not rule` would
+    // turn into true).
+    engine.set_strict_builtin_errors(true);
     let compiled = engine.compile_with_entrypoint(&entry).map_err(|e| whole(&e))?;
     let mut entrypoints = vec![options.entrypoint.as_str()];
     entrypoints.extend(reasons_rule.as_deref());
@@ -534,6 +540,7 @@ fn compile(bundle: &Bundle, options: &Options, generation: u64) -> Result<Loaded
         generation,
         version: bundle.version(&rules(options)).into(),
         program,
+        confirm: compiled,
         data: engine.get_data(),
         entrypoint: options.entrypoint.clone(),
         reasons_rule,
@@ -652,7 +659,8 @@ impl Worker {
             Some(fields) => input.to_json_fields(fields),
             None => input.to_json(),
         };
-        vm.set_input(regorus::Value::from(document));
+        let rego_input = regorus::Value::from(document);
+        vm.set_input(rego_input.clone());
         let allowed = match vm.execute_entry_point_by_name(&loaded.entrypoint) {
             Ok(regorus::Value::Bool(b)) => b,
             Ok(regorus::Value::Undefined) => return Answer::fault(reason::UNDEFINED),
@@ -669,6 +677,25 @@ impl Worker {
             }
         };
         if allowed {
+            // regorus' VM (0.14) drops an error raised inside a rule body even
+            // with strict builtin errors: `blocked if endswith(input.claims.email,
+            // ...)` is undefined for an email of the wrong type, and `not blocked`
+            // allows. Its interpreter keeps the error. An allow stands only if
+            // the interpreter also yields `true`; memoized allows skip this.
+            match loaded.confirm.eval_with_input(rego_input) {
+                Ok(regorus::Value::Bool(true)) => {}
+                Ok(_) => return Answer::fault(reason::NOT_CONFIRMED),
+                Err(error) => {
+                    tracing::warn!(
+                        %error,
+                        policy_version = %loaded.version,
+                        action = %input.action(),
+                        resource = input.resource(),
+                        "policy evaluation failed; denying"
+                    );
+                    return Answer::fault(reason::EVAL_ERROR);
+                }
+            }
             return Answer {
                 outcome: Outcome::Allow,
                 reasons: Vec::new(),
