@@ -102,49 +102,10 @@ pub enum ConfigError {
     #[error("at most one introspection issuer can be configured (found {0} and {1})")]
     MultipleIntrospectionIssuers(String, String),
     // ---- end introspection ----
-
-    // ---- policy (feature `policy`); owned by src/policy/ ----
-    /// No Rego module was given to the policy engine.
-    #[error("no Rego policy module was loaded")]
-    PolicyEmpty,
-    /// A policy file or directory could not be read.
-    #[error("cannot read policy source {path}: {source}")]
-    PolicyIo {
-        /// The file or directory.
-        path: std::path::PathBuf,
-        /// Why reading failed.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A Rego module does not parse or compile (as Rego v1 nor as v0).
-    #[error("policy module {module} does not compile: {message}")]
-    PolicyCompile {
-        /// The module's file name or given name.
-        module: String,
-        /// The compiler's message, with the position.
-        message: String,
-    },
-    /// A data document is not a JSON object, or conflicts with another one.
-    #[error("policy data document {document} is invalid: {message}")]
-    PolicyData {
-        /// The document's file name or given name.
-        document: String,
-        /// What is wrong with it.
-        message: String,
-    },
-    /// The configured entrypoint rule is declared by no loaded module.
-    #[error("policy entrypoint {entrypoint} is not declared by any loaded module")]
-    PolicyEntrypoint {
-        /// The rule path, e.g. `data.mcp.authz.allow`.
-        entrypoint: String,
-    },
-    /// The policy compiled but its smoke evaluation did not yield a boolean.
-    #[error("policy failed its smoke evaluation: {message}")]
-    PolicySmoke {
-        /// What the evaluation returned or why it failed.
-        message: String,
-    },
-    // ---- end policy ----
+    /// The policy does not load (feature `policy`).
+    #[cfg(feature = "policy")]
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
 }
 
 /// Why a request was refused.

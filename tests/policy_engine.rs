@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use rmcp_guard::audit::Outcome;
-use rmcp_guard::policy::{Action, PolicyEngine, PolicyInput, RBAC_TOOL_SCOPE, RegoVersion};
+use rmcp_guard::policy::{Action, PolicyEngine, PolicyError, PolicyInput, RBAC_TOOL_SCOPE, RegoVersion};
 use rmcp_guard::{ConfigError, Principal};
 use serde_json::json;
 
@@ -274,25 +274,28 @@ fn compile_errors_refuse_to_build() {
         .module("bad.rego", "package mcp.authz\nallow if {")
         .build()
         .unwrap_err();
-    assert!(matches!(err, ConfigError::PolicyCompile { .. }), "{err}");
+    assert!(matches!(err, ConfigError::Policy(PolicyError::Compile { .. })), "{err}");
     let err = PolicyEngine::builder()
         .module("other.rego", "package other\nallow := true")
         .build()
         .unwrap_err();
-    assert!(matches!(err, ConfigError::PolicyEntrypoint { .. }), "{err}");
+    assert!(
+        matches!(err, ConfigError::Policy(PolicyError::Entrypoint { .. })),
+        "{err}"
+    );
     let err = PolicyEngine::builder()
         .module("smoke.rego", "package mcp.authz\nallow := 7")
         .build()
         .unwrap_err();
-    assert!(matches!(err, ConfigError::PolicySmoke { .. }), "{err}");
+    assert!(matches!(err, ConfigError::Policy(PolicyError::Smoke { .. })), "{err}");
     let err = PolicyEngine::builder().build().unwrap_err();
-    assert!(matches!(err, ConfigError::PolicyEmpty), "{err}");
+    assert!(matches!(err, ConfigError::Policy(PolicyError::Empty)), "{err}");
     let err = PolicyEngine::builder()
         .module("v0.rego", "package mcp.authz\nallow { true }")
         .rego_version(RegoVersion::V1)
         .build()
         .unwrap_err();
-    assert!(matches!(err, ConfigError::PolicyCompile { .. }), "{err}");
+    assert!(matches!(err, ConfigError::Policy(PolicyError::Compile { .. })), "{err}");
 }
 
 #[test]
@@ -349,13 +352,19 @@ fn reload_swaps_a_good_policy_and_keeps_serving_on_a_bad_one() {
 
     // A policy that does not compile: refused, the old one keeps serving.
     write(&dir, "authz.rego", "package mcp.authz\nallow if {");
-    assert!(matches!(engine.reload(), Err(ConfigError::PolicyCompile { .. })));
+    assert!(matches!(
+        engine.reload(),
+        Err(ConfigError::Policy(PolicyError::Compile { .. }))
+    ));
     assert_eq!(engine.version(), v2);
     assert!(call("b"));
 
     // A policy that fails its smoke evaluation: refused too.
     write(&dir, "authz.rego", "package mcp.authz\nallow := 3");
-    assert!(matches!(engine.reload(), Err(ConfigError::PolicySmoke { .. })));
+    assert!(matches!(
+        engine.reload(),
+        Err(ConfigError::Policy(PolicyError::Smoke { .. }))
+    ));
     assert!(call("b"));
 
     // A good policy again.

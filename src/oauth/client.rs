@@ -135,6 +135,7 @@ impl ClientAuth {
 
     /// Authenticate a hand-built form request the way `oauth2` does: Basic
     /// with the form-urlencoded id and secret, or both in the body.
+    #[cfg_attr(not(feature = "exchange"), allow(dead_code))] // token exchange's own request
     pub(crate) fn apply(
         &self,
         builder: http::request::Builder,
@@ -215,6 +216,7 @@ pub(crate) async fn send(client: reqwest::Client, request: HttpRequest) -> Resul
 /// issuer's RFC 8414 metadata, else its OpenID Connect discovery document.
 /// The document's `issuer` must equal `issuer` exactly, and the endpoint must
 /// be https (or loopback http).
+#[cfg_attr(not(feature = "exchange"), allow(dead_code))] // TokenExchange::discover
 pub(crate) async fn discover_endpoint(
     http: &reqwest::Client,
     issuer: &str,
@@ -259,6 +261,7 @@ pub(crate) async fn discover_endpoint(
 }
 
 /// The default HTTP client: no redirects, bounded time, our user agent.
+#[cfg_attr(not(feature = "exchange"), allow(dead_code))] // TokenExchange's client
 pub(crate) fn default_http_client(timeout: std::time::Duration) -> Result<reqwest::Client, ConfigError> {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

@@ -21,6 +21,7 @@ use regorus::rvm::vm::RegoVM;
 use super::action::Action;
 use super::analysis::{self, InputUse};
 use super::decision::{Answer, Decision, reason};
+use super::error::PolicyError;
 use super::input::PolicyInput;
 use super::source::{Bundle, DataSource, ModuleSource, Sources};
 use crate::audit::{AuditEvent, Outcome};
@@ -468,9 +469,12 @@ fn add_module(
         RegoVersion::V0 => attempt(true),
         RegoVersion::Auto => attempt(false).or_else(|v1_error| attempt(true).map_err(|_| v1_error)),
     };
-    result.map_err(|e| ConfigError::PolicyCompile {
-        module: name.to_owned(),
-        message: e.to_string(),
+    result.map_err(|e| {
+        PolicyError::Compile {
+            module: name.to_owned(),
+            message: e.to_string(),
+        }
+        .into()
     })
 }
 
@@ -492,28 +496,30 @@ fn compile(bundle: &Bundle, options: &Options, generation: u64) -> Result<Loaded
     }
     for (name, value) in &bundle.data {
         if !value.is_object() {
-            return Err(ConfigError::PolicyData {
+            return Err(PolicyError::Data {
                 document: name.clone(),
                 message: "a data document must be a JSON object".to_owned(),
-            });
+            }
+            .into());
         }
         engine
             .add_data(regorus::Value::from(value.clone()))
-            .map_err(|e| ConfigError::PolicyData {
+            .map_err(|e| PolicyError::Data {
                 document: name.clone(),
                 message: e.to_string(),
             })?;
     }
     if !declared(&engine, &packages, &options.entrypoint) {
-        return Err(ConfigError::PolicyEntrypoint {
+        return Err(PolicyError::Entrypoint {
             entrypoint: options.entrypoint.clone(),
-        });
+        }
+        .into());
     }
     let optional = |rule: &Option<String>| rule.as_ref().filter(|r| declared(&engine, &packages, r)).cloned();
     let reasons_rule = optional(&options.reasons_rule);
     let required_scopes_rule = optional(&options.required_scopes_rule);
 
-    let whole = |e: &dyn std::fmt::Display| ConfigError::PolicyCompile {
+    let whole = |e: &dyn std::fmt::Display| PolicyError::Compile {
         module: "(policy)".to_owned(),
         message: e.to_string(),
     };
@@ -556,17 +562,17 @@ fn compile(bundle: &Bundle, options: &Options, generation: u64) -> Result<Loaded
 
 /// Evaluate once with a caller who has nothing: it must not err and must
 /// yield a boolean (or be undefined, which denies).
-fn smoke(loaded: &Loaded) -> Result<(), ConfigError> {
+fn smoke(loaded: &Loaded) -> Result<(), PolicyError> {
     let nobody = Principal::unverified("urn:rmcp-guard:smoke", "smoke-test").build();
     let input = PolicyInput::new(&nobody, "smoke-test", Action::CallTool);
-    let mut vm = new_vm(loaded).map_err(|e| ConfigError::PolicySmoke { message: e.to_string() })?;
+    let mut vm = new_vm(loaded).map_err(|e| PolicyError::Smoke { message: e.to_string() })?;
     vm.set_input(regorus::Value::from(input.to_json()));
     match vm.execute_entry_point_by_name(&loaded.entrypoint) {
         Ok(regorus::Value::Bool(_) | regorus::Value::Undefined) => Ok(()),
-        Ok(other) => Err(ConfigError::PolicySmoke {
+        Ok(other) => Err(PolicyError::Smoke {
             message: format!("{} is not a boolean: {other}", loaded.entrypoint),
         }),
-        Err(e) => Err(ConfigError::PolicySmoke { message: e.to_string() }),
+        Err(e) => Err(PolicyError::Smoke { message: e.to_string() }),
     }
 }
 

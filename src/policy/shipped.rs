@@ -1,6 +1,7 @@
 //! The policies that ship with the crate, embedded in the binary.
 
 use super::engine::{PolicyEngine, PolicyEngineBuilder, RegoVersion};
+use super::error::PolicyError;
 use crate::ConfigError;
 
 /// The default policy (Rego v1): authenticated callers may list; calling a
@@ -29,8 +30,8 @@ pub const RBAC_DATA: &str = include_str!("../../policies/rbac_data.json");
 /// The tool scope of the example RBAC data.
 pub const RBAC_TOOL_SCOPE: &str = "mcp:tools";
 
-fn rbac_data() -> Result<serde_json::Value, ConfigError> {
-    serde_json::from_str(RBAC_DATA).map_err(|e| ConfigError::PolicyData {
+fn rbac_data() -> Result<serde_json::Value, PolicyError> {
+    serde_json::from_str(RBAC_DATA).map_err(|e| PolicyError::Data {
         document: "rbac_data.json".to_owned(),
         message: e.to_string(),
     })

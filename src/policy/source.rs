@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use super::error::PolicyError;
 use crate::ConfigError;
 
 /// One configured source of Rego modules.
@@ -45,16 +46,19 @@ pub(crate) struct Bundle {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ConfigError + '_ {
-    move |source| ConfigError::PolicyIo {
-        path: path.to_owned(),
-        source,
+    move |source| {
+        PolicyError::Io {
+            path: path.to_owned(),
+            source,
+        }
+        .into()
     }
 }
 
 fn read_data(path: &Path) -> Result<(String, Value), ConfigError> {
     let text = std::fs::read_to_string(path).map_err(io_err(path))?;
     let name = path.display().to_string();
-    let value = serde_json::from_str(&text).map_err(|e| ConfigError::PolicyData {
+    let value = serde_json::from_str(&text).map_err(|e| PolicyError::Data {
         document: name.clone(),
         message: e.to_string(),
     })?;
@@ -113,7 +117,7 @@ impl Sources {
             }
         }
         if bundle.modules.is_empty() {
-            return Err(ConfigError::PolicyEmpty);
+            return Err(PolicyError::Empty.into());
         }
         Ok(bundle)
     }

@@ -23,6 +23,7 @@ use super::cache::{Cache, CacheConfig, CacheStatus};
 use super::{PathTemplate, Secret, SecretError, SecretStore};
 
 /// The policy action of a credential read, as an authorizer sees it.
+#[cfg_attr(not(feature = "policy"), allow(dead_code))] // read by the policy's `Action::ReadSecret`
 pub(crate) const SECRETS_READ: &str = "secrets/read";
 
 /// Decides whether a principal may read its credential for a service

@@ -146,6 +146,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+#[cfg(feature = "policy")]
 pub(crate) use credentials::SECRETS_READ;
 pub use credentials::{
     CallerCredentials, Credentials, CredentialsBuilder, DangerousCredentialsBuilder, SecretAuthorizer,
