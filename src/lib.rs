@@ -35,6 +35,8 @@ mod serve;
 
 #[cfg(any(feature = "jwt", feature = "policy"))]
 pub use challenge::Challenges;
+#[cfg(feature = "policy")]
+pub use error::PolicyError;
 pub use error::{AuthError, ConfigError, PERMISSION_DENIED, Rejection, TokenRejection};
 #[cfg(feature = "jwt")]
 pub use guard::Guard;

@@ -4,8 +4,9 @@
 
 use std::path::Path;
 
+use rmcp_guard::PolicyError;
 use rmcp_guard::audit::Outcome;
-use rmcp_guard::policy::{Action, PolicyEngine, PolicyError, PolicyInput, RBAC_TOOL_SCOPE, RegoVersion};
+use rmcp_guard::policy::{Action, PolicyEngine, PolicyInput, RBAC_TOOL_SCOPE, RegoVersion};
 use rmcp_guard::{ConfigError, Principal};
 use serde_json::json;
 

@@ -21,11 +21,11 @@ use regorus::rvm::vm::RegoVM;
 use super::action::Action;
 use super::analysis::{self, InputUse};
 use super::decision::{Answer, Decision, reason};
-use super::error::PolicyError;
 use super::input::PolicyInput;
 use super::source::{Bundle, DataSource, ModuleSource, Sources};
 use crate::audit::{AuditEvent, Outcome};
 use crate::cache::lock;
+use crate::error::PolicyError;
 use crate::{ConfigError, Principal};
 
 /// The entrypoint evaluated for every decision unless configured otherwise.

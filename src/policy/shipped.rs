@@ -1,8 +1,8 @@
 //! The policies that ship with the crate, embedded in the binary.
 
 use super::engine::{PolicyEngine, PolicyEngineBuilder, RegoVersion};
-use super::error::PolicyError;
 use crate::ConfigError;
+use crate::error::PolicyError;
 
 /// The default policy (Rego v1): authenticated callers may list; calling a
 /// tool, reading a resource or getting a prompt requires the tool scope

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::error::PolicyError;
 use crate::ConfigError;
+use crate::error::PolicyError;
 
 /// One configured source of Rego modules.
 #[derive(Debug, Clone)]
