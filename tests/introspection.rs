@@ -749,6 +749,18 @@ async fn call_downstream(State(app): State<App>, request: axum::extract::Request
     }
 }
 
+/// `POST /mcp` with `Authorization: Bearer {token}`, through `app`.
+async fn post_with_bearer(app: Router, token: &str) -> axum::response::Response {
+    app.oneshot(
+        Request::post("/mcp")
+            .header("authorization", format!("Bearer {token}"))
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await
+    .unwrap()
+}
+
 struct ExchangeSetup {
     issuer: TestIssuer,
     rec: Recorder,
@@ -802,15 +814,7 @@ impl ExchangeSetup {
             })
             .layer(axum::Extension(self.exchange.clone()))
             .layer(BearerAuthLayer::new(self.rs.clone()).keep_inbound_token());
-        let response = app
-            .oneshot(
-                Request::post("/mcp")
-                    .header("authorization", format!("Bearer {token}"))
-                    .body(axum::body::Body::empty())
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
+        let response = post_with_bearer(app, token).await;
         let status = response.status().as_u16();
         let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
         let body = String::from_utf8(body.to_vec()).unwrap();
@@ -968,15 +972,7 @@ async fn without_keep_inbound_token_the_token_is_gone_after_verification() {
             }),
         )
         .layer(BearerAuthLayer::new(setup.rs.clone()));
-    let response = app
-        .oneshot(
-            Request::post("/mcp")
-                .header("authorization", format!("Bearer {token}"))
-                .body(axum::body::Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let response = post_with_bearer(app, &token).await;
     let body = axum::body::to_bytes(response.into_body(), 1 << 10).await.unwrap();
     assert_eq!(&body[..], b"true false false");
 }

@@ -780,10 +780,13 @@ impl<C: AsRequestContext> FromContextPart<C> for DownstreamTokens {
                 token,
                 exchange,
             }),
-            (principal, token, exchange) => {
-                let e = match (principal.is_some() && token.is_some(), exchange.is_some()) {
-                    (false, _) => ExchangeError::Unauthenticated,
-                    (true, _) => ExchangeError::NotConfigured,
+            (principal, _, _) => {
+                // A caller without a kept token or exchange: the stack is wired
+                // without token exchange.
+                let e = if principal.is_some() {
+                    ExchangeError::NotConfigured
+                } else {
+                    ExchangeError::Unauthenticated
                 };
                 audit(principal.as_ref(), "token_exchange", "", e.code(), "none");
                 Err(Rejection::from(e).into())

@@ -131,9 +131,9 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let keep = self.layer.keep_inbound_token;
-        let state = match self.layer.rs.begin(req.headers(), req.uri()) {
+        let state = match self.layer.rs.begin(req.headers(), req.uri(), keep) {
             Begin::Accept(principal, token) => {
-                accept(&mut req, principal, keep.then(|| InboundToken::new(token)));
+                accept(&mut req, principal, token.map(InboundToken::new));
                 State::Inner {
                     future: self.inner.call(req),
                 }

@@ -79,8 +79,9 @@ impl fmt::Debug for ResourceServer {
 
 /// What the synchronous first look at a request decided.
 pub(crate) enum Begin {
-    /// A token verified before: the caller, and the token for exchange.
-    Accept(Principal, zeroize::Zeroizing<String>),
+    /// A token verified before: the caller, and a copy of the token when it
+    /// was asked for (token exchange).
+    Accept(Principal, Option<zeroize::Zeroizing<String>>),
     Reject(AuthError),
     /// A new token: verify it with [`ResourceServer::finish`].
     Verify {
@@ -200,7 +201,7 @@ impl ResourceServer {
     /// for servers that are not built on tower; answer a refusal with
     /// [`challenges().reject(&error)`](Challenges::reject).
     pub async fn authenticate(&self, headers: &http::HeaderMap, uri: &http::Uri) -> Result<Principal, AuthError> {
-        match self.begin(headers, uri) {
+        match self.begin(headers, uri, false) {
             Begin::Accept(principal, _) => Ok(principal),
             Begin::Reject(error) => Err(error),
             Begin::Verify { token, hash } => self.finish(&token, hash).await,
@@ -208,8 +209,9 @@ impl ResourceServer {
     }
 
     /// Read the credentials of a request; answer from the cache when
-    /// possible. Every refusal is audited here.
-    pub(crate) fn begin(&self, headers: &http::HeaderMap, uri: &http::Uri) -> Begin {
+    /// possible. Every refusal is audited here. The token is copied out of
+    /// the request only when `keep_token` (or when it must be verified).
+    pub(crate) fn begin(&self, headers: &http::HeaderMap, uri: &http::Uri, keep_token: bool) -> Begin {
         let token = match bearer_token(headers, uri, self.inner.max_token_bytes) {
             Ok(token) => token,
             Err(error) => {
@@ -222,7 +224,7 @@ impl ResourceServer {
             Some(principal) => match self.check_scopes(&principal) {
                 Ok(()) => {
                     authn_accepted(&principal, true);
-                    Begin::Accept(principal, zeroize::Zeroizing::new(token.to_owned()))
+                    Begin::Accept(principal, keep_token.then(|| zeroize::Zeroizing::new(token.to_owned())))
                 }
                 Err(error) => Begin::Reject(error),
             },

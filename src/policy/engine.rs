@@ -665,22 +665,23 @@ impl Worker {
             Some(fields) => input.to_json_fields(fields),
             None => input.to_json(),
         };
+        let failed = |error: &dyn std::fmt::Display| {
+            tracing::warn!(
+                %error,
+                policy_version = %loaded.version,
+                action = %input.action(),
+                resource = input.resource(),
+                "policy evaluation failed; denying"
+            );
+            Answer::fault(reason::EVAL_ERROR)
+        };
         let rego_input = regorus::Value::from(document);
         vm.set_input(rego_input.clone());
         let allowed = match vm.execute_entry_point_by_name(&loaded.entrypoint) {
             Ok(regorus::Value::Bool(b)) => b,
             Ok(regorus::Value::Undefined) => return Answer::fault(reason::UNDEFINED),
             Ok(_) => return Answer::fault(reason::NOT_BOOLEAN),
-            Err(error) => {
-                tracing::warn!(
-                    %error,
-                    policy_version = %loaded.version,
-                    action = %input.action(),
-                    resource = input.resource(),
-                    "policy evaluation failed; denying"
-                );
-                return Answer::fault(reason::EVAL_ERROR);
-            }
+            Err(error) => return failed(&error),
         };
         if allowed {
             // regorus' VM (0.14) drops an error raised inside a rule body even
@@ -691,16 +692,7 @@ impl Worker {
             match loaded.confirm.eval_with_input(rego_input) {
                 Ok(regorus::Value::Bool(true)) => {}
                 Ok(_) => return Answer::fault(reason::NOT_CONFIRMED),
-                Err(error) => {
-                    tracing::warn!(
-                        %error,
-                        policy_version = %loaded.version,
-                        action = %input.action(),
-                        resource = input.resource(),
-                        "policy evaluation failed; denying"
-                    );
-                    return Answer::fault(reason::EVAL_ERROR);
-                }
+                Err(error) => return failed(&error),
             }
             return Answer {
                 outcome: Outcome::Allow,
