@@ -196,6 +196,13 @@ pub enum PolicyError {
         #[source]
         source: std::io::Error,
     },
+    /// The policy files kept changing while they were being read (a
+    /// deployment still writing them); try again once it is done.
+    #[error("policy sources changed while being read, {attempts} times in a row")]
+    Unstable {
+        /// How many reads were tried.
+        attempts: usize,
+    },
     /// A Rego module does not parse or compile (as Rego v1 nor as v0).
     #[error("policy module {module} does not compile: {message}")]
     Compile {

@@ -362,3 +362,62 @@ async fn a_batch_never_runs_a_denied_call() {
     assert!(!server.allowed(&token, "deploy_template").await);
     tokio::time::sleep(Duration::from_millis(1)).await;
 }
+
+/// Issue 10, finding 1: a builtin error under `not` used to make the rule
+/// undefined, so `not blocked` held and a token whose `email` was not a
+/// string was allowed. Every shape but a string now denies.
+#[tokio::test]
+async fn a_claim_of_the_wrong_type_cannot_open_a_not_rule() {
+    let rego = r#"package mcp.authz
+import rego.v1
+default allow := false
+blocked if endswith(input.claims.email, "@contractor.example")
+allow if {
+    input.claims.email
+    not blocked
+}
+"#;
+    let engine = PolicyEngine::builder().module("p.rego", rego).build().unwrap();
+    let server = Server::start(engine, &["mcp:tools"]).await;
+    let token = |email: Value| {
+        server
+            .issuer
+            .token()
+            .subject("someone")
+            .audience(&server.url)
+            .scope("mcp:tools")
+            .claim("email", email)
+            .sign()
+    };
+    assert!(server.allowed(&token(json!("ann@staff.example")), "echo").await);
+    assert!(!server.allowed(&token(json!("bob@contractor.example")), "echo").await);
+    for confused in [
+        json!(["bob@contractor.example"]),
+        json!({"address": "bob@contractor.example"}),
+        json!(42),
+        json!(true),
+    ] {
+        assert!(
+            !server.allowed(&token(confused.clone()), "echo").await,
+            "email = {confused}"
+        );
+    }
+}
+
+/// Issue 10, finding 4: what a listing shows depends on the caller, so a
+/// shared cache must never hand one caller's list to another.
+#[tokio::test]
+async fn filtered_listings_are_private_to_the_caller() {
+    use rmcp_guard_testkit::{McpClient, Protocol};
+    let server = Server::start(rbac(false), &["mcp:tools"]).await;
+    for group in ["developers", "admin"] {
+        let client = McpClient::connect(&server.url, Protocol::V2026_07_28)
+            .bearer(server.token(&[group], "mcp:tools"))
+            .send()
+            .await
+            .unwrap();
+        let listing = client.request("tools/list", Value::Null).await.unwrap();
+        assert_eq!(listing["cacheScope"], "private", "{group}: {listing}");
+        assert!(listing["tools"].as_array().is_some_and(|t| !t.is_empty()), "{listing}");
+    }
+}

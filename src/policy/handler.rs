@@ -39,6 +39,10 @@ use crate::Principal;
 ///   to the items the caller may use (each tool by its `tools/call`
 ///   decision, each resource by `resources/read` on its URI or URI template,
 ///   each prompt by `prompts/get`).
+/// * Every listing and every read it lets through is marked `cacheScope:
+///   "private"` (MCP 2026-07-28): what one caller sees depends on who they
+///   are, so a shared cache must never hand it to another (rmcp's macros
+///   default to `"public"`).
 /// * Unknown methods arrive as `CustomRequest` in `on_custom_request` and are
 ///   decided with `input.action` = the method name and an empty resource;
 ///   unknown notifications (`on_custom_notification`) likewise, and are
@@ -281,7 +285,7 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
         let may = self.lister(&context.extensions, Action::ListPrompts, Action::GetPrompt)?;
         let mut result = self.inner.list_prompts(request, context).await?;
         result.prompts.retain(|p| may(&p.name));
-        Ok(result)
+        Ok(result.with_cache_scope(CacheScope::Private))
     }
 
     async fn list_resources(
@@ -292,7 +296,7 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
         let may = self.lister(&context.extensions, Action::ListResources, Action::ReadResource)?;
         let mut result = self.inner.list_resources(request, context).await?;
         result.resources.retain(|r| may(&r.uri));
-        Ok(result)
+        Ok(result.with_cache_scope(CacheScope::Private))
     }
 
     async fn list_resource_templates(
@@ -303,7 +307,7 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
         let may = self.lister(&context.extensions, Action::ListResourceTemplates, Action::ReadResource)?;
         let mut result = self.inner.list_resource_templates(request, context).await?;
         result.resource_templates.retain(|t| may(&t.uri_template));
-        Ok(result)
+        Ok(result.with_cache_scope(CacheScope::Private))
     }
 
     async fn read_resource(
@@ -312,7 +316,14 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
         let ctx = self.authorize(&context.extensions, Action::ReadResource, &request.uri, None)?;
-        context::scope(ctx, self.inner.read_resource(request, context)).await
+        let response = context::scope(ctx, self.inner.read_resource(request, context)).await?;
+        Ok(match response {
+            ReadResourceResponse::Complete(mut result) => {
+                result.cache_scope = Some(CacheScope::Private);
+                ReadResourceResponse::Complete(result)
+            }
+            other => other,
+        })
     }
 
     fn accepted_subscription_filter(&self, requested: &SubscriptionFilter) -> Option<SubscriptionFilter> {
@@ -378,7 +389,7 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
         let may = self.lister(&context.extensions, Action::ListTools, Action::CallTool)?;
         let mut result = self.inner.list_tools(request, context).await?;
         result.tools.retain(|t| may(&t.name));
-        Ok(result)
+        Ok(result.with_cache_scope(CacheScope::Private))
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {
@@ -473,7 +484,7 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
         let may = self.lister(&context.extensions, Action::method("skills/list"), Action::ReadResource)?;
         let mut result = self.inner.list_skills(request, context).await?;
         result.skills.retain(|s| may(&s.uri));
-        Ok(result)
+        Ok(result.with_cache_scope(CacheScope::Private))
     }
 
     async fn get_skill(
@@ -482,7 +493,9 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
         context: RequestContext<RoleServer>,
     ) -> Result<GetSkillResult, ErrorData> {
         let ctx = self.authorize(&context.extensions, Action::ReadResource, &request.uri, None)?;
-        context::scope(ctx, self.inner.get_skill(request, context)).await
+        let mut result = context::scope(ctx, self.inner.get_skill(request, context)).await?;
+        result.cache_scope = Some(CacheScope::Private);
+        Ok(result)
     }
 
     async fn read_resource_directory(
@@ -501,6 +514,6 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
                 .evaluate(&input(&caller, &Action::ReadResource, &r.uri, None))
                 .allowed()
         });
-        Ok(result)
+        Ok(result.with_cache_scope(CacheScope::Private))
     }
 }
