@@ -832,3 +832,33 @@ async fn token_without_a_subject_is_rejected() {
         assert_invalid_token(&reply, &server, &token, "invalid token claims");
     }
 }
+
+/// Issue 10, finding 6: 10 000 tokens of 7.7 KB with ~500 claims grew the
+/// verified-token cache to ~800 MB. The cache is bounded in bytes: fat
+/// tokens are all accepted, and what stays cached never exceeds the bound.
+#[tokio::test]
+async fn fat_tokens_cannot_grow_the_token_cache_past_its_byte_bound() {
+    use rmcp_guard::oauth::TokenCacheConfig;
+    let issuer = TestIssuer::start().await.expect("test issuer");
+    let max_bytes = 512 * 1024;
+    let server = start_guarded_with(
+        Issuer::with_jwks_uri(issuer.issuer(), issuer.jwks_uri()),
+        Mode::Stateless,
+        // Under 1024 entries the cache is one shard, so the whole bound is
+        // one budget (sharded, each shard gets its 1/16th).
+        |b| b.token_cache(TokenCacheConfig::default().capacity(500).max_bytes(max_bytes)),
+    )
+    .await;
+    let sent = 32;
+    for i in 0..sent {
+        let mut token = token_for(&issuer, &server).subject(format!("user-{i}"));
+        for c in 0..500 {
+            token = token.claim(&format!("c{c:03}"), json!("v"));
+        }
+        let text = format!("fat {i}");
+        assert_echoed(&call_echo(&server.url, &token.sign(), &text).await, &text);
+    }
+    let usage = server.rs.token_cache_usage();
+    assert!(usage.bytes <= max_bytes, "{usage:?} over {max_bytes}");
+    assert!(usage.entries > 0 && usage.entries < sent, "{usage:?}");
+}

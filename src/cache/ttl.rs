@@ -49,7 +49,6 @@ impl Limits {
 
     /// Also at most `max` bytes, counted as the weights given to
     /// [`TtlCache::insert`].
-    #[cfg_attr(not(test), allow(dead_code))] // for the verified-token cache, next
     pub(crate) const fn bytes(self, max: usize) -> Self {
         Limits { bytes: max, ..self }
     }
@@ -240,6 +239,14 @@ impl<K: Hash + Eq, V, S: BuildHasher + Clone> TtlCache<K, V, S> {
     #[cfg_attr(not(test), allow(dead_code))] // tests of the caches built on it
     pub(crate) fn len(&self) -> usize {
         self.shards.iter().map(|shard| lock(shard).map.len()).sum()
+    }
+
+    /// How many entries are held and the sum of their weights.
+    pub(crate) fn usage(&self) -> (usize, usize) {
+        self.shards.iter().fold((0, 0), |(entries, bytes), shard| {
+            let shard = lock(shard);
+            (entries + shard.map.len(), bytes + shard.bytes)
+        })
     }
 }
 

@@ -247,6 +247,7 @@ impl KeyRefresh {
 #[must_use]
 pub struct TokenCacheConfig {
     pub(crate) capacity: usize,
+    pub(crate) max_bytes: usize,
     pub(crate) ttl: Duration,
 }
 
@@ -254,6 +255,7 @@ impl Default for TokenCacheConfig {
     fn default() -> Self {
         TokenCacheConfig {
             capacity: 10_000,
+            max_bytes: 32 * 1024 * 1024,
             ttl: Duration::from_secs(300),
         }
     }
@@ -264,6 +266,21 @@ impl TokenCacheConfig {
     /// Defaults to 10 000.
     pub fn capacity(mut self, entries: usize) -> Self {
         self.capacity = entries;
+        self
+    }
+
+    /// How much memory the remembered principals may take, in bytes (an
+    /// estimate of their heap size: claims, strings, map and array nodes).
+    /// A token's claims weigh far more in memory than on the wire (a 7.7 KB
+    /// token with 500 claims is ~80 KB as a JSON map), so a bound in
+    /// entries alone let 10 000 such tokens hold ~800 MB. Past the bound the
+    /// least recently used principals are dropped first (they are verified
+    /// again on their next request). The cache is split in 16 shards once it
+    /// may hold 1024 entries or more, each with 1/16 of the bound; a
+    /// principal heavier than its shard's share is never cached. Defaults to
+    /// 32 MiB.
+    pub fn max_bytes(mut self, bytes: usize) -> Self {
+        self.max_bytes = bytes;
         self
     }
 
@@ -449,6 +466,7 @@ mod tests {
         assert_eq!(keys.retry_after_failure, Duration::from_secs(5));
         let cache = TokenCacheConfig::default();
         assert_eq!((cache.capacity, cache.ttl), (10_000, Duration::from_secs(300)));
+        assert_eq!(cache.max_bytes, 32 * 1024 * 1024);
         #[cfg(feature = "introspection")]
         {
             let i = IntrospectionConfig::default();

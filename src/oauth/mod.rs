@@ -43,6 +43,7 @@ mod resource_server;
 mod url;
 mod validator;
 
+pub use cache::CacheUsage;
 #[cfg(any(feature = "introspection", feature = "exchange"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "introspection", feature = "exchange"))))]
 pub use client::ClientAuth;

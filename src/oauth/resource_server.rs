@@ -191,6 +191,12 @@ impl ResourceServer {
             .with_allowed_origins(self.inner.allowed_origins.iter().cloned())
     }
 
+    /// What the verified-token cache holds now (entries and estimated bytes),
+    /// e.g. for a metrics gauge; bounded by [`TokenCacheConfig`].
+    pub fn token_cache_usage(&self) -> super::CacheUsage {
+        self.inner.validator.cache_usage()
+    }
+
     /// Fetch every issuer's signing keys now, so the first request does not
     /// wait and a misconfigured issuer is noticed at start-up.
     pub async fn warm_up(&self) -> Result<(), AuthError> {

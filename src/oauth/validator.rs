@@ -25,6 +25,7 @@ use super::issuer::{Issuer, IssuerKeys};
 use super::jwks::{KeyCache, KeySource};
 use super::jwt::{self, Failure, TrustedIssuer};
 use super::url::{discovery_urls, parse_identifier, parse_url};
+use crate::cache::Limits;
 use crate::error::{AuthError, ConfigError};
 use crate::principal::Principal;
 
@@ -116,13 +117,20 @@ impl TokenValidator {
         Ok(TokenValidator {
             rules,
             issuers,
-            cache: TokenCache::new(config.cache.capacity, config.cache.ttl),
+            cache: TokenCache::new(
+                Limits::entries(config.cache.capacity).bytes(config.cache.max_bytes),
+                config.cache.ttl,
+            ),
             #[cfg(feature = "introspection")]
             introspection,
         })
     }
 
     /// A token verified before and still valid at `now`.
+    pub(crate) fn cache_usage(&self) -> super::cache::CacheUsage {
+        self.cache.usage()
+    }
+
     pub(crate) fn cached(&self, hash: &TokenHash, now: u64) -> Option<Principal> {
         self.cache.get(hash, now)
     }
