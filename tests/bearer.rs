@@ -853,7 +853,7 @@ async fn fat_tokens_cannot_grow_the_token_cache_past_its_byte_bound() {
     for i in 0..sent {
         let mut token = token_for(&issuer, &server).subject(format!("user-{i}"));
         for c in 0..500 {
-            token = token.claim(&format!("c{c:03}"), json!("v"));
+            token = token.claim(format!("c{c:03}"), json!("v"));
         }
         let text = format!("fat {i}");
         assert_echoed(&call_echo(&server.url, &token.sign(), &text).await, &text);
