@@ -111,6 +111,7 @@ impl EdgeLayer {
 
 /// The default port of `uri`'s scheme: 80 for `http`, else 443 (a resource
 /// URI is `https`, or `http` on loopback).
+#[cfg(feature = "jwt")]
 pub(crate) fn default_port_of(uri: &str) -> u16 {
     match uri.get(..7) {
         Some(scheme) if scheme.eq_ignore_ascii_case("http://") => 80,

@@ -73,7 +73,7 @@ async fn two_host_headers_are_refused_with_400() {
     let server = start_guarded(&issuer).await;
     let addr = authority(&server.base);
     let good = format!("host: {addr}");
-    assert_eq!(get(&addr, METADATA, &[good.clone()]).await, 200);
+    assert_eq!(get(&addr, METADATA, std::slice::from_ref(&good)).await, 200);
     for path in [METADATA, "/mcp"] {
         let two = [good.clone(), "host: evil.example".to_owned()];
         assert_eq!(get(&addr, path, &two).await, 400, "{path}");
