@@ -7,7 +7,7 @@
 //! | request | answer | why |
 //! |---|---|---|
 //! | more than one `Host`, none (HTTP/1.1), or one that is not `host[:port]` | `400` | RFC 9112 §3.2 |
-//! | a `Host` not allowed | `403` | DNS-rebinding protection, ports matched exactly |
+//! | a `Host` (or the host of an absolute-form target) not allowed | `403` | DNS-rebinding protection, ports matched exactly |
 //! | an `Origin` that is not `null` or `scheme://host[:port]` (a path, query, fragment, userinfo), or more than one | `403` | RFC 6454 §7: browsers send nothing else |
 //!
 //! An allowed host written without a port matches a `Host` without a port
@@ -159,6 +159,17 @@ impl Rules {
         };
         if !self.hosts.is_empty() && !host.is_some_and(|host| self.host_allowed(&host)) {
             return Some((StatusCode::FORBIDDEN, "Host header is not allowed"));
+        }
+        // An absolute-form target names the host that counts (RFC 9112
+        // §3.2.2); rmcp reads `Host`, so both must be allowed.
+        if let Some(target) = request.uri().authority() {
+            match parse_host(target.as_str()) {
+                None => return Some((StatusCode::BAD_REQUEST, "invalid request target")),
+                Some(target) if !self.hosts.is_empty() && !self.host_allowed(&target) => {
+                    return Some((StatusCode::FORBIDDEN, "request target host is not allowed"));
+                }
+                Some(_) => {}
+            }
         }
         match one(headers, &header::ORIGIN) {
             One::None => None,
@@ -388,6 +399,11 @@ mod tests {
         for bad in ["", "u@a.example", "a.example:x", "a.example/x"] {
             assert_eq!(status(&layer, &request(&[bad], None)), 400, "{bad:?}");
         }
+        // An absolute-form target must name an allowed host too.
+        let absolute = |target: &str| Request::get(target).header(header::HOST, "a.example").body(()).unwrap();
+        assert_eq!(status(&layer, &absolute("https://a.example/mcp")), 200);
+        assert_eq!(status(&layer, &absolute("https://evil.example/mcp")), 403);
+        assert_eq!(status(&layer, &absolute("https://u@a.example/mcp")), 400);
         // An empty allow-list accepts any (well-formed) host.
         assert_eq!(status(&rules(&[], 443), &request(&["b.example:1"], None)), 200);
     }

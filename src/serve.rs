@@ -126,13 +126,14 @@ impl Serve {
         self
     }
 
-    /// The most connections open at once (at least 1). Defaults to a
-    /// quarter less than the process's open-files soft limit
-    /// (`RLIMIT_NOFILE`), keeping at least 64 descriptors (at most half the
-    /// limit) for upstream sockets, policy files and the runtime, and at
-    /// most 16,384: `min(16384, n - min(n/2, max(64, n/4)))`, so 192 for
-    /// 256 open files and 768 for 1,024. Where the limit cannot be read, as
-    /// for 1,024.
+    /// The most connections open at once (at least 1); at the cap a new
+    /// connection takes the place of the longest-idle one, or gets 503 when
+    /// every connection is busy. Defaults to `min(16384, n - min(n/2,
+    /// max(64, n/4)))` for the process's open-files soft limit `n`
+    /// (`RLIMIT_NOFILE`, read at [`serve`]; 1,024 where it cannot be read):
+    /// a quarter of the descriptors, at least 64 and at most half, stay free
+    /// for upstream sockets, policy files and the runtime; 192 for 256 open
+    /// files, 768 for 1,024.
     pub fn max_connections(mut self, max: usize) -> Self {
         self.max_connections = max.max(1);
         self
@@ -199,7 +200,8 @@ impl Serve {
                     registration
                 }
                 Admission::Full => {
-                    tracing::warn!(
+                    // Not a warning: any client can cause it at will.
+                    tracing::debug!(
                         max_connections,
                         "connection cap reached and every connection busy; refused one"
                     );
