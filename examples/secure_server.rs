@@ -25,6 +25,7 @@
 //! | `VAULT_TOKEN` (or `VAULT_TOKEN_FILE`), or `VAULT_ROLE_ID` + `VAULT_SECRET_ID_FILE` | how this server logs in to Vault | one is required with `VAULT_ADDR` |
 //! | `VAULT_KV_MOUNT` | the KV v2 mount | `secret` |
 //! | `GUARD_SECRET_TEMPLATE` | where a caller's credential for a service lives | `mcp/{tenant}/{service}` |
+//! | `GUARD_HEADER_TIMEOUT_SECS` | seconds a client may take to send a request head (and a keep-alive connection may wait for its next one) | `10` |
 //! | `RUST_LOG` | log filter; audit events are on `rmcp_guard::audit` | `info` |
 //!
 //! Tools and what the embedded RBAC policy needs for them (groups claim):
@@ -208,6 +209,7 @@ struct Settings {
     resource_server: ResourceServer,
     policy: PolicyEngine,
     policy_reload: Option<std::time::Duration>,
+    header_timeout: std::time::Duration,
     downstream_audience: Option<String>,
     exchange: Option<TokenExchange>,
     secret_store: Arc<dyn SecretStore>,
@@ -279,6 +281,13 @@ async fn settings() -> Result<Settings, String> {
             Err(_) => return Err(format!("GUARD_POLICY_RELOAD_SECS is not a number: {secs}")),
         },
     };
+    let header_timeout = match env("GUARD_HEADER_TIMEOUT_SECS") {
+        None => std::time::Duration::from_secs(10),
+        Some(secs) => match secs.parse::<u64>() {
+            Ok(n) if n > 0 => std::time::Duration::from_secs(n),
+            _ => return Err(format!("GUARD_HEADER_TIMEOUT_SECS is not a positive number: {secs}")),
+        },
+    };
     let secret_store: Arc<dyn SecretStore> = match VaultStoreBuilder::from_env().map_err(|e| format!("vault: {e}"))? {
         Some(vault) => Arc::new(vault.build().await.map_err(|e| format!("vault: {e}"))?),
         // No Vault configured: demo credentials in memory, for two tenants.
@@ -309,6 +318,7 @@ async fn settings() -> Result<Settings, String> {
         resource_server,
         policy,
         policy_reload,
+        header_timeout,
         downstream_audience,
         exchange,
         secret_store,
@@ -365,6 +375,7 @@ async fn main() -> ExitCode {
         "serving"
     );
     if let Err(e) = rmcp_guard::serve(listener, app)
+        .header_read_timeout(settings.header_timeout)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })

@@ -32,6 +32,7 @@ use crate::session::SessionBindingLayer;
 ///
 /// | piece | what it does | when |
 /// |---|---|---|
+/// | [`EdgeLayer`](crate::edge::EdgeLayer) | one well-formed, allowed `Host` (ports matched exactly), a well-formed `Origin` | always |
 /// | RFC 9728 metadata routes | `/.well-known/oauth-protected-resource[/mcp]`, unauthenticated | always |
 /// | [`BearerAuthLayer`](crate::oauth::BearerAuthLayer) | authenticates every request to the MCP endpoint | always |
 /// | request context | the [`Credentials`] and [`TokenExchange`](crate::oauth::TokenExchange) for the extractors | when configured |
@@ -137,6 +138,7 @@ impl Guard {
         if self.sessions.is_none() {
             config = config.with_legacy_session_mode(false).with_json_response(true);
         }
+        let edge = crate::edge::EdgeLayer::new(&config.allowed_hosts, crate::edge::default_port_of(self.rs.resource()));
         let path = self.rs.resource_path().to_owned();
         let stateful = self.sessions.is_some();
         #[cfg(feature = "policy")]
@@ -163,7 +165,7 @@ impl Guard {
             mcp = mcp.layer(axum::Extension(exchange));
             bearer = bearer.keep_inbound_token();
         }
-        mcp.layer(bearer).merge(self.rs.metadata_router())
+        mcp.layer(bearer).merge(self.rs.metadata_router()).layer(edge)
     }
 }
 

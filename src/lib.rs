@@ -13,6 +13,8 @@ mod body;
 mod cache;
 #[cfg(any(feature = "jwt", feature = "policy"))]
 mod challenge;
+#[cfg(any(feature = "jwt", feature = "policy"))]
+pub mod edge;
 mod error;
 mod extract;
 mod principal;

@@ -1,28 +1,37 @@
 //! [`serve`]: run a guarded app on a listener, configured the way a server
+//! facing the network needs, with every connection bounded.
 
+mod connections;
+
+use std::convert::Infallible;
 use std::future::{Future, IntoFuture};
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
+use http::{Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tower_service::Service;
 
-/// Serve `app` on `listener`; see the [type docs](Self). Await the result
+use connections::{Admission, Busy, Conn, Connections};
+
+/// Defaults of [`Serve`]; each setter's doc repeats its own.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// The connection cap never goes above this by default, whatever the
+/// open-files limit (each connection holds buffers; this many is plenty for
+/// one MCP server).
+const MAX_CONNECTIONS_CEILING: usize = 16_384;
+/// The open-files limit assumed where it cannot be read.
+const ASSUMED_OPEN_FILES: u64 = 1024;
+
+/// Serve `app` on `listener`; see the [type docs](Serve). Await the result
 /// (it runs until the shutdown signal, or forever).
-///
-/// facing the network needs.
-///
-/// - **`TCP_NODELAY`** on every accepted socket. Without it, every MCP call
-///   after the first on a keep-alive connection waits for Nagle's algorithm
-///   and the peer's delayed ACK (measured here: ~44 ms a call, 33 calls/s on
-///   one session instead of 4,500).
-/// - **A header-read timeout** (default 10 s): a client that opens a
-///   connection and never finishes its request headers is disconnected.
-/// - **Graceful shutdown**: on the signal, stop accepting, let requests in
-///   flight finish, and close what is still open after a bound (default
-///   10 s; SSE streams would otherwise hold the process forever).
 ///
 /// ```no_run
 /// # async fn run(app: axum::Router) -> std::io::Result<()> {
@@ -36,18 +45,54 @@ pub fn serve(listener: TcpListener, app: axum::Router) -> Serve {
     Serve {
         listener,
         app,
-        header_read_timeout: Duration::from_secs(10),
-        shutdown_timeout: Duration::from_secs(10),
+        header_read_timeout: HEADER_READ_TIMEOUT,
+        idle_timeout: IDLE_TIMEOUT,
+        max_connections: default_max_connections(),
+        shutdown_timeout: SHUTDOWN_TIMEOUT,
         signal: Box::pin(std::future::pending()),
     }
 }
 
 /// A server being configured; `.await` it to run. From [`serve`].
+///
+/// HTTP/1.1 (hyper), with these bounds on every connection:
+///
+/// - **`TCP_NODELAY`** on every accepted socket. Without it, every MCP call
+///   after the first on a keep-alive connection waits for Nagle's algorithm
+///   and the peer's delayed ACK (measured here: ~44 ms a call, 33 calls/s on
+///   one session instead of 4,500).
+/// - **A header-read timeout** (default 10 s): a client that does not send a
+///   whole request head within it is disconnected. hyper starts this timer
+///   whenever the connection waits for a request head, also when a
+///   keep-alive connection waits for its next request, so it is the
+///   keep-alive idle timeout too.
+/// - **An idle timeout** (default 60 s): a connection with no request in
+///   flight and no response being sent for this long is closed, whatever
+///   the header-read timeout is set to.
+/// - **A connection cap** (default from the process's open-files limit, see
+///   [`max_connections`](Self::max_connections)). At the cap, a new
+///   connection takes the place of the longest-idle one (idle, half-open or
+///   slow to send its head), which is closed; when every connection has a
+///   request in flight or a response open, the new one is answered `503`
+///   and closed at once. New connections never wait in the accept queue, so
+///   a few hundred sockets that send half a request line cannot keep a
+///   valid caller out.
+/// - **Graceful shutdown**: on the signal, stop accepting, let requests in
+///   flight finish, and close what is still open after a bound (default
+///   10 s; SSE streams would otherwise hold the process forever).
+///
+/// The request body limit is rmcp's (`max_request_body_bytes` of
+/// [`Guard::http_config`](crate::Guard::http_config), 4 MiB by default:
+/// `413` over it); request checks (`Host`, `Origin`) are the
+/// [`EdgeLayer`](crate::edge::EdgeLayer) that [`Guard::router`](crate::Guard::router)
+/// installs.
 #[must_use = "a Serve does nothing until it is awaited"]
 pub struct Serve {
     listener: TcpListener,
     app: axum::Router,
     header_read_timeout: Duration,
+    idle_timeout: Duration,
+    max_connections: usize,
     shutdown_timeout: Duration,
     signal: Pin<Box<dyn Future<Output = ()> + Send>>,
 }
@@ -57,16 +102,40 @@ impl std::fmt::Debug for Serve {
         f.debug_struct("Serve")
             .field("local_addr", &self.listener.local_addr().ok())
             .field("header_read_timeout", &self.header_read_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_connections", &self.max_connections)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .finish_non_exhaustive()
     }
 }
 
 impl Serve {
-    /// How long a client may take to send its request headers. Defaults to
-    /// 10 seconds.
+    /// How long a client may take to send a request head, counted from when
+    /// the connection starts waiting for it (accepted, or done with its
+    /// previous request). Defaults to 10 seconds.
     pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
         self.header_read_timeout = timeout;
+        self
+    }
+
+    /// How long a connection may stay without a request in flight or a
+    /// response being sent before it is closed. The header-read timeout,
+    /// when shorter, closes such a connection first. Defaults to 60 seconds.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// The most connections open at once (at least 1); at the cap a new
+    /// connection takes the place of the longest-idle one, or gets 503 when
+    /// every connection is busy. Defaults to `min(16384, n - min(n/2,
+    /// max(64, n/4)))` for the process's open-files soft limit `n`
+    /// (`RLIMIT_NOFILE`, read at [`serve`]; 1,024 where it cannot be read):
+    /// a quarter of the descriptors, at least 64 and at most half, stay free
+    /// for upstream sockets, policy files and the runtime; 192 for 256 open
+    /// files, 768 for 1,024.
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.max_connections = max.max(1);
         self
     }
 
@@ -93,9 +162,18 @@ impl Serve {
             listener,
             app,
             header_read_timeout,
+            idle_timeout,
+            max_connections,
             shutdown_timeout,
             mut signal,
         } = self;
+        tracing::info!(
+            max_connections,
+            ?header_read_timeout,
+            ?idle_timeout,
+            "accepting connections"
+        );
+        let table = Connections::new(max_connections);
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         loop {
             let accepted = tokio::select! {
@@ -112,16 +190,59 @@ impl Serve {
                     continue;
                 }
             };
+            let registration = match table.admit() {
+                Admission::Admitted(registration) => registration,
+                Admission::Replaced(registration) => {
+                    tracing::debug!(
+                        max_connections,
+                        "connection cap reached; closed the longest-idle connection"
+                    );
+                    registration
+                }
+                Admission::Full => {
+                    // Not a warning: any client can cause it at will.
+                    tracing::debug!(
+                        max_connections,
+                        "connection cap reached and every connection busy; refused one"
+                    );
+                    refuse(tcp);
+                    continue;
+                }
+            };
             let _ = tcp.set_nodelay(true);
-            let service = TowerToHyperService::new(app.clone());
+            let conn = registration.conn().clone();
+            let service = Tracked {
+                app: app.clone(),
+                conn: conn.clone(),
+            };
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_read_timeout)
                 .serve_connection(TokioIo::new(tcp), service);
             let connection = graceful.watch(connection);
             tokio::spawn(async move {
-                if let Err(error) = connection.await {
-                    tracing::debug!(%error, "connection closed with an error");
+                let _registration = registration;
+                let mut connection = std::pin::pin!(connection);
+                loop {
+                    let deadline = conn.idle_deadline(idle_timeout);
+                    tokio::select! {
+                        result = &mut connection => {
+                            if let Err(error) = result {
+                                tracing::debug!(%error, "connection closed with an error");
+                            }
+                            break;
+                        }
+                        // Dropping the connection closes the socket; it had
+                        // no request in flight (the close was refused
+                        // otherwise).
+                        () = conn.shed() => break,
+                        () = tokio::time::sleep_until(deadline) => {
+                            if conn.close_if_idle(idle_timeout) {
+                                tracing::debug!("idle connection closed");
+                                break;
+                            }
+                        }
+                    }
                 }
             });
         }
@@ -145,24 +266,113 @@ impl IntoFuture for Serve {
     }
 }
 
+/// No room for a connection: answer 503 if the socket takes it at once,
+/// and close it.
+fn refuse(tcp: TcpStream) {
+    const BUSY: &[u8] =
+        b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+    let _ = tcp.try_write(BUSY);
+}
+
+/// The default connection cap for an open-files soft limit; see
+/// [`Serve::max_connections`].
+fn max_connections_for(open_files: u64) -> usize {
+    let reserve = (open_files / 4).max(64).min(open_files / 2);
+    let cap = usize::try_from(open_files - reserve).unwrap_or(usize::MAX);
+    cap.clamp(1, MAX_CONNECTIONS_CEILING)
+}
+
+fn default_max_connections() -> usize {
+    max_connections_for(open_files_limit().unwrap_or(ASSUMED_OPEN_FILES))
+}
+
+/// This process's open-files soft limit.
+#[cfg(unix)]
+fn open_files_limit() -> Option<u64> {
+    rlimit::Resource::NOFILE.get().ok().map(|(soft, _hard)| soft)
+}
+
+#[cfg(not(unix))]
+fn open_files_limit() -> Option<u64> {
+    None
+}
+
+/// The app, with each request counted on its connection until its response
+/// body has been sent (or dropped).
+#[derive(Clone)]
+struct Tracked {
+    app: axum::Router,
+    conn: Arc<Conn>,
+}
+
+type Answer = Pin<Box<dyn Future<Output = Result<Response<axum::body::Body>, Infallible>> + Send>>;
+
+impl hyper::service::Service<Request<Incoming>> for Tracked {
+    type Response = Response<axum::body::Body>;
+    type Error = Infallible;
+    type Future = Answer;
+
+    fn call(&self, request: Request<Incoming>) -> Answer {
+        let Some(busy) = self.conn.begin() else {
+            // The connection was shed between reading this head and here.
+            return Box::pin(std::future::ready(Ok(closing_503())));
+        };
+        let mut app = self.app.clone();
+        Box::pin(async move {
+            let request = request.map(axum::body::Body::new);
+            std::future::poll_fn(|cx| Service::<Request<axum::body::Body>>::poll_ready(&mut app, cx)).await?;
+            let response = app.call(request).await?;
+            Ok(response.map(|body| keep_busy(body, busy)))
+        })
+    }
+}
+
+/// The body, holding `busy` until it is done.
+fn keep_busy(body: axum::body::Body, busy: Busy) -> axum::body::Body {
+    axum::body::Body::new(body.map_frame(move |frame| {
+        let _busy = &busy;
+        frame
+    }))
+}
+
+fn closing_503() -> Response<axum::body::Body> {
+    let mut response = Response::new(axum::body::Body::empty());
+    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+    headers.insert(header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+    response
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    async fn start(
-        timeout: Duration,
-    ) -> (
+    /// Notified when a `/slow` request reaches the app.
+    static SLOW_STARTED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+    type Running = (
         std::net::SocketAddr,
         tokio::sync::oneshot::Sender<()>,
         tokio::task::JoinHandle<io::Result<()>>,
-    ) {
+    );
+
+    async fn start_with(configure: impl FnOnce(Serve) -> Serve) -> Running {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        let app = axum::Router::new()
+            .route("/", axum::routing::get(|| async { "ok" }))
+            .route(
+                "/slow",
+                axum::routing::get(|| async {
+                    SLOW_STARTED.notify_one();
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    "late"
+                }),
+            );
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = serve(listener, app)
-            .header_read_timeout(timeout)
+        let server = configure(serve(listener, app))
             .shutdown_timeout(Duration::from_secs(1))
             .with_graceful_shutdown(async move {
                 let _ = rx.await;
@@ -170,10 +380,66 @@ mod tests {
         (addr, tx, tokio::spawn(server.into_future()))
     }
 
+    async fn start(timeout: Duration) -> Running {
+        start_with(|s| s.header_read_timeout(timeout)).await
+    }
+
+    /// Bounded: true if the server closed the connection within 5 s.
+    async fn closed_by_server(tcp: &mut TcpStream) -> bool {
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut rest))
+            .await
+            .is_ok()
+    }
+
+    /// One keep-alive request and its whole (short) response.
+    async fn get_keep_alive(tcp: &mut TcpStream) -> String {
+        tcp.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !answer.ends_with(b"ok") {
+            let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+                .await
+                .expect("answered in time")
+                .unwrap();
+            assert!(n > 0, "closed before the answer");
+            answer.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8(answer).unwrap()
+    }
+
+    #[test]
+    fn defaults_are_pinned() {
+        let (header, idle, shutdown) = (HEADER_READ_TIMEOUT, IDLE_TIMEOUT, SHUTDOWN_TIMEOUT);
+        assert_eq!(header, Duration::from_secs(10));
+        assert_eq!(idle, Duration::from_secs(60));
+        assert_eq!(shutdown, Duration::from_secs(10));
+        assert_eq!(ASSUMED_OPEN_FILES, 1024);
+        let limit = open_files_limit().expect("readable on unix");
+        assert_eq!(default_max_connections(), max_connections_for(limit));
+    }
+
+    #[test]
+    fn the_connection_cap_leaves_room_below_the_open_files_limit() {
+        for (open_files, cap) in [
+            (0, 1),
+            (1, 1),
+            (64, 32),
+            (100, 50),
+            (256, 192),
+            (1024, 768),
+            (4096, 3072),
+            (1 << 20, 16_384),
+            (u64::MAX, 16_384),
+        ] {
+            assert_eq!(max_connections_for(open_files), cap, "{open_files}");
+        }
+    }
+
     #[tokio::test]
     async fn answers_and_stops_on_the_signal() {
         let (addr, stop, handle) = start(Duration::from_secs(10)).await;
-        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
         tcp.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
             .await
             .unwrap();
@@ -183,18 +449,98 @@ mod tests {
         assert!(answer.ends_with("ok"), "{answer}");
         stop.send(()).unwrap();
         handle.await.unwrap().unwrap();
-        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+        assert!(TcpStream::connect(addr).await.is_err());
     }
 
     #[tokio::test]
     async fn a_client_that_never_finishes_its_headers_is_disconnected() {
         let (addr, stop, handle) = start(Duration::from_millis(200)).await;
-        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
         tcp.write_all(b"GET / HT").await.unwrap();
-        let mut rest = Vec::new();
-        // Bounded: the server closes the connection after its timeout.
-        let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut rest)).await;
-        assert!(read.is_ok(), "the half-open connection was not closed");
+        assert!(
+            closed_by_server(&mut tcp).await,
+            "the half-open connection was not closed"
+        );
+        stop.send(()).unwrap();
+        handle.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_header_read_timeout_also_closes_an_idle_keep_alive_connection() {
+        // hyper starts the header timer when a keep-alive connection waits
+        // for its next request, not at its first byte.
+        let (addr, stop, handle) = start_with(|s| {
+            s.header_read_timeout(Duration::from_millis(200))
+                .idle_timeout(Duration::from_secs(60))
+        })
+        .await;
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        assert!(get_keep_alive(&mut tcp).await.starts_with("HTTP/1.1 200"));
+        assert!(
+            closed_by_server(&mut tcp).await,
+            "the idle keep-alive connection was not closed"
+        );
+        stop.send(()).unwrap();
+        handle.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_idle_timeout_closes_an_idle_connection_whatever_the_header_timeout() {
+        let (addr, stop, handle) = start_with(|s| {
+            s.header_read_timeout(Duration::from_secs(60))
+                .idle_timeout(Duration::from_millis(200))
+        })
+        .await;
+        let mut keep_alive = TcpStream::connect(addr).await.unwrap();
+        assert!(get_keep_alive(&mut keep_alive).await.starts_with("HTTP/1.1 200"));
+        let mut half_open = TcpStream::connect(addr).await.unwrap();
+        half_open.write_all(b"GET / HT").await.unwrap();
+        assert!(
+            closed_by_server(&mut keep_alive).await,
+            "keep-alive connection not closed"
+        );
+        assert!(
+            closed_by_server(&mut half_open).await,
+            "half-open connection not closed"
+        );
+        stop.send(()).unwrap();
+        handle.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn at_the_cap_a_new_connection_takes_the_place_of_the_longest_idle_one() {
+        let (addr, stop, handle) = start_with(|s| s.max_connections(2)).await;
+        let mut first = TcpStream::connect(addr).await.unwrap();
+        first.write_all(b"GET / HT").await.unwrap();
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        second.write_all(b"GET / HT").await.unwrap();
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        assert!(get_keep_alive(&mut third).await.starts_with("HTTP/1.1 200"));
+        assert!(
+            closed_by_server(&mut first).await,
+            "the oldest half-open connection was kept"
+        );
+        stop.send(()).unwrap();
+        handle.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn at_the_cap_with_every_connection_busy_a_new_one_is_refused_at_once() {
+        let (addr, stop, handle) = start_with(|s| s.max_connections(1)).await;
+        let mut busy = TcpStream::connect(addr).await.unwrap();
+        busy.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+        // In flight once the handler runs.
+        tokio::time::timeout(Duration::from_secs(5), SLOW_STARTED.notified())
+            .await
+            .expect("the slow request reached the app");
+        let mut refused = TcpStream::connect(addr).await.unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(5), refused.read_to_string(&mut answer))
+            .await
+            .expect("refused in time")
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        drop(busy);
         stop.send(()).unwrap();
         handle.await.unwrap().unwrap();
     }

@@ -30,17 +30,20 @@ pub struct HostPolicy {
 }
 
 impl HostPolicy {
-    /// The `Host` values accepted (`host` or `host:port`). Defaults to the
-    /// resource URI's host and `host:port`, plus `localhost`, `127.0.0.1` and
-    /// `::1` for a loopback resource. An empty list is refused: it would turn
-    /// the protection off.
+    /// The `Host` values accepted (`host` or `host:port`). A `host` without
+    /// a port matches a `Host` without a port or with the default port of
+    /// the resource URI's scheme, no other port. Defaults to the resource
+    /// URI's host and `host:port`, plus `localhost`, `127.0.0.1` and `::1`
+    /// (each with the resource's port too) for a loopback resource. An empty
+    /// list is refused: it would turn the protection off.
     pub fn hosts(mut self, hosts: impl IntoIterator<Item = impl Into<String>>) -> Self {
         self.hosts = Some(hosts.into_iter().map(Into::into).collect());
         self
     }
 
-    /// The browser origins accepted (`scheme://host:port`). Defaults to the
-    /// resource URI's origin. Wildcard ports (`:*`) and the `null` origin are
+    /// The browser origins accepted (`scheme://host:port`; an `http` or
+    /// `https` origin written without a port means its default port, and
+    /// is kept with it written out). Defaults to the resource URI's origin. Wildcard ports (`:*`) and the `null` origin are
     /// refused here; [`dangerous`](super::ResourceServerBuilder::dangerous)
     /// allows them.
     pub fn origins(mut self, origins: impl IntoIterator<Item = impl Into<String>>) -> Self {
@@ -79,7 +82,24 @@ impl HostPolicy {
                 });
             }
         }
+        let origins = origins.iter().map(|origin| with_default_port(origin)).collect();
         Ok((hosts, origins))
+    }
+}
+
+/// `scheme://host` as `scheme://host:port` with the scheme's default port,
+/// so that rmcp matches it on that port only (it lets a port-less entry
+/// match any port). Other values unchanged.
+fn with_default_port(origin: &str) -> String {
+    if origin.ends_with(":*") {
+        return origin.to_owned();
+    }
+    match Url::parse(origin) {
+        Ok(url) if url.port().is_none() => match (url.host_str(), url.port_or_known_default()) {
+            (Some(host), Some(port)) => format!("{}://{host}:{port}", url.scheme()),
+            _ => origin.to_owned(),
+        },
+        _ => origin.to_owned(),
     }
 }
 
@@ -92,9 +112,13 @@ fn hosts_for(resource: &Url) -> Vec<String> {
         }
     }
     if is_loopback(resource) {
-        for alias in ["localhost", "127.0.0.1", "::1"] {
-            if !hosts.iter().any(|h| h == alias) {
-                hosts.push(alias.to_owned());
+        let port = resource.port_or_known_default();
+        for (alias, with_port) in [("localhost", "localhost"), ("127.0.0.1", "127.0.0.1"), ("::1", "[::1]")] {
+            let aliases = std::iter::once(alias.to_owned()).chain(port.map(|p| format!("{with_port}:{p}")));
+            for alias in aliases {
+                if !hosts.contains(&alias) {
+                    hosts.push(alias);
+                }
             }
         }
     }
@@ -124,7 +148,32 @@ mod tests {
         assert_eq!(origins, ["https://mcp.example.com:443"]);
         let loopback = Url::parse("http://127.0.0.1:8080/mcp").unwrap();
         let (hosts, _) = HostPolicy::default().resolve(&loopback, false).unwrap();
-        assert_eq!(hosts, ["127.0.0.1", "127.0.0.1:8080", "localhost", "::1"]);
+        assert_eq!(
+            hosts,
+            [
+                "127.0.0.1",
+                "127.0.0.1:8080",
+                "localhost",
+                "localhost:8080",
+                "::1",
+                "[::1]:8080"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_origin_without_a_port_gets_its_default_port() {
+        let policy =
+            HostPolicy::default().origins(["https://App.example", "http://b.example", "https://c.example:8443"]);
+        let (_, origins) = policy.resolve(&resource(), false).unwrap();
+        assert_eq!(
+            origins,
+            [
+                "https://app.example:443",
+                "http://b.example:80",
+                "https://c.example:8443"
+            ]
+        );
     }
 
     #[test]

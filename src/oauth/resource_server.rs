@@ -184,7 +184,8 @@ impl ResourceServer {
     /// kept on: [`allowed_hosts`](Self::allowed_hosts) and
     /// [`allowed_origins`](Self::allowed_origins) from this resource, so a
     /// server deployed at its public URI does not answer 403 to every request
-    /// and a foreign web page cannot drive it.
+    /// and a foreign web page cannot drive it. Its request body limit is
+    /// rmcp's (`max_request_body_bytes`, 4 MiB: `413` over it).
     pub fn streamable_http_config(&self) -> rmcp::transport::streamable_http_server::StreamableHttpServerConfig {
         rmcp::transport::streamable_http_server::StreamableHttpServerConfig::default()
             .with_allowed_hosts(self.inner.allowed_hosts.iter().cloned())
@@ -616,6 +617,12 @@ mod tests {
             &HashSet::from(["https://mcp.example.com/mcp".to_owned()])
         );
         assert!(rs.required_scopes().is_empty());
+    }
+
+    #[test]
+    fn the_request_body_limit_is_rmcps_4_mib() {
+        let rs = builder().build().unwrap();
+        assert_eq!(rs.streamable_http_config().max_request_body_bytes, 4 * 1024 * 1024);
     }
 
     #[test]
