@@ -215,7 +215,8 @@ impl Bindings {
             return false;
         };
         // The owner's list lives as long as its last session.
-        self.owners.update(&*owner, now, |_, deadline| *deadline = (*deadline).max(until));
+        self.owners
+            .update(&*owner, now, |_, deadline| *deadline = (*deadline).max(until));
         true
     }
 
@@ -293,7 +294,11 @@ impl Bindings {
             list.retain(|id| !dropped.iter().any(|(_, gone)| gone == id));
         });
         for (live, id) in &dropped {
-            if self.sessions.get(id.as_str(), now).is_some_and(|bound| *bound == *owner) {
+            if self
+                .sessions
+                .get(id.as_str(), now)
+                .is_some_and(|bound| *bound == *owner)
+            {
                 self.sessions.remove(id.as_str());
             }
             if *live && let Some(registry) = &self.settings.registry {
@@ -306,7 +311,8 @@ impl Bindings {
     /// Forget `session` (closed by its owner).
     fn forget(&self, session: &str) {
         if let Some(owner) = self.sessions.remove(session) {
-            self.owners.update(&*owner, Timestamp::now(), |list, _| list.retain(|id| id != session));
+            self.owners
+                .update(&*owner, Timestamp::now(), |list, _| list.retain(|id| id != session));
         }
     }
 }

@@ -368,10 +368,16 @@ mod tests {
         let cache = TtlCache::new(Limits::entries(2));
         assert!(cache.insert_if_room("a", 1, 0, at(2000), at(1000)));
         assert!(cache.insert_if_room("b", 2, 0, at(1500), at(1000)));
-        assert!(!cache.insert_if_room("c", 3, 0, at(2000), at(1000)), "full of live entries");
+        assert!(
+            !cache.insert_if_room("c", 3, 0, at(2000), at(1000)),
+            "full of live entries"
+        );
         assert_eq!(cache.get("a", at(1000)), Some(1));
         assert_eq!(cache.get("b", at(1000)), Some(2));
-        assert!(cache.insert_if_room("a", 4, 0, at(2000), at(1000)), "replacing needs no room");
+        assert!(
+            cache.insert_if_room("a", 4, 0, at(2000), at(1000)),
+            "replacing needs no room"
+        );
         assert_eq!(cache.get("a", at(1000)), Some(4));
         // Once "b" expired, it makes room.
         assert!(cache.insert_if_room("c", 3, 0, at(2000), at(1600)));

@@ -265,7 +265,10 @@ mod tests {
             .client_id("bot")
             .kind(crate::PrincipalKind::Client)
             .build();
-        assert_eq!(PolicyInput::new(&robot, "echo", Action::CallTool).to_json()["kind"], "client");
+        assert_eq!(
+            PolicyInput::new(&robot, "echo", Action::CallTool).to_json()["kind"],
+            "client"
+        );
     }
 
     #[test]
