@@ -25,6 +25,7 @@
 //! | `VAULT_TOKEN` (or `VAULT_TOKEN_FILE`), or `VAULT_ROLE_ID` + `VAULT_SECRET_ID_FILE` | how this server logs in to Vault | one is required with `VAULT_ADDR` |
 //! | `VAULT_KV_MOUNT` | the KV v2 mount | `secret` |
 //! | `GUARD_SECRET_TEMPLATE` | where a caller's credential for a service lives | `mcp/{tenant}/{service}` |
+//! | `GUARD_MAX_SESSIONS_PER_PRINCIPAL` | live MCP sessions one caller may hold; one more closes its idlest | `16` |
 //! | `RUST_LOG` | log filter; audit events are on `rmcp_guard::audit` | `info` |
 //!
 //! Tools and what the embedded RBAC policy needs for them (groups claim):
@@ -212,6 +213,7 @@ struct Settings {
     exchange: Option<TokenExchange>,
     secret_store: Arc<dyn SecretStore>,
     secret_template: PathTemplate,
+    max_sessions_per_principal: usize,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -304,6 +306,17 @@ async fn settings() -> Result<Settings, String> {
     };
     let secret_template = PathTemplate::parse(&env("GUARD_SECRET_TEMPLATE").unwrap_or_else(|| DEFAULT_TEMPLATE.into()))
         .map_err(|e| format!("GUARD_SECRET_TEMPLATE: {e}"))?;
+    let max_sessions_per_principal = match env("GUARD_MAX_SESSIONS_PER_PRINCIPAL") {
+        None => rmcp_guard::session::DEFAULT_MAX_SESSIONS_PER_PRINCIPAL,
+        Some(n) => match n.parse::<usize>() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                return Err(format!(
+                    "GUARD_MAX_SESSIONS_PER_PRINCIPAL is not a positive number: {n}"
+                ));
+            }
+        },
+    };
     Ok(Settings {
         bind,
         resource_server,
@@ -313,6 +326,7 @@ async fn settings() -> Result<Settings, String> {
         exchange,
         secret_store,
         secret_template,
+        max_sessions_per_principal,
     })
 }
 
@@ -345,6 +359,10 @@ async fn main() -> ExitCode {
     // Metadata, bearer auth, session binding, step-up 403, rmcp, the policy
     // on every call, read and listing, then the tools.
     let mut guard = Guard::new(rs.clone()).policy(policy.clone()).credentials(credentials);
+    guard = guard.session_binding(
+        rmcp_guard::session::SessionBindingLayer::default()
+            .max_sessions_per_principal(settings.max_sessions_per_principal),
+    );
     if let Some(exchange) = settings.exchange {
         guard = guard.exchange(exchange);
     }

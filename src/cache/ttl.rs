@@ -205,6 +205,7 @@ impl<K: Hash + Eq, V, S: BuildHasher + Clone> TtlCache<K, V, S> {
     /// any previous value for `key` in place) when the shard is still full.
     /// For tables whose entries belong to different callers, where evicting
     /// one caller's entry for another's would be a denial of service.
+    #[cfg_attr(not(any(test, feature = "jwt")), allow(dead_code))] // session bindings
     pub(crate) fn insert_if_room(&self, key: K, value: V, weight: usize, deadline: Timestamp, now: Timestamp) -> bool {
         let mut shard = lock(self.shard(&key));
         if deadline <= now || weight > shard.limits.bytes {
