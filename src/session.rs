@@ -290,8 +290,12 @@ impl Bindings {
         if dropped.is_empty() {
             return;
         }
-        self.owners.update(owner, now, |list, _| {
+        self.owners.update(owner, now, |list, deadline| {
             list.retain(|id| !dropped.iter().any(|(_, gone)| gone == id));
+            if list.is_empty() {
+                // Nothing left: let the owner's entry expire at once.
+                *deadline = now;
+            }
         });
         for (live, id) in &dropped {
             if self
@@ -311,8 +315,15 @@ impl Bindings {
     /// Forget `session` (closed by its owner).
     fn forget(&self, session: &str) {
         if let Some(owner) = self.sessions.remove(session) {
-            self.owners
-                .update(&*owner, Timestamp::now(), |list, _| list.retain(|id| id != session));
+            let now = Timestamp::now();
+            self.owners.update(&*owner, now, |list, deadline| {
+                list.retain(|id| id != session);
+                if list.is_empty() {
+                    // Nothing left: let the owner's entry expire at once (an
+                    // empty list must not hold a place in a full table).
+                    *deadline = now;
+                }
+            });
         }
     }
 }
@@ -678,6 +689,10 @@ mod tests {
         assert!(!b.owns("s2", &alice));
         b.forget("s1");
         assert!(!b.owns("s1", &alice));
+        assert!(
+            b.owners.get(&*owner(&alice), Timestamp::now()).is_none(),
+            "no empty list is kept"
+        );
     }
 
     #[test]

@@ -308,6 +308,50 @@ async fn a_session_belongs_to_the_client_that_opened_it() {
     assert_eq!(own.status, 200, "{}", own.body);
 }
 
+/// The kind of principal the bearer layer makes of `token`.
+async fn kind_of(rs: &rmcp_guard::oauth::ResourceServer, token: &str) -> String {
+    use tower::{Layer, ServiceExt, service_fn};
+    let inner = service_fn(|req: http::Request<String>| async move {
+        let kind = req
+            .extensions()
+            .get::<rmcp_guard::Principal>()
+            .map_or("none", |p| p.kind().as_str());
+        Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from(kind))))
+    });
+    let request = http::Request::post("/mcp")
+        .header("authorization", format!("Bearer {token}"))
+        .body(String::new())
+        .unwrap();
+    let response = BearerAuthLayer::new(rs.clone())
+        .layer(inner)
+        .oneshot(request)
+        .await
+        .unwrap();
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn a_jwt_whose_subject_is_its_client_is_a_client_principal() {
+    let issuer = TestIssuer::start().await.unwrap();
+    let server = start_guarded_with(Issuer::discover(issuer.issuer()), Mode::Stateless, |b| b).await;
+    let user = token_for(&issuer, &server.url, "alice", "app");
+    assert_eq!(kind_of(&server.rs, &user).await, "user");
+    let client = token_for(&issuer, &server.url, "ci-bot", "ci-bot");
+    assert_eq!(kind_of(&server.rs, &client).await, "client");
+    let azp = issuer
+        .token()
+        .subject("ci-bot")
+        .claim("azp", json!("ci-bot"))
+        .audience(&server.url)
+        .scope("mcp:tools")
+        .sign();
+    assert_eq!(kind_of(&server.rs, &azp).await, "client");
+}
+
 #[tokio::test]
 async fn a_client_credentials_token_named_like_a_user_is_not_that_user() {
     use std::collections::HashMap;
@@ -362,6 +406,8 @@ async fn a_client_credentials_token_named_like_a_user_is_not_that_user() {
         ),
     ]);
 
+    assert_eq!(kind_of(&server.rs, "user-alice").await, "user");
+    assert_eq!(kind_of(&server.rs, "client-alice").await, "client");
     let http = client();
     let session = open_session(&http, &server.url, "user-alice").await;
     let hijack = call_on(&http, &server.url, "client-alice", &session).await;
