@@ -126,7 +126,8 @@ impl Principal {
 
     /// A stable identity for the caller across tokens: issuer and subject.
     ///
-    /// Used to bind sessions and cache entries to one caller.
+    /// For keying per-caller data. Sessions are bound more narrowly: to the
+    /// [`kind`](Self::kind) and [`client_id`](Self::client_id) too.
     pub fn key(&self) -> (&str, &str) {
         (&self.inner.issuer, &self.inner.subject)
     }

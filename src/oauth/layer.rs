@@ -33,7 +33,10 @@ use crate::principal::Principal;
 /// An event stream (`text/event-stream`: a `GET` stream or a `POST` answered
 /// as SSE) ends when the caller's token expires: a stream is authorized by the
 /// token it was opened with, and must not outlive it. The client reconnects
-/// with a fresh token. JSON answers are not touched.
+/// with a fresh token. JSON answers are not touched. The stream ends at the
+/// token's `exp` itself: a token accepted within the clock-skew leeway after
+/// it gets a stream that ends at once (the client's next request after the
+/// leeway is refused with 401, and it refreshes).
 ///
 /// The `Authorization` header is removed from an accepted request, so tools
 /// that read `http::request::Parts` never see the caller's token. With
