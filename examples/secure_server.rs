@@ -232,6 +232,17 @@ async fn settings() -> Result<Settings, String> {
     let bind = env("GUARD_BIND").unwrap_or_else(|| "127.0.0.1:8080".to_owned());
     bind.parse::<std::net::SocketAddr>()
         .map_err(|_| format!("GUARD_BIND is not a socket address: {bind}"))?;
+    let max_sessions_per_principal = match env("GUARD_MAX_SESSIONS_PER_PRINCIPAL") {
+        None => rmcp_guard::session::DEFAULT_MAX_SESSIONS_PER_PRINCIPAL,
+        Some(n) => match n.parse::<usize>() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                return Err(format!(
+                    "GUARD_MAX_SESSIONS_PER_PRINCIPAL is not a positive number: {n}"
+                ));
+            }
+        },
+    };
     let resource = env("GUARD_RESOURCE").unwrap_or_else(|| format!("http://{bind}/mcp"));
     let issuer_url = env("GUARD_ISSUER").ok_or("GUARD_ISSUER is required: the URL of the trusted issuer")?;
     let issuer = match (env("GUARD_INTROSPECTION_URL"), env("GUARD_JWKS_URI")) {
@@ -306,17 +317,6 @@ async fn settings() -> Result<Settings, String> {
     };
     let secret_template = PathTemplate::parse(&env("GUARD_SECRET_TEMPLATE").unwrap_or_else(|| DEFAULT_TEMPLATE.into()))
         .map_err(|e| format!("GUARD_SECRET_TEMPLATE: {e}"))?;
-    let max_sessions_per_principal = match env("GUARD_MAX_SESSIONS_PER_PRINCIPAL") {
-        None => rmcp_guard::session::DEFAULT_MAX_SESSIONS_PER_PRINCIPAL,
-        Some(n) => match n.parse::<usize>() {
-            Ok(n) if n > 0 => n,
-            _ => {
-                return Err(format!(
-                    "GUARD_MAX_SESSIONS_PER_PRINCIPAL is not a positive number: {n}"
-                ));
-            }
-        },
-    };
     Ok(Settings {
         bind,
         resource_server,
