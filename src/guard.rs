@@ -141,14 +141,13 @@ impl Guard {
         let path = self.rs.resource_path().to_owned();
         // One session manager, shared with the binding layer so that it can
         // close a principal's sessions beyond its bound.
-        let sessions = self.sessions.map(|layer| {
-            let manager = Arc::new(LocalSessionManager::default());
-            (layer.session_manager(manager.clone()), manager)
-        });
-        let (sessions, stateful) = match sessions {
-            Some((layer, manager)) => (Some(layer), Some(manager)),
-            None => (None, None),
-        };
+        let (sessions, stateful) = self
+            .sessions
+            .map(|layer| {
+                let manager = Arc::new(LocalSessionManager::default());
+                (layer.session_manager(manager.clone()), manager)
+            })
+            .unzip();
         #[cfg(feature = "policy")]
         let mut mcp = match self.policy.clone() {
             Some(engine) => {

@@ -37,7 +37,9 @@
 //! its sessions (a crash, a restart) then keeps working. The whole table is
 //! bounded too ([`SessionBindingLayer::new`]); when it is full a new session
 //! is refused with **503** and `Retry-After`: no principal's binding is ever
-//! evicted to make room for another's.
+//! evicted to make room for another's. (A table of 1024 sessions or more is
+//! sharded, and the bound holds per shard: refusals start a little before
+//! the total is reached.)
 //!
 //! A binding is forgotten after an idle time (by default rmcp's session
 //! keep-alive, 300 s), and when the principal opens a session the manager is
