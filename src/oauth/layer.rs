@@ -316,8 +316,8 @@ impl<B> BearerBody<B> {
         let left = expires_at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
         BearerBody {
             inner: RejectOr::Inner { body },
-            expiry: (left <= LONGEST_TIMER).then(|| Box::pin(tokio::time::sleep(left))),
-            expired: false,
+            expiry: (!left.is_zero() && left <= LONGEST_TIMER).then(|| Box::pin(tokio::time::sleep(left))),
+            expired: left.is_zero(),
         }
     }
 }
@@ -370,5 +370,43 @@ where
             return hint;
         }
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    fn with_type(content_type: &str) -> Response<()> {
+        let mut response = Response::new(());
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, content_type.parse().unwrap());
+        response
+    }
+
+    #[test]
+    fn only_event_streams_get_a_timer() {
+        assert!(is_event_stream(&with_type("text/event-stream")));
+        assert!(is_event_stream(&with_type("Text/Event-Stream; charset=utf-8")));
+        assert!(!is_event_stream(&with_type("application/json")));
+        assert!(!is_event_stream(&Response::new(())));
+    }
+
+    #[tokio::test]
+    async fn a_stream_past_its_token_ends_and_a_far_one_gets_no_timer() {
+        let body = http_body_util::Full::new(Bytes::from_static(b"data: x\n\n"));
+        let past = SystemTime::now() - Duration::from_secs(1);
+        let collected = BearerBody::until(body.clone(), past).collect().await.unwrap();
+        assert!(collected.to_bytes().is_empty());
+        let far = SystemTime::now() + Duration::from_secs(400 * 24 * 3600);
+        let ended = BearerBody::until(body.clone(), far);
+        assert!(ended.expiry.is_none());
+        assert_eq!(ended.collect().await.unwrap().to_bytes(), "data: x\n\n");
+        let soon = SystemTime::now() + Duration::from_secs(60);
+        let open = BearerBody::until(body, soon);
+        assert_eq!(open.collect().await.unwrap().to_bytes(), "data: x\n\n");
     }
 }
