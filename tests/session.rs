@@ -1,5 +1,7 @@
 //! Session binding over real HTTP: an `Mcp-Session-Id` belongs to the
-//! principal that created it, and every request on it is still authenticated.
+//! principal (issuer, kind, subject, client id) that created it, every request
+//! on it is still authenticated, a principal holds a bounded number of
+//! sessions, and an event stream ends when its token expires.
 
 mod common;
 
