@@ -26,6 +26,7 @@
 //! | `VAULT_KV_MOUNT` | the KV v2 mount | `secret` |
 //! | `GUARD_SECRET_TEMPLATE` | where a caller's credential for a service lives | `mcp/{tenant}/{service}` |
 //! | `GUARD_HEADER_TIMEOUT_SECS` | seconds a client may take to send a request head (and a keep-alive connection may wait for its next one) | `10` |
+//! | `GUARD_MAX_SESSIONS_PER_PRINCIPAL` | live MCP sessions one caller may hold; one more closes its idlest | `16` |
 //! | `RUST_LOG` | log filter; audit events are on `rmcp_guard::audit` | `info` |
 //!
 //! Tools and what the embedded RBAC policy needs for them (groups claim):
@@ -214,6 +215,7 @@ struct Settings {
     exchange: Option<TokenExchange>,
     secret_store: Arc<dyn SecretStore>,
     secret_template: PathTemplate,
+    max_sessions_per_principal: usize,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -232,6 +234,17 @@ async fn settings() -> Result<Settings, String> {
     let bind = env("GUARD_BIND").unwrap_or_else(|| "127.0.0.1:8080".to_owned());
     bind.parse::<std::net::SocketAddr>()
         .map_err(|_| format!("GUARD_BIND is not a socket address: {bind}"))?;
+    let max_sessions_per_principal = match env("GUARD_MAX_SESSIONS_PER_PRINCIPAL") {
+        None => rmcp_guard::session::DEFAULT_MAX_SESSIONS_PER_PRINCIPAL,
+        Some(n) => match n.parse::<usize>() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                return Err(format!(
+                    "GUARD_MAX_SESSIONS_PER_PRINCIPAL is not a positive number: {n}"
+                ));
+            }
+        },
+    };
     let resource = env("GUARD_RESOURCE").unwrap_or_else(|| format!("http://{bind}/mcp"));
     let issuer_url = env("GUARD_ISSUER").ok_or("GUARD_ISSUER is required: the URL of the trusted issuer")?;
     let issuer = match (env("GUARD_INTROSPECTION_URL"), env("GUARD_JWKS_URI")) {
@@ -323,6 +336,7 @@ async fn settings() -> Result<Settings, String> {
         exchange,
         secret_store,
         secret_template,
+        max_sessions_per_principal,
     })
 }
 
@@ -355,6 +369,10 @@ async fn main() -> ExitCode {
     // Metadata, bearer auth, session binding, step-up 403, rmcp, the policy
     // on every call, read and listing, then the tools.
     let mut guard = Guard::new(rs.clone()).policy(policy.clone()).credentials(credentials);
+    guard = guard.session_binding(
+        rmcp_guard::session::SessionBindingLayer::default()
+            .max_sessions_per_principal(settings.max_sessions_per_principal),
+    );
     if let Some(exchange) = settings.exchange {
         guard = guard.exchange(exchange);
     }

@@ -100,7 +100,8 @@ impl Guard {
         self
     }
 
-    /// Bind sessions with `layer` (its capacity and idle time). Defaults to
+    /// Bind sessions with `layer` (its capacity, idle time and sessions per
+    /// principal); the guard gives it its rmcp session manager. Defaults to
     /// [`SessionBindingLayer::default`].
     pub fn session_binding(mut self, layer: SessionBindingLayer) -> Self {
         self.sessions = Some(layer);
@@ -140,7 +141,15 @@ impl Guard {
         }
         let edge = crate::edge::EdgeLayer::new(&config.allowed_hosts, crate::edge::default_port_of(self.rs.resource()));
         let path = self.rs.resource_path().to_owned();
-        let stateful = self.sessions.is_some();
+        // One session manager, shared with the binding layer so that it can
+        // close a principal's sessions beyond its bound.
+        let (sessions, stateful) = self
+            .sessions
+            .map(|layer| {
+                let manager = Arc::new(LocalSessionManager::default());
+                (layer.session_manager(manager.clone()), manager)
+            })
+            .unzip();
         #[cfg(feature = "policy")]
         let mut mcp = match self.policy.clone() {
             Some(engine) => {
@@ -152,7 +161,7 @@ impl Guard {
         };
         #[cfg(not(feature = "policy"))]
         let mut mcp = mcp_router(&path, factory, stateful, config, None);
-        if let Some(sessions) = self.sessions {
+        if let Some(sessions) = sessions {
             mcp = mcp.layer(sessions);
         }
         if let Some(credentials) = self.credentials {
@@ -174,12 +183,12 @@ type StepUp = crate::policy::StepUpLayer;
 #[cfg(not(feature = "policy"))]
 type StepUp = std::convert::Infallible;
 
-/// rmcp's Streamable HTTP service at `path`, with sessions or without,
-/// behind the step-up layer when there is one.
+/// rmcp's Streamable HTTP service at `path`, with sessions (in `stateful`)
+/// or without, behind the step-up layer when there is one.
 fn mcp_router<H, F>(
     path: &str,
     factory: F,
-    stateful: bool,
+    stateful: Option<Arc<LocalSessionManager>>,
     config: StreamableHttpServerConfig,
     step_up: Option<StepUp>,
 ) -> axum::Router
@@ -187,8 +196,8 @@ where
     H: ServerHandler + Send + 'static,
     F: Fn() -> Result<H, std::io::Error> + Send + Sync + 'static,
 {
-    if stateful {
-        let service = StreamableHttpService::new(factory, Arc::new(LocalSessionManager::default()), config);
+    if let Some(manager) = stateful {
+        let service = StreamableHttpService::new(factory, manager, config);
         route(path, service, step_up)
     } else {
         let service = StreamableHttpService::new(factory, Arc::new(NeverSessionManager::default()), config);

@@ -42,7 +42,7 @@ pub use error::PolicyError;
 pub use error::{AuthError, ConfigError, PERMISSION_DENIED, Rejection, TokenRejection};
 #[cfg(feature = "jwt")]
 pub use guard::Guard;
-pub use principal::{Principal, PrincipalBuilder};
+pub use principal::{Principal, PrincipalBuilder, PrincipalKind};
 #[cfg(feature = "jwt")]
 pub use serve::{Serve, serve};
 

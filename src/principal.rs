@@ -48,6 +48,7 @@ pub struct Principal {
 struct Inner {
     subject: String,
     issuer: String,
+    kind: PrincipalKind,
     client_id: Option<String>,
     scopes: BTreeSet<String>,
     audiences: Vec<String>,
@@ -71,6 +72,12 @@ impl Principal {
     /// The OAuth client the token was issued to (`client_id`, else `azp`).
     pub fn client_id(&self) -> Option<&str> {
         self.inner.client_id.as_deref()
+    }
+
+    /// Whether the token speaks for a user or for the client itself; see
+    /// [`PrincipalKind`].
+    pub fn kind(&self) -> PrincipalKind {
+        self.inner.kind
     }
 
     /// The granted scopes (`scope`, space-separated, or `scp`).
@@ -119,7 +126,8 @@ impl Principal {
 
     /// A stable identity for the caller across tokens: issuer and subject.
     ///
-    /// Used to bind sessions and cache entries to one caller.
+    /// For keying per-caller data. Sessions are bound more narrowly: to the
+    /// [`kind`](Self::kind) and [`client_id`](Self::client_id) too.
     pub fn key(&self) -> (&str, &str) {
         (&self.inner.issuer, &self.inner.subject)
     }
@@ -134,6 +142,7 @@ impl Principal {
             inner: Inner {
                 subject: subject.into(),
                 issuer: issuer.into(),
+                kind: PrincipalKind::User,
                 client_id: None,
                 scopes: BTreeSet::new(),
                 audiences: Vec::new(),
@@ -163,12 +172,70 @@ impl fmt::Debug for Principal {
         f.debug_struct("Principal")
             .field("subject", &self.inner.subject)
             .field("issuer", &self.inner.issuer)
+            .field("kind", &self.inner.kind)
             .field("client_id", &self.inner.client_id)
             .field("scopes", &self.inner.scopes)
             .field("tenant", &self.inner.tenant)
             .field("groups", &self.inner.groups)
             .field("expires_at", &self.inner.expires_at)
             .finish_non_exhaustive()
+    }
+}
+
+/// Who a token speaks for: a user, or an OAuth client acting for itself.
+///
+/// A token from the client credentials grant has no resource owner; its
+/// subject is the client. The validators tell the two apart:
+///
+/// - a JWT whose `sub` equals its `client_id` (or `azp`) is a client's
+///   (RFC 9068 section 2.2: for a grant without a resource owner, `sub` names
+///   the client);
+/// - an introspection answer without `sub` (the subject then falls back to
+///   the `client_id`), or whose `sub` equals its `client_id`, is a client's;
+/// - every other token is a user's.
+///
+/// A client called `alice` and a user called `alice` are then two callers:
+/// sessions are bound to the kind too, and a policy sees it as
+/// `input.kind` (`"user"` or `"client"`).
+///
+/// ```
+/// use rmcp_guard::{Principal, PrincipalKind};
+///
+/// let alice = Principal::unverified("https://idp", "alice").build();
+/// assert_eq!(alice.kind(), PrincipalKind::User);
+/// let robot = Principal::unverified("https://idp", "ci-bot")
+///     .client_id("ci-bot")
+///     .kind(PrincipalKind::Client)
+///     .build();
+/// assert_eq!(robot.kind().as_str(), "client");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum PrincipalKind {
+    /// A token issued to a client acting for a user (the resource owner).
+    User,
+    /// A token a client obtained for itself (client credentials): no user.
+    Client,
+}
+
+impl PrincipalKind {
+    /// `"user"` or `"client"`, as the policy input names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrincipalKind::User => "user",
+            PrincipalKind::Client => "client",
+        }
+    }
+
+    /// The kind of a token with this subject and client id: a client's when
+    /// they are equal (RFC 9068 section 2.2), a user's otherwise.
+    #[cfg_attr(not(feature = "jwt"), allow(dead_code))] // the token validators
+    pub(crate) fn of(subject: &str, client_id: Option<&str>) -> Self {
+        if client_id == Some(subject) {
+            PrincipalKind::Client
+        } else {
+            PrincipalKind::User
+        }
     }
 }
 
@@ -191,6 +258,12 @@ impl PrincipalBuilder {
     /// Set the client id. Defaults to none.
     pub fn client_id(mut self, client_id: impl Into<String>) -> Self {
         self.inner.client_id = Some(client_id.into());
+        self
+    }
+
+    /// Set the kind of caller. Defaults to [`PrincipalKind::User`].
+    pub fn kind(mut self, kind: PrincipalKind) -> Self {
+        self.inner.kind = kind;
         self
     }
 

@@ -8,24 +8,46 @@
 //! it under their own token. [`SessionBindingLayer`] closes that:
 //!
 //! - when a response creates a session (it carries `Mcp-Session-Id`), the id
-//!   is bound to the caller's issuer and subject;
+//!   is bound to the caller: issuer, [kind](crate::PrincipalKind), subject and
+//!   client id. The same user through another OAuth client, or a client
+//!   whose id happens to equal a user's name, is someone else;
 //! - a request naming a session bound to someone else is answered **404**
 //!   (as the MCP Python SDK does) and never reaches the session; so is a
 //!   request naming a session this layer does not know (fail closed: an
 //!   unknown binding is never assumed to be yours);
 //! - a `DELETE` of another principal's session is refused the same way; a
-//!   successful `DELETE` by the owner forgets the binding.
+//!   successful `DELETE` by the owner forgets the binding;
+//! - a `GET` or `DELETE` without a session id is refused with **400**: on a
+//!   server with sessions it would otherwise reach rmcp's stateless paths
+//!   (the resumption replay of MCP 2026-07-28) without any binding.
 //!
 //! It sits inside [`BearerAuthLayer`](crate::oauth::BearerAuthLayer), so every request
 //! on a session is still fully authenticated: an expired token does not ride
 //! on the session. Stateless servers (no session ids) pass through untouched.
 //! [`Guard`](crate::Guard) installs it (unless stateless).
 //!
-//! Bindings live in memory, bounded in number (least recently used evicted
-//! first) and forgotten after an idle time. A forgotten binding makes its session answer
-//! 404, after which an MCP client starts a new session. Several server
-//! instances behind one load balancer each know only their own sessions; use
-//! sticky routing, or stateless mode.
+//! **Bounds.** Each principal holds at most
+//! [`max_sessions_per_principal`](SessionBindingLayer::max_sessions_per_principal)
+//! live sessions (16 by default). Opening one more closes that same
+//! principal's session idle longest, never anyone else's: the binding is
+//! forgotten (the session answers 404) and, given the
+//! [`session_manager`](SessionBindingLayer::session_manager) (as
+//! [`Guard`](crate::Guard) does), rmcp closes the session and frees its
+//! memory. We chose eviction over a 429 because a client that lost track of
+//! its sessions (a crash, a restart) then keeps working. The whole table is
+//! bounded too ([`SessionBindingLayer::new`]); when it is full a new session
+//! is refused with **503** and `Retry-After`: no principal's binding is ever
+//! evicted to make room for another's. (A table of 1024 sessions or more is
+//! sharded, and the bound holds per shard: refusals start a little before
+//! the total is reached.)
+//!
+//! A binding is forgotten after an idle time (by default rmcp's session
+//! keep-alive, 300 s), and when the principal opens a session the manager is
+//! asked which of its older sessions rmcp still holds, so a session rmcp
+//! dropped on its own does not count against its owner. A forgotten binding
+//! makes its session answer 404, after which an MCP client starts a new
+//! session. Several server instances behind one load balancer each know only
+//! their own sessions; use sticky routing, or stateless mode.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -56,52 +78,262 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use pin_project_lite::pin_project;
+use rmcp::transport::streamable_http_server::session::SessionManager;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::cache::{Limits, Timestamp, TtlCache};
-use crate::principal::Principal;
+use crate::principal::{Principal, PrincipalKind};
 
 /// The header rmcp uses for session ids.
 pub const SESSION_HEADER: &str = "mcp-session-id";
 
-type Owner = (String, String);
+/// How many sessions the table holds at most, all principals together:
+/// 100 000 (about 5.6 GB of rmcp sessions at ~56 KiB each, were they all
+/// live).
+pub const DEFAULT_CAPACITY: usize = 100_000;
 
-/// The shared table of session owners, each forgotten `idle` after its last
-/// request.
-struct Bindings {
-    table: TtlCache<String, Owner>,
+/// How long a binding lives without a request: rmcp's session keep-alive,
+/// 300 s.
+pub const DEFAULT_IDLE: Duration = Duration::from_secs(300);
+
+/// How many live sessions one principal holds at most: 16.
+pub const DEFAULT_MAX_SESSIONS_PER_PRINCIPAL: usize = 16;
+
+/// The `Retry-After` of a 503 when the table is full, in seconds.
+const FULL_RETRY_AFTER_SECS: u64 = 30;
+
+/// How long closing an evicted session in rmcp may take before we give up
+/// waiting (its handle is dropped either way, which ends the session).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Who owns a session: the caller's issuer, kind, subject and client id.
+#[derive(PartialEq, Eq, Hash)]
+struct Owner {
+    issuer: String,
+    kind: PrincipalKind,
+    subject: String,
+    client_id: Option<String>,
+}
+
+impl Owner {
+    fn of(p: &Principal) -> Owner {
+        Owner {
+            issuer: p.issuer().to_owned(),
+            kind: p.kind(),
+            subject: p.subject().to_owned(),
+            client_id: p.client_id().map(str::to_owned),
+        }
+    }
+
+    /// Whether `p` is this owner (compares without allocating).
+    fn is(&self, p: &Principal) -> bool {
+        self.subject == p.subject()
+            && self.issuer == p.issuer()
+            && self.kind == p.kind()
+            && self.client_id.as_deref() == p.client_id()
+    }
+}
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The part of rmcp's session manager the layer uses: which sessions are
+/// live, and closing one.
+trait Registry: Send + Sync {
+    fn live<'a>(&'a self, ids: &'a [String]) -> BoxFuture<'a, Vec<bool>>;
+    fn close<'a>(&'a self, id: &'a str) -> BoxFuture<'a, ()>;
+}
+
+impl<M: SessionManager> Registry for M {
+    fn live<'a>(&'a self, ids: &'a [String]) -> BoxFuture<'a, Vec<bool>> {
+        Box::pin(async move {
+            let mut live = Vec::with_capacity(ids.len());
+            for id in ids {
+                // An error says nothing: count the session (fail safe).
+                live.push(self.has_session(&Arc::from(id.as_str())).await.unwrap_or(true));
+            }
+            live
+        })
+    }
+
+    fn close<'a>(&'a self, id: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if let Err(error) = self.close_session(&Arc::from(id)).await {
+                tracing::debug!(%error, "closing an evicted session");
+            }
+        })
+    }
+}
+
+/// The settings of a [`SessionBindingLayer`].
+#[derive(Clone)]
+struct Settings {
     capacity: usize,
     idle: Duration,
+    per_principal: usize,
+    registry: Option<Arc<dyn Registry>>,
+}
+
+/// The shared table of session owners, each forgotten `idle` after its last
+/// request, and each owner's sessions, oldest first.
+struct Bindings {
+    sessions: TtlCache<String, Arc<Owner>>,
+    owners: TtlCache<Arc<Owner>, Vec<String>>,
+    settings: Settings,
+}
+
+/// What binding a new session did.
+#[derive(Debug, PartialEq, Eq)]
+enum Bind {
+    /// Bound, within the principal's bound.
+    Kept,
+    /// Bound; the principal may now hold more than its bound.
+    OverBound,
+    /// Not bound: the table is full.
+    Full,
 }
 
 impl Bindings {
-    /// Whether `owner` owns `session` (refreshing its idle time).
-    fn owns(&self, session: &str, owner: &Owner) -> bool {
-        let now = Timestamp::now();
-        let owned = self.table.update(session, now, |bound, until| {
-            let owned = bound == owner;
-            if owned {
-                *until = now.saturating_add(self.idle);
-            }
-            owned
-        });
-        owned == Some(true)
+    fn new(settings: Settings) -> Bindings {
+        let limits = Limits::entries(settings.capacity);
+        Bindings {
+            sessions: TtlCache::new(limits),
+            owners: TtlCache::new(limits),
+            settings,
+        }
     }
 
-    fn bind(&self, session: String, owner: Owner) {
+    /// Whether `p` owns `session` (refreshing its idle time).
+    fn owns(&self, session: &str, p: &Principal) -> bool {
         let now = Timestamp::now();
+        let until = now.saturating_add(self.settings.idle);
+        let owner = self.sessions.update(session, now, |bound, deadline| {
+            bound.is(p).then(|| {
+                *deadline = until;
+                bound.clone()
+            })
+        });
+        let Some(Some(owner)) = owner else {
+            return false;
+        };
+        // The owner's list lives as long as its last session.
+        self.owners
+            .update(&*owner, now, |_, deadline| *deadline = (*deadline).max(until));
+        true
+    }
+
+    /// Bind `session`, just created, to `owner`.
+    fn bind(&self, session: &str, owner: &Arc<Owner>) -> Bind {
+        let now = Timestamp::now();
+        let until = now.saturating_add(self.settings.idle);
         // A session id the server just issued cannot already belong to
         // someone else; if it somehow does, the new owner is the creator.
-        self.table.insert(session, owner, 0, now.saturating_add(self.idle), now);
+        if !self
+            .sessions
+            .insert_if_room(session.to_owned(), owner.clone(), 0, until, now)
+        {
+            return Bind::Full;
+        }
+        let listed = self.owners.update(&**owner, now, |list, deadline| {
+            list.push(session.to_owned());
+            *deadline = (*deadline).max(until);
+            list.len()
+        });
+        let listed = match listed {
+            Some(n) => n,
+            None if self
+                .owners
+                .insert_if_room(owner.clone(), vec![session.to_owned()], 0, until, now) =>
+            {
+                1
+            }
+            None => {
+                self.sessions.remove(session);
+                return Bind::Full;
+            }
+        };
+        if listed > self.settings.per_principal {
+            Bind::OverBound
+        } else {
+            Bind::Kept
+        }
     }
 
+    /// Bring `owner` back within its bound after it opened `newest`: drop
+    /// what rmcp no longer holds or was forgotten, then close the sessions
+    /// idle longest (never `newest`).
+    async fn enforce(&self, owner: &Owner, newest: &str) {
+        let Some(listed) = self.owners.get(owner, Timestamp::now()) else {
+            return;
+        };
+        let live = match &self.settings.registry {
+            Some(registry) => registry.live(&listed).await,
+            None => vec![true; listed.len()],
+        };
+        let now = Timestamp::now();
+        let mut kept = Vec::with_capacity(listed.len());
+        let mut dropped = Vec::new();
+        for (id, live) in listed.into_iter().zip(live) {
+            let deadline = self
+                .sessions
+                .update(&id, now, |bound, deadline| (**bound == *owner).then_some(*deadline))
+                .flatten();
+            match deadline {
+                Some(deadline) if live => kept.push((id != newest, deadline, id)),
+                // Gone in rmcp: forget the binding. Forgotten here but maybe
+                // live in rmcp (idle): close it there.
+                _ => dropped.push((live, id)),
+            }
+        }
+        // Idle longest first; the newest last.
+        kept.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        let excess = kept.len().saturating_sub(self.settings.per_principal);
+        dropped.extend(kept.drain(..excess).map(|(_, _, id)| (true, id)));
+        if dropped.is_empty() {
+            return;
+        }
+        self.owners.update(owner, now, |list, deadline| {
+            list.retain(|id| !dropped.iter().any(|(_, gone)| gone == id));
+            if list.is_empty() {
+                // Nothing left: let the owner's entry expire at once.
+                *deadline = now;
+            }
+        });
+        for (live, id) in &dropped {
+            if self
+                .sessions
+                .get(id.as_str(), now)
+                .is_some_and(|bound| *bound == *owner)
+            {
+                self.sessions.remove(id.as_str());
+            }
+            if *live && let Some(registry) = &self.settings.registry {
+                tracing::debug!("closing a session beyond its principal's bound");
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, registry.close(id)).await;
+            }
+        }
+    }
+
+    /// Forget `session` (closed by its owner).
     fn forget(&self, session: &str) {
-        self.table.remove(session);
+        if let Some(owner) = self.sessions.remove(session) {
+            let now = Timestamp::now();
+            self.owners.update(&*owner, now, |list, deadline| {
+                list.retain(|id| id != session);
+                if list.is_empty() {
+                    // Nothing left: let the owner's entry expire at once (an
+                    // empty list must not hold a place in a full table).
+                    *deadline = now;
+                }
+            });
+        }
     }
 }
 
 /// Binds MCP sessions to their creators; see the [module docs](self).
+///
+/// Configure it before serving: each builder step starts with an empty
+/// table.
 #[derive(Clone)]
 pub struct SessionBindingLayer {
     bindings: Arc<Bindings>,
@@ -109,31 +341,64 @@ pub struct SessionBindingLayer {
 
 impl std::fmt::Debug for SessionBindingLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let settings = &self.bindings.settings;
         f.debug_struct("SessionBindingLayer")
-            .field("capacity", &self.bindings.capacity)
-            .field("idle", &self.bindings.idle)
+            .field("capacity", &settings.capacity)
+            .field("idle", &settings.idle)
+            .field("max_sessions_per_principal", &settings.per_principal)
+            .field("session_manager", &settings.registry.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl Default for SessionBindingLayer {
-    /// 100 000 sessions, forgotten after 24 hours idle.
+    /// [`DEFAULT_CAPACITY`] sessions, each forgotten after [`DEFAULT_IDLE`]
+    /// without a request, at most [`DEFAULT_MAX_SESSIONS_PER_PRINCIPAL`] per
+    /// principal, and no session manager.
     fn default() -> Self {
-        SessionBindingLayer::new(100_000, Duration::from_secs(24 * 3600))
+        SessionBindingLayer::new(DEFAULT_CAPACITY, DEFAULT_IDLE)
     }
 }
 
 impl SessionBindingLayer {
-    /// A layer remembering at most `capacity` sessions, each forgotten after
-    /// `idle` without a request. [`Default`] is 100 000 and 24 hours.
+    /// A layer remembering at most `capacity` sessions (all principals
+    /// together; at least 1), each forgotten after `idle` without a request.
+    /// Defaults to [`DEFAULT_CAPACITY`] and [`DEFAULT_IDLE`] (rmcp's session
+    /// keep-alive; keep `idle` no longer than yours, so that a binding does
+    /// not outlive its session).
     pub fn new(capacity: usize, idle: Duration) -> Self {
         SessionBindingLayer {
-            bindings: Arc::new(Bindings {
-                table: TtlCache::new(Limits::entries(capacity.max(1))),
+            bindings: Arc::new(Bindings::new(Settings {
                 capacity: capacity.max(1),
                 idle,
-            }),
+                per_principal: DEFAULT_MAX_SESSIONS_PER_PRINCIPAL,
+                registry: None,
+            })),
         }
+    }
+
+    fn with(self, change: impl FnOnce(&mut Settings)) -> Self {
+        let mut settings = self.bindings.settings.clone();
+        change(&mut settings);
+        SessionBindingLayer {
+            bindings: Arc::new(Bindings::new(settings)),
+        }
+    }
+
+    /// At most `max` live sessions per principal (at least 1): opening one
+    /// more closes that principal's session idle longest. Defaults to
+    /// [`DEFAULT_MAX_SESSIONS_PER_PRINCIPAL`] (16).
+    pub fn max_sessions_per_principal(self, max: usize) -> Self {
+        self.with(|s| s.per_principal = max.max(1))
+    }
+
+    /// The rmcp session manager behind this layer, so that a session closed
+    /// for its principal's bound is closed in rmcp too (its memory freed), and
+    /// a session rmcp dropped on its own no longer counts. [`Guard`](crate::Guard)
+    /// passes its own. Defaults to none: an evicted session is only
+    /// forgotten (it answers 404) and lives in rmcp until its keep-alive.
+    pub fn session_manager<M: SessionManager>(self, manager: Arc<M>) -> Self {
+        self.with(|s| s.registry = Some(manager))
     }
 }
 
@@ -165,15 +430,46 @@ impl<S> std::fmt::Debug for SessionBinding<S> {
     }
 }
 
-fn not_found() -> Response<Bytes> {
-    let mut response = Response::new(Bytes::from_static(
-        br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32001,"message":"Session not found"}}"#,
-    ));
-    *response.status_mut() = StatusCode::NOT_FOUND;
+fn json_error(status: StatusCode, body: &'static [u8]) -> Response<Bytes> {
+    let mut response = Response::new(Bytes::from_static(body));
+    *response.status_mut() = status;
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
+}
+
+fn not_found() -> Response<Bytes> {
+    json_error(
+        StatusCode::NOT_FOUND,
+        br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32001,"message":"Session not found"}}"#,
+    )
+}
+
+fn session_required() -> Response<Bytes> {
+    json_error(
+        StatusCode::BAD_REQUEST,
+        br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Mcp-Session-Id header is required"}}"#,
+    )
+}
+
+fn table_full() -> Response<Bytes> {
+    let mut response = json_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32000,"message":"Too many sessions, retry later"}}"#,
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(FULL_RETRY_AFTER_SECS));
+    response
+}
+
+fn audit(reason: &'static str, principal: Option<&Principal>) {
+    crate::audit::AuditEvent::Session {
+        reason,
+        subject: principal.map(Principal::subject),
+    }
+    .emit();
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionBinding<S>
@@ -182,41 +478,38 @@ where
 {
     type Response = Response<SessionBody<ResBody>>;
     type Error = S::Error;
-    type Future = SessionFuture<S::Future>;
+    type Future = SessionFuture<S::Future, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let owner = req
-            .extensions()
-            .get::<Principal>()
-            .map(|p| (p.issuer().to_owned(), p.subject().to_owned()));
-        let session = req.headers().get(SESSION_HEADER).map(|v| v.to_str().map(str::to_owned));
-        let refused = |reason: &'static str| {
-            crate::audit::AuditEvent::Session {
-                reason,
-                subject: req.extensions().get::<Principal>().map(Principal::subject),
-            }
-            .emit();
+        let principal = req.extensions().get::<Principal>();
+        let refused = |reason: &'static str, response: Response<Bytes>| {
+            audit(reason, principal);
             SessionFuture::Refused {
-                response: Some(not_found()),
+                response: Some(response),
             }
         };
-        let Some(owner) = owner else {
+        let Some(principal) = principal else {
             // No principal: the bearer layer is missing in front. Fail closed.
-            return refused("unauthenticated");
+            return refused("unauthenticated", not_found());
         };
-        let after = match session {
-            None => After::BindCreated(owner),
-            Some(Err(_)) => return refused("malformed_session_id"),
+        let after = match req.headers().get(SESSION_HEADER).map(HeaderValue::to_str) {
+            // A GET or DELETE names the session it is about; without one it
+            // would reach rmcp's stateless paths (resumption replay) unbound.
+            None if req.method() == Method::GET || req.method() == Method::DELETE => {
+                return refused("session_id_required", session_required());
+            }
+            None => After::BindCreated(principal.clone()),
+            Some(Err(_)) => return refused("malformed_session_id", not_found()),
             Some(Ok(id)) => {
-                if !self.bindings.owns(&id, &owner) {
-                    return refused("session_not_owned");
+                if !self.bindings.owns(id, principal) {
+                    return refused("session_not_owned", not_found());
                 }
                 if req.method() == Method::DELETE {
-                    After::ForgetOnSuccess(id)
+                    After::ForgetOnSuccess(id.to_owned())
                 } else {
                     After::Nothing
                 }
@@ -232,21 +525,55 @@ where
 
 enum After {
     Nothing,
-    BindCreated(Owner),
+    BindCreated(Principal),
     ForgetOnSuccess(String),
+}
+
+/// The work after a new session was bound: bring its owner within bounds,
+/// or close it when the table was full (then the 503 that replaces the
+/// response).
+type Settle = BoxFuture<'static, Option<Response<Bytes>>>;
+
+fn settle(bindings: Arc<Bindings>, principal: &Principal, session: &str) -> Option<Settle> {
+    let owner = Arc::new(Owner::of(principal));
+    match bindings.bind(session, &owner) {
+        Bind::Kept => None,
+        Bind::OverBound => {
+            let session = session.to_owned();
+            Some(Box::pin(async move {
+                bindings.enforce(&owner, &session).await;
+                None
+            }))
+        }
+        Bind::Full => {
+            audit("session_table_full", Some(principal));
+            let session = session.to_owned();
+            Some(Box::pin(async move {
+                if let Some(registry) = &bindings.settings.registry {
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, registry.close(&session)).await;
+                }
+                Some(table_full())
+            }))
+        }
+    }
 }
 
 pin_project! {
     /// The response future of [`SessionBinding`].
     #[project = SessionFutureProj]
     #[allow(missing_docs)] // pin-project-lite takes no attributes on variant fields
-    pub enum SessionFuture<F> {
+    pub enum SessionFuture<F, B> {
         /// Waiting for the inner service.
         Inner {
             #[pin]
             future: F,
             bindings: Option<Arc<Bindings>>,
             after: Option<After>,
+        },
+        /// A new session is being brought within its principal's bound.
+        Settling {
+            settle: Settle,
+            response: Option<Response<B>>,
         },
         /// Refused before the inner service.
         Refused {
@@ -255,36 +582,55 @@ pin_project! {
     }
 }
 
-impl<F, ResBody, E> Future for SessionFuture<F>
+impl<F, ResBody, E> Future for SessionFuture<F, ResBody>
 where
     F: Future<Output = Result<Response<ResBody>, E>>,
 {
     type Output = Result<Response<SessionBody<ResBody>>, E>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            SessionFutureProj::Inner {
-                future,
-                bindings,
-                after,
-            } => {
-                let response = ready!(future.poll(cx))?;
-                if let (Some(bindings), Some(after)) = (bindings.take(), after.take()) {
-                    match after {
-                        After::BindCreated(owner) => {
-                            if let Some(Ok(id)) = response.headers().get(SESSION_HEADER).map(|v| v.to_str()) {
-                                bindings.bind(id.to_owned(), owner);
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            match self.as_mut().project() {
+                SessionFutureProj::Inner {
+                    future,
+                    bindings,
+                    after,
+                } => {
+                    let response = ready!(future.poll(cx))?;
+                    let mut settling = None;
+                    if let (Some(bindings), Some(after)) = (bindings.take(), after.take()) {
+                        match after {
+                            After::BindCreated(principal) => {
+                                if let Some(Ok(id)) = response.headers().get(SESSION_HEADER).map(|v| v.to_str()) {
+                                    settling = settle(bindings, &principal, id);
+                                }
                             }
+                            After::ForgetOnSuccess(id) if response.status().is_success() => bindings.forget(&id),
+                            _ => {}
                         }
-                        After::ForgetOnSuccess(id) if response.status().is_success() => bindings.forget(&id),
-                        _ => {}
+                    }
+                    match settling {
+                        None => return Poll::Ready(Ok(response.map(SessionBody::inner))),
+                        Some(settle) => self.set(SessionFuture::Settling {
+                            settle,
+                            response: Some(response),
+                        }),
                     }
                 }
-                Poll::Ready(Ok(response.map(SessionBody::inner)))
-            }
-            SessionFutureProj::Refused { response } => {
-                let response = response.take().unwrap_or_else(not_found);
-                Poll::Ready(Ok(response.map(SessionBody::rejection)))
+                SessionFutureProj::Settling { settle, response } => {
+                    let replaced = ready!(settle.as_mut().poll(cx));
+                    let response = match (replaced, response.take()) {
+                        (None, Some(response)) => response.map(SessionBody::inner),
+                        (Some(refusal), _) => refusal.map(SessionBody::rejection),
+                        // Polled after completion: cannot happen; answer, don't panic.
+                        (None, None) => not_found().map(SessionBody::rejection),
+                    };
+                    return Poll::Ready(Ok(response));
+                }
+                SessionFutureProj::Refused { response } => {
+                    let response = response.take().unwrap_or_else(not_found);
+                    return Poll::Ready(Ok(response.map(SessionBody::rejection)));
+                }
             }
         }
     }
@@ -292,7 +638,7 @@ where
 
 opaque_body! {
     /// The response body of [`SessionBinding`]: the inner service's body, or
-    /// the 404 of a refused session.
+    /// the short JSON of a refused session.
     pub type SessionBody<B>;
 }
 
@@ -300,31 +646,92 @@ opaque_body! {
 mod tests {
     use super::*;
 
-    fn owner(s: &str) -> Owner {
-        ("https://idp".to_owned(), s.to_owned())
+    fn alice() -> Principal {
+        Principal::unverified("https://idp", "alice").client_id("app").build()
+    }
+
+    fn owner(p: &Principal) -> Arc<Owner> {
+        Arc::new(Owner::of(p))
+    }
+
+    #[test]
+    fn defaults_are_pinned() {
+        let layer = SessionBindingLayer::default();
+        let s = &layer.bindings.settings;
+        assert_eq!(s.capacity, 100_000);
+        assert_eq!(s.idle, Duration::from_secs(300));
+        assert_eq!(s.per_principal, 16);
+        assert!(s.registry.is_none());
+        assert_eq!(
+            DEFAULT_IDLE,
+            rmcp::transport::streamable_http_server::session::local::SessionConfig::DEFAULT_KEEP_ALIVE,
+            "a binding lives as long as rmcp keeps an idle session"
+        );
+        let layer = layer.max_sessions_per_principal(0);
+        assert_eq!(layer.bindings.settings.per_principal, 1);
     }
 
     #[test]
     fn only_the_creator_owns_a_session() {
         let b = SessionBindingLayer::default().bindings;
-        b.bind("s1".into(), owner("alice"));
-        assert!(b.owns("s1", &owner("alice")));
-        assert!(!b.owns("s1", &owner("mallory")));
-        assert!(!b.owns("s2", &owner("alice")));
+        let alice = alice();
+        b.bind("s1", &owner(&alice));
+        assert!(b.owns("s1", &alice));
+        let mallory = Principal::unverified("https://idp", "mallory").client_id("app").build();
+        assert!(!b.owns("s1", &mallory));
+        // The same user through another client is someone else.
+        let other_app = Principal::unverified("https://idp", "alice").client_id("other").build();
+        assert!(!b.owns("s1", &other_app));
+        // So is a client named like the user.
+        let client = Principal::unverified("https://idp", "alice")
+            .client_id("app")
+            .kind(PrincipalKind::Client)
+            .build();
+        assert!(!b.owns("s1", &client));
+        assert!(!b.owns("s2", &alice));
         b.forget("s1");
-        assert!(!b.owns("s1", &owner("alice")));
+        assert!(!b.owns("s1", &alice));
+        assert!(
+            b.owners.get(&*owner(&alice), Timestamp::now()).is_none(),
+            "no empty list is kept"
+        );
     }
 
     #[test]
-    fn idle_bindings_are_forgotten_and_capacity_is_bounded() {
+    fn idle_bindings_are_forgotten_and_a_full_table_refuses() {
         let b = SessionBindingLayer::new(2, Duration::ZERO).bindings;
-        b.bind("s1".into(), owner("alice"));
-        assert!(!b.owns("s1", &owner("alice")));
+        assert_eq!(b.bind("s1", &owner(&alice())), Bind::Full, "deadline not after now");
+        assert!(!b.owns("s1", &alice()));
         let b = SessionBindingLayer::new(2, Duration::from_secs(60)).bindings;
-        for i in 0..10 {
-            b.bind(format!("s{i}"), owner("alice"));
+        let bob = Principal::unverified("https://idp", "bob").build();
+        assert_eq!(b.bind("s1", &owner(&bob)), Bind::Kept);
+        for i in 2..10 {
+            b.bind(&format!("s{i}"), &owner(&alice()));
         }
-        assert_eq!(b.table.len(), 2);
-        assert!(b.owns("s9", &owner("alice")));
+        assert_eq!(b.sessions.len(), 2);
+        // Bob's session was never evicted for Alice's.
+        assert!(b.owns("s1", &bob));
+        assert!(b.owns("s2", &alice()));
+    }
+
+    #[tokio::test]
+    async fn a_principal_beyond_its_bound_loses_its_own_oldest_sessions() {
+        let b = SessionBindingLayer::default().max_sessions_per_principal(2).bindings;
+        let bob = Principal::unverified("https://idp", "bob").build();
+        b.bind("bob", &owner(&bob));
+        let alice = alice();
+        for i in 0..5 {
+            let id = format!("a{i}");
+            if b.bind(&id, &owner(&alice)) == Bind::OverBound {
+                b.enforce(&owner(&alice), &id).await;
+            }
+        }
+        for gone in ["a0", "a1", "a2"] {
+            assert!(!b.owns(gone, &alice), "{gone}");
+        }
+        assert!(b.owns("a3", &alice));
+        assert!(b.owns("a4", &alice));
+        assert!(b.owns("bob", &bob));
+        assert_eq!(b.owners.get(&*owner(&alice), Timestamp::now()).unwrap().len(), 2);
     }
 }

@@ -199,6 +199,47 @@ impl<K: Hash + Eq, V, S: BuildHasher + Clone> TtlCache<K, V, S> {
         true
     }
 
+    /// Like [`insert`](Self::insert), but never evicts a live entry: only
+    /// expired ones make room. Returns `false` (keeping nothing, and leaving
+    /// any previous value for `key` in place) when the shard is still full.
+    /// For tables whose entries belong to different callers, where evicting
+    /// one caller's entry for another's would be a denial of service.
+    #[cfg_attr(not(any(test, feature = "jwt")), allow(dead_code))] // session bindings
+    pub(crate) fn insert_if_room(&self, key: K, value: V, weight: usize, deadline: Timestamp, now: Timestamp) -> bool {
+        let mut shard = lock(self.shard(&key));
+        if deadline <= now || weight > shard.limits.bytes {
+            return false;
+        }
+        let full = |shard: &Shard<K, V, S>| {
+            let previous = shard.map.get(&key).map(|slot| slot.weight);
+            let replaced = usize::from(previous.is_some());
+            let previous = previous.unwrap_or(0);
+            shard.map.len() - replaced >= shard.limits.entries
+                || (shard.bytes - previous).saturating_add(weight) > shard.limits.bytes
+        };
+        if full(&shard) {
+            shard.drop_expired(now);
+            if full(&shard) {
+                return false;
+            }
+        }
+        shard.remove(&key);
+        shard.tick += 1;
+        shard.bytes += weight;
+        shard.earliest = shard.earliest.min(deadline);
+        let used = shard.tick;
+        shard.map.insert(
+            key,
+            Slot {
+                value,
+                deadline,
+                weight,
+                used,
+            },
+        );
+        true
+    }
+
     /// Drop the entry for `key`, returning its value (expired or not).
     pub(crate) fn remove<Q>(&self, key: &Q) -> Option<V>
     where
@@ -265,27 +306,33 @@ impl<K: Hash + Eq, V, S: BuildHasher> Shard<K, V, S> {
         self.map.len() >= self.limits.entries || self.bytes.saturating_add(weight) > self.limits.bytes
     }
 
+    /// Drop the entries past their deadline (a scan, only when one may be).
+    fn drop_expired(&mut self, now: Timestamp) {
+        if self.earliest > now {
+            return;
+        }
+        let mut earliest = Timestamp::MAX;
+        let mut freed = 0;
+        self.map.retain(|_, slot| {
+            if slot.deadline > now {
+                earliest = earliest.min(slot.deadline);
+                true
+            } else {
+                freed += slot.weight;
+                false
+            }
+        });
+        self.bytes -= freed;
+        self.earliest = earliest;
+    }
+
     /// Evict until an entry of `weight` fits: expired entries first, then
     /// the least recently used.
     fn make_room(&mut self, weight: usize, now: Timestamp) {
         if !self.is_full(weight) {
             return;
         }
-        if self.earliest <= now {
-            let mut earliest = Timestamp::MAX;
-            let mut freed = 0;
-            self.map.retain(|_, slot| {
-                if slot.deadline > now {
-                    earliest = earliest.min(slot.deadline);
-                    true
-                } else {
-                    freed += slot.weight;
-                    false
-                }
-            });
-            self.bytes -= freed;
-            self.earliest = earliest;
-        }
+        self.drop_expired(now);
         while self.is_full(weight) {
             let Some(oldest) = self.map.values().map(|slot| slot.used).min() else {
                 break;
@@ -322,6 +369,28 @@ mod tests {
         assert_eq!(cache.get("k", at(1030)), None);
         // Found expired: dropped.
         assert_eq!(cache.len(), 0);
+    }
+
+    #[test]
+    fn insert_if_room_never_evicts_a_live_entry() {
+        let cache = TtlCache::new(Limits::entries(2));
+        assert!(cache.insert_if_room("a", 1, 0, at(2000), at(1000)));
+        assert!(cache.insert_if_room("b", 2, 0, at(1500), at(1000)));
+        assert!(
+            !cache.insert_if_room("c", 3, 0, at(2000), at(1000)),
+            "full of live entries"
+        );
+        assert_eq!(cache.get("a", at(1000)), Some(1));
+        assert_eq!(cache.get("b", at(1000)), Some(2));
+        assert!(
+            cache.insert_if_room("a", 4, 0, at(2000), at(1000)),
+            "replacing needs no room"
+        );
+        assert_eq!(cache.get("a", at(1000)), Some(4));
+        // Once "b" expired, it makes room.
+        assert!(cache.insert_if_room("c", 3, 0, at(2000), at(1600)));
+        assert_eq!(cache.get("c", at(1600)), Some(3));
+        assert_eq!(cache.len(), 2);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use super::config::{ClaimRules, IntrospectionConfig};
 use super::jwt::Failure;
 use crate::cache::{Limits, SingleFlight, Timestamp, TtlCache};
 use crate::error::{AuthError, ConfigError, TokenRejection};
-use crate::principal::Principal;
+use crate::principal::{Principal, PrincipalKind};
 
 #[cfg(doc)]
 use super::Issuer;
@@ -236,11 +236,14 @@ impl Introspector {
             .client_id()
             .map(|c| c.as_str().to_owned())
             .filter(|c| !c.is_empty());
-        let subject = answer
-            .sub()
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .or_else(|| client_id.clone());
+        let user = answer.sub().filter(|s| !s.is_empty()).map(str::to_owned);
+        // No `sub`: the token is the client's own (client credentials), and
+        // its subject is the client id; a `sub` equal to the client id too.
+        let kind = match &user {
+            Some(sub) => PrincipalKind::of(sub, client_id.as_deref()),
+            None => PrincipalKind::Client,
+        };
+        let subject = user.or_else(|| client_id.clone());
         let fail = |r: TokenRejection| Refusal {
             error: r.into(),
             subject: subject.clone(),
@@ -300,6 +303,7 @@ impl Introspector {
             _ => Vec::new(),
         };
         let mut builder = Principal::unverified(self.issuer.clone(), subject)
+            .kind(kind)
             .scopes(scopes)
             .audiences(audiences)
             .expires_at_unix(u64::try_from(exp).unwrap_or(0))

@@ -24,7 +24,7 @@ use serde_json::{Map, Value};
 use super::config::ClaimRules;
 use super::jwks::KeyCache;
 use crate::error::{AuthError, TokenRejection};
-use crate::principal::Principal;
+use crate::principal::{Principal, PrincipalKind};
 
 /// A JWT issuer and its key cache.
 pub(crate) struct TrustedIssuer {
@@ -145,7 +145,14 @@ pub(crate) async fn verify(
         check_times(&claims, now, rules.leeway).and_then(|exp| check_audience(rules, &claims).map(|aud| (exp, aud)));
     let (exp, audiences) = check.map_err(fail)?;
 
+    // RFC 9068 section 2.2: without a resource owner, `sub` names the client.
+    let azp = string_claim(&claims, "azp");
+    let kind = match PrincipalKind::of(&subject, client_id.as_deref()) {
+        PrincipalKind::User => PrincipalKind::of(&subject, azp.as_deref()),
+        client => client,
+    };
     let mut builder = Principal::unverified(issuer.url.clone(), subject)
+        .kind(kind)
         .scopes(scopes(&claims))
         .audiences(audiences)
         .expires_at_unix(exp)

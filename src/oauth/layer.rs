@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{Request, Response, header};
@@ -12,6 +13,7 @@ use tower_service::Service;
 
 use super::inbound::InboundToken;
 use super::resource_server::{Begin, ResourceServer};
+use crate::body::RejectOr;
 use crate::error::AuthError;
 use crate::principal::Principal;
 
@@ -27,6 +29,14 @@ use crate::principal::Principal;
 /// inserted into the request extensions; on failure the request never reaches
 /// the inner service and the client gets the status and challenge of
 /// [`Challenges`](crate::Challenges).
+///
+/// An event stream (`text/event-stream`: a `GET` stream or a `POST` answered
+/// as SSE) ends when the caller's token expires: a stream is authorized by the
+/// token it was opened with, and must not outlive it. The client reconnects
+/// with a fresh token. JSON answers are not touched. The stream ends at the
+/// token's `exp` itself: a token accepted within the clock-skew leeway after
+/// it gets a stream that ends at once (the client's next request after the
+/// leeway is refused with 401, and it refreshes).
 ///
 /// The `Authorization` header is removed from an accepted request, so tools
 /// that read `http::request::Parts` never see the caller's token. With
@@ -133,9 +143,11 @@ where
         let keep = self.layer.keep_inbound_token;
         let state = match self.layer.rs.begin(req.headers(), req.uri(), keep) {
             Begin::Accept(principal, token) => {
+                let expires_at = principal.expires_at();
                 accept(&mut req, principal, token.map(InboundToken::new));
                 State::Inner {
                     future: self.inner.call(req),
+                    expires_at,
                 }
             }
             Begin::Reject(error) => State::Rejected {
@@ -191,6 +203,7 @@ pin_project! {
         Inner {
             #[pin]
             future: S::Future,
+            expires_at: SystemTime,
         },
         Rejected {
             response: Option<Response<Bytes>>,
@@ -216,9 +229,11 @@ where
                     let verified = ready!(verify.as_mut().poll(cx));
                     let next = match (verified, service.take(), request.take()) {
                         (Ok((principal, token)), Some(mut service), Some(mut request)) => {
+                            let expires_at = principal.expires_at();
                             accept(&mut request, principal, token);
                             State::Inner {
                                 future: service.call(request),
+                                expires_at,
                             }
                         }
                         (Err(error), _, _) => State::Rejected {
@@ -232,8 +247,12 @@ where
                     };
                     this.state.set(next);
                 }
-                StateProj::Inner { future } => {
+                StateProj::Inner { future, expires_at } => {
                     let response = ready!(future.poll(cx))?;
+                    let expires_at = *expires_at;
+                    if is_event_stream(&response) {
+                        return Poll::Ready(Ok(response.map(|body| BearerBody::until(body, expires_at))));
+                    }
                     return Poll::Ready(Ok(response.map(BearerBody::inner)));
                 }
                 StateProj::Rejected { response } => {
@@ -247,8 +266,147 @@ where
     }
 }
 
-opaque_body! {
+/// Whether `response` is an event stream (`text/event-stream`).
+fn is_event_stream<B>(response: &Response<B>) -> bool {
+    const SSE: &[u8] = b"text/event-stream";
+    response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.as_bytes().get(..SSE.len()))
+        .is_some_and(|essence| essence.eq_ignore_ascii_case(SSE))
+}
+
+/// A token valid for longer than this gets no timer (a tokio timer that far
+/// out is clamped anyway); its stream ends with the connection.
+const LONGEST_TIMER: Duration = Duration::from_secs(366 * 24 * 3600);
+
+pin_project! {
     /// The response body of [`BearerAuth`]: the inner service's body, or a
-    /// rejection's short JSON.
-    pub type BearerBody<B>;
+    /// rejection's short JSON. An event stream ends when the caller's token
+    /// expires.
+    pub struct BearerBody<B> {
+        #[pin]
+        inner: RejectOr<B>,
+        expiry: Option<Pin<Box<tokio::time::Sleep>>>,
+        expired: bool,
+    }
+}
+
+impl<B> BearerBody<B> {
+    /// The inner service's body, unchanged.
+    pub(crate) fn inner(body: B) -> Self {
+        BearerBody {
+            inner: RejectOr::Inner { body },
+            expiry: None,
+            expired: false,
+        }
+    }
+
+    /// A rejection's short body.
+    pub(crate) fn rejection(body: Bytes) -> Self {
+        BearerBody {
+            inner: RejectOr::Rejection { body: Some(body) },
+            expiry: None,
+            expired: false,
+        }
+    }
+
+    /// The inner service's body, ended at `expires_at`.
+    fn until(body: B, expires_at: SystemTime) -> Self {
+        let left = expires_at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
+        BearerBody {
+            inner: RejectOr::Inner { body },
+            expiry: (!left.is_zero() && left <= LONGEST_TIMER).then(|| Box::pin(tokio::time::sleep(left))),
+            expired: left.is_zero(),
+        }
+    }
+}
+
+impl<B> std::fmt::Debug for BearerBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BearerBody")
+            .field("expires", &self.expiry.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> http_body::Body for BearerBody<B>
+where
+    B: http_body::Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        if *this.expired {
+            return Poll::Ready(None);
+        }
+        if let Some(expiry) = this.expiry
+            && expiry.as_mut().poll(cx).is_ready()
+        {
+            // The token that authorized this stream has expired: end it.
+            *this.expired = true;
+            *this.expiry = None;
+            return Poll::Ready(None);
+        }
+        this.inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.expired || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        if self.expiry.is_some() {
+            // It may end early.
+            let mut hint = http_body::SizeHint::new();
+            if let Some(upper) = self.inner.size_hint().upper() {
+                hint.set_upper(upper);
+            }
+            return hint;
+        }
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    fn with_type(content_type: &str) -> Response<()> {
+        let mut response = Response::new(());
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, content_type.parse().unwrap());
+        response
+    }
+
+    #[test]
+    fn only_event_streams_get_a_timer() {
+        assert!(is_event_stream(&with_type("text/event-stream")));
+        assert!(is_event_stream(&with_type("Text/Event-Stream; charset=utf-8")));
+        assert!(!is_event_stream(&with_type("application/json")));
+        assert!(!is_event_stream(&Response::new(())));
+    }
+
+    #[tokio::test]
+    async fn a_stream_past_its_token_ends_and_a_far_one_gets_no_timer() {
+        let body = http_body_util::Full::new(Bytes::from_static(b"data: x\n\n"));
+        let past = SystemTime::now() - Duration::from_secs(1);
+        let collected = BearerBody::until(body.clone(), past).collect().await.unwrap();
+        assert!(collected.to_bytes().is_empty());
+        let far = SystemTime::now() + Duration::from_secs(400 * 24 * 3600);
+        let ended = BearerBody::until(body.clone(), far);
+        assert!(ended.expiry.is_none());
+        assert_eq!(ended.collect().await.unwrap().to_bytes(), "data: x\n\n");
+        let soon = SystemTime::now() + Duration::from_secs(60);
+        let open = BearerBody::until(body, soon);
+        assert_eq!(open.collect().await.unwrap().to_bytes(), "data: x\n\n");
+    }
 }

@@ -9,7 +9,7 @@ use crate::Principal;
 pub const INPUT_VERSION: u32 = 1;
 
 /// The fields of the input document, in their serialized order.
-pub(crate) const FIELDS: [&str; 12] = [
+pub(crate) const FIELDS: [&str; 13] = [
     "version",
     "subject",
     "issuer",
@@ -22,6 +22,7 @@ pub(crate) const FIELDS: [&str; 12] = [
     "resource",
     "arguments",
     "session_id",
+    "kind",
 ];
 
 /// One decision's input: who asks to do what on which resource.
@@ -61,7 +62,8 @@ pub(crate) const FIELDS: [&str; 12] = [
 ///   "action": "tools/call",
 ///   "resource": "deploy_template",
 ///   "arguments": { "template_id": "t-1", "device_id": "d-9" },
-///   "session_id": "6b0c..."
+///   "session_id": "6b0c...",
+///   "kind": "user"
 /// }
 /// ```
 ///
@@ -79,6 +81,7 @@ pub(crate) const FIELDS: [&str; 12] = [
 /// | `resource`   | string            | the tool or prompt name, the resource URI, `""` for a listing, or the resource given to `#[require_permission]` |
 /// | `arguments`  | object or null    | the tool call's or prompt's arguments, as the client sent them |
 /// | `session_id` | string or null    | the `Mcp-Session-Id` of the request, when there is one |
+/// | `kind`       | string            | `"user"`, or `"client"` for a client acting for itself ([`PrincipalKind`](crate::PrincipalKind)) |
 ///
 /// Everything under `input` comes from the caller's verified token or from
 /// the request; `arguments` in particular is whatever the client sent and a
@@ -178,6 +181,7 @@ impl PolicyInput {
             "resource" => Value::String(self.resource.clone()),
             "arguments" => self.arguments.clone().unwrap_or(Value::Null),
             "session_id" => opt(self.session_id.as_deref()),
+            "kind" => Value::String(p.kind().as_str().to_owned()),
             _ => Value::Null,
         }
     }
@@ -219,6 +223,7 @@ impl PolicyInput {
             "action" => string(self.action.as_str(), key),
             "resource" => string(&self.resource, key),
             "session_id" => opt(self.session_id.as_deref(), key),
+            "kind" => string(p.kind().as_str(), key),
             // claims and arguments: the full JSON value. serde_json writes an
             // object's keys in the map's order, so equal maps built in a
             // different order at worst miss the cache, never collide.
@@ -255,6 +260,15 @@ mod tests {
         assert_eq!(doc["arguments"], Value::Null);
         assert_eq!(doc["session_id"], Value::Null);
         assert_eq!(doc["client_id"], Value::Null);
+        assert_eq!(doc["kind"], "user");
+        let robot = Principal::unverified("https://idp", "bot")
+            .client_id("bot")
+            .kind(crate::PrincipalKind::Client)
+            .build();
+        assert_eq!(
+            PolicyInput::new(&robot, "echo", Action::CallTool).to_json()["kind"],
+            "client"
+        );
     }
 
     #[test]
