@@ -34,6 +34,7 @@ use crate::session::SessionBindingLayer;
 /// |---|---|---|
 /// | RFC 9728 metadata routes | `/.well-known/oauth-protected-resource[/mcp]`, unauthenticated | always |
 /// | [`BearerAuthLayer`](crate::oauth::BearerAuthLayer) | authenticates every request to the MCP endpoint | always |
+/// | [`RequestLimitLayer`](crate::limit::RequestLimitLayer) | per-caller request rate and requests in flight (429); per-tool rates | always ([`Guard::limits`]) |
 /// | request context | the [`Credentials`] and [`TokenExchange`](crate::oauth::TokenExchange) for the extractors | when configured |
 /// | [`SessionBindingLayer`] | a session belongs to the caller that opened it | with sessions |
 /// | [`StepUpLayer`](crate::policy::StepUpLayer) | 403 `insufficient_scope` before rmcp when the policy names missing scopes | with a policy |
@@ -53,6 +54,7 @@ pub struct Guard {
     exchange: Option<crate::oauth::TokenExchange>,
     sessions: Option<SessionBindingLayer>,
     http: StreamableHttpServerConfig,
+    limits: crate::limit::RequestLimits,
 }
 
 impl Guard {
@@ -66,6 +68,7 @@ impl Guard {
             exchange: None,
             sessions: Some(SessionBindingLayer::default()),
             http: rs.streamable_http_config(),
+            limits: crate::limit::RequestLimits::default(),
             rs,
         }
     }
@@ -125,6 +128,16 @@ impl Guard {
         self
     }
 
+    /// Per-caller request limits; with a policy, its limits rule may give a
+    /// caller others ([`crate::limit`]). Defaults to
+    /// [`RequestLimits::default`](crate::limit::RequestLimits::default):
+    /// 20 requests a second (burst 40) and 16 in flight per caller. Turn
+    /// them off with `RequestLimits::default().dangerous().unlimited()`.
+    pub fn limits(mut self, limits: crate::limit::RequestLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// The axum router: the metadata routes and the guarded MCP endpoint at
     /// the resource path, serving handlers made by `factory` (one per
     /// session, or per request when stateless).
@@ -139,6 +152,22 @@ impl Guard {
         }
         let path = self.rs.resource_path().to_owned();
         let stateful = self.sessions.is_some();
+        #[allow(unused_mut)]
+        let mut limits = self.limits;
+        #[cfg(feature = "policy")]
+        let guarded = self.policy.is_some();
+        #[cfg(not(feature = "policy"))]
+        let guarded = false;
+        #[cfg(feature = "policy")]
+        if let Some(engine) = &self.policy
+            && !limits.has_source()
+            && limits.caller_limits() != crate::limit::CallerLimits::new()
+        {
+            limits = limits.source(engine.clone());
+        }
+        if limits.has_tool_limits() && !guarded {
+            tracing::warn!("per-tool limits need a policy (or rmcp_guard::limit::check_tool in the handler)");
+        }
         #[cfg(feature = "policy")]
         let mut mcp = match self.policy.clone() {
             Some(engine) => {
@@ -163,7 +192,7 @@ impl Guard {
             mcp = mcp.layer(axum::Extension(exchange));
             bearer = bearer.keep_inbound_token();
         }
-        mcp.layer(bearer).merge(self.rs.metadata_router())
+        mcp.layer(limits.layer()).layer(bearer).merge(self.rs.metadata_router())
     }
 }
 

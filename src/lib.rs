@@ -15,6 +15,7 @@ mod cache;
 mod challenge;
 mod error;
 mod extract;
+pub mod limit;
 mod principal;
 
 #[cfg(feature = "jwt")]
