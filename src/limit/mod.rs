@@ -172,11 +172,17 @@ impl CallerLimits {
         self.in_flight.map(NonZeroU32::get)
     }
 
-    /// `self` with every field `over` sets replaced.
+    /// `self` with every field `over` sets replaced; a rate without a burst
+    /// comes with its own count as the burst (the configured burst was
+    /// chosen for the configured rate).
     fn overlaid(self, over: CallerLimits) -> CallerLimits {
+        let burst = match over.rate {
+            Some(_) => over.burst,
+            None => over.burst.or(self.burst),
+        };
         CallerLimits {
             rate: over.rate.or(self.rate),
-            burst: over.burst.or(self.burst),
+            burst,
             in_flight: over.in_flight.or(self.in_flight),
         }
     }
@@ -445,6 +451,8 @@ mod tests {
         let from_policy = CallerLimits::from_json(&serde_json::json!({"in_flight": 2})).unwrap();
         let merged = configured.overlaid(from_policy);
         assert_eq!((merged.in_flight(), merged.burst()), (Some(2), Some(40)));
+        let rate_only = CallerLimits::from_json(&serde_json::json!({"rate": "6/min"})).unwrap();
+        assert_eq!(configured.overlaid(rate_only).burst(), None, "the rate's own count");
         for bad in [
             serde_json::json!({"rate": "fast"}),
             serde_json::json!({"in_flight": -1}),
