@@ -25,6 +25,7 @@
 //! | `VAULT_TOKEN` (or `VAULT_TOKEN_FILE`), or `VAULT_ROLE_ID` + `VAULT_SECRET_ID_FILE` | how this server logs in to Vault | one is required with `VAULT_ADDR` |
 //! | `VAULT_KV_MOUNT` | the KV v2 mount | `secret` |
 //! | `GUARD_SECRET_TEMPLATE` | where a caller's credential for a service lives | `mcp/{tenant}/{service}` |
+//! | `GUARD_RATE_LIMIT` | requests per caller (issuer, subject, client id): `N/s`, `N/min` or `N/h`; the policy's `limits` rule may set others per caller | `20/s`, burst 40, 16 in flight |
 //! | `RUST_LOG` | log filter; audit events are on `rmcp_guard::audit` | `info` |
 //!
 //! Tools and what the embedded RBAC policy needs for them (groups claim):
@@ -54,6 +55,7 @@ use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{ServerCapabilities, ServerConfig};
 use rmcp::{ErrorData, ServerHandler, schemars, tool, tool_handler, tool_router};
+use rmcp_guard::limit::{Rate, RequestLimits};
 use rmcp_guard::oauth::{ClientAuth, DownstreamTokens, Issuer, ResourceServer, TokenExchange, TokenRules};
 use rmcp_guard::policy::PolicyEngine;
 use rmcp_guard::secrets::{
@@ -212,6 +214,7 @@ struct Settings {
     exchange: Option<TokenExchange>,
     secret_store: Arc<dyn SecretStore>,
     secret_template: PathTemplate,
+    limits: RequestLimits,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -304,6 +307,12 @@ async fn settings() -> Result<Settings, String> {
     };
     let secret_template = PathTemplate::parse(&env("GUARD_SECRET_TEMPLATE").unwrap_or_else(|| DEFAULT_TEMPLATE.into()))
         .map_err(|e| format!("GUARD_SECRET_TEMPLATE: {e}"))?;
+    let mut limits = RequestLimits::default();
+    if let Some(rate) = env("GUARD_RATE_LIMIT") {
+        let rate: Rate = rate.parse().map_err(|e| format!("GUARD_RATE_LIMIT: {e}"))?;
+        // A burst of the rate's count: `100/min` allows 100 at once.
+        limits = limits.rate(rate).burst(rate.count());
+    }
     Ok(Settings {
         bind,
         resource_server,
@@ -313,6 +322,7 @@ async fn settings() -> Result<Settings, String> {
         exchange,
         secret_store,
         secret_template,
+        limits,
     })
 }
 
@@ -344,7 +354,10 @@ async fn main() -> ExitCode {
         .build();
     // Metadata, bearer auth, session binding, step-up 403, rmcp, the policy
     // on every call, read and listing, then the tools.
-    let mut guard = Guard::new(rs.clone()).policy(policy.clone()).credentials(credentials);
+    let mut guard = Guard::new(rs.clone())
+        .policy(policy.clone())
+        .credentials(credentials)
+        .limits(settings.limits);
     if let Some(exchange) = settings.exchange {
         guard = guard.exchange(exchange);
     }
