@@ -8,7 +8,6 @@
 mod macros;
 
 pub mod audit;
-#[cfg(any(feature = "jwt", feature = "policy"))]
 mod body;
 mod cache;
 #[cfg(any(feature = "jwt", feature = "policy"))]

@@ -50,7 +50,7 @@ impl Shared {
     /// Count one request of `principal` against its budget.
     fn admit(&self, principal: &Principal) -> Result<Option<Permit>, Over> {
         let now = Timestamp::now();
-        let key = (Who::of(principal, self.limits.by_tenant), None);
+        let key = Who::of(principal, self.limits.by_tenant);
         let recheck = now.saturating_add(self.limits.source_ttl);
         let mut bucket = match self.table.get(&key, now) {
             Some(bucket) => bucket,
@@ -67,7 +67,7 @@ impl Shared {
             if limits != bucket.limits {
                 // The rate starts afresh; requests in flight stay counted.
                 let fresh = Bucket::new(limits, bucket.in_flight(), recheck);
-                let key = (Who::of(principal, self.limits.by_tenant), None);
+                let key = Who::of(principal, self.limits.by_tenant);
                 self.table.replace(key, fresh.clone(), now);
                 bucket = fresh;
             }
@@ -345,7 +345,7 @@ impl ToolBudget {
             return Ok(());
         };
         let now = Timestamp::now();
-        let key = (self.who.clone(), Some(Box::from(tool)));
+        let key = self.who.with_tool(tool);
         let bucket = self.shared.table.bucket(key, now, || {
             Bucket::new(CallerLimits::new().with_rate(*rate), Arc::default(), Timestamp::MAX)
         });

@@ -27,10 +27,11 @@
 //! in-flight permit until its response body ends or is dropped: a slow tool
 //! counts for as long as it runs, and so does the SSE stream that answers a
 //! `POST` (it ends with the answer). A `GET` (the standalone stream that
-//! carries server notifications, or a resumption) releases its permit as soon
-//! as its response starts: such a stream is idle most of its life, is bounded
-//! by the sessions a caller may hold (one stream per session), and counting
-//! it would let a client's own listening streams starve its calls.
+//! carries server notifications, or a resumption) must find room in flight
+//! to be admitted but does not keep its permit: such a stream is idle most
+//! of its life, is bounded by the sessions a caller may hold (one stream per
+//! session), and counting it would let a client's own listening streams
+//! starve its calls.
 //!
 //! **Keys.** A caller is issuer + subject + client id, so the same user
 //! through a second client has a second budget. With
@@ -54,7 +55,9 @@
 //! `data.mcp.authz.limits`) may give a caller other limits, field by field;
 //! the answer is kept with the caller's budget for [`DEFAULT_SOURCE_TTL`]
 //! (60 s). A source that fails falls back to the configured limits, never to
-//! no limit.
+//! no limit. When the answer changes, the budget's rate starts afresh (its
+//! requests in flight stay counted). With [`RequestLimits::per_tenant`], the
+//! source is asked for whichever caller of the tenant finds the answer due.
 //!
 //! **Turning limits off** weakens a default and is spelled
 //! `RequestLimits::default().dangerous().unlimited()`.

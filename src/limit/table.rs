@@ -36,38 +36,61 @@ impl governor::clock::Clock for Clock {
 
 type Gcra = RateLimiter<NotKeyed, InMemoryState, Clock, NoOpMiddleware<Nanos>>;
 
-/// Whose budget: a caller, or a tenant shared by its callers.
+/// Whose budget: a caller (issuer, subject, client id), or a tenant shared
+/// by its callers (issuer, tenant), and for a per-tool budget the tool.
+/// Encoded in one allocation, each part after its length, so no two
+/// different keys encode alike and a lookup hashes and compares one slice.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Who {
-    /// Issuer, subject and client id: the same user through another client
-    /// has another budget.
-    Caller {
-        issuer: Box<str>,
-        subject: Box<str>,
-        client: Option<Box<str>>,
-    },
-    /// Issuer and tenant.
-    Tenant { issuer: Box<str>, tenant: Box<str> },
+pub(crate) struct Who(Box<[u8]>);
+
+fn part(key: &mut Vec<u8>, text: &str) {
+    key.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    key.extend_from_slice(text.as_bytes());
 }
 
 impl Who {
     pub(crate) fn of(principal: &Principal, by_tenant: bool) -> Who {
+        let issuer = principal.issuer();
+        let mut key = Vec::with_capacity(64 + issuer.len() + principal.subject().len());
         match principal.tenant() {
-            Some(tenant) if by_tenant => Who::Tenant {
-                issuer: principal.issuer().into(),
-                tenant: tenant.into(),
-            },
-            _ => Who::Caller {
-                issuer: principal.issuer().into(),
-                subject: principal.subject().into(),
-                client: principal.client_id().map(Into::into),
-            },
+            Some(tenant) if by_tenant => {
+                key.push(b't');
+                part(&mut key, issuer);
+                part(&mut key, tenant);
+            }
+            _ => {
+                key.push(b'c');
+                part(&mut key, issuer);
+                part(&mut key, principal.subject());
+                match principal.client_id() {
+                    Some(client) => {
+                        key.push(1);
+                        part(&mut key, client);
+                    }
+                    None => key.push(0),
+                }
+            }
         }
+        Who(key.into_boxed_slice())
+    }
+
+    /// The key of this caller's (or tenant's) budget for `tool`.
+    pub(crate) fn with_tool(&self, tool: &str) -> Who {
+        let mut key = Vec::with_capacity(self.0.len() + 9 + tool.len());
+        key.extend_from_slice(&self.0);
+        key.push(b'T');
+        part(&mut key, tool);
+        Who(key.into_boxed_slice())
+    }
+
+    #[cfg(test)]
+    fn is_tenant(&self) -> bool {
+        self.0.first() == Some(&b't')
     }
 }
 
-/// A key of the table: a budget for all requests, or for one tool.
-pub(crate) type Key = (Who, Option<Box<str>>);
+/// A key of the table.
+pub(crate) type Key = Who;
 
 /// One key's budget.
 pub(crate) struct Bucket {
@@ -248,16 +271,7 @@ mod tests {
     fn the_table_is_bounded_and_a_key_is_its_own() {
         let table = Table::new(2);
         let now = Timestamp::now();
-        let key = |s: &str| {
-            (
-                Who::Caller {
-                    issuer: "i".into(),
-                    subject: s.into(),
-                    client: None,
-                },
-                None,
-            )
-        };
+        let key = |s: &str| Who::of(&Principal::unverified("i", s).build(), false);
         let make = || Bucket::new(limits("1/h", 1, 1), Arc::default(), Timestamp::MAX);
         let alice = table.bucket(key("alice"), now, make);
         alice.take().unwrap();
@@ -275,8 +289,16 @@ mod tests {
     fn tenant_keying_falls_back_to_the_caller() {
         let with = Principal::unverified("i", "a").tenant("acme").build();
         let without = Principal::unverified("i", "a").build();
-        assert!(matches!(Who::of(&with, true), Who::Tenant { .. }));
-        assert!(matches!(Who::of(&with, false), Who::Caller { .. }));
-        assert!(matches!(Who::of(&without, true), Who::Caller { .. }));
+        assert!(Who::of(&with, true).is_tenant());
+        assert!(!Who::of(&with, false).is_tenant());
+        assert!(!Who::of(&without, true).is_tenant());
+        // The client is part of a caller's key; the tool makes another key.
+        let desktop = Principal::unverified("i", "a").client_id("desktop").build();
+        assert_ne!(Who::of(&desktop, false), Who::of(&without, false));
+        assert_ne!(Who::of(&without, false).with_tool("t"), Who::of(&without, false));
+        // Lengths keep the parts apart: ("ab", "c") is not ("a", "bc").
+        let ab = Principal::unverified("ab", "c").build();
+        let a = Principal::unverified("a", "bc").build();
+        assert_ne!(Who::of(&ab, false), Who::of(&a, false));
     }
 }
