@@ -385,3 +385,72 @@ pub fn check_tool(extensions: &rmcp::model::Extensions, tool: &str) -> Result<()
         None => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use http_body_util::Full;
+    use tower::{ServiceExt, service_fn};
+
+    use super::*;
+
+    fn service() -> RequestLimit<impl Service<Request<()>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone>
+    {
+        let limits = RequestLimits::default().in_flight(1);
+        RequestLimitLayer::new(limits).layer(service_fn(|_req: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"answer"))))
+        }))
+    }
+
+    fn request(method: Method, who: &str) -> Request<()> {
+        let mut req = Request::builder().method(method).uri("/mcp").body(()).unwrap();
+        req.extensions_mut()
+            .insert(Principal::unverified("https://idp", who).build());
+        req
+    }
+
+    #[tokio::test]
+    async fn a_post_holds_its_permit_until_its_body_ends_a_get_does_not() {
+        let service = service();
+        let held = service.clone().oneshot(request(Method::POST, "alice")).await.unwrap();
+        assert_eq!(held.status(), 200);
+        let refused = service.clone().oneshot(request(Method::POST, "alice")).await.unwrap();
+        assert_eq!(refused.status(), 429);
+        assert_eq!(refused.headers()[header::RETRY_AFTER], "1");
+        // Someone else is not affected.
+        let bob = service.clone().oneshot(request(Method::POST, "bob")).await.unwrap();
+        assert_eq!(bob.status(), 200);
+        // The body read to its end releases the permit.
+        let body = http_body_util::BodyExt::collect(held.into_body()).await.unwrap();
+        assert_eq!(body.to_bytes(), "answer");
+        let next = service.clone().oneshot(request(Method::POST, "alice")).await.unwrap();
+        assert_eq!(next.status(), 200);
+        drop(next);
+
+        // GET streams stay open without holding a permit.
+        let streams: Vec<_> = [
+            service.clone().oneshot(request(Method::GET, "carol")).await.unwrap(),
+            service.clone().oneshot(request(Method::GET, "carol")).await.unwrap(),
+        ]
+        .into();
+        assert!(streams.iter().all(|r| r.status() == 200));
+        let call = service.clone().oneshot(request(Method::POST, "carol")).await.unwrap();
+        assert_eq!(call.status(), 200);
+    }
+
+    #[tokio::test]
+    async fn without_a_principal_or_with_limits_off_requests_pass() {
+        let off = RequestLimitLayer::new(RequestLimits::default().in_flight(1).dangerous().unlimited()).layer(
+            service_fn(|_req: Request<()>| async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::new()))) }),
+        );
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let response = off.clone().oneshot(request(Method::POST, "alice")).await.unwrap();
+            assert_eq!(response.status(), 200);
+            held.push(response);
+        }
+        let anonymous = Request::post("/mcp").body(()).unwrap();
+        assert_eq!(service().oneshot(anonymous).await.unwrap().status(), 200);
+    }
+}
