@@ -128,11 +128,11 @@ impl Guard {
         self
     }
 
-    /// Per-caller request limits; with a policy, its limits rule may give a
-    /// caller others ([`crate::limit`]). Defaults to
+    /// Per-caller request limits ([`crate::limit`]); with a policy, its
+    /// limits rule may give a caller others. Turning them off is
+    /// `RequestLimits::default().dangerous().unlimited()`. Defaults to
     /// [`RequestLimits::default`](crate::limit::RequestLimits::default):
-    /// 20 requests a second (burst 40) and 16 in flight per caller. Turn
-    /// them off with `RequestLimits::default().dangerous().unlimited()`.
+    /// 20 requests a second (burst 40) and 16 in flight per caller.
     pub fn limits(mut self, limits: crate::limit::RequestLimits) -> Self {
         self.limits = limits;
         self
@@ -152,22 +152,14 @@ impl Guard {
         }
         let path = self.rs.resource_path().to_owned();
         let stateful = self.sessions.is_some();
-        #[allow(unused_mut)]
-        let mut limits = self.limits;
         #[cfg(feature = "policy")]
-        let guarded = self.policy.is_some();
+        let policy = self
+            .policy
+            .clone()
+            .map(|p| Arc::new(p) as Arc<dyn crate::limit::LimitSource>);
         #[cfg(not(feature = "policy"))]
-        let guarded = false;
-        #[cfg(feature = "policy")]
-        if let Some(engine) = &self.policy
-            && !limits.has_source()
-            && limits.caller_limits() != crate::limit::CallerLimits::new()
-        {
-            limits = limits.source(engine.clone());
-        }
-        if limits.has_tool_limits() && !guarded {
-            tracing::warn!("per-tool limits need a policy (or rmcp_guard::limit::check_tool in the handler)");
-        }
+        let policy = None;
+        let limits = self.limits.with_policy(policy);
         #[cfg(feature = "policy")]
         let mut mcp = match self.policy.clone() {
             Some(engine) => {

@@ -296,22 +296,22 @@ impl Default for RequestLimits {
 }
 
 impl RequestLimits {
-    /// The request rate per caller; the burst stays as configured. Defaults
-    /// to `20/s` ([`DEFAULT_RATE`]).
+    /// The request rate per caller ([`DEFAULT_RATE`]); the burst stays as
+    /// configured. Defaults to `20/s`.
     pub fn rate(mut self, rate: Rate) -> Self {
         self.caller.rate = Some(rate);
         self
     }
 
-    /// How many requests a caller may send at once (0 counts as 1). Defaults
-    /// to `40` ([`DEFAULT_BURST`]).
+    /// How many requests a caller may send at once ([`DEFAULT_BURST`]; 0
+    /// counts as 1). Defaults to `40`.
     pub fn burst(mut self, burst: u32) -> Self {
         self.caller = self.caller.with_burst(burst);
         self
     }
 
-    /// How many requests a caller may have in flight (0 counts as 1).
-    /// Defaults to `16` ([`DEFAULT_IN_FLIGHT`]).
+    /// How many requests a caller may have in flight ([`DEFAULT_IN_FLIGHT`];
+    /// 0 counts as 1). Defaults to `16`.
     pub fn in_flight(mut self, in_flight: u32) -> Self {
         self.caller = self.caller.with_in_flight(in_flight);
         self
@@ -336,8 +336,8 @@ impl RequestLimits {
     }
 
     /// How many budgets (callers, tenants, caller-and-tool pairs) are
-    /// remembered; see "At the bound" in the [module docs](self). Defaults
-    /// to `100000` ([`DEFAULT_CAPACITY`]).
+    /// remembered ([`DEFAULT_CAPACITY`]); see "At the bound" in the
+    /// [module docs](self). Defaults to `100000`.
     pub fn capacity(mut self, capacity: usize) -> Self {
         self.capacity = capacity;
         self
@@ -355,8 +355,8 @@ impl RequestLimits {
         self.source.is_some()
     }
 
-    /// How long a source's answer is kept per caller. Defaults to `60s`
-    /// ([`DEFAULT_SOURCE_TTL`]).
+    /// How long a source's answer is kept per caller
+    /// ([`DEFAULT_SOURCE_TTL`]). Defaults to `60s`.
     pub fn source_ttl(mut self, ttl: Duration) -> Self {
         self.source_ttl = ttl;
         self
@@ -370,6 +370,25 @@ impl RequestLimits {
     /// Whether per-tool limits are configured.
     pub fn has_tool_limits(&self) -> bool {
         !self.tools.is_empty()
+    }
+
+    /// As [`Guard`](crate::Guard) assembles them: `policy` (whose wrapper
+    /// checks the per-tool limits) becomes the source unless one is set or
+    /// every limit is off; per-tool limits without a policy are not checked
+    /// by the guard, which says so.
+    #[cfg_attr(not(feature = "jwt"), allow(dead_code))] // `Guard` needs `jwt`
+    pub(crate) fn with_policy(mut self, policy: Option<Arc<dyn LimitSource>>) -> Self {
+        match policy {
+            Some(policy) if self.source.is_none() && self.caller != CallerLimits::new() => {
+                self.source = Some(policy);
+            }
+            Some(_) => {}
+            None if self.has_tool_limits() => {
+                tracing::warn!("per-tool limits need a policy (or rmcp_guard::limit::check_tool in the handler)");
+            }
+            None => {}
+        }
+        self
     }
 
     /// Settings that weaken a default, named so a reviewer sees them.

@@ -15,9 +15,10 @@ use super::CallerLimits;
 use crate::cache::{Limits, Timestamp, TtlCache};
 use crate::principal::Principal;
 
-/// A budget is forgotten this long after its last request; by then its GCRA
-/// cell has refilled (for any rate of at least one per hour and a burst of at
-/// most 1000) and nothing but an old in-flight request can remember it.
+/// A budget is forgotten this long after its last request. Forgetting resets
+/// it (see "At the bound" in the module docs); at the default rate its GCRA
+/// cell refilled in two seconds, and only a request in flight for longer than
+/// this is no longer counted.
 pub(crate) const IDLE: Duration = Duration::from_secs(3600);
 
 /// The monotonic clock of every budget: nanoseconds since the first reading
