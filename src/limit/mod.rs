@@ -41,8 +41,8 @@
 //! exist for the tools configured, so a client cannot create keys by naming
 //! tools.
 //!
-//! **At the bound.** The budgets live in one [`TtlCache`](crate::cache) bounded in
-//! entries; a budget idle for an hour is dropped, and when the table is full
+//! **At the bound.** The budgets live in one table (the crate's `TtlCache`)
+//! bounded in entries; a budget idle for an hour is dropped, and when the table is full
 //! the least recently used budget is forgotten. Forgetting a key only resets
 //! *that* key's budget: its caller starts again with a full burst and no
 //! request counted in flight (its requests still in flight release the old
