@@ -607,8 +607,15 @@ pub async fn start(mode: Mode, bind: &str) -> Result<Running, BoxError> {
                     .rego_version(RegoVersion::V1)
                     .build()?,
             };
+            // One token drives the whole suite, so the request limits run
+            // but never refuse (tests/limits.rs tests them).
+            let limits = rmcp_guard::limit::RequestLimits::default()
+                .rate(rmcp_guard::limit::Rate::per_second(std::num::NonZeroU32::MAX))
+                .burst(u32::MAX)
+                .in_flight(u32::MAX);
             let app = Guard::new(rs)
                 .policy(engine)
+                .limits(limits)
                 .router(|| Ok(ConformanceServer::default()));
             let token = issuer
                 .token()

@@ -27,6 +27,7 @@
 //! | `GUARD_SECRET_TEMPLATE` | where a caller's credential for a service lives | `mcp/{tenant}/{service}` |
 //! | `GUARD_HEADER_TIMEOUT_SECS` | seconds a client may take to send a request head (and a keep-alive connection may wait for its next one) | `10` |
 //! | `GUARD_MAX_SESSIONS_PER_PRINCIPAL` | live MCP sessions one caller may hold; one more closes its idlest | `16` |
+//! | `GUARD_RATE_LIMIT` | requests per caller (issuer, subject, client id): `N/s`, `N/min` or `N/h`; the policy's `limits` rule may set others per caller | `20/s`, burst 40, 16 in flight |
 //! | `RUST_LOG` | log filter; audit events are on `rmcp_guard::audit` | `info` |
 //!
 //! Tools and what the embedded RBAC policy needs for them (groups claim):
@@ -56,6 +57,7 @@ use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{ServerCapabilities, ServerConfig};
 use rmcp::{ErrorData, ServerHandler, schemars, tool, tool_handler, tool_router};
+use rmcp_guard::limit::{Rate, RequestLimits};
 use rmcp_guard::oauth::{ClientAuth, DownstreamTokens, Issuer, ResourceServer, TokenExchange, TokenRules};
 use rmcp_guard::policy::PolicyEngine;
 use rmcp_guard::secrets::{
@@ -216,6 +218,7 @@ struct Settings {
     secret_store: Arc<dyn SecretStore>,
     secret_template: PathTemplate,
     max_sessions_per_principal: usize,
+    limits: RequestLimits,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -326,6 +329,12 @@ async fn settings() -> Result<Settings, String> {
     };
     let secret_template = PathTemplate::parse(&env("GUARD_SECRET_TEMPLATE").unwrap_or_else(|| DEFAULT_TEMPLATE.into()))
         .map_err(|e| format!("GUARD_SECRET_TEMPLATE: {e}"))?;
+    let mut limits = RequestLimits::default();
+    if let Some(rate) = env("GUARD_RATE_LIMIT") {
+        let rate: Rate = rate.parse().map_err(|e| format!("GUARD_RATE_LIMIT: {e}"))?;
+        // A burst of the rate's count: `100/min` allows 100 at once.
+        limits = limits.rate(rate).burst(rate.count());
+    }
     Ok(Settings {
         bind,
         resource_server,
@@ -337,6 +346,7 @@ async fn settings() -> Result<Settings, String> {
         secret_store,
         secret_template,
         max_sessions_per_principal,
+        limits,
     })
 }
 
@@ -368,11 +378,14 @@ async fn main() -> ExitCode {
         .build();
     // Metadata, bearer auth, session binding, step-up 403, rmcp, the policy
     // on every call, read and listing, then the tools.
-    let mut guard = Guard::new(rs.clone()).policy(policy.clone()).credentials(credentials);
-    guard = guard.session_binding(
-        rmcp_guard::session::SessionBindingLayer::default()
-            .max_sessions_per_principal(settings.max_sessions_per_principal),
-    );
+    let mut guard = Guard::new(rs.clone())
+        .policy(policy.clone())
+        .credentials(credentials)
+        .limits(settings.limits)
+        .session_binding(
+            rmcp_guard::session::SessionBindingLayer::default()
+                .max_sessions_per_principal(settings.max_sessions_per_principal),
+        );
     if let Some(exchange) = settings.exchange {
         guard = guard.exchange(exchange);
     }

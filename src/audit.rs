@@ -15,6 +15,7 @@
 //! | `policy_reload` | `outcome` (`allow`: applied, `error`: refused), `previous_version`, `policy_version`, `error` |
 //! | `secret_access` | `subject`, `issuer`, `tenant`, `service`, `template`, `path`, `outcome` (`ok` or a `SecretError` code), `cache` |
 //! | `token_exchange` | `subject`, `issuer`, `grant`, `audience`, `outcome` (`ok` or an `ExchangeError` code), `cache` |
+//! | `limit` | `outcome` (`deny`), `reason` (`rate`, `in_flight`), `subject`, `client_id`, `issuer`, `tenant`, `resource` (the tool of a per-tool limit, else empty), `retry_after_secs` |
 //!
 //! This module depends on nothing of the crate but [`Principal`]: each
 //! module passes its own vocabulary in as codes.
@@ -181,6 +182,18 @@ pub enum AuditEvent<'a> {
         /// The cache status (`hit`, `miss`, `joined`, `none`).
         cache: &'a str,
     },
+    /// A request refused by a request limit (HTTP 429, or a JSON-RPC error
+    /// for a per-tool limit).
+    Limit {
+        /// The caller.
+        principal: &'a Principal,
+        /// Which limit: `rate` or `in_flight`.
+        reason: &'a str,
+        /// The tool of a per-tool limit; empty otherwise.
+        resource: &'a str,
+        /// The `Retry-After` given, in seconds.
+        retry_after_secs: u64,
+    },
 }
 
 impl fmt::Debug for AuditEvent<'_> {
@@ -202,6 +215,7 @@ impl AuditEvent<'_> {
             AuditEvent::PolicyReload { .. } => "policy_reload",
             AuditEvent::SecretAccess { .. } => "secret_access",
             AuditEvent::TokenExchange { .. } => "token_exchange",
+            AuditEvent::Limit { .. } => "limit",
         }
     }
 
@@ -327,6 +341,23 @@ impl AuditEvent<'_> {
                 outcome,
                 cache,
             ),
+            AuditEvent::Limit {
+                principal,
+                reason,
+                resource,
+                retry_after_secs,
+            } => tracing::info!(
+                target: TARGET,
+                event,
+                outcome = Outcome::Deny.as_str(),
+                reason,
+                subject = principal.subject(),
+                client_id = principal.client_id(),
+                issuer = principal.issuer(),
+                tenant = principal.tenant(),
+                resource,
+                retry_after_secs,
+            ),
         }
     }
 }
@@ -361,6 +392,13 @@ mod tests {
         .map(AuditEvent::name)
         .collect();
         assert_eq!(names, ["authn", "session", "authz"]);
+        let limit = AuditEvent::Limit {
+            principal: &p,
+            reason: "rate",
+            resource: "",
+            retry_after_secs: 1,
+        };
+        assert_eq!(limit.name(), "limit");
         assert_eq!(Outcome::Error.as_str(), "error");
     }
 }

@@ -231,6 +231,12 @@ pub enum PolicyError {
         /// What the evaluation returned or why it failed.
         message: String,
     },
+    /// A rule read on request (such as the limits rule) failed to evaluate.
+    #[error("policy evaluation failed: {message}")]
+    Evaluation {
+        /// Why it failed.
+        message: String,
+    },
 }
 
 /// The JSON-RPC error code of every denial (policy, credentials, token

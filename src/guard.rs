@@ -35,6 +35,7 @@ use crate::session::SessionBindingLayer;
 /// | [`EdgeLayer`](crate::edge::EdgeLayer) | one well-formed, allowed `Host` (ports matched exactly), a well-formed `Origin` | always |
 /// | RFC 9728 metadata routes | `/.well-known/oauth-protected-resource[/mcp]`, unauthenticated | always |
 /// | [`BearerAuthLayer`](crate::oauth::BearerAuthLayer) | authenticates every request to the MCP endpoint | always |
+/// | [`RequestLimitLayer`](crate::limit::RequestLimitLayer) | per-caller request rate and requests in flight (429); per-tool rates | always ([`Guard::limits`]) |
 /// | request context | the [`Credentials`] and [`TokenExchange`](crate::oauth::TokenExchange) for the extractors | when configured |
 /// | [`SessionBindingLayer`] | a session belongs to the caller that opened it | with sessions |
 /// | [`StepUpLayer`](crate::policy::StepUpLayer) | 403 `insufficient_scope` before rmcp when the policy names missing scopes | with a policy |
@@ -54,6 +55,7 @@ pub struct Guard {
     exchange: Option<crate::oauth::TokenExchange>,
     sessions: Option<SessionBindingLayer>,
     http: StreamableHttpServerConfig,
+    limits: crate::limit::RequestLimits,
 }
 
 impl Guard {
@@ -67,6 +69,7 @@ impl Guard {
             exchange: None,
             sessions: Some(SessionBindingLayer::default()),
             http: rs.streamable_http_config(),
+            limits: crate::limit::RequestLimits::default(),
             rs,
         }
     }
@@ -127,6 +130,16 @@ impl Guard {
         self
     }
 
+    /// Per-caller request limits ([`crate::limit`]); with a policy, its
+    /// limits rule may give a caller others. Turning them off is
+    /// `RequestLimits::default().dangerous().unlimited()`. Defaults to
+    /// [`RequestLimits::default`](crate::limit::RequestLimits::default):
+    /// 20 requests a second (burst 40) and 16 in flight per caller.
+    pub fn limits(mut self, limits: crate::limit::RequestLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// The axum router: the metadata routes and the guarded MCP endpoint at
     /// the resource path, serving handlers made by `factory` (one per
     /// session, or per request when stateless).
@@ -151,6 +164,14 @@ impl Guard {
             })
             .unzip();
         #[cfg(feature = "policy")]
+        let policy = self
+            .policy
+            .clone()
+            .map(|p| Arc::new(p) as Arc<dyn crate::limit::LimitSource>);
+        #[cfg(not(feature = "policy"))]
+        let policy = None;
+        let limits = self.limits.with_policy(policy);
+        #[cfg(feature = "policy")]
         let mut mcp = match self.policy.clone() {
             Some(engine) => {
                 let step_up = crate::policy::StepUpLayer::new(self.rs.challenges(), engine.clone());
@@ -174,7 +195,10 @@ impl Guard {
             mcp = mcp.layer(axum::Extension(exchange));
             bearer = bearer.keep_inbound_token();
         }
-        mcp.layer(bearer).merge(self.rs.metadata_router()).layer(edge)
+        mcp.layer(limits.layer())
+            .layer(bearer)
+            .merge(self.rs.metadata_router())
+            .layer(edge)
     }
 }
 

@@ -8,7 +8,6 @@
 mod macros;
 
 pub mod audit;
-#[cfg(any(feature = "jwt", feature = "policy"))]
 mod body;
 mod cache;
 #[cfg(any(feature = "jwt", feature = "policy"))]
@@ -17,6 +16,7 @@ mod challenge;
 pub mod edge;
 mod error;
 mod extract;
+pub mod limit;
 mod principal;
 
 #[cfg(feature = "jwt")]

@@ -212,6 +212,13 @@ fn bad_configuration_is_one_line_and_exit_status_2() {
             ],
             "GUARD_MAX_SESSIONS_PER_PRINCIPAL",
         ),
+        (
+            vec![
+                ("GUARD_ISSUER", "https://idp.example.com"),
+                ("GUARD_RATE_LIMIT", "fast"),
+            ],
+            "GUARD_RATE_LIMIT",
+        ),
     ] {
         let output = Command::new(binary())
             .env_clear()

@@ -33,6 +33,11 @@ impl Timestamp {
         Timestamp(secs.saturating_mul(1000))
     }
 
+    /// Milliseconds since the Unix epoch.
+    pub(crate) const fn millis(self) -> u64 {
+        self.0
+    }
+
     /// `self` plus `duration`, at most the end of time.
     pub(crate) fn saturating_add(self, duration: Duration) -> Self {
         let millis = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);

@@ -240,6 +240,46 @@ impl<K: Hash + Eq, V, S: BuildHasher + Clone> TtlCache<K, V, S> {
         true
     }
 
+    /// The live value for `key`, its deadline moved to `deadline`; or, when
+    /// there is none, `make()` kept until `deadline` (weight 0) and returned.
+    /// One lock for both, so two callers racing on a new key get the same
+    /// value. Counts as a use. The value is returned even when the cache
+    /// holds no entries.
+    pub(crate) fn get_or_insert_with(&self, key: K, deadline: Timestamp, now: Timestamp, make: impl FnOnce() -> V) -> V
+    where
+        V: Clone,
+    {
+        let mut shard = lock(self.shard(&key));
+        let shard = &mut *shard;
+        shard.tick += 1;
+        let used = shard.tick;
+        if let Some(slot) = shard.map.get_mut(&key)
+            && slot.deadline > now
+        {
+            slot.used = used;
+            slot.deadline = deadline;
+            shard.earliest = shard.earliest.min(deadline);
+            return slot.value.clone();
+        }
+        shard.remove(&key);
+        let value = make();
+        if deadline <= now || shard.limits.entries == 0 {
+            return value;
+        }
+        shard.make_room(0, now);
+        shard.earliest = shard.earliest.min(deadline);
+        shard.map.insert(
+            key,
+            Slot {
+                value: value.clone(),
+                deadline,
+                weight: 0,
+                used,
+            },
+        );
+        value
+    }
+
     /// Drop the entry for `key`, returning its value (expired or not).
     pub(crate) fn remove<Q>(&self, key: &Q) -> Option<V>
     where
@@ -476,6 +516,23 @@ mod tests {
         // Now "a" is the least recently used.
         cache.insert("e", "e", 0, at(5000), at(1000));
         assert_eq!(cache.get("a", at(1000)), None);
+    }
+
+    #[test]
+    fn get_or_insert_with_makes_once_and_stays_bounded() {
+        let cache = TtlCache::new(Limits::entries(2));
+        assert_eq!(cache.get_or_insert_with("a", at(1010), at(1000), || 1), 1);
+        // A live entry is returned (and its deadline moved), not remade.
+        assert_eq!(cache.get_or_insert_with("a", at(1020), at(1005), || 2), 1);
+        assert_eq!(cache.get("a", at(1015)), Some(1));
+        // An expired one is remade.
+        assert_eq!(cache.get_or_insert_with("a", at(1030), at(1020), || 3), 3);
+        cache.get_or_insert_with("b", at(1030), at(1020), || 4);
+        cache.get_or_insert_with("c", at(1030), at(1020), || 5);
+        assert_eq!(cache.len(), 2);
+        let none = TtlCache::new(Limits::entries(0));
+        assert_eq!(none.get_or_insert_with("a", at(1010), at(1000), || 6), 6);
+        assert_eq!(none.len(), 0);
     }
 
     #[test]

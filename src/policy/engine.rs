@@ -34,6 +34,10 @@ pub(crate) const DEFAULT_ENTRYPOINT: &str = "data.mcp.authz.allow";
 pub(crate) const DEFAULT_REASONS_RULE: &str = "data.mcp.authz.reasons";
 /// The required-scopes rule read on a denial unless configured otherwise.
 pub(crate) const DEFAULT_REQUIRED_SCOPES_RULE: &str = "data.mcp.authz.required_scopes";
+/// The per-caller limits rule read unless configured otherwise.
+pub(crate) const DEFAULT_LIMITS_RULE: &str = "data.mcp.authz.limits";
+/// The `action` of the input the limits rule is evaluated with.
+pub(crate) const LIMITS_ACTION: &str = "rmcp-guard/limits";
 /// How many decisions each thread memoizes per policy unless configured otherwise.
 pub(crate) const DEFAULT_MEMO_CAPACITY: usize = 4096;
 /// The instruction budget of one evaluation unless configured otherwise.
@@ -62,6 +66,7 @@ struct Options {
     entrypoint: String,
     reasons_rule: Option<String>,
     required_scopes_rule: Option<String>,
+    limits_rule: Option<String>,
     rego_version: RegoVersion,
     memoize: bool,
     memo_capacity: usize,
@@ -74,6 +79,7 @@ impl Default for Options {
             entrypoint: DEFAULT_ENTRYPOINT.to_owned(),
             reasons_rule: Some(DEFAULT_REASONS_RULE.to_owned()),
             required_scopes_rule: Some(DEFAULT_REQUIRED_SCOPES_RULE.to_owned()),
+            limits_rule: Some(DEFAULT_LIMITS_RULE.to_owned()),
             rego_version: RegoVersion::Auto,
             memoize: true,
             memo_capacity: DEFAULT_MEMO_CAPACITY,
@@ -163,6 +169,15 @@ impl PolicyEngineBuilder {
         self
     }
 
+    /// The rule read for a caller's request limits (an object such as
+    /// `{"rate": "100/min", "in_flight": 4}`; see
+    /// [`PolicyEngine::limits`]); ignored when no module declares it.
+    /// Defaults to `data.mcp.authz.limits`.
+    pub fn limits_rule(mut self, rule: Option<&str>) -> Self {
+        self.options.limits_rule = rule.map(str::to_owned);
+        self
+    }
+
     /// The Rego syntax of the modules. Defaults to `RegoVersion::Auto`.
     pub fn rego_version(mut self, version: RegoVersion) -> Self {
         self.options.rego_version = version;
@@ -227,6 +242,7 @@ struct Loaded {
     entrypoint: String,
     reasons_rule: Option<String>,
     required_scopes_rule: Option<String>,
+    limits_rule: Option<String>,
     /// `Some(fields)` when the policy provably reads only these input
     /// fields (and not `arguments`): the input is trimmed to them, and
     /// decisions are memoized keyed by them when memoization is on.
@@ -353,6 +369,47 @@ impl PolicyEngine {
             duration: start.elapsed(),
             cached,
         }
+    }
+
+    /// The value of the limits rule ([`PolicyEngineBuilder::limits_rule`])
+    /// for `principal`, as JSON: `None` when no module declares the rule or
+    /// it is undefined for this caller. Evaluated with the caller's input,
+    /// `action` `"rmcp-guard/limits"` and an empty `resource`; not audited,
+    /// not memoized. [`RequestLimits`](crate::limit::RequestLimits) reads it
+    /// through the policy's [`LimitSource`](crate::limit::LimitSource).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use rmcp_guard::Principal;
+    /// use rmcp_guard::policy::PolicyEngine;
+    ///
+    /// let engine = PolicyEngine::builder()
+    ///     .module("authz.rego", r#"
+    ///         package mcp.authz
+    ///         default allow := false
+    ///         limits := {"rate": "600/min", "in_flight": 32} if "batch" in input.groups
+    ///     "#)
+    ///     .build()?;
+    /// let batch = Principal::unverified("https://idp", "etl").groups(["batch"]).build();
+    /// assert_eq!(engine.limits(&batch)?.unwrap()["rate"], "600/min");
+    /// let alice = Principal::unverified("https://idp", "alice").build();
+    /// assert!(engine.limits(&alice)?.is_none());
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`PolicyError::Evaluation`] when the evaluation fails.
+    pub fn limits(&self, principal: &Principal) -> Result<Option<serde_json::Value>, PolicyError> {
+        let input = PolicyInput::new(principal, "", Action::method(LIMITS_ACTION));
+        let generation = self.shared.generation.load(Ordering::Acquire);
+        let result = WORKERS.try_with(|cell| match cell.try_borrow_mut() {
+            Ok(mut workers) => self.worker(&mut workers, generation).limits(&input),
+            Err(_) => Worker::new(self.shared.id, self.current()).limits(&input),
+        });
+        result
+            .unwrap_or_else(|_| Worker::new(self.shared.id, self.current()).limits(&input))
+            .map_err(|message| PolicyError::Evaluation { message })
     }
 
     fn current(&self) -> Arc<Loaded> {
@@ -518,6 +575,7 @@ fn compile(bundle: &Bundle, options: &Options, generation: u64) -> Result<Loaded
     let optional = |rule: &Option<String>| rule.as_ref().filter(|r| declared(&engine, &packages, r)).cloned();
     let reasons_rule = optional(&options.reasons_rule);
     let required_scopes_rule = optional(&options.required_scopes_rule);
+    let limits_rule = optional(&options.limits_rule);
 
     let whole = |e: &dyn std::fmt::Display| PolicyError::Compile {
         module: "(policy)".to_owned(),
@@ -531,6 +589,7 @@ fn compile(bundle: &Bundle, options: &Options, generation: u64) -> Result<Loaded
     let mut entrypoints = vec![options.entrypoint.as_str()];
     entrypoints.extend(reasons_rule.as_deref());
     entrypoints.extend(required_scopes_rule.as_deref());
+    entrypoints.extend(limits_rule.as_deref());
     let program = regorus::languages::rego::compiler::Compiler::compile_from_policy(&compiled, &entrypoints)
         .map_err(|e| whole(&e))?;
 
@@ -551,6 +610,7 @@ fn compile(bundle: &Bundle, options: &Options, generation: u64) -> Result<Loaded
         entrypoint: options.entrypoint.clone(),
         reasons_rule,
         required_scopes_rule,
+        limits_rule,
         input_fields,
         memoize: options.memoize && options.memo_capacity > 0,
         memo_capacity: options.memo_capacity,
@@ -655,6 +715,26 @@ impl Worker {
         (outcome, version, false)
     }
 
+    /// The limits rule's value for `input`; `None` when not declared or undefined.
+    fn limits(&mut self, input: &PolicyInput) -> Result<Option<serde_json::Value>, String> {
+        let Some(rule) = self.loaded.limits_rule.as_deref() else {
+            return Ok(None);
+        };
+        let Some(vm) = self.vm.as_mut() else {
+            return Err("the policy VM could not be set up".to_owned());
+        };
+        let document = match &self.loaded.input_fields {
+            Some(fields) => input.to_json_fields(fields),
+            None => input.to_json(),
+        };
+        vm.set_input(regorus::Value::from(document));
+        match vm.execute_entry_point_by_name(rule) {
+            Ok(regorus::Value::Undefined) => Ok(None),
+            Ok(value) => serde_json::to_value(&value).map(Some).map_err(|e| e.to_string()),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+
     fn run(&mut self, input: &PolicyInput) -> Answer {
         let Some(vm) = self.vm.as_mut() else {
             return Answer::fault(reason::EVAL_ERROR);
@@ -751,6 +831,7 @@ mod tests {
         assert_eq!(DEFAULT_ENTRYPOINT, "data.mcp.authz.allow");
         assert_eq!(DEFAULT_REASONS_RULE, "data.mcp.authz.reasons");
         assert_eq!(DEFAULT_REQUIRED_SCOPES_RULE, "data.mcp.authz.required_scopes");
+        assert_eq!(DEFAULT_LIMITS_RULE, "data.mcp.authz.limits");
         assert_eq!(DEFAULT_MEMO_CAPACITY, 4096);
         assert_eq!(DEFAULT_MAX_INSTRUCTIONS, 100_000);
     }

@@ -34,6 +34,9 @@ use crate::Principal;
 ///   the prompt or resource it refers to) are decided before the inner
 ///   handler runs; a denial is a JSON-RPC error ([`PERMISSION_DENIED`](crate::PERMISSION_DENIED),
 ///   "permission denied"), never a successful tool result.
+/// * An allowed `tools/call` then counts against the caller's per-tool
+///   rate ([`check_tool`](crate::limit::check_tool)); over it, the JSON-RPC
+///   error [`RATE_LIMITED`](crate::limit::RATE_LIMITED).
 /// * `tools/list`, `resources/list`, `resources/templates/list`,
 ///   `prompts/list` and `skills/list` are decided as a listing, then filtered
 ///   to the items the caller may use (each tool by its `tools/call`
@@ -378,6 +381,8 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
             &request.name,
             object(request.arguments.clone()),
         )?;
+        // An allowed call counts against the caller's per-tool rate, if any.
+        crate::limit::check_tool(&context.extensions, &request.name)?;
         context::scope(ctx, self.inner.call_tool(request, context)).await
     }
 

@@ -83,6 +83,7 @@ mod decision;
 mod engine;
 mod handler;
 mod input;
+mod limits;
 mod shipped;
 mod source;
 mod step_up;

@@ -160,6 +160,17 @@ async fn bind() -> (TcpListener, SocketAddr) {
     (listener, addr)
 }
 
+/// Request limits for the shared test servers and the load benchmark: the
+/// limit layer runs (its cost is measured) but never refuses, since these
+/// servers send many requests with one token. `tests/limits.rs` tests the
+/// limits themselves.
+pub fn generous_limits() -> rmcp_guard::limit::RequestLimits {
+    rmcp_guard::limit::RequestLimits::default()
+        .rate(rmcp_guard::limit::Rate::per_second(std::num::NonZeroU32::MAX))
+        .burst(u32::MAX)
+        .in_flight(u32::MAX)
+}
+
 /// The guarded rmcp server: [`Guard`] around the tools, on `127.0.0.1:0`.
 pub struct GuardedServer {
     /// The configuration the server runs with.
@@ -196,7 +207,7 @@ pub async fn start_guarded_with(
     let rs = configure(builder).build().expect("valid test configuration");
     let config = rs.streamable_http_config().with_sse_keep_alive(None);
     let cancel = config.cancellation_token.clone();
-    let guard = Guard::new(rs.clone()).http_config(config);
+    let guard = Guard::new(rs.clone()).http_config(config).limits(generous_limits());
     let guard = if mode == Mode::Stateless {
         guard.stateless()
     } else {
@@ -227,6 +238,7 @@ pub async fn start_guarded_with_policy(issuer: &TestIssuer, engine: rmcp_guard::
     let cancel = config.cancellation_token.clone();
     let app = Guard::new(rs.clone())
         .http_config(config)
+        .limits(generous_limits())
         .stateless()
         .policy(engine)
         .router(|| Ok(Tools::new()));

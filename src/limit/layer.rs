@@ -1,0 +1,456 @@
+//! [`RequestLimitLayer`]: the tower plumbing around the budgets, and
+//! [`check_tool`] for the per-tool limits inside the handler.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::table::{Bucket, Over, Permit, Table, Who};
+use super::{CallerLimits, RATE_LIMITED, RequestLimits};
+use crate::audit::AuditEvent;
+use crate::body::RejectOr;
+use crate::cache::Timestamp;
+use crate::principal::Principal;
+
+/// The limits and the budgets, shared by every clone of the layer.
+struct Shared {
+    limits: RequestLimits,
+    table: Table,
+    /// Whether any limit is on (else every request passes untouched).
+    active: bool,
+}
+
+impl Shared {
+    /// The limits for `principal`: the configured ones, overlaid by the
+    /// source's answer when it has one.
+    fn limits_for(&self, principal: &Principal) -> CallerLimits {
+        let configured = self.limits.caller;
+        let Some(source) = &self.limits.source else {
+            return configured;
+        };
+        match source.limits(principal) {
+            Ok(Some(limits)) => configured.overlaid(limits),
+            Ok(None) => configured,
+            Err(error) => {
+                tracing::warn!(%error, subject = principal.subject(), "limit source failed; using the configured limits");
+                configured
+            }
+        }
+    }
+
+    /// Count one request of `principal` against its budget.
+    fn admit(&self, principal: &Principal) -> Result<Option<Permit>, Over> {
+        let now = Timestamp::now();
+        let key = Who::of(principal, self.limits.by_tenant);
+        let recheck = now.saturating_add(self.limits.source_ttl);
+        let mut bucket = match self.table.get(&key, now) {
+            Some(bucket) => bucket,
+            None => {
+                // Asked outside the table's lock: a source may take a while.
+                let limits = self.limits_for(principal);
+                self.table
+                    .bucket(key, now, || Bucket::new(limits, Arc::default(), recheck))
+            }
+        };
+        if self.limits.source.is_some() && bucket.recheck_at.load(Ordering::Relaxed) <= now.millis() {
+            bucket.recheck_at.store(recheck.millis(), Ordering::Relaxed);
+            let limits = self.limits_for(principal);
+            if limits != bucket.limits {
+                // The rate starts afresh; requests in flight stay counted.
+                let fresh = Bucket::new(limits, bucket.in_flight(), recheck);
+                let key = Who::of(principal, self.limits.by_tenant);
+                self.table.replace(key, fresh.clone(), now);
+                bucket = fresh;
+            }
+        }
+        bucket.take()?;
+        bucket.enter()
+    }
+}
+
+/// Enforces [`RequestLimits`]; see the [module docs](super).
+///
+/// Cheap to clone: clones share the budgets.
+#[derive(Clone)]
+pub struct RequestLimitLayer {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for RequestLimitLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestLimitLayer")
+            .field("limits", &self.shared.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RequestLimitLayer {
+    /// A layer enforcing `limits`, with budgets of its own.
+    pub fn new(limits: RequestLimits) -> Self {
+        let active = limits.caller != CallerLimits::new() || limits.has_tool_limits() || limits.has_source();
+        RequestLimitLayer {
+            shared: Arc::new(Shared {
+                table: Table::new(limits.capacity),
+                limits,
+                active,
+            }),
+        }
+    }
+}
+
+impl<S> Layer<S> for RequestLimitLayer {
+    type Service = RequestLimit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestLimit {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The request-limit middleware; see [`RequestLimitLayer`].
+#[derive(Clone)]
+pub struct RequestLimit<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> RequestLimit<S> {
+    define_inner_service_accessors!();
+}
+
+impl<S> std::fmt::Debug for RequestLimit<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestLimit").finish_non_exhaustive()
+    }
+}
+
+/// HTTP 429 with `Retry-After` and a short JSON-RPC error.
+fn too_many(over: Over) -> Response<Bytes> {
+    let retry_after = over.retry_after_secs();
+    let error = match over {
+        Over::Rate(_) => "rate_limited",
+        Over::InFlight => "too_many_in_flight",
+    };
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","id":null,"error":{{"code":{},"message":"too many requests","data":{{"error":"{error}","retry_after":{retry_after}}}}}}}"#,
+        RATE_LIMITED.0
+    );
+    let mut response = Response::new(Bytes::from(body));
+    *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+    response
+}
+
+fn audit(principal: &Principal, over: Over, resource: &str) {
+    AuditEvent::Limit {
+        principal,
+        reason: over.reason(),
+        resource,
+        retry_after_secs: over.retry_after_secs(),
+    }
+    .emit();
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RequestLimit<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = Response<RequestLimitBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let shared = &self.shared;
+        // No principal: the bearer layer is not outside this one; whatever
+        // decides inside refuses an unauthenticated request.
+        let principal = match req.extensions().get::<Principal>() {
+            Some(principal) if shared.active => principal.clone(),
+            _ => return ResponseFuture::inner(self.inner.call(req), None),
+        };
+        let permit = match shared.admit(&principal) {
+            Ok(permit) => permit,
+            Err(over) => {
+                audit(&principal, over, "");
+                return ResponseFuture {
+                    state: State::Refused {
+                        response: Some(too_many(over)),
+                    },
+                };
+            }
+        };
+        // A GET's stream is not counted while it is open (module docs).
+        let permit = permit.filter(|_| req.method() != Method::GET);
+        if shared.limits.has_tool_limits() {
+            let who = Who::of(&principal, shared.limits.by_tenant);
+            req.extensions_mut().insert(ToolBudget {
+                shared: shared.clone(),
+                who,
+                principal,
+            });
+        }
+        ResponseFuture::inner(self.inner.call(req), permit)
+    }
+}
+
+pin_project! {
+    /// The response future of [`RequestLimit`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        state: State<F>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Inner {
+            #[pin]
+            future: F,
+            permit: Option<Permit>,
+        },
+        Refused {
+            response: Option<Response<Bytes>>,
+        },
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    fn inner(future: F, permit: Option<Permit>) -> Self {
+        ResponseFuture {
+            state: State::Inner { future, permit },
+        }
+    }
+}
+
+impl<F> std::fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<RequestLimitBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Inner { future, permit } => {
+                let response = ready!(future.poll(cx))?;
+                let permit = permit.take();
+                Poll::Ready(Ok(response.map(|body| RequestLimitBody {
+                    inner: RejectOr::Inner { body },
+                    permit,
+                })))
+            }
+            StateProj::Refused { response } => {
+                // Invariant: a future is not polled again after `Ready`; if
+                // it is, it answers an empty 429 rather than panic.
+                let response = response.take().unwrap_or_else(|| too_many(Over::InFlight));
+                Poll::Ready(Ok(response.map(|body| RequestLimitBody {
+                    inner: RejectOr::Rejection { body: Some(body) },
+                    permit: None,
+                })))
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// The response body of [`RequestLimit`]: the inner body, holding the
+    /// request's in-flight permit until it ends or is dropped; or a 429's.
+    pub struct RequestLimitBody<B> {
+        #[pin]
+        inner: RejectOr<B>,
+        permit: Option<Permit>,
+    }
+}
+
+impl<B> std::fmt::Debug for RequestLimitBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestLimitBody").finish_non_exhaustive()
+    }
+}
+
+impl<B> Body for RequestLimitBody<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        if !matches!(frame, Some(Ok(_))) {
+            // The end, or a broken stream: the request is over.
+            this.permit.take();
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The per-tool budgets of the caller of one request: the limit layer puts
+/// it in the request extensions when per-tool limits are configured, and
+/// [`check_tool`] finds it there.
+#[derive(Clone)]
+pub struct ToolBudget {
+    shared: Arc<Shared>,
+    who: Who,
+    principal: Principal,
+}
+
+impl std::fmt::Debug for ToolBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ToolBudget").finish_non_exhaustive()
+    }
+}
+
+impl ToolBudget {
+    /// Count one call of `tool`; over its rate, the JSON-RPC error
+    /// [`RATE_LIMITED`] (and one audit event). A tool without a limit
+    /// passes and keeps no state.
+    ///
+    /// # Errors
+    ///
+    /// Over the tool's rate.
+    pub fn check(&self, tool: &str) -> Result<(), rmcp::ErrorData> {
+        let Some(rate) = self.shared.limits.tools.get(tool) else {
+            return Ok(());
+        };
+        let now = Timestamp::now();
+        let key = self.who.with_tool(tool);
+        let bucket = self.shared.table.bucket(key, now, || {
+            Bucket::new(CallerLimits::new().with_rate(*rate), Arc::default(), Timestamp::MAX)
+        });
+        bucket.take().map_err(|over| {
+            audit(&self.principal, over, tool);
+            rmcp::ErrorData::new(
+                RATE_LIMITED,
+                "rate limited",
+                Some(serde_json::json!({
+                    "error": "rate_limited",
+                    "tool": tool,
+                    "retry_after": over.retry_after_secs(),
+                })),
+            )
+        })
+    }
+}
+
+/// Count one call of `tool` against the caller's per-tool budget, found in
+/// the request `extensions` (those of rmcp's request context: the HTTP
+/// request's, which rmcp copies there, or a [`ToolBudget`] inserted
+/// directly). Without one (no per-tool limits, or no limit layer) the call
+/// passes. [`Guarded`](crate::policy::Guarded) calls this for every allowed
+/// `tools/call`; a handler without a policy calls it at the top of its
+/// `call_tool`.
+///
+/// # Errors
+///
+/// The JSON-RPC error [`RATE_LIMITED`] over the tool's rate.
+pub fn check_tool(extensions: &rmcp::model::Extensions, tool: &str) -> Result<(), rmcp::ErrorData> {
+    let budget = extensions
+        .get::<http::request::Parts>()
+        .and_then(|parts| parts.extensions.get::<ToolBudget>())
+        .or_else(|| extensions.get::<ToolBudget>());
+    match budget {
+        Some(budget) => budget.check(tool),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use http_body_util::Full;
+    use tower::{ServiceExt, service_fn};
+
+    use super::*;
+
+    fn service() -> RequestLimit<impl Service<Request<()>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone>
+    {
+        let limits = RequestLimits::default().in_flight(1);
+        RequestLimitLayer::new(limits).layer(service_fn(|_req: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"answer"))))
+        }))
+    }
+
+    fn request(method: Method, who: &str) -> Request<()> {
+        let mut req = Request::builder().method(method).uri("/mcp").body(()).unwrap();
+        req.extensions_mut()
+            .insert(Principal::unverified("https://idp", who).build());
+        req
+    }
+
+    #[tokio::test]
+    async fn a_post_holds_its_permit_until_its_body_ends_a_get_does_not() {
+        let service = service();
+        let held = service.clone().oneshot(request(Method::POST, "alice")).await.unwrap();
+        assert_eq!(held.status(), 200);
+        let refused = service.clone().oneshot(request(Method::POST, "alice")).await.unwrap();
+        assert_eq!(refused.status(), 429);
+        assert_eq!(refused.headers()[header::RETRY_AFTER], "1");
+        // Someone else is not affected.
+        let bob = service.clone().oneshot(request(Method::POST, "bob")).await.unwrap();
+        assert_eq!(bob.status(), 200);
+        // The body read to its end releases the permit.
+        let body = http_body_util::BodyExt::collect(held.into_body()).await.unwrap();
+        assert_eq!(body.to_bytes(), "answer");
+        let next = service.clone().oneshot(request(Method::POST, "alice")).await.unwrap();
+        assert_eq!(next.status(), 200);
+        drop(next);
+
+        // GET streams stay open without holding a permit.
+        let streams: Vec<_> = [
+            service.clone().oneshot(request(Method::GET, "carol")).await.unwrap(),
+            service.clone().oneshot(request(Method::GET, "carol")).await.unwrap(),
+        ]
+        .into();
+        assert!(streams.iter().all(|r| r.status() == 200));
+        let call = service.clone().oneshot(request(Method::POST, "carol")).await.unwrap();
+        assert_eq!(call.status(), 200);
+    }
+
+    #[tokio::test]
+    async fn without_a_principal_or_with_limits_off_requests_pass() {
+        let off = RequestLimitLayer::new(RequestLimits::default().in_flight(1).dangerous().unlimited()).layer(
+            service_fn(|_req: Request<()>| async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::new()))) }),
+        );
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let response = off.clone().oneshot(request(Method::POST, "alice")).await.unwrap();
+            assert_eq!(response.status(), 200);
+            held.push(response);
+        }
+        let anonymous = Request::post("/mcp").body(()).unwrap();
+        assert_eq!(service().oneshot(anonymous).await.unwrap().status(), 200);
+    }
+}

@@ -1,0 +1,305 @@
+//! The budgets: one GCRA cell and one in-flight counter per key, in a
+//! bounded [`TtlCache`].
+
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use governor::RateLimiter;
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::{InMemoryState, NotKeyed};
+
+use super::CallerLimits;
+use crate::cache::{Limits, Timestamp, TtlCache};
+use crate::principal::Principal;
+
+/// A budget is forgotten this long after its last request. Forgetting resets
+/// it (see "At the bound" in the module docs); at the default rate its GCRA
+/// cell refilled in two seconds, and only a request in flight for longer than
+/// this is no longer counted.
+pub(crate) const IDLE: Duration = Duration::from_secs(3600);
+
+/// The monotonic clock of every budget: nanoseconds since the first reading
+/// in this process. Zero-sized, so a budget holds no clock state.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Clock;
+
+impl governor::clock::Clock for Clock {
+    type Instant = Nanos;
+
+    fn now(&self) -> Nanos {
+        static ORIGIN: OnceLock<Instant> = OnceLock::new();
+        Nanos::from(ORIGIN.get_or_init(Instant::now).elapsed())
+    }
+}
+
+type Gcra = RateLimiter<NotKeyed, InMemoryState, Clock, NoOpMiddleware<Nanos>>;
+
+/// Whose budget: a caller (issuer, subject, client id), or a tenant shared
+/// by its callers (issuer, tenant), and for a per-tool budget the tool.
+/// Encoded in one allocation, each part after its length, so no two
+/// different keys encode alike and a lookup hashes and compares one slice.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Who(Box<[u8]>);
+
+fn part(key: &mut Vec<u8>, text: &str) {
+    key.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    key.extend_from_slice(text.as_bytes());
+}
+
+impl Who {
+    pub(crate) fn of(principal: &Principal, by_tenant: bool) -> Who {
+        let issuer = principal.issuer();
+        let mut key = Vec::with_capacity(64 + issuer.len() + principal.subject().len());
+        match principal.tenant() {
+            Some(tenant) if by_tenant => {
+                key.push(b't');
+                part(&mut key, issuer);
+                part(&mut key, tenant);
+            }
+            _ => {
+                key.push(b'c');
+                part(&mut key, issuer);
+                part(&mut key, principal.subject());
+                match principal.client_id() {
+                    Some(client) => {
+                        key.push(1);
+                        part(&mut key, client);
+                    }
+                    None => key.push(0),
+                }
+            }
+        }
+        Who(key.into_boxed_slice())
+    }
+
+    /// The key of this caller's (or tenant's) budget for `tool`.
+    pub(crate) fn with_tool(&self, tool: &str) -> Who {
+        let mut key = Vec::with_capacity(self.0.len() + 9 + tool.len());
+        key.extend_from_slice(&self.0);
+        key.push(b'T');
+        part(&mut key, tool);
+        Who(key.into_boxed_slice())
+    }
+
+    #[cfg(test)]
+    fn is_tenant(&self) -> bool {
+        self.0.first() == Some(&b't')
+    }
+}
+
+/// A key of the table.
+pub(crate) type Key = Who;
+
+/// One key's budget.
+pub(crate) struct Bucket {
+    /// The limits this budget was made for.
+    pub(crate) limits: CallerLimits,
+    gcra: Option<Gcra>,
+    /// Requests holding a permit; shared with the budget that replaces this
+    /// one when a policy changes the limits.
+    in_flight: Arc<AtomicU32>,
+    /// When to ask the policy again (a [`Timestamp`] in milliseconds).
+    pub(crate) recheck_at: AtomicU64,
+}
+
+/// Why a request is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Over {
+    /// Over the rate; try again after this long.
+    Rate(Duration),
+    /// Over the requests in flight.
+    InFlight,
+}
+
+impl Over {
+    /// The audit reason code.
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            Over::Rate(_) => "rate",
+            Over::InFlight => "in_flight",
+        }
+    }
+
+    /// `Retry-After`, in whole seconds rounded up, at least 1.
+    pub(crate) fn retry_after_secs(self) -> u64 {
+        match self {
+            Over::Rate(wait) => (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1),
+            Over::InFlight => 1,
+        }
+    }
+}
+
+impl Bucket {
+    pub(crate) fn new(limits: CallerLimits, in_flight: Arc<AtomicU32>, recheck_at: Timestamp) -> Arc<Bucket> {
+        let gcra = limits.rate.map(|rate| {
+            let burst = limits
+                .burst
+                .unwrap_or_else(|| NonZeroU32::new(rate.count()).unwrap_or(NonZeroU32::MIN));
+            Gcra::direct_with_clock(rate.quota(burst), Clock)
+        });
+        Arc::new(Bucket {
+            limits,
+            gcra,
+            in_flight,
+            recheck_at: AtomicU64::new(recheck_at.millis()),
+        })
+    }
+
+    /// The in-flight counter, to hand on to a replacement.
+    pub(crate) fn in_flight(&self) -> Arc<AtomicU32> {
+        self.in_flight.clone()
+    }
+
+    /// Take one request's worth of the rate (a refused request costs nothing).
+    pub(crate) fn take(&self) -> Result<(), Over> {
+        match &self.gcra {
+            None => Ok(()),
+            Some(gcra) => gcra.check().map_err(|not_until| {
+                let now = governor::clock::Clock::now(&Clock);
+                Over::Rate(not_until.wait_time_from(now))
+            }),
+        }
+    }
+
+    /// A permit for one request in flight, if the limit allows one more.
+    pub(crate) fn enter(self: &Arc<Self>) -> Result<Option<Permit>, Over> {
+        let Some(max) = self.limits.in_flight else {
+            return Ok(None);
+        };
+        let counter = &self.in_flight;
+        let admitted = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max.get()).then_some(n + 1)
+        });
+        match admitted {
+            Ok(_) => Ok(Some(Permit {
+                counter: counter.clone(),
+            })),
+            Err(_) => Err(Over::InFlight),
+        }
+    }
+}
+
+/// One request in flight; released when dropped.
+#[derive(Debug)]
+pub(crate) struct Permit {
+    counter: Arc<AtomicU32>,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Every budget, bounded in entries.
+pub(crate) struct Table {
+    buckets: TtlCache<Key, Arc<Bucket>>,
+}
+
+impl Table {
+    pub(crate) fn new(capacity: usize) -> Table {
+        Table {
+            buckets: TtlCache::new(Limits::entries(capacity.max(1))),
+        }
+    }
+
+    /// The budget for `key`, if there is one; its idle time starts again.
+    pub(crate) fn get(&self, key: &Key, now: Timestamp) -> Option<Arc<Bucket>> {
+        let deadline = now.saturating_add(IDLE);
+        self.buckets.update(key, now, |bucket, until| {
+            *until = deadline;
+            bucket.clone()
+        })
+    }
+
+    /// The budget for `key`, made with `make` when there is none.
+    pub(crate) fn bucket(&self, key: Key, now: Timestamp, make: impl FnOnce() -> Arc<Bucket>) -> Arc<Bucket> {
+        self.buckets
+            .get_or_insert_with(key, now.saturating_add(IDLE), now, make)
+    }
+
+    /// Replace the budget for `key`.
+    pub(crate) fn replace(&self, key: Key, bucket: Arc<Bucket>, now: Timestamp) {
+        self.buckets.insert(key, bucket, 0, now.saturating_add(IDLE), now);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.buckets.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limit::Rate;
+
+    fn limits(rate: &str, burst: u32, in_flight: u32) -> CallerLimits {
+        CallerLimits {
+            rate: Some(rate.parse::<Rate>().unwrap()),
+            burst: NonZeroU32::new(burst),
+            in_flight: NonZeroU32::new(in_flight),
+        }
+    }
+
+    #[test]
+    fn a_burst_then_a_wait_rounded_up_to_whole_seconds() {
+        let bucket = Bucket::new(limits("1/min", 3, 1), Arc::default(), Timestamp::MAX);
+        for _ in 0..3 {
+            bucket.take().unwrap();
+        }
+        let over = bucket.take().unwrap_err();
+        assert_eq!(over.reason(), "rate");
+        assert!((57..=60).contains(&over.retry_after_secs()), "{over:?}");
+        assert_eq!(Over::Rate(Duration::from_millis(1)).retry_after_secs(), 1);
+        assert_eq!(Over::Rate(Duration::ZERO).retry_after_secs(), 1);
+    }
+
+    #[test]
+    fn permits_come_back_when_dropped() {
+        let bucket = Bucket::new(limits("1000/s", 10, 2), Arc::default(), Timestamp::MAX);
+        let a = bucket.enter().unwrap();
+        let _b = bucket.enter().unwrap();
+        assert_eq!(bucket.enter().unwrap_err(), Over::InFlight);
+        drop(a);
+        assert!(bucket.enter().unwrap().is_some());
+    }
+
+    #[test]
+    fn the_table_is_bounded_and_a_key_is_its_own() {
+        let table = Table::new(2);
+        let now = Timestamp::now();
+        let key = |s: &str| Who::of(&Principal::unverified("i", s).build(), false);
+        let make = || Bucket::new(limits("1/h", 1, 1), Arc::default(), Timestamp::MAX);
+        let alice = table.bucket(key("alice"), now, make);
+        alice.take().unwrap();
+        // Alice's budget is the one she comes back to; Bob's is another.
+        assert!(Arc::ptr_eq(&alice, &table.bucket(key("alice"), now, make)));
+        table.bucket(key("bob"), now, make).take().unwrap();
+        assert!(alice.take().is_err());
+        for i in 0..100 {
+            table.bucket(key(&format!("flood-{i}")), now, make);
+        }
+        assert_eq!(table.len(), 2);
+    }
+
+    #[test]
+    fn tenant_keying_falls_back_to_the_caller() {
+        let with = Principal::unverified("i", "a").tenant("acme").build();
+        let without = Principal::unverified("i", "a").build();
+        assert!(Who::of(&with, true).is_tenant());
+        assert!(!Who::of(&with, false).is_tenant());
+        assert!(!Who::of(&without, true).is_tenant());
+        // The client is part of a caller's key; the tool makes another key.
+        let desktop = Principal::unverified("i", "a").client_id("desktop").build();
+        assert_ne!(Who::of(&desktop, false), Who::of(&without, false));
+        assert_ne!(Who::of(&without, false).with_tool("t"), Who::of(&without, false));
+        // Lengths keep the parts apart: ("ab", "c") is not ("a", "bc").
+        let ab = Principal::unverified("ab", "c").build();
+        let a = Principal::unverified("a", "bc").build();
+        assert_ne!(Who::of(&ab, false), Who::of(&a, false));
+    }
+}
