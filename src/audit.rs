@@ -15,6 +15,7 @@
 //! | `policy_reload` | `outcome` (`allow`: applied, `error`: refused), `previous_version`, `policy_version`, `error` |
 //! | `secret_access` | `subject`, `issuer`, `tenant`, `service`, `template`, `path`, `outcome` (`ok` or a `SecretError` code), `cache` |
 //! | `token_exchange` | `subject`, `issuer`, `grant`, `audience`, `outcome` (`ok` or an `ExchangeError` code), `cache` |
+//! | `circuit` | `upstream` (`jwks`, `introspection`, `token_endpoint`, `vault`), `endpoint`, `state`, `previous` (`closed`, `open`, `half_open`), `failures`, `retry_after` (seconds, when opening); at `WARN` when a breaker opens |
 //!
 //! This module depends on nothing of the crate but [`Principal`]: each
 //! module passes its own vocabulary in as codes.
@@ -181,6 +182,21 @@ pub enum AuditEvent<'a> {
         /// The cache status (`hit`, `miss`, `joined`, `none`).
         cache: &'a str,
     },
+    /// An upstream's circuit breaker changed state (see the `breaker` module).
+    Circuit {
+        /// The kind of upstream (`Upstream::as_str`).
+        upstream: &'a str,
+        /// The issuer, endpoint URL or address.
+        endpoint: &'a str,
+        /// The new state (`CircuitState::as_str`).
+        state: &'a str,
+        /// The state before.
+        previous: &'a str,
+        /// Consecutive failures seen.
+        failures: u32,
+        /// How long it stays open, in seconds, when it opens.
+        retry_after: Option<u64>,
+    },
 }
 
 impl fmt::Debug for AuditEvent<'_> {
@@ -202,6 +218,7 @@ impl AuditEvent<'_> {
             AuditEvent::PolicyReload { .. } => "policy_reload",
             AuditEvent::SecretAccess { .. } => "secret_access",
             AuditEvent::TokenExchange { .. } => "token_exchange",
+            AuditEvent::Circuit { .. } => "circuit",
         }
     }
 
@@ -327,6 +344,20 @@ impl AuditEvent<'_> {
                 outcome,
                 cache,
             ),
+            AuditEvent::Circuit {
+                upstream,
+                endpoint,
+                state,
+                previous,
+                failures,
+                retry_after,
+            } => {
+                if state == "open" {
+                    tracing::warn!(target: TARGET, event, upstream, endpoint, state, previous, failures, retry_after)
+                } else {
+                    tracing::info!(target: TARGET, event, upstream, endpoint, state, previous, failures, retry_after)
+                }
+            }
         }
     }
 }

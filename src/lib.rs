@@ -10,6 +10,8 @@ mod macros;
 pub mod audit;
 #[cfg(any(feature = "jwt", feature = "policy"))]
 mod body;
+#[cfg(any(feature = "jwt", feature = "vault"))]
+pub mod breaker;
 mod cache;
 #[cfg(any(feature = "jwt", feature = "policy"))]
 mod challenge;
