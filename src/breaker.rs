@@ -17,6 +17,9 @@
 //! What counts as a failure: no answer (connection refused or reset, a
 //! timeout), a 5xx, an answer that cannot be read. Any other answer, such as
 //! a 4xx about a bad token, is the upstream working and resets the count.
+//! For metadata and JWKS fetches every failed fetch counts (no answer there
+//! is about a token); for the introspection and token endpoints a refusal of
+//! this server's client credentials is an answer too.
 //! Every change of state is one audit event `circuit`
 //! ([`AuditEvent::Circuit`](crate::audit::AuditEvent::Circuit)).
 //!
@@ -27,12 +30,20 @@
 //!
 //! ```
 //! use std::time::Duration;
+//! use rmcp_guard::AuthError;
 //! use rmcp_guard::breaker::BreakerConfig;
+//! use rmcp_guard::oauth::{Issuer, ResourceServer};
 //!
-//! let breaker = BreakerConfig::default()
-//!     .failure_threshold(3)
-//!     .cool_down(Duration::from_secs(5));
-//! assert_eq!(breaker, BreakerConfig::default().failure_threshold(3).cool_down(Duration::from_secs(5)));
+//! # fn main() -> Result<(), rmcp_guard::ConfigError> {
+//! let rs = ResourceServer::builder("https://mcp.example.com/mcp", Issuer::discover("https://idp.example.com"))
+//!     .breaker(BreakerConfig::default().failure_threshold(3).cool_down(Duration::from_secs(5)))
+//!     .build()?;
+//! // What a request gets while the breaker of an upstream it needs is open:
+//! let open = AuthError::CircuitOpen { upstream: "token keys", retry_after_secs: 4 };
+//! let response = rs.challenges().reject(&open);
+//! assert_eq!(response.status(), 503);
+//! assert_eq!(response.headers()["retry-after"], "4");
+//! # Ok(()) }
 //! ```
 
 use std::fmt;
