@@ -4,6 +4,7 @@
 //! ```text
 //! cargo bench --bench soak                      # 120 s, 8 clients
 //! cargo bench --bench soak -- --secs 30 --clients 16 --max-requests 200000
+//! cargo bench --bench soak -- --abandon-every 4 --idle-sockets 64
 //! ```
 //!
 //! In one process, on loopback only, everything it starts stopped at the end:
@@ -21,6 +22,14 @@
 //!   `churn` (open a session with one shared token, call, close it: 2 in 10),
 //!   `opaque` (a session opened with a fresh opaque token, so introspection is
 //!   asked, a call, close: 2 in 10).
+//!   With `--abandon-every N`, every Nth churned session is left open (as a
+//!   careless or hostile client leaves it): only a per-principal session cap
+//!   keeps memory flat then (default 0: every session is closed).
+//!   `--idle-sockets N` (default 16) connections send half a request line and
+//!   wait; the header-read timeout must close them (each reconnects, so the
+//!   pressure stays); the count of closes is printed.
+//!   "Requests" are operations: opening a session is `initialize` and
+//!   `notifications/initialized`, two HTTP requests.
 //! - **the outage**: the introspection endpoint is stopped from 30 % to 55 %
 //!   of the run and started again on the same port.
 //!
@@ -72,6 +81,8 @@ struct Args {
     secs: u64,
     clients: usize,
     max_requests: u64,
+    abandon_every: u64,
+    idle_sockets: usize,
 }
 
 fn args() -> Args {
@@ -79,6 +90,8 @@ fn args() -> Args {
         secs: 120,
         clients: 8,
         max_requests: 2_000_000,
+        abandon_every: 0,
+        idle_sockets: 16,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -91,6 +104,8 @@ fn args() -> Args {
             "--secs" => a.secs = value("--secs").clamp(5, 3600),
             "--clients" => a.clients = value("--clients").clamp(1, 256) as usize,
             "--max-requests" => a.max_requests = value("--max-requests").max(1),
+            "--abandon-every" => a.abandon_every = value("--abandon-every"),
+            "--idle-sockets" => a.idle_sockets = value("--idle-sockets").min(1000) as usize,
             // `cargo bench` passes `--bench`; ignore anything else too.
             _ => {}
         }
@@ -232,9 +247,25 @@ impl Introspection {
 // ---------------------------------------------------------------------------
 // Counting answers.
 
-/// `(kind, outcome)` -> count; `outcome` is a status (`200`, `401`, `503`), or
-/// `rpc_error`, `transport`, `protocol`.
-type Counts = BTreeMap<(&'static str, String), u64>;
+/// How many answers of one kind and outcome, and how long they took.
+#[derive(Default, Clone, Copy)]
+struct Stat {
+    n: u64,
+    total_us: u64,
+    max_us: u64,
+}
+
+impl Stat {
+    fn add(&mut self, other: Stat) {
+        self.n += other.n;
+        self.total_us += other.total_us;
+        self.max_us = self.max_us.max(other.max_us);
+    }
+}
+
+/// `(kind, outcome)` -> answers; `outcome` is a status (`200`, `401`, `503`),
+/// or `rpc_error`, `transport`, `protocol`.
+type Counts = BTreeMap<(&'static str, String), Stat>;
 
 struct Shared {
     stop: AtomicBool,
@@ -273,10 +304,12 @@ struct Worker {
     session: Option<McpClient>,
     token: String,
     churn_token: String,
+    churns: u64,
+    abandon_every: u64,
 }
 
 impl Worker {
-    fn record(&mut self, kind: &'static str, outcome: String, body: &str, may_be_unavailable: bool) {
+    fn record(&mut self, kind: &'static str, outcome: String, body: &str, may_be_unavailable: bool, took: Duration) {
         self.shared.requests.fetch_add(1, Ordering::Relaxed);
         if outcome.starts_with('5') {
             let designed = outcome == "503" && may_be_unavailable && body.contains("temporarily_unavailable");
@@ -290,7 +323,12 @@ impl Worker {
                 }
             }
         }
-        *self.counts.entry((kind, outcome)).or_default() += 1;
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.counts.entry((kind, outcome)).or_default().add(Stat {
+            n: 1,
+            total_us: us,
+            max_us: us,
+        });
     }
 
     async fn connect(&self, token: &str) -> Result<McpClient, McpError> {
@@ -321,14 +359,17 @@ impl Worker {
     async fn valid(&mut self) {
         if self.session.is_none() {
             let token = self.token.clone();
+            let t = Instant::now();
             let result = self.connect(&token).await;
             let (outcome, body) = outcome_of(&result);
-            self.record("valid_open", outcome, &body, false);
+            self.record("valid_open", outcome, &body, false, t.elapsed());
             self.session = result.ok();
             return;
         }
         let Some(session) = &self.session else { return };
+        let t = Instant::now();
         let result = session.call_tool("echo", json!({"text": "soak"})).await;
+        let took = t.elapsed();
         let (outcome, body) = outcome_of(&result);
         if result.is_err() {
             // A lost session (404) or a shed connection: open a new one next time.
@@ -336,7 +377,7 @@ impl Worker {
                 let _ = session.close().await;
             }
         }
-        self.record("valid", outcome, &body, false);
+        self.record("valid", outcome, &body, false, took);
     }
 
     async fn bad_token(&mut self, round: usize) {
@@ -368,6 +409,7 @@ impl Worker {
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
+        let t = Instant::now();
         let (outcome, body) = match request.send().await {
             Ok(response) => {
                 let status = response.status().as_u16().to_string();
@@ -378,37 +420,50 @@ impl Worker {
             Err(_) => ("transport".into(), String::new()),
         };
         // Garbage is not a JWT of the issuer: it goes to introspection.
-        self.record(kind, outcome, &body, kind == "bad_garbage");
+        self.record(kind, outcome, &body, kind == "bad_garbage", t.elapsed());
     }
 
     async fn churn(&mut self) {
         let token = self.churn_token.clone();
+        let t = Instant::now();
         let result = self.connect(&token).await;
         let (outcome, body) = outcome_of(&result);
-        self.record("churn_open", outcome, &body, false);
+        self.record("churn_open", outcome, &body, false, t.elapsed());
         if let Ok(session) = result {
+            let t = Instant::now();
             let call = session.call_tool("whoami", json!({})).await;
             let (outcome, body) = outcome_of(&call);
-            self.record("churn_call", outcome, &body, false);
+            self.record("churn_call", outcome, &body, false, t.elapsed());
+            self.churns += 1;
+            if self.abandon_every > 0 && self.churns.is_multiple_of(self.abandon_every) {
+                // Left open, as a careless or hostile client does: the
+                // per-principal session cap must bound these.
+                drop(session);
+                return;
+            }
+            let t = Instant::now();
             let closed = session.close().await;
             let (outcome, body) = outcome_of(&closed);
-            self.record("churn_close", outcome, &body, false);
+            self.record("churn_close", outcome, &body, false, t.elapsed());
         }
     }
 
     async fn opaque(&mut self, i: usize) {
         // A new token each time: the introspection endpoint is asked.
         let token = format!("opaque-{}-{i}", self.id);
+        let t = Instant::now();
         let result = self.connect(&token).await;
+        let took = t.elapsed();
         let (outcome, body) = outcome_of(&result);
         if outcome == "200" && self.shared.outage_over.load(Ordering::Relaxed) {
             self.shared.recovered.store(true, Ordering::Relaxed);
         }
-        self.record("opaque_open", outcome, &body, true);
+        self.record("opaque_open", outcome, &body, true, took);
         if let Ok(session) = result {
+            let t = Instant::now();
             let call = session.call_tool("echo", json!({"text": "opaque"})).await;
             let (outcome, body) = outcome_of(&call);
-            self.record("opaque_call", outcome, &body, true);
+            self.record("opaque_call", outcome, &body, true, t.elapsed());
             let _ = session.close().await;
         }
     }
@@ -426,7 +481,8 @@ async fn main() -> ExitCode {
 
     // The guarded server.
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.expect("bind");
-    let url = format!("http://{}/mcp", listener.local_addr().expect("address"));
+    let server_addr = listener.local_addr().expect("address");
+    let url = format!("http://{server_addr}/mcp");
     *introspection.audience.lock().unwrap() = url.clone();
     let rs = ResourceServer::builder(url.clone(), Issuer::with_jwks_uri(issuer.issuer(), issuer.jwks_uri()))
         .issuer(Issuer::introspection(
@@ -480,8 +536,8 @@ async fn main() -> ExitCode {
 
     let duration = Duration::from_secs(args.secs);
     println!(
-        "soak: {} s, {} clients, at most {} requests, against {url}",
-        args.secs, args.clients, args.max_requests
+        "soak: {} s, {} clients, at most {} requests, {} idle sockets, abandon every {} churned session (0: none), against {url}",
+        args.secs, args.clients, args.max_requests, args.idle_sockets, args.abandon_every
     );
     let rss_start = rss_kib();
     let started = Instant::now();
@@ -499,6 +555,39 @@ async fn main() -> ExitCode {
             }
         })
     };
+
+    // Sockets that send half a request line and wait: the header-read
+    // timeout must close them (each reconnects until the end, so the
+    // pressure stays).
+    let idle_closed = Arc::new(AtomicUsize::new(0));
+    let mut idle = Vec::new();
+    for _ in 0..args.idle_sockets {
+        let (closed, shared) = (idle_closed.clone(), shared.clone());
+        idle.push(tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while !shared.stop.load(Ordering::Relaxed) {
+                let Ok(mut socket) = tokio::net::TcpStream::connect(server_addr).await else {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                };
+                let _ = socket.write_all(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n").await;
+                let mut buf = [0u8; 1024];
+                while !shared.stop.load(Ordering::Relaxed) {
+                    tokio::select! {
+                        read = socket.read(&mut buf) => match read {
+                            Ok(0) | Err(_) => {
+                                closed.fetch_add(1, Ordering::Relaxed);
+                                break;
+                            }
+                            // An error answer (408, 400) before the close.
+                            Ok(_) => {}
+                        },
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    }
+                }
+            }
+        }));
+    }
 
     let active = Arc::new(AtomicUsize::new(args.clients));
     let mut workers = Vec::new();
@@ -518,6 +607,8 @@ async fn main() -> ExitCode {
                 .expires_in(lifetime)
                 .sign(),
             churn_token: churn_token.clone(),
+            churns: 0,
+            abandon_every: args.abandon_every,
         };
         let active = active.clone();
         workers.push(tokio::spawn(async move {
@@ -554,12 +645,15 @@ async fn main() -> ExitCode {
     let mut counts = Counts::new();
     for worker in workers {
         if let Ok(Ok(worker_counts)) = tokio::time::timeout(Duration::from_secs(30), worker).await {
-            for (key, n) in worker_counts {
-                *counts.entry(key).or_default() += n;
+            for (key, stat) in worker_counts {
+                counts.entry(key).or_default().add(stat);
             }
         }
     }
     let _ = sampler.await;
+    for task in idle {
+        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_end = rss_kib();
 
@@ -583,23 +677,33 @@ async fn main() -> ExitCode {
         .max()
         .unwrap_or(rss_start);
     let limit = plateau + 16 * 1024 + plateau / 5;
-    let total: u64 = counts.values().sum();
+    let total: u64 = counts.values().map(|s| s.n).sum();
     println!(
         "\nsoak: {total} requests in {:.1} s ({:.0}/s), {} clients still running at the end",
         elapsed.as_secs_f64(),
         total as f64 / elapsed.as_secs_f64(),
         active.load(Ordering::Relaxed)
     );
-    println!("\n{:<14} {:>10} {:>10}", "kind", "outcome", "count");
-    for ((kind, outcome), n) in &counts {
-        println!("{kind:<14} {outcome:>10} {n:>10}");
+    println!(
+        "\n{:<14} {:>10} {:>10} {:>10} {:>10}",
+        "kind", "outcome", "count", "mean ms", "max ms"
+    );
+    for ((kind, outcome), stat) in &counts {
+        let mean = stat.total_us as f64 / stat.n.max(1) as f64 / 1000.0;
+        let max = stat.max_us as f64 / 1000.0;
+        println!("{kind:<14} {outcome:>10} {:>10} {mean:>10.2} {max:>10.2}", stat.n);
     }
     let mut by_status: BTreeMap<&str, u64> = BTreeMap::new();
-    for ((_, outcome), n) in &counts {
-        *by_status.entry(outcome.as_str()).or_default() += n;
+    for ((_, outcome), stat) in &counts {
+        *by_status.entry(outcome.as_str()).or_default() += stat.n;
     }
     println!("\nby status: {by_status:?}");
     println!("circuit audit events by new state: {:?}", circuit.0.lock().unwrap());
+    println!(
+        "idle half-request sockets: {} held at a time, closed by the server {} times",
+        args.idle_sockets,
+        idle_closed.load(Ordering::Relaxed)
+    );
     println!(
         "\nRSS: start {}, peak {}, end {}; plateau (max between 20 % and 60 % of the run) {}",
         mib(rss_start),
