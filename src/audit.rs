@@ -387,11 +387,19 @@ mod tests {
                 action: "tools/call",
                 required_scopes: &[],
             },
+            AuditEvent::Circuit {
+                upstream: "introspection",
+                endpoint: "https://idp/introspect",
+                state: "open",
+                previous: "closed",
+                failures: 5,
+                retry_after: Some(10),
+            },
         ]
         .iter()
         .map(AuditEvent::name)
         .collect();
-        assert_eq!(names, ["authn", "session", "authz"]);
+        assert_eq!(names, ["authn", "session", "authz", "circuit"]);
         assert_eq!(Outcome::Error.as_str(), "error");
     }
 }
