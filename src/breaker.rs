@@ -21,7 +21,7 @@
 //! is about a token); for the introspection and token endpoints a refusal of
 //! this server's client credentials is an answer too.
 //! Every change of state is one audit event `circuit`
-//! ([`AuditEvent::Circuit`](crate::audit::AuditEvent::Circuit)).
+//! ([`AuditEvent::Circuit`]).
 //!
 //! Why not a crate: `failsafe` (the best-known one) lets every call through
 //! while half-open instead of one probe, cannot say how long it stays open
