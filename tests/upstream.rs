@@ -208,7 +208,7 @@ async fn introspection_outage_opens_the_breaker_and_one_probe_closes_it() {
     );
     let breaker = BreakerConfig::default()
         .failure_threshold(3)
-        .cool_down(Duration::from_secs(1));
+        .cool_down(Duration::from_secs(2));
     let server = start_guarded_with(issuer, Mode::Stateless, |b| b.breaker(breaker).audiences([AUDIENCE])).await;
 
     let cached = opaque();
@@ -239,7 +239,8 @@ async fn introspection_outage_opens_the_breaker_and_one_probe_closes_it() {
             break;
         }
         assert_unavailable(&reply, &token);
-        assert_eq!(retry_after(&reply), 1, "the remaining open time, rounded up");
+        let secs = retry_after(&reply);
+        assert!((1..=2).contains(&secs), "the remaining open time, rounded up: {secs}");
         assert_eq!(upstream.hits(), 1, "an open breaker sends nothing upstream");
         fast_failures += 1;
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -317,7 +318,7 @@ async fn vault_outage_fails_fast_until_a_probe_succeeds() {
         .breaker(
             BreakerConfig::default()
                 .failure_threshold(2)
-                .cool_down(Duration::from_millis(500)),
+                .cool_down(Duration::from_secs(2)),
         )
         .build()
         .await
@@ -330,7 +331,12 @@ async fn vault_outage_fails_fast_until_a_probe_succeeds() {
     }
     let open = store.get("mcp/acme/svc").await.err();
     assert!(
-        matches!(open, Some(SecretError::CircuitOpen { retry_after_secs: 1 })),
+        matches!(
+            open,
+            Some(SecretError::CircuitOpen {
+                retry_after_secs: 1..=2
+            })
+        ),
         "{open:?}"
     );
     assert_eq!(transitions(&bao.addr()), pairs(&[("closed", "open")]));
