@@ -16,6 +16,7 @@
 //! | `secret_access` | `subject`, `issuer`, `tenant`, `service`, `template`, `path`, `outcome` (`ok` or a `SecretError` code), `cache` |
 //! | `token_exchange` | `subject`, `issuer`, `grant`, `audience`, `outcome` (`ok` or an `ExchangeError` code), `cache` |
 //! | `limit` | `outcome` (`deny`), `reason` (`rate`, `in_flight`), `subject`, `client_id`, `issuer`, `tenant`, `resource` (the tool of a per-tool limit, else empty), `retry_after_secs` |
+//! | `circuit` | `upstream` (`jwks`, `introspection`, `token_endpoint`, `vault`), `endpoint`, `state`, `previous` (`closed`, `open`, `half_open`), `failures`, `retry_after` (seconds, when opening); at `WARN` when a breaker opens |
 //!
 //! This module depends on nothing of the crate but [`Principal`]: each
 //! module passes its own vocabulary in as codes.
@@ -194,6 +195,21 @@ pub enum AuditEvent<'a> {
         /// The `Retry-After` given, in seconds.
         retry_after_secs: u64,
     },
+    /// An upstream's circuit breaker changed state (see the `breaker` module).
+    Circuit {
+        /// The kind of upstream (`Upstream::as_str`).
+        upstream: &'a str,
+        /// The issuer, endpoint URL or address.
+        endpoint: &'a str,
+        /// The new state (`CircuitState::as_str`).
+        state: &'a str,
+        /// The state before.
+        previous: &'a str,
+        /// Consecutive failures seen.
+        failures: u32,
+        /// How long it stays open, in seconds, when it opens.
+        retry_after: Option<u64>,
+    },
 }
 
 impl fmt::Debug for AuditEvent<'_> {
@@ -216,6 +232,7 @@ impl AuditEvent<'_> {
             AuditEvent::SecretAccess { .. } => "secret_access",
             AuditEvent::TokenExchange { .. } => "token_exchange",
             AuditEvent::Limit { .. } => "limit",
+            AuditEvent::Circuit { .. } => "circuit",
         }
     }
 
@@ -358,6 +375,20 @@ impl AuditEvent<'_> {
                 resource,
                 retry_after_secs,
             ),
+            AuditEvent::Circuit {
+                upstream,
+                endpoint,
+                state,
+                previous,
+                failures,
+                retry_after,
+            } => {
+                if state == "open" {
+                    tracing::warn!(target: TARGET, event, upstream, endpoint, state, previous, failures, retry_after)
+                } else {
+                    tracing::info!(target: TARGET, event, upstream, endpoint, state, previous, failures, retry_after)
+                }
+            }
         }
     }
 }
@@ -387,11 +418,19 @@ mod tests {
                 action: "tools/call",
                 required_scopes: &[],
             },
+            AuditEvent::Circuit {
+                upstream: "introspection",
+                endpoint: "https://idp/introspect",
+                state: "open",
+                previous: "closed",
+                failures: 5,
+                retry_after: Some(10),
+            },
         ]
         .iter()
         .map(AuditEvent::name)
         .collect();
-        assert_eq!(names, ["authn", "session", "authz"]);
+        assert_eq!(names, ["authn", "session", "authz", "circuit"]);
         let limit = AuditEvent::Limit {
             principal: &p,
             reason: "rate",

@@ -21,6 +21,7 @@ use crate::error::AuthError;
 /// | bad token | 401 | `Bearer error="invalid_token", error_description="…", resource_metadata="…"` |
 /// | missing scope | 403 | `Bearer error="insufficient_scope", scope="<needed>", resource_metadata="…"` |
 /// | keys unavailable | 503 | none; `Retry-After` |
+/// | upstream's circuit breaker open | 503 | none; `Retry-After`: the breaker's remaining open time |
 ///
 /// The body is a short JSON object `{"error": …, "error_description": …}`.
 /// Nothing in a rejection is copied from the request, so a token can never
@@ -75,7 +76,9 @@ impl Challenges {
         let scope = |scopes: &[String]| (!scopes.is_empty()).then(|| quote(&scopes.join(" ")));
         let mut params: Vec<(&str, String)> = Vec::with_capacity(4);
         match error {
-            AuthError::KeysUnavailable | AuthError::IntrospectionUnavailable => return None,
+            AuthError::KeysUnavailable | AuthError::IntrospectionUnavailable | AuthError::CircuitOpen { .. } => {
+                return None;
+            }
             AuthError::MissingToken => {
                 params.push(("resource_metadata", metadata));
                 if let Some(s) = scope(&self.inner.required_scopes) {
@@ -118,8 +121,14 @@ impl Challenges {
         if let Some(value) = self.header(error).and_then(|c| HeaderValue::from_str(&c).ok()) {
             headers.insert(header::WWW_AUTHENTICATE, value);
         }
-        if matches!(error, AuthError::KeysUnavailable | AuthError::IntrospectionUnavailable) {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        match error {
+            AuthError::KeysUnavailable | AuthError::IntrospectionUnavailable => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            AuthError::CircuitOpen { retry_after_secs, .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            _ => {}
         }
         response
     }
@@ -183,6 +192,14 @@ mod tests {
         assert_eq!(response.status(), 503);
         assert!(response.headers().get("www-authenticate").is_none());
         assert_eq!(response.headers()["retry-after"], "5");
+        let open = AuthError::CircuitOpen {
+            upstream: "token introspection",
+            retry_after_secs: 7,
+        };
+        let response = rs().reject(&open);
+        assert_eq!(response.status(), 503);
+        assert!(response.headers().get("www-authenticate").is_none());
+        assert_eq!(response.headers()["retry-after"], "7");
     }
 
     #[test]

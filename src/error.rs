@@ -141,6 +141,16 @@ pub enum AuthError {
     /// answer): 503, never allow.
     #[error("token introspection is temporarily unavailable")]
     IntrospectionUnavailable,
+    /// The upstream this request needs (an issuer's keys, the introspection
+    /// endpoint) kept failing and its circuit breaker is open: 503 with
+    /// `Retry-After`, answered without waiting on it.
+    #[error("{upstream} is temporarily unavailable")]
+    CircuitOpen {
+        /// What is unavailable (`token keys`, `token introspection`).
+        upstream: &'static str,
+        /// Seconds until the breaker lets a probe through (`Retry-After`).
+        retry_after_secs: u64,
+    },
 }
 
 impl AuthError {
@@ -150,7 +160,9 @@ impl AuthError {
             AuthError::MissingToken | AuthError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             AuthError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             AuthError::InsufficientScope { .. } => StatusCode::FORBIDDEN,
-            AuthError::KeysUnavailable | AuthError::IntrospectionUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            AuthError::KeysUnavailable | AuthError::IntrospectionUnavailable | AuthError::CircuitOpen { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -161,7 +173,9 @@ impl AuthError {
             AuthError::InvalidRequest(_) => Some("invalid_request"),
             AuthError::InvalidToken(_) => Some("invalid_token"),
             AuthError::InsufficientScope { .. } => Some("insufficient_scope"),
-            AuthError::KeysUnavailable | AuthError::IntrospectionUnavailable => Some("temporarily_unavailable"),
+            AuthError::KeysUnavailable | AuthError::IntrospectionUnavailable | AuthError::CircuitOpen { .. } => {
+                Some("temporarily_unavailable")
+            }
         }
     }
 
@@ -174,6 +188,7 @@ impl AuthError {
             AuthError::InsufficientScope { .. } => "insufficient_scope",
             AuthError::KeysUnavailable => "keys_unavailable",
             AuthError::IntrospectionUnavailable => "introspection_unavailable",
+            AuthError::CircuitOpen { .. } => "circuit_open",
         }
     }
 }

@@ -9,6 +9,8 @@ mod macros;
 
 pub mod audit;
 mod body;
+#[cfg(any(feature = "jwt", feature = "vault"))]
+pub mod breaker;
 mod cache;
 #[cfg(any(feature = "jwt", feature = "policy"))]
 mod challenge;

@@ -376,7 +376,11 @@ impl TokenCacheConfig {
 /// provider refusing this server's client credentials (`invalid_client`)
 /// answers 503 ([`AuthError::IntrospectionUnavailable`](crate::AuthError::IntrospectionUnavailable), audit reason
 /// `introspection_unavailable`), never allow, and is not cached. Tokens cached
-/// before keep working until their cache entry ends.
+/// before keep working until their cache entry ends. After consecutive
+/// failures the endpoint's circuit breaker opens
+/// ([`ResourceServerBuilder::breaker`](super::ResourceServerBuilder::breaker)):
+/// new tokens are then answered 503 with `Retry-After` at once (audit reason
+/// `circuit_open`) until a probe succeeds.
 #[cfg(feature = "introspection")]
 #[cfg_attr(docsrs, doc(cfg(feature = "introspection")))]
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,6 +16,7 @@ use zeroize::Zeroizing;
 
 use super::client::{ClientAuth, default_http_client, send};
 use super::inbound::InboundToken;
+use crate::breaker::{Attempt, Breaker, BreakerConfig, Upstream};
 use crate::cache::{Flight, Limits, SingleFlight, Timestamp, TtlCache};
 use crate::error::{ConfigError, Rejection};
 use crate::principal::Principal;
@@ -167,6 +168,13 @@ pub enum ExchangeError {
     /// The answer is not a usable bearer token response.
     #[error("the authorization server's answer is unusable")]
     InvalidResponse,
+    /// The token endpoint kept failing and its circuit breaker is open: no
+    /// request was sent.
+    #[error("the authorization server is temporarily unavailable")]
+    CircuitOpen {
+        /// Seconds until the breaker lets a probe through.
+        retry_after_secs: u64,
+    },
 }
 
 impl ExchangeError {
@@ -178,6 +186,7 @@ impl ExchangeError {
             ExchangeError::Refused(_) => "refused",
             ExchangeError::Unavailable => "unavailable",
             ExchangeError::InvalidResponse => "invalid_response",
+            ExchangeError::CircuitOpen { .. } => "circuit_open",
         }
     }
 }
@@ -191,7 +200,7 @@ impl From<ExchangeError> for Rejection {
             ExchangeError::Unauthenticated => Rejection::Unauthenticated,
             ExchangeError::Refused(_) => Rejection::forbidden(),
             ExchangeError::NotConfigured => Rejection::NotConfigured("token exchange"),
-            ExchangeError::Unavailable | ExchangeError::InvalidResponse => {
+            ExchangeError::Unavailable | ExchangeError::InvalidResponse | ExchangeError::CircuitOpen { .. } => {
                 Rejection::Unavailable("the authorization server")
             }
         }
@@ -322,6 +331,8 @@ struct Inner {
     max_cache_ttl: Duration,
     cache: TtlCache<CacheKey, DownstreamToken>,
     flight: SingleFlight<CacheKey, Result<DownstreamToken, ExchangeError>>,
+    /// The token endpoint's circuit breaker; see [`crate::breaker`].
+    breaker: Breaker,
 }
 
 impl fmt::Debug for TokenExchange {
@@ -345,6 +356,7 @@ pub struct TokenExchangeBuilder {
     cache_capacity: usize,
     http_timeout: Duration,
     http_client: Option<reqwest::Client>,
+    breaker: BreakerConfig,
 }
 
 impl fmt::Debug for TokenExchangeBuilder {
@@ -403,6 +415,15 @@ impl TokenExchangeBuilder {
         self
     }
 
+    /// The token endpoint's circuit breaker: after consecutive failures (no
+    /// answer, a timeout, a 5xx, an unreadable answer) requests fail at once
+    /// with [`ExchangeError::CircuitOpen`] until a probe succeeds. Defaults to
+    /// [`BreakerConfig::default`].
+    pub fn breaker(mut self, breaker: BreakerConfig) -> Self {
+        self.breaker = breaker;
+        self
+    }
+
     /// Check the configuration and build.
     pub fn build(self) -> Result<TokenExchange, ConfigError> {
         super::url::parse_url("token_endpoint", &self.token_endpoint)?;
@@ -417,6 +438,7 @@ impl TokenExchangeBuilder {
                 reason: "at most 1 hour",
             });
         }
+        self.breaker.check()?;
         let http = match self.http_client {
             Some(c) => c,
             None => default_http_client(self.http_timeout)?,
@@ -435,6 +457,7 @@ impl TokenExchangeBuilder {
                 max_cache_ttl: self.max_cache_ttl,
                 cache: TtlCache::new(Limits::entries(self.cache_capacity)),
                 flight: SingleFlight::new(),
+                breaker: Breaker::new(Upstream::TokenEndpoint, self.token_endpoint, self.breaker),
             }),
         })
     }
@@ -461,6 +484,7 @@ impl TokenExchange {
             cache_capacity: 10_000,
             http_timeout: Duration::from_secs(5),
             http_client: None,
+            breaker: BreakerConfig::default(),
         }
     }
 
@@ -577,15 +601,23 @@ impl TokenExchange {
         request: &DownstreamRequest,
     ) -> Result<DownstreamToken, ExchangeError> {
         let http_request = self.exchange_request(subject_token, request)?;
-        let response = send(self.inner.http.clone(), http_request).await.map_err(|e| {
-            tracing::warn!(error = %e, "token exchange request failed");
-            ExchangeError::Unavailable
-        })?;
+        let attempt = self.admit()?;
+        let response = match send(self.inner.http.clone(), http_request).await {
+            Ok(response) => response,
+            Err(e) => {
+                attempt.settle(false);
+                tracing::warn!(error = %e, "token exchange request failed");
+                return Err(ExchangeError::Unavailable);
+            }
+        };
         if response.status() != http::StatusCode::OK {
+            // A 4xx (`send` turned a 5xx into an error): the endpoint works.
+            attempt.settle(true);
             return Err(refusal(response.status(), response.body()));
         }
-        let answer: Answer = serde_json::from_slice(response.body()).map_err(|_| ExchangeError::InvalidResponse)?;
-        downstream(&answer, request)
+        let answer = serde_json::from_slice::<Answer>(response.body());
+        attempt.settle(answer.is_ok());
+        downstream(&answer.map_err(|_| ExchangeError::InvalidResponse)?, request)
     }
 
     /// The RFC 8693 request: a form POST to the token endpoint, client
@@ -630,6 +662,13 @@ impl TokenExchange {
             .map_err(|_| ExchangeError::InvalidResponse)
     }
 
+    /// Let a request through the token endpoint's breaker, or fail at once.
+    fn admit(&self) -> Result<Attempt<'_>, ExchangeError> {
+        self.inner.breaker.admit().map_err(|open| ExchangeError::CircuitOpen {
+            retry_after_secs: open.retry_after_secs(),
+        })
+    }
+
     async fn request_client_credentials(&self, request: &DownstreamRequest) -> Result<DownstreamToken, ExchangeError> {
         let mut call = self
             .inner
@@ -643,7 +682,10 @@ impl TokenExchange {
             call = call.add_extra_param("resource", resource.as_str());
         }
         let http = &self.inner.http;
-        match call.request_async(&|r| send(http.clone(), r)).await {
+        let attempt = self.admit()?;
+        let result = call.request_async(&|r| send(http.clone(), r)).await;
+        attempt.settle(matches!(result, Ok(_) | Err(RequestTokenError::ServerResponse(_))));
+        match result {
             Ok(answer) => downstream(&answer, request),
             Err(RequestTokenError::ServerResponse(e)) => Err(refused_code(e.error().as_ref())),
             Err(RequestTokenError::Request(e)) => {
@@ -810,6 +852,7 @@ mod tests {
         assert_eq!(b.cache_capacity, 10_000);
         assert_eq!(b.http_timeout, Duration::from_secs(5));
         assert!(b.actor.is_none());
+        assert_eq!(b.breaker, BreakerConfig::default());
         b.build().unwrap();
     }
 

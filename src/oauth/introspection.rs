@@ -14,6 +14,7 @@ use super::cache::{PrehashedState, TokenCache, TokenHash};
 use super::client::{ClientAuth, HttpError, send};
 use super::config::{ClaimRules, IntrospectionConfig};
 use super::jwt::Failure;
+use crate::breaker::{Breaker, BreakerConfig, Upstream};
 use crate::cache::{Limits, SingleFlight, Timestamp, TtlCache};
 use crate::error::{AuthError, ConfigError, TokenRejection};
 use crate::principal::{Principal, PrincipalKind};
@@ -76,6 +77,8 @@ pub(crate) struct Introspector {
     negative: TtlCache<TokenHash, Refusal, PrehashedState>,
     flight: SingleFlight<TokenHash, Result<Principal, Refusal>>,
     permits: tokio::sync::Semaphore,
+    /// Opened by requests that got no usable answer; see [`crate::breaker`].
+    breaker: Breaker,
 }
 
 impl fmt::Debug for Introspector {
@@ -94,6 +97,7 @@ impl Introspector {
         auth: &ClientAuth,
         http: reqwest::Client,
         config: &IntrospectionConfig,
+        breaker: BreakerConfig,
     ) -> Result<Self, ConfigError> {
         config.check()?;
         super::url::parse_url("introspection_endpoint", endpoint)?;
@@ -115,6 +119,7 @@ impl Introspector {
             negative: TtlCache::with_hasher(Limits::entries(NEGATIVE_CAPACITY), PrehashedState::default()),
             flight: SingleFlight::new(),
             permits: tokio::sync::Semaphore::new(config.max_in_flight),
+            breaker: Breaker::new(Upstream::Introspection, endpoint, breaker),
         })
     }
 
@@ -169,6 +174,15 @@ impl Introspector {
 
     /// One introspection request and the checks on its answer.
     async fn ask(&self, rules: &ClaimRules, token: &str, now: u64) -> Result<Principal, Refusal> {
+        // A dead endpoint is answered at once, not waited on.
+        let attempt = self.breaker.admit().map_err(|open| Refusal {
+            error: AuthError::CircuitOpen {
+                upstream: "token introspection",
+                retry_after_secs: open.retry_after_secs(),
+            },
+            subject: None,
+            client_id: None,
+        })?;
         // Distinct new tokens are not merged by the single flight: bound them.
         let Ok(_permit) = self.permits.acquire().await else {
             return Err(Refusal {
@@ -185,6 +199,9 @@ impl Introspector {
             .set_token_type_hint("access_token")
             .request_async(&|request| send(http.clone(), request))
             .await;
+        // Any answer, a refusal too, is the endpoint working; no answer, a
+        // 5xx (`send` makes it a request error) or an unreadable one is not.
+        attempt.settle(matches!(answer, Ok(_) | Err(RequestTokenError::ServerResponse(_))));
         match answer {
             Ok(answer) => self.check(rules, &answer, now),
             Err(error) => Err(self.failed(error)),

@@ -20,6 +20,11 @@
 //!   jsonwebtoken cannot load is left out and the rest of the set is used.
 //! - The token's `jku`, `x5u`, `jwk` and `x5c` headers are never read: keys
 //!   come only from the configured or discovered `jwks_uri`.
+//! - **A circuit breaker per issuer** ([`crate::breaker`]) counts failed
+//!   metadata and JWKS fetches (any failure: nothing there is an answer about
+//!   a token); once open, a request that needs a fetch is answered 503 with
+//!   the breaker's `Retry-After` at once. Tokens whose keys are cached never
+//!   need a fetch and keep working.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -34,6 +39,7 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 
 use super::config::KeyRefresh;
+use crate::breaker::{Breaker, BreakerConfig, Open, Upstream};
 use crate::cache::{SingleFlight, lock};
 use crate::error::AuthError;
 
@@ -154,6 +160,8 @@ struct CacheInner {
     source: KeySource,
     client: reqwest::Client,
     settings: KeyRefresh,
+    /// Failed fetches open it; see the module docs.
+    breaker: Breaker,
     snapshot: RwLock<Arc<Snapshot>>,
     /// One fetch at a time; the others wait for its result.
     flight: SingleFlight<(), Result<(), AuthError>>,
@@ -175,7 +183,13 @@ enum Trigger {
 }
 
 impl KeyCache {
-    pub(crate) fn new(issuer: String, source: KeySource, client: reqwest::Client, settings: KeyRefresh) -> Self {
+    pub(crate) fn new(
+        issuer: String,
+        source: KeySource,
+        client: reqwest::Client,
+        settings: KeyRefresh,
+        breaker: BreakerConfig,
+    ) -> Self {
         let snapshot = match &source {
             KeySource::SharedSecret { secret, alg } => Snapshot::new(
                 vec![VerifyKey {
@@ -192,6 +206,7 @@ impl KeyCache {
         };
         KeyCache {
             inner: Arc::new(CacheInner {
+                breaker: Breaker::new(Upstream::Keys, issuer.clone(), breaker),
                 issuer,
                 source,
                 client,
@@ -308,6 +323,7 @@ impl KeyCache {
 
     /// Fetch the key set once, or wait for the fetch in flight.
     async fn refresh(&self, trigger: Trigger, seen: u64) -> Result<(), AuthError> {
+        self.inner.breaker.check().map_err(circuit_open)?;
         if self.within(&self.inner.last_failure, self.inner.settings.retry_after_failure) {
             return Err(AuthError::KeysUnavailable);
         }
@@ -333,10 +349,12 @@ impl KeyCache {
                 .last_unknown_kid_fetch
                 .store(self.millis_since_epoch(), Ordering::Release);
         }
+        let attempt = self.inner.breaker.admit().map_err(circuit_open)?;
         // Never held across the fetch: copied out, written back.
         let mut jwks_uri = lock(&self.inner.jwks_uri).clone();
         let fetched = self.fetch(&mut jwks_uri).await;
         *lock(&self.inner.jwks_uri) = jwks_uri;
+        attempt.settle(fetched.is_ok());
         match fetched {
             Ok((keys, max_age)) => {
                 let s = &self.inner.settings;
@@ -415,6 +433,14 @@ impl KeyCache {
             return Ok(jwks_uri);
         }
         Err(last)
+    }
+}
+
+/// The answer while the issuer's breaker is open.
+fn circuit_open(open: Open) -> AuthError {
+    AuthError::CircuitOpen {
+        upstream: "token keys",
+        retry_after_secs: open.retry_after_secs(),
     }
 }
 

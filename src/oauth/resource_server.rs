@@ -109,6 +109,7 @@ impl ResourceServer {
             scopes_supported: None,
             rules: TokenRules::default(),
             keys: KeyRefresh::default(),
+            breaker: crate::breaker::BreakerConfig::default(),
             cache: TokenCacheConfig::default(),
             hosts: HostPolicy::default(),
             #[cfg(feature = "introspection")]
@@ -362,6 +363,7 @@ pub struct ResourceServerBuilder {
     scopes_supported: Option<Vec<String>>,
     rules: TokenRules,
     keys: KeyRefresh,
+    breaker: crate::breaker::BreakerConfig,
     cache: TokenCacheConfig,
     hosts: HostPolicy,
     #[cfg(feature = "introspection")]
@@ -412,6 +414,15 @@ impl ResourceServerBuilder {
     /// [`KeyRefresh::default`].
     pub fn key_refresh(mut self, keys: KeyRefresh) -> Self {
         self.keys = keys;
+        self
+    }
+
+    /// The circuit breaker of each issuer's metadata and JWKS fetches and of
+    /// the introspection endpoint (one breaker per upstream, all with these
+    /// settings). Defaults to [`BreakerConfig::default`](crate::breaker::BreakerConfig::default):
+    /// open after 5 consecutive failures, for 10 seconds, doubling up to 60.
+    pub fn breaker(mut self, breaker: crate::breaker::BreakerConfig) -> Self {
+        self.breaker = breaker;
         self
     }
 
@@ -503,6 +514,7 @@ impl ResourceServerBuilder {
             audiences,
             rules: &self.rules,
             keys: self.keys,
+            breaker: &self.breaker,
             cache: &self.cache,
             #[cfg(feature = "introspection")]
             introspection: &self.introspection,
@@ -606,6 +618,7 @@ mod tests {
         let b = builder();
         assert_eq!(b.rules, TokenRules::default());
         assert_eq!(b.keys, KeyRefresh::default());
+        assert_eq!(b.breaker, crate::breaker::BreakerConfig::default());
         assert_eq!(b.cache, TokenCacheConfig::default());
         assert_eq!(b.hosts, HostPolicy::default());
         assert_eq!(b.http_timeout, Duration::from_secs(5));

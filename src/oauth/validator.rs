@@ -44,6 +44,7 @@ pub(crate) struct ValidatorConfig<'a> {
     pub(crate) audiences: HashSet<String>,
     pub(crate) rules: &'a TokenRules,
     pub(crate) keys: KeyRefresh,
+    pub(crate) breaker: &'a crate::breaker::BreakerConfig,
     pub(crate) cache: &'a TokenCacheConfig,
     #[cfg(feature = "introspection")]
     pub(crate) introspection: &'a super::config::IntrospectionConfig,
@@ -54,6 +55,7 @@ impl TokenValidator {
     pub(crate) fn new(config: ValidatorConfig<'_>) -> Result<Self, ConfigError> {
         let rules = ClaimRules::new(config.rules, config.audiences)?;
         config.keys.check()?;
+        config.breaker.check()?;
         #[cfg(feature = "introspection")]
         let mut introspection: Option<super::introspection::Introspector> = None;
         let mut seen = HashSet::new();
@@ -105,12 +107,19 @@ impl TokenValidator {
                         &auth,
                         config.http.clone(),
                         config.introspection,
+                        config.breaker.clone(),
                     )?);
                     continue;
                 }
             };
             issuers.push(TrustedIssuer {
-                keys: KeyCache::new(issuer.url.clone(), source, config.http.clone(), config.keys.clone()),
+                keys: KeyCache::new(
+                    issuer.url.clone(),
+                    source,
+                    config.http.clone(),
+                    config.keys.clone(),
+                    config.breaker.clone(),
+                ),
                 url: issuer.url,
             });
         }

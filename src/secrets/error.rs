@@ -54,6 +54,13 @@ pub enum SecretError {
     /// The store failed in an unexpected way (a bug; details are logged).
     #[error("the secret store failed unexpectedly")]
     Internal,
+    /// The store kept failing and its circuit breaker is open: nothing was
+    /// asked of it.
+    #[error("the secret store is temporarily unavailable")]
+    CircuitOpen {
+        /// Seconds until the breaker lets a probe through.
+        retry_after_secs: u64,
+    },
 }
 
 impl SecretError {
@@ -73,6 +80,7 @@ impl SecretError {
             SecretError::MissingField(_) => "missing_field",
             SecretError::Malformed => "malformed",
             SecretError::Internal => "internal",
+            SecretError::CircuitOpen { .. } => "circuit_open",
         }
     }
 
@@ -82,7 +90,7 @@ impl SecretError {
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            SecretError::Unreachable | SecretError::Sealed | SecretError::AuthFailed
+            SecretError::Unreachable | SecretError::Sealed | SecretError::AuthFailed | SecretError::CircuitOpen { .. }
         )
     }
 
@@ -171,6 +179,9 @@ pub enum SecretsConfigError {
     /// Logging in or looking up the token at start failed.
     #[error("cannot start the Vault store: {0}")]
     Connect(SecretError),
+    /// The circuit breaker settings are out of range.
+    #[error(transparent)]
+    Breaker(crate::error::ConfigError),
 }
 
 #[cfg(test)]
@@ -195,6 +206,7 @@ mod tests {
     fn only_unavailability_allows_stale() {
         assert!(SecretError::Unreachable.is_unavailable());
         assert!(SecretError::Sealed.is_unavailable());
+        assert!(SecretError::CircuitOpen { retry_after_secs: 1 }.is_unavailable());
         assert!(!SecretError::PermissionDenied.is_unavailable());
         assert!(!SecretError::NotFound.is_unavailable());
     }

@@ -17,6 +17,7 @@ pub use auth::{KUBERNETES_JWT_FILE, VaultAuth};
 use super::secret::Fields;
 use super::template::{ScopeError, check_path};
 use super::{Secret, SecretError, SecretStore, SecretsConfigError, StoreFuture};
+use crate::breaker::{Breaker, BreakerConfig, Upstream};
 
 /// Which KV secrets engine, at which mount.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -141,6 +142,9 @@ struct Shared {
     login_lock: tokio::sync::Mutex<()>,
     state: Mutex<token::State>,
     wake: tokio::sync::Notify,
+    /// Opened by reads that got no answer, a 5xx or a sealed Vault; see
+    /// [`crate::breaker`].
+    breaker: Breaker,
 }
 
 /// Settings and credentials: what it takes to make a client with a token.
@@ -156,6 +160,7 @@ struct Config {
     timeout: Duration,
     namespace: Option<String>,
     ca_certs: Vec<String>,
+    breaker: BreakerConfig,
 }
 
 impl VaultStore {
@@ -169,6 +174,7 @@ impl VaultStore {
                 timeout: Duration::from_secs(5),
                 namespace: None,
                 ca_certs: Vec::new(),
+                breaker: BreakerConfig::default(),
             },
             auth,
         }
@@ -192,6 +198,18 @@ impl VaultStore {
             placeholder: "path".into(),
             reason,
         })?;
+        // A dead or sealed Vault is answered at once, not waited on (the
+        // cache may still serve a stale value: `CircuitOpen` is unavailable).
+        let attempt = self.shared.breaker.admit().map_err(|open| SecretError::CircuitOpen {
+            retry_after_secs: open.retry_after_secs(),
+        })?;
+        let result = self.read_through(path).await;
+        attempt.settle(!matches!(result, Err(SecretError::Unreachable | SecretError::Sealed)));
+        result
+    }
+
+    /// One read, logging in again once if Vault refuses the token.
+    async fn read_through(&self, path: &str) -> Result<Secret, SecretError> {
         let shared = &self.shared;
         let (client, generation) = shared.current();
         match shared.read_with(&client, path).await {
@@ -460,6 +478,16 @@ impl VaultStoreBuilder {
         self
     }
 
+    /// The Vault server's circuit breaker: after consecutive reads that got
+    /// no answer, a timeout, a 5xx or "sealed", reads fail at once with
+    /// [`SecretError::CircuitOpen`] (a cached value inside its stale-if-error
+    /// window is still served) until a probe succeeds. Defaults to
+    /// [`BreakerConfig::default`].
+    pub fn breaker(mut self, breaker: BreakerConfig) -> Self {
+        self.config.breaker = breaker;
+        self
+    }
+
     /// Vault Enterprise / OpenBao namespace.
     ///
     /// Defaults to none.
@@ -481,6 +509,7 @@ impl VaultStoreBuilder {
     /// the renewal task. Needs a Tokio runtime.
     pub async fn build(self) -> Result<VaultStore, SecretsConfigError> {
         check_address(&self.config.address)?;
+        self.config.breaker.check().map_err(SecretsConfigError::Breaker)?;
         self.auth.check_files()?;
         let conn = Connector {
             config: self.config,
@@ -490,6 +519,11 @@ impl VaultStoreBuilder {
         conn.client_with("")?;
         let (client, lookup) = conn.fresh().await.map_err(SecretsConfigError::Connect)?;
         let logins = u64::from(conn.auth.can_login());
+        let breaker = Breaker::new(
+            Upstream::Vault,
+            conn.config.address.clone(),
+            conn.config.breaker.clone(),
+        );
         let shared = Arc::new(Shared {
             conn,
             client: RwLock::new(Arc::new(client)),
@@ -497,6 +531,7 @@ impl VaultStoreBuilder {
             login_lock: tokio::sync::Mutex::new(()),
             state: Mutex::new(token::State::from_lookup(&lookup, logins)),
             wake: tokio::sync::Notify::new(),
+            breaker,
         });
         let task = tokio::spawn(token::run(Arc::clone(&shared)));
         Ok(VaultStore { shared, task })
@@ -563,6 +598,7 @@ mod tests {
         assert_eq!(b.config.timeout, Duration::from_secs(5));
         assert_eq!(b.config.namespace, None);
         assert!(b.config.ca_certs.is_empty());
+        assert_eq!(b.config.breaker, BreakerConfig::default());
         assert!(!format!("{b:?}").contains("\"t\""));
     }
 
