@@ -17,7 +17,9 @@
 //!   tokens), whose circuit breaker opens after 3 failures for 2 s.
 //! - **the traffic**, `--clients` concurrent loops (default 8), each
 //!   request one of, in turn:
-//!   `valid` (a `tools/call` on the client's long-lived session, 4 in 10),
+//!   `valid` (a `tools/call` on the client's long-lived session, with the
+//!   client's own token, at most one every 100 ms: a well-behaved caller
+//!   within the default per-caller rate of 20/s),
 //!   `bad_token` (expired, wrong audience, garbage or no token: 401),
 //!   `churn` (open a session with one shared token, call, close it: 2 in 10),
 //!   `opaque` (a session opened with a fresh opaque token, so introspection is
@@ -44,7 +46,9 @@
 //! - memory keeps growing: the RSS at the end is above the plateau (the
 //!   highest RSS sampled between 20 % and 60 % of the run, after warm-up)
 //!   by more than 16 MiB + 20 %;
-//! - the introspection share never got a 200 again after the outage ended.
+//! - the introspection share never got a 200 again after the outage ended;
+//! - a well-behaved caller (`valid`, `valid_open`) got anything but a 200:
+//!   what the others do must never cost it an answer.
 //!
 //! 429 (per-principal session caps, rate limits) is a designed answer, counted
 //! and not a failure, whichever kind of request gets it.
@@ -306,7 +310,13 @@ struct Worker {
     churn_token: String,
     churns: u64,
     abandon_every: u64,
+    /// When the well-behaved caller of this worker may call again.
+    next_valid: Instant,
 }
+
+/// The pace of the well-behaved callers: 10 calls a second each, half the
+/// default per-caller rate.
+const VALID_INTERVAL: Duration = Duration::from_millis(100);
 
 impl Worker {
     fn record(&mut self, kind: &'static str, outcome: String, body: &str, may_be_unavailable: bool, took: Duration) {
@@ -343,7 +353,12 @@ impl Worker {
         let mut i = self.id;
         while self.shared.running() {
             match i % 10 {
-                0..=3 => self.valid().await,
+                0..=3 => {
+                    if Instant::now() >= self.next_valid {
+                        self.next_valid = Instant::now() + VALID_INTERVAL;
+                        self.valid().await;
+                    }
+                }
                 4 | 9 => self.bad_token(i / 10).await,
                 5 | 6 => self.churn().await,
                 _ => self.opaque(i).await,
@@ -609,6 +624,7 @@ async fn main() -> ExitCode {
             churn_token: churn_token.clone(),
             churns: 0,
             abandon_every: args.abandon_every,
+            next_valid: Instant::now(),
         };
         let active = active.clone();
         workers.push(tokio::spawn(async move {
@@ -724,6 +740,15 @@ async fn main() -> ExitCode {
         for line in undesigned.iter() {
             println!("  {line}");
         }
+        failed = true;
+    }
+    let refused: Vec<String> = counts
+        .iter()
+        .filter(|((kind, outcome), _)| kind.starts_with("valid") && outcome != "200")
+        .map(|((kind, outcome), stat)| format!("{kind} {outcome} x{}", stat.n))
+        .collect();
+    if !refused.is_empty() {
+        println!("FAIL: well-behaved callers were refused: {}", refused.join(", "));
         failed = true;
     }
     if shared.outage_over.load(Ordering::Relaxed) && !shared.recovered.load(Ordering::Relaxed) {
