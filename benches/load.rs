@@ -68,7 +68,10 @@ const PROTOCOL_VERSION: &str = "2025-11-25";
 #[derive(Clone, Copy)]
 struct Target<'a> {
     url: &'a str,
-    token: Option<&'a str>,
+    /// The clients' tokens, one per client in turn (none: no token). With
+    /// sessions every client is its own caller, as real ones are: one token
+    /// shared by all would meet the per-caller session bound.
+    tokens: &'a [String],
     mode: Mode,
     cpu: &'a ServerRuntime,
 }
@@ -136,7 +139,7 @@ struct Client {
 
 impl Client {
     /// Connect to `target`; open a session in stateful mode.
-    async fn open(target: Target<'_>) -> Client {
+    async fn open(target: Target<'_>, index: usize) -> Client {
         let http = reqwest::Client::builder()
             .no_proxy()
             .tcp_nodelay(true)
@@ -147,7 +150,7 @@ impl Client {
         let mut client = Client {
             http,
             url: target.url.to_owned(),
-            auth: target.token.map(|t| format!("Bearer {t}")),
+            auth: (!target.tokens.is_empty()).then(|| format!("Bearer {}", target.tokens[index % target.tokens.len()])),
             session: None,
             next_id: 1,
         };
@@ -246,8 +249,8 @@ async fn drive(targets: &[Target<'_>], clients: usize) -> Vec<Rate> {
     let counters: Vec<Arc<AtomicU64>> = targets.iter().map(|_| Arc::new(AtomicU64::new(0))).collect();
     let mut tasks = Vec::with_capacity(clients * targets.len());
     for (target, done) in targets.iter().zip(&counters) {
-        for _ in 0..clients {
-            let mut client = Client::open(*target).await;
+        for index in 0..clients {
+            let mut client = Client::open(*target, index).await;
             let (measuring, stop, done) = (measuring.clone(), stop.clone(), done.clone());
             tasks.push(tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
@@ -292,7 +295,7 @@ struct Latency {
 }
 
 async fn sequential(target: Target<'_>) -> Latency {
-    let mut client = Client::open(target).await;
+    let mut client = Client::open(target, 0).await;
     for _ in 0..LATENCY_WARM_UP {
         client.echo().await;
     }
@@ -411,7 +414,15 @@ async fn run(issuer: &TestIssuer, servers: &Servers, rts: &[ServerRuntime; 5]) {
         server.rs.warm_up().await.expect("keys load");
     }
     let token_of = |server: &GuardedServer| token_for(issuer, server).expires_in(Duration::from_secs(600)).sign();
-    let (token, policed_token, sessions_token) = (token_of(guarded), token_of(policed), token_of(guarded_sessions));
+    let (token, policed_token) = ([token_of(guarded)], [token_of(policed)]);
+    let sessions_tokens: Vec<String> = (0..CLIENTS)
+        .map(|i| {
+            token_for(issuer, guarded_sessions)
+                .subject(format!("load-{i}"))
+                .expires_in(Duration::from_secs(600))
+                .sign()
+        })
+        .collect();
 
     let started = Instant::now();
     compare(
@@ -420,19 +431,19 @@ async fn run(issuer: &TestIssuer, servers: &Servers, rts: &[ServerRuntime; 5]) {
         &[
             Target {
                 url: &plain.url,
-                token: None,
+                tokens: &[],
                 mode: Mode::Stateless,
                 cpu: &rts[0],
             },
             Target {
                 url: &guarded.url,
-                token: Some(&token),
+                tokens: &token,
                 mode: Mode::Stateless,
                 cpu: &rts[1],
             },
             Target {
                 url: &policed.url,
-                token: Some(&policed_token),
+                tokens: &policed_token,
                 mode: Mode::Stateless,
                 cpu: &rts[2],
             },
@@ -442,13 +453,13 @@ async fn run(issuer: &TestIssuer, servers: &Servers, rts: &[ServerRuntime; 5]) {
 
     let plain_target = Target {
         url: &plain_sessions.url,
-        token: None,
+        tokens: &[],
         mode: Mode::Sessions,
         cpu: &rts[3],
     };
     let guard_target = Target {
         url: &guarded_sessions.url,
-        token: Some(&sessions_token),
+        tokens: &sessions_tokens,
         mode: Mode::Sessions,
         cpu: &rts[4],
     };
