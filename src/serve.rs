@@ -153,8 +153,10 @@ impl Serve {
 
     /// The largest request head (request line and headers) a connection
     /// reads, in bytes (hyper's read buffer, at least 8,192); `431` over it.
-    /// Each connection slow to send its head may hold this much until the
-    /// header-read timeout, so it multiplies by the connection cap.
+    /// hyper checks it between reads, so a head a little over it may still
+    /// be read whole (up to about twice the limit). Each connection slow to
+    /// send its head may hold that much until the header-read timeout, so it
+    /// multiplies by the connection cap.
     /// Defaults to 96 KiB.
     pub fn max_header_bytes(mut self, bytes: usize) -> Self {
         self.max_header_bytes = bytes.max(MIN_HEADER_BYTES);
