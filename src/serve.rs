@@ -23,6 +23,13 @@ use connections::{Admission, Busy, Conn, Connections};
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// The read buffer of a connection, which bounds a request head: a bearer
+/// token is at most 64 KiB (8 KiB by default), so 96 KiB leaves room for it
+/// and the other headers, where hyper's own ~400 KiB let every connection
+/// slow to send its head hold that much (700 such connections: 263 MB).
+const MAX_HEADER_BYTES: usize = 96 * 1024;
+/// hyper's floor for the read buffer.
+const MIN_HEADER_BYTES: usize = 8192;
 /// The connection cap never goes above this by default, whatever the
 /// open-files limit (each connection holds buffers; this many is plenty for
 /// one MCP server).
@@ -49,6 +56,7 @@ pub fn serve(listener: TcpListener, app: axum::Router) -> Serve {
         idle_timeout: IDLE_TIMEOUT,
         max_connections: default_max_connections(),
         shutdown_timeout: SHUTDOWN_TIMEOUT,
+        max_header_bytes: MAX_HEADER_BYTES,
         signal: Box::pin(std::future::pending()),
     }
 }
@@ -61,6 +69,8 @@ pub fn serve(listener: TcpListener, app: axum::Router) -> Serve {
 ///   after the first on a keep-alive connection waits for Nagle's algorithm
 ///   and the peer's delayed ACK (measured here: ~44 ms a call, 33 calls/s on
 ///   one session instead of 4,500).
+/// - **A request head limit** (default 96 KiB, see
+///   [`max_header_bytes`](Self::max_header_bytes)): `431` over it.
 /// - **A header-read timeout** (default 10 s): a client that does not send a
 ///   whole request head within it is disconnected. hyper starts this timer
 ///   whenever the connection waits for a request head, also when a
@@ -94,6 +104,7 @@ pub struct Serve {
     idle_timeout: Duration,
     max_connections: usize,
     shutdown_timeout: Duration,
+    max_header_bytes: usize,
     signal: Pin<Box<dyn Future<Output = ()> + Send>>,
 }
 
@@ -105,6 +116,7 @@ impl std::fmt::Debug for Serve {
             .field("idle_timeout", &self.idle_timeout)
             .field("max_connections", &self.max_connections)
             .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("max_header_bytes", &self.max_header_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -139,6 +151,18 @@ impl Serve {
         self
     }
 
+    /// The largest request head (request line and headers) a connection
+    /// reads, in bytes (hyper's read buffer, at least 8,192); `431` over it.
+    /// hyper checks it between reads, so a head a little over it may still
+    /// be read whole (up to about twice the limit). Each connection slow to
+    /// send its head may hold that much until the header-read timeout, so it
+    /// multiplies by the connection cap.
+    /// Defaults to 96 KiB.
+    pub fn max_header_bytes(mut self, bytes: usize) -> Self {
+        self.max_header_bytes = bytes.max(MIN_HEADER_BYTES);
+        self
+    }
+
     /// How long open connections may keep running after the shutdown
     /// signal. Defaults to 10 seconds.
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
@@ -165,6 +189,7 @@ impl Serve {
             idle_timeout,
             max_connections,
             shutdown_timeout,
+            max_header_bytes,
             mut signal,
         } = self;
         tracing::info!(
@@ -218,6 +243,7 @@ impl Serve {
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_read_timeout)
+                .max_buf_size(max_header_bytes)
                 .serve_connection(TokioIo::new(tcp), service);
             let connection = graceful.watch(connection);
             tokio::spawn(async move {
@@ -414,6 +440,7 @@ mod tests {
         assert_eq!(header, Duration::from_secs(10));
         assert_eq!(idle, Duration::from_secs(60));
         assert_eq!(shutdown, Duration::from_secs(10));
+        assert_eq!(MAX_HEADER_BYTES, 96 * 1024);
         assert_eq!(ASSUMED_OPEN_FILES, 1024);
         let limit = open_files_limit().expect("readable on unix");
         assert_eq!(default_max_connections(), max_connections_for(limit));
@@ -450,6 +477,25 @@ mod tests {
         stop.send(()).unwrap();
         handle.await.unwrap().unwrap();
         assert!(TcpStream::connect(addr).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_request_head_over_the_limit_is_431() {
+        let (addr, stop, handle) = start_with(|s| s.max_header_bytes(16 * 1024)).await;
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let pad = "a".repeat(8000);
+        let head = format!("GET / HTTP/1.1\r\nhost: x\r\nx-a: {pad}\r\nx-b: {pad}\r\nx-c: {pad}\r\n\r\n");
+        // The server may close before reading all of it.
+        let _ = tcp.write_all(head.as_bytes()).await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+        // A head within the limit is served.
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        assert!(get_keep_alive(&mut tcp).await.starts_with("HTTP/1.1 200"));
+        stop.send(()).unwrap();
+        handle.await.unwrap().unwrap();
     }
 
     #[tokio::test]

@@ -142,8 +142,8 @@ async fn an_origin_that_is_not_scheme_host_port_is_refused_with_403() {
 #[tokio::test]
 async fn an_allowed_host_without_a_port_does_not_accept_any_port() {
     // Loopback resource `http://127.0.0.1:{port}/mcp`: `127.0.0.1` and
-    // `localhost` are allowed without a port (default port 80) and with the
-    // resource's port, nothing else.
+    // `localhost` with the resource's port, nothing else (no port means port
+    // 80, which is not this server).
     let issuer = TestIssuer::start().await.unwrap();
     let server = start_guarded(&issuer).await;
     let addr = authority(&server.base);
@@ -151,8 +151,9 @@ async fn an_allowed_host_without_a_port_does_not_accept_any_port() {
     for (host, expected) in [
         (addr.clone(), 200),
         (format!("localhost:{port}"), 200),
-        ("127.0.0.1".to_owned(), 200),
-        ("127.0.0.1:80".to_owned(), 200),
+        ("127.0.0.1".to_owned(), 403),
+        ("127.0.0.1:80".to_owned(), 403),
+        ("localhost".to_owned(), 403),
         ("127.0.0.1:1".to_owned(), 403),
         ("localhost:1".to_owned(), 403),
     ] {

@@ -1,6 +1,6 @@
 //! Request limits over real HTTP: a burst over the rate is answered 429 with
 //! `Retry-After` while other callers go on; requests in flight are counted
-//! until their SSE answer ends; tenant keying; a per-tool rate is a JSON-RPC
+//! until their SSE answer ends; open `GET` streams are bounded apart; tenant keying; a per-tool rate is a JSON-RPC
 //! error; a policy gives a caller its own limits and a broken answer falls
 //! back to the configured ones.
 
@@ -239,6 +239,43 @@ async fn requests_in_flight_count_until_their_stream_ends() {
     }
     // Their streams ended: alice has room again.
     assert!(mcp.call_tool("echo", Value::Null).await.is_ok());
+}
+
+/// Review of issue 10: rmcp keeps up to 33 `GET` streams per session, so one
+/// token with 16 sessions could hold 528 connections open and leave none for
+/// anyone else. Open streams are bounded per caller, apart from calls.
+#[tokio::test]
+async fn open_get_streams_are_bounded_per_caller_and_leave_calls_alone() {
+    let server = Server::start(RequestLimits::default().in_flight(2), None, false).await;
+    let open = |token: String| {
+        let url = server.url.clone();
+        async move {
+            let mcp = McpClient::connect(url.clone(), Protocol::V2025_11_25)
+                .bearer(token.clone())
+                .send()
+                .await
+                .unwrap();
+            let session = mcp.session_id().unwrap().to_owned();
+            let stream = move || {
+                let request = client()
+                    .get(&url)
+                    .bearer_auth(&token)
+                    .header("accept", "text/event-stream")
+                    .header("mcp-session-id", &session)
+                    .header("mcp-protocol-version", "2025-11-25");
+                async move { tokio::time::timeout(BOUND, request.send()).await.unwrap().unwrap() }
+            };
+            (mcp, stream)
+        }
+    };
+    let (alice, alice_stream) = open(server.token("alice", "desktop", None)).await;
+    let held = [alice_stream().await, alice_stream().await];
+    assert!(held.iter().all(|r| r.status() == 200));
+    assert_too_many(&Reply::read(alice_stream().await).await, "too_many_streams", 1);
+    // Her calls go on, and bob's streams are his own.
+    assert!(alice.call_tool("echo", Value::Null).await.is_ok());
+    let (_bob, bob_stream) = open(server.token("bob", "desktop", None)).await;
+    assert_eq!(bob_stream().await.status(), 200);
 }
 
 #[tokio::test]

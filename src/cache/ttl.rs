@@ -49,6 +49,7 @@ impl Limits {
 
     /// Also at most `max` bytes, counted as the weights given to
     /// [`TtlCache::insert`].
+    #[cfg_attr(not(any(test, feature = "jwt")), allow(dead_code))] // the verified-token cache
     pub(crate) const fn bytes(self, max: usize) -> Self {
         Limits { bytes: max, ..self }
     }
@@ -323,6 +324,7 @@ impl<K: Hash + Eq, V, S: BuildHasher + Clone> TtlCache<K, V, S> {
     }
 
     /// How many entries are held and the sum of their weights.
+    #[cfg_attr(not(any(test, feature = "jwt")), allow(dead_code))] // the verified-token cache
     pub(crate) fn usage(&self) -> (usize, usize) {
         self.shards.iter().fold((0, 0), |(entries, bytes), shard| {
             let shard = lock(shard);

@@ -14,7 +14,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::table::{Bucket, Over, Permit, Table, Who};
+use super::table::{Bucket, Counters, Over, Permit, Table, Who};
 use super::{CallerLimits, RATE_LIMITED, RequestLimits};
 use crate::audit::AuditEvent;
 use crate::body::RejectOr;
@@ -47,8 +47,9 @@ impl Shared {
         }
     }
 
-    /// Count one request of `principal` against its budget.
-    fn admit(&self, principal: &Principal) -> Result<Option<Permit>, Over> {
+    /// Count one request of `principal` against its budget; a `stream`
+    /// (a `GET`) needs room in flight but holds a stream permit instead.
+    fn admit(&self, principal: &Principal, stream: bool) -> Result<Option<Permit>, Over> {
         let now = Timestamp::now();
         let key = Who::of(principal, self.limits.by_tenant);
         let recheck = now.saturating_add(self.limits.source_ttl);
@@ -58,7 +59,7 @@ impl Shared {
                 // Asked outside the table's lock: a source may take a while.
                 let limits = self.limits_for(principal);
                 self.table
-                    .bucket(key, now, || Bucket::new(limits, Arc::default(), recheck))
+                    .bucket(key, now, || Bucket::new(limits, Counters::default(), recheck))
             }
         };
         if self.limits.source.is_some() && bucket.recheck_at.load(Ordering::Relaxed) <= now.millis() {
@@ -66,14 +67,19 @@ impl Shared {
             let limits = self.limits_for(principal);
             if limits != bucket.limits {
                 // The rate starts afresh; requests in flight stay counted.
-                let fresh = Bucket::new(limits, bucket.in_flight(), recheck);
+                let fresh = Bucket::new(limits, bucket.counters(), recheck);
                 let key = Who::of(principal, self.limits.by_tenant);
                 self.table.replace(key, fresh.clone(), now);
                 bucket = fresh;
             }
         }
         bucket.take()?;
-        bucket.enter()
+        let permit = bucket.enter()?;
+        if stream {
+            drop(permit);
+            return bucket.open_stream();
+        }
+        Ok(permit)
     }
 }
 
@@ -141,6 +147,7 @@ fn too_many(over: Over) -> Response<Bytes> {
     let error = match over {
         Over::Rate(_) => "rate_limited",
         Over::InFlight => "too_many_in_flight",
+        Over::Streams => "too_many_streams",
     };
     let body = format!(
         r#"{{"jsonrpc":"2.0","id":null,"error":{{"code":{},"message":"too many requests","data":{{"error":"{error}","retry_after":{retry_after}}}}}}}"#,
@@ -184,7 +191,8 @@ where
             Some(principal) if shared.active => principal.clone(),
             _ => return ResponseFuture::inner(self.inner.call(req), None),
         };
-        let permit = match shared.admit(&principal) {
+        // A GET's stream holds a stream permit, not an in-flight one (module docs).
+        let permit = match shared.admit(&principal, req.method() == Method::GET) {
             Ok(permit) => permit,
             Err(over) => {
                 audit(&principal, over, "");
@@ -195,8 +203,6 @@ where
                 };
             }
         };
-        // A GET's stream is not counted while it is open (module docs).
-        let permit = permit.filter(|_| req.method() != Method::GET);
         if shared.limits.has_tool_limits() {
             let who = Who::of(&principal, shared.limits.by_tenant);
             req.extensions_mut().insert(ToolBudget {
@@ -347,7 +353,11 @@ impl ToolBudget {
         let now = Timestamp::now();
         let key = self.who.with_tool(tool);
         let bucket = self.shared.table.bucket(key, now, || {
-            Bucket::new(CallerLimits::new().with_rate(*rate), Arc::default(), Timestamp::MAX)
+            Bucket::new(
+                CallerLimits::new().with_rate(*rate),
+                Counters::default(),
+                Timestamp::MAX,
+            )
         });
         bucket.take().map_err(|over| {
             audit(&self.principal, over, tool);
@@ -411,7 +421,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_post_holds_its_permit_until_its_body_ends_a_get_does_not() {
+    async fn a_post_holds_its_permit_until_its_body_ends_a_get_holds_a_stream_permit() {
         let service = service();
         let held = service.clone().oneshot(request(Method::POST, "alice")).await.unwrap();
         assert_eq!(held.status(), 200);
@@ -428,15 +438,18 @@ mod tests {
         assert_eq!(next.status(), 200);
         drop(next);
 
-        // GET streams stay open without holding a permit.
-        let streams: Vec<_> = [
-            service.clone().oneshot(request(Method::GET, "carol")).await.unwrap(),
-            service.clone().oneshot(request(Method::GET, "carol")).await.unwrap(),
-        ]
-        .into();
-        assert!(streams.iter().all(|r| r.status() == 200));
+        // A GET stream holds a stream permit, not an in-flight one: calls go
+        // on, but open streams are bounded too (rmcp keeps 33 per session).
+        let stream = service.clone().oneshot(request(Method::GET, "carol")).await.unwrap();
+        assert_eq!(stream.status(), 200);
         let call = service.clone().oneshot(request(Method::POST, "carol")).await.unwrap();
         assert_eq!(call.status(), 200);
+        drop(call);
+        let second = service.clone().oneshot(request(Method::GET, "carol")).await.unwrap();
+        assert_eq!(second.status(), 429);
+        drop(stream);
+        let again = service.clone().oneshot(request(Method::GET, "carol")).await.unwrap();
+        assert_eq!(again.status(), 200);
     }
 
     #[tokio::test]

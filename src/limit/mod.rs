@@ -29,9 +29,13 @@
 //! `POST` (it ends with the answer). A `GET` (the standalone stream that
 //! carries server notifications, or a resumption) must find room in flight
 //! to be admitted but does not keep its permit: such a stream is idle most
-//! of its life, is bounded by the sessions a caller may hold (one stream per
-//! session), and counting it would let a client's own listening streams
-//! starve its calls.
+//! of its life, and counting it would let a client's own listening streams
+//! starve its calls. It holds a stream permit instead, from a second count
+//! with the same bound (sixteen open `GET` streams by default, one per
+//! session): the sessions alone do not bound streams, since rmcp keeps up
+//! to 33 `GET` streams open per session, and 16 sessions of 33 streams let
+//! one token hold every connection the server may accept. Over it, 429 with
+//! `too_many_streams`.
 //!
 //! **Keys.** A caller is issuer + subject + client id, so the same user
 //! through a second client has a second budget. With
@@ -120,7 +124,7 @@ pub const DEFAULT_SOURCE_TTL: Duration = Duration::from_secs(60);
 
 /// The JSON-RPC error code of a request refused by a limit: the `error` of a
 /// 429 body, and the error of a `tools/call` over its per-tool rate. Its
-/// `data` is `{"error": "rate_limited" | "too_many_in_flight", "retry_after":
+/// `data` is `{"error": "rate_limited" | "too_many_in_flight" | "too_many_streams", "retry_after":
 /// <seconds>}` (and `"tool"` for a per-tool limit).
 pub const RATE_LIMITED: rmcp::model::ErrorCode = rmcp::model::ErrorCode(-32029);
 
@@ -311,7 +315,8 @@ impl RequestLimits {
     }
 
     /// How many requests a caller may have in flight ([`DEFAULT_IN_FLIGHT`];
-    /// 0 counts as 1). Defaults to `16`.
+    /// 0 counts as 1), and, counted apart, how many `GET` streams it may
+    /// keep open. Defaults to `16`.
     pub fn in_flight(mut self, in_flight: u32) -> Self {
         self.caller = self.caller.with_in_flight(in_flight);
         self

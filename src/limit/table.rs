@@ -101,6 +101,9 @@ pub(crate) struct Bucket {
     /// Requests holding a permit; shared with the budget that replaces this
     /// one when a policy changes the limits.
     in_flight: Arc<AtomicU32>,
+    /// `GET` streams open, bounded by the same number as requests in flight;
+    /// shared like `in_flight`.
+    streams: Arc<AtomicU32>,
     /// When to ask the policy again (a [`Timestamp`] in milliseconds).
     pub(crate) recheck_at: AtomicU64,
 }
@@ -112,6 +115,8 @@ pub(crate) enum Over {
     Rate(Duration),
     /// Over the requests in flight.
     InFlight,
+    /// Over the `GET` streams open.
+    Streams,
 }
 
 impl Over {
@@ -120,6 +125,7 @@ impl Over {
         match self {
             Over::Rate(_) => "rate",
             Over::InFlight => "in_flight",
+            Over::Streams => "streams",
         }
     }
 
@@ -127,13 +133,14 @@ impl Over {
     pub(crate) fn retry_after_secs(self) -> u64 {
         match self {
             Over::Rate(wait) => (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1),
-            Over::InFlight => 1,
+            Over::InFlight | Over::Streams => 1,
         }
     }
 }
 
 impl Bucket {
-    pub(crate) fn new(limits: CallerLimits, in_flight: Arc<AtomicU32>, recheck_at: Timestamp) -> Arc<Bucket> {
+    pub(crate) fn new(limits: CallerLimits, counters: Counters, recheck_at: Timestamp) -> Arc<Bucket> {
+        let Counters { in_flight, streams } = counters;
         let gcra = limits.rate.map(|rate| {
             let burst = limits
                 .burst
@@ -144,13 +151,17 @@ impl Bucket {
             limits,
             gcra,
             in_flight,
+            streams,
             recheck_at: AtomicU64::new(recheck_at.millis()),
         })
     }
 
-    /// The in-flight counter, to hand on to a replacement.
-    pub(crate) fn in_flight(&self) -> Arc<AtomicU32> {
-        self.in_flight.clone()
+    /// The in-flight and stream counters, to hand on to a replacement.
+    pub(crate) fn counters(&self) -> Counters {
+        Counters {
+            in_flight: self.in_flight.clone(),
+            streams: self.streams.clone(),
+        }
     }
 
     /// Take one request's worth of the rate (a refused request costs nothing).
@@ -166,10 +177,20 @@ impl Bucket {
 
     /// A permit for one request in flight, if the limit allows one more.
     pub(crate) fn enter(self: &Arc<Self>) -> Result<Option<Permit>, Over> {
-        let Some(max) = self.limits.in_flight else {
+        Self::count(&self.in_flight, self.limits.in_flight, Over::InFlight)
+    }
+
+    /// A permit for one open `GET` stream, if the limit allows one more
+    /// (the in-flight bound: one stream per session by default, while rmcp
+    /// keeps up to 33 per session).
+    pub(crate) fn open_stream(self: &Arc<Self>) -> Result<Option<Permit>, Over> {
+        Self::count(&self.streams, self.limits.in_flight, Over::Streams)
+    }
+
+    fn count(counter: &Arc<AtomicU32>, max: Option<NonZeroU32>, over: Over) -> Result<Option<Permit>, Over> {
+        let Some(max) = max else {
             return Ok(None);
         };
-        let counter = &self.in_flight;
         let admitted = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
             (n < max.get()).then_some(n + 1)
         });
@@ -177,12 +198,19 @@ impl Bucket {
             Ok(_) => Ok(Some(Permit {
                 counter: counter.clone(),
             })),
-            Err(_) => Err(Over::InFlight),
+            Err(_) => Err(over),
         }
     }
 }
 
-/// One request in flight; released when dropped.
+/// The counters a budget shares with the one that replaces it.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Counters {
+    in_flight: Arc<AtomicU32>,
+    streams: Arc<AtomicU32>,
+}
+
+/// One request in flight (or one open stream); released when dropped.
 #[derive(Debug)]
 pub(crate) struct Permit {
     counter: Arc<AtomicU32>,
@@ -247,7 +275,7 @@ mod tests {
 
     #[test]
     fn a_burst_then_a_wait_rounded_up_to_whole_seconds() {
-        let bucket = Bucket::new(limits("1/min", 3, 1), Arc::default(), Timestamp::MAX);
+        let bucket = Bucket::new(limits("1/min", 3, 1), Counters::default(), Timestamp::MAX);
         for _ in 0..3 {
             bucket.take().unwrap();
         }
@@ -260,7 +288,7 @@ mod tests {
 
     #[test]
     fn permits_come_back_when_dropped() {
-        let bucket = Bucket::new(limits("1000/s", 10, 2), Arc::default(), Timestamp::MAX);
+        let bucket = Bucket::new(limits("1000/s", 10, 2), Counters::default(), Timestamp::MAX);
         let a = bucket.enter().unwrap();
         let _b = bucket.enter().unwrap();
         assert_eq!(bucket.enter().unwrap_err(), Over::InFlight);
@@ -273,7 +301,7 @@ mod tests {
         let table = Table::new(2);
         let now = Timestamp::now();
         let key = |s: &str| Who::of(&Principal::unverified("i", s).build(), false);
-        let make = || Bucket::new(limits("1/h", 1, 1), Arc::default(), Timestamp::MAX);
+        let make = || Bucket::new(limits("1/h", 1, 1), Counters::default(), Timestamp::MAX);
         let alice = table.bucket(key("alice"), now, make);
         alice.take().unwrap();
         // Alice's budget is the one she comes back to; Bob's is another.

@@ -33,8 +33,9 @@ impl HostPolicy {
     /// The `Host` values accepted (`host` or `host:port`). A `host` without
     /// a port matches a `Host` without a port or with the default port of
     /// the resource URI's scheme, no other port. Defaults to the resource
-    /// URI's host and `host:port`, plus `localhost`, `127.0.0.1` and `::1`
-    /// (each with the resource's port too) for a loopback resource. An empty
+    /// URI's `host:port` (and `host` alone when that port is its scheme's
+    /// default), plus `localhost`, `127.0.0.1` and `::1` likewise for a
+    /// loopback resource. An empty
     /// list is refused: it would turn the protection off.
     pub fn hosts(mut self, hosts: impl IntoIterator<Item = impl Into<String>>) -> Self {
         self.hosts = Some(hosts.into_iter().map(Into::into).collect());
@@ -104,9 +105,15 @@ fn with_default_port(origin: &str) -> String {
 }
 
 fn hosts_for(resource: &Url) -> Vec<String> {
+    // A port-less entry means the scheme's default port: only offered when
+    // the resource is there, else `Host: 127.0.0.1:80` would be accepted by
+    // a server on `127.0.0.1:8080`.
+    let default_port = resource.port().is_none();
     let mut hosts = Vec::new();
     if let Some(host) = resource.host_str() {
-        hosts.push(host.to_owned());
+        if default_port {
+            hosts.push(host.to_owned());
+        }
         if let Some(port) = resource.port_or_known_default() {
             hosts.push(format!("{host}:{port}"));
         }
@@ -114,7 +121,8 @@ fn hosts_for(resource: &Url) -> Vec<String> {
     if is_loopback(resource) {
         let port = resource.port_or_known_default();
         for (alias, with_port) in [("localhost", "localhost"), ("127.0.0.1", "127.0.0.1"), ("::1", "[::1]")] {
-            let aliases = std::iter::once(alias.to_owned()).chain(port.map(|p| format!("{with_port}:{p}")));
+            let bare = default_port.then(|| alias.to_owned());
+            let aliases = bare.into_iter().chain(port.map(|p| format!("{with_port}:{p}")));
             for alias in aliases {
                 if !hosts.contains(&alias) {
                     hosts.push(alias);
@@ -150,13 +158,20 @@ mod tests {
         let (hosts, _) = HostPolicy::default().resolve(&loopback, false).unwrap();
         assert_eq!(
             hosts,
+            ["127.0.0.1:8080", "localhost:8080", "[::1]:8080"],
+            "a server on 8080 does not answer to `Host: 127.0.0.1` (port 80)"
+        );
+        let loopback = Url::parse("http://localhost/mcp").unwrap();
+        let (hosts, _) = HostPolicy::default().resolve(&loopback, false).unwrap();
+        assert_eq!(
+            hosts,
             [
-                "127.0.0.1",
-                "127.0.0.1:8080",
                 "localhost",
-                "localhost:8080",
+                "localhost:80",
+                "127.0.0.1",
+                "127.0.0.1:80",
                 "::1",
-                "[::1]:8080"
+                "[::1]:80"
             ]
         );
     }
