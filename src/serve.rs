@@ -2,12 +2,14 @@
 //! facing the network needs, with every connection bounded.
 
 mod connections;
+mod deadline;
 
 use std::convert::Infallible;
 use std::future::{Future, IntoFuture};
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode, header};
@@ -18,11 +20,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tower_service::Service;
 
 use connections::{Admission, Busy, Conn, Connections};
+use deadline::DeadlineBody;
 
 /// Defaults of [`Serve`]; each setter's doc repeats its own.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request body may take to arrive, from its head.
+const REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The read buffer of a connection, which bounds a request head: a bearer
 /// token is at most 64 KiB (8 KiB by default), so 96 KiB leaves room for it
 /// and the other headers, where hyper's own ~400 KiB let every connection
@@ -57,6 +62,7 @@ pub fn serve(listener: TcpListener, app: axum::Router) -> Serve {
         max_connections: default_max_connections(),
         shutdown_timeout: SHUTDOWN_TIMEOUT,
         max_header_bytes: MAX_HEADER_BYTES,
+        request_body_timeout: REQUEST_BODY_TIMEOUT,
         signal: Box::pin(std::future::pending()),
     }
 }
@@ -76,6 +82,9 @@ pub fn serve(listener: TcpListener, app: axum::Router) -> Serve {
 ///   whenever the connection waits for a request head, also when a
 ///   keep-alive connection waits for its next request, so it is the
 ///   keep-alive idle timeout too.
+/// - **A request body timeout** (default 30 s, see
+///   [`request_body_timeout`](Self::request_body_timeout)): `408` and the
+///   connection closed when a body has not arrived whole within it.
 /// - **An idle timeout** (default 60 s): a connection with no request in
 ///   flight and no response being sent for this long is closed, whatever
 ///   the header-read timeout is set to.
@@ -105,6 +114,7 @@ pub struct Serve {
     max_connections: usize,
     shutdown_timeout: Duration,
     max_header_bytes: usize,
+    request_body_timeout: Duration,
     signal: Pin<Box<dyn Future<Output = ()> + Send>>,
 }
 
@@ -117,6 +127,7 @@ impl std::fmt::Debug for Serve {
             .field("max_connections", &self.max_connections)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("max_header_bytes", &self.max_header_bytes)
+            .field("request_body_timeout", &self.request_body_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -163,6 +174,17 @@ impl Serve {
         self
     }
 
+    /// How long a request body may take to arrive whole, counted from when
+    /// its head was read; past it the request is answered `408` and its
+    /// connection closed. Without it a caller with a valid token could
+    /// trickle a body (up to the 4 MiB body limit) for as long as it likes,
+    /// holding a connection and one of its requests in flight. Defaults to
+    /// 30 seconds.
+    pub fn request_body_timeout(mut self, timeout: Duration) -> Self {
+        self.request_body_timeout = timeout;
+        self
+    }
+
     /// How long open connections may keep running after the shutdown
     /// signal. Defaults to 10 seconds.
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
@@ -190,6 +212,7 @@ impl Serve {
             max_connections,
             shutdown_timeout,
             max_header_bytes,
+            request_body_timeout,
             mut signal,
         } = self;
         tracing::info!(
@@ -239,6 +262,7 @@ impl Serve {
             let service = Tracked {
                 app: app.clone(),
                 conn: conn.clone(),
+                request_body_timeout,
             };
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -329,6 +353,7 @@ fn open_files_limit() -> Option<u64> {
 struct Tracked {
     app: axum::Router,
     conn: Arc<Conn>,
+    request_body_timeout: Duration,
 }
 
 type Answer = Pin<Box<dyn Future<Output = Result<Response<axum::body::Body>, Infallible>> + Send>>;
@@ -341,13 +366,23 @@ impl hyper::service::Service<Request<Incoming>> for Tracked {
     fn call(&self, request: Request<Incoming>) -> Answer {
         let Some(busy) = self.conn.begin() else {
             // The connection was shed between reading this head and here.
-            return Box::pin(std::future::ready(Ok(closing_503())));
+            return Box::pin(std::future::ready(Ok(closing(StatusCode::SERVICE_UNAVAILABLE))));
         };
         let mut app = self.app.clone();
+        let timeout = self.request_body_timeout;
         Box::pin(async move {
-            let request = request.map(axum::body::Body::new);
+            let timed_out = (!http_body::Body::is_end_stream(request.body())).then(|| Arc::new(AtomicBool::new(false)));
+            let request = match &timed_out {
+                Some(flag) => request.map(|body| axum::body::Body::new(DeadlineBody::new(body, timeout, flag.clone()))),
+                None => request.map(axum::body::Body::new),
+            };
             std::future::poll_fn(|cx| Service::<Request<axum::body::Body>>::poll_ready(&mut app, cx)).await?;
             let response = app.call(request).await?;
+            if timed_out.is_some_and(|flag| flag.load(Ordering::Acquire)) {
+                // Whatever the app made of the failed body (rmcp says 500),
+                // the client was too slow: 408, and the connection closes.
+                return Ok(closing(StatusCode::REQUEST_TIMEOUT));
+            }
             Ok(response.map(|body| keep_busy(body, busy)))
         })
     }
@@ -361,12 +396,16 @@ fn keep_busy(body: axum::body::Body, busy: Busy) -> axum::body::Body {
     }))
 }
 
-fn closing_503() -> Response<axum::body::Body> {
+/// An empty answer with `status` that closes the connection (503 with
+/// `Retry-After: 1`).
+fn closing(status: StatusCode) -> Response<axum::body::Body> {
     let mut response = Response::new(axum::body::Body::empty());
-    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(header::CONNECTION, http::HeaderValue::from_static("close"));
-    headers.insert(header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        headers.insert(header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+    }
     response
 }
 
@@ -389,6 +428,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let app = axum::Router::new()
             .route("/", axum::routing::get(|| async { "ok" }))
+            .route("/echo", axum::routing::post(|body: String| async move { body }))
             .route(
                 "/slow",
                 axum::routing::get(|| async {
@@ -441,6 +481,7 @@ mod tests {
         assert_eq!(idle, Duration::from_secs(60));
         assert_eq!(shutdown, Duration::from_secs(10));
         assert_eq!(MAX_HEADER_BYTES, 96 * 1024);
+        assert_eq!(REQUEST_BODY_TIMEOUT, Duration::from_secs(30));
         assert_eq!(ASSUMED_OPEN_FILES, 1024);
         let limit = open_files_limit().expect("readable on unix");
         assert_eq!(default_max_connections(), max_connections_for(limit));
@@ -587,6 +628,32 @@ mod tests {
             .unwrap();
         assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
         drop(busy);
+        stop.send(()).unwrap();
+        handle.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_body_that_trickles_past_its_deadline_gets_408_and_the_connection_closes() {
+        let (addr, stop, handle) = start_with(|s| s.request_body_timeout(Duration::from_millis(300))).await;
+        // A whole body is served.
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        tcp.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("hello"), "{answer}");
+        // A body that stops half way is answered 408 and closed.
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nhel")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut answer)).await;
+        assert!(read.is_ok(), "the stalled request was not answered and closed");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
         stop.send(()).unwrap();
         handle.await.unwrap().unwrap();
     }
