@@ -184,19 +184,7 @@ impl<K: Hash + Eq, V, S: BuildHasher + Clone> TtlCache<K, V, S> {
             return false;
         }
         shard.make_room(weight, now);
-        shard.tick += 1;
-        shard.bytes += weight;
-        shard.earliest = shard.earliest.min(deadline);
-        let used = shard.tick;
-        shard.map.insert(
-            key,
-            Slot {
-                value,
-                deadline,
-                weight,
-                used,
-            },
-        );
+        shard.put(key, value, weight, deadline);
         true
     }
 
@@ -225,19 +213,7 @@ impl<K: Hash + Eq, V, S: BuildHasher + Clone> TtlCache<K, V, S> {
             }
         }
         shard.remove(&key);
-        shard.tick += 1;
-        shard.bytes += weight;
-        shard.earliest = shard.earliest.min(deadline);
-        let used = shard.tick;
-        shard.map.insert(
-            key,
-            Slot {
-                value,
-                deadline,
-                weight,
-                used,
-            },
-        );
+        shard.put(key, value, weight, deadline);
         true
     }
 
@@ -334,6 +310,24 @@ impl<K: Hash + Eq, V, S: BuildHasher + Clone> TtlCache<K, V, S> {
 }
 
 impl<K: Hash + Eq, V, S: BuildHasher> Shard<K, V, S> {
+    /// Keep `value` for `key` until `deadline`, as the most recently used
+    /// entry; room has been made.
+    fn put(&mut self, key: K, value: V, weight: usize, deadline: Timestamp) {
+        self.tick += 1;
+        self.bytes += weight;
+        self.earliest = self.earliest.min(deadline);
+        let used = self.tick;
+        self.map.insert(
+            key,
+            Slot {
+                value,
+                deadline,
+                weight,
+                used,
+            },
+        );
+    }
+
     fn remove<Q>(&mut self, key: &Q) -> Option<V>
     where
         K: Borrow<Q>,
