@@ -28,15 +28,26 @@
 //! | `GUARD_HEADER_TIMEOUT_SECS` | seconds a client may take to send a request head (and a keep-alive connection may wait for its next one) | `10` |
 //! | `GUARD_MAX_SESSIONS_PER_PRINCIPAL` | live MCP sessions one caller may hold; one more closes its idlest | `16` |
 //! | `GUARD_RATE_LIMIT` | requests per caller (issuer, subject, client id): `N/s`, `N/min` or `N/h`; the policy's `limits` rule may set others per caller | `20/s`, burst 40, 16 in flight |
+//! | `GUARD_STATELESS` | `1`/`true`: serve every request on its own, no sessions, JSON answers (any replica can answer any request); `0`/`false`: sessions for clients before MCP 2026-07-28, bound to their caller (2026-07-28 clients are stateless either way) | `false` |
+//! | `GUARD_REQUEST_STATE_TTL_SECS` | seconds a confirmation asked of the user stays valid (its sealed `requestState`) | `300` |
 //! | `RUST_LOG` | log filter; audit events are on `rmcp_guard::audit` | `info` |
 //!
 //! Tools and what the embedded RBAC policy needs for them (groups claim):
 //! `whoami`, `echo` (any caller with `mcp:tools`); `get_all_templates`
 //! (catalyst-center read: network-engineers, service-desk, admin);
-//! `deploy_template` (catalyst-center write: network-engineers, admin);
+//! `deploy_template` (catalyst-center write: network-engineers, admin; the
+//! user confirms each call, see below);
 //! `create_ticket` (servicenow write: service-desk, admin); `list_repositories`
 //! (github read: developers, admin). `tools/list` shows each caller only
 //! the tools it may call.
+//!
+//! The embedded policy also has a `confirm` rule for `deploy_template`: on
+//! MCP 2026-07-28 the first call answers an `InputRequiredResult` asking the
+//! user (an elicitation form with one boolean `confirm`) and a sealed
+//! `requestState`; the retry with the user's "yes" deploys. A client that
+//! does not declare elicitation, or speaks an older protocol, is refused:
+//! nothing is deployed unconfirmed. The keys sealing the state are generated
+//! at start: a confirmation pending across a restart is asked again.
 //!
 //! The catalyst-center and servicenow tools use the caller's credential for
 //! that service, read at `GUARD_SECRET_TEMPLATE` with the caller's tenant
@@ -60,6 +71,7 @@ use rmcp::{ErrorData, ServerHandler, schemars, tool, tool_handler, tool_router};
 use rmcp_guard::limit::{Rate, RequestLimits};
 use rmcp_guard::oauth::{ClientAuth, DownstreamTokens, Issuer, ResourceServer, TokenExchange, TokenRules};
 use rmcp_guard::policy::PolicyEngine;
+use rmcp_guard::state::{RequestStateSealer, StateKeys};
 use rmcp_guard::secrets::{
     CallerCredentials, Credentials, DEFAULT_TEMPLATE, MemoryStore, PathTemplate, SecretStore, VaultStoreBuilder,
 };
@@ -206,6 +218,20 @@ impl ServerHandler for Tools {
     }
 }
 
+/// Added to the embedded RBAC policy: deploying changes a device, so the
+/// user confirms every deploy (no tool code: `Guarded` asks). Edit the set
+/// to confirm other tools.
+const CONFIRM_POLICY: &str = r#"
+package mcp.authz
+
+import rego.v1
+
+confirm if {
+	input.action == "tools/call"
+	input.resource in {"deploy_template"}
+}
+"#;
+
 /// Everything read from the environment, checked before anything starts.
 struct Settings {
     bind: String,
@@ -219,6 +245,8 @@ struct Settings {
     secret_template: PathTemplate,
     max_sessions_per_principal: usize,
     limits: RequestLimits,
+    stateless: bool,
+    request_state_ttl: std::time::Duration,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -286,7 +314,7 @@ async fn settings() -> Result<Settings, String> {
     let resource_server = builder.build().map_err(|e| format!("configuration error: {e}"))?;
     let policy = match env("GUARD_POLICY") {
         Some(path) => PolicyEngine::from_path(&path),
-        None => PolicyEngine::rbac_example(),
+        None => PolicyEngine::rbac_example_builder().and_then(|b| b.module("confirm.rego", CONFIRM_POLICY).build()),
     }
     .map_err(|e| format!("policy error: {e}"))?;
     let policy_reload = match env("GUARD_POLICY_RELOAD_SECS") {
@@ -335,7 +363,21 @@ async fn settings() -> Result<Settings, String> {
         // A burst of the rate's count: `100/min` allows 100 at once.
         limits = limits.rate(rate).burst(rate.count());
     }
+    let stateless = match env("GUARD_STATELESS").as_deref() {
+        None | Some("0" | "false") => false,
+        Some("1" | "true") => true,
+        Some(other) => return Err(format!("GUARD_STATELESS is not 1, true, 0 or false: {other}")),
+    };
+    let request_state_ttl = match env("GUARD_REQUEST_STATE_TTL_SECS") {
+        None => std::time::Duration::from_secs(300),
+        Some(secs) => match secs.parse::<u64>() {
+            Ok(n) if n > 0 => std::time::Duration::from_secs(n),
+            _ => return Err(format!("GUARD_REQUEST_STATE_TTL_SECS is not a positive number: {secs}")),
+        },
+    };
     Ok(Settings {
+        stateless,
+        request_state_ttl,
         bind,
         resource_server,
         policy,
@@ -377,15 +419,22 @@ async fn main() -> ExitCode {
         .authorizer(policy.clone())
         .build();
     // Metadata, bearer auth, session binding, step-up 403, rmcp, the policy
-    // on every call, read and listing, then the tools.
+    // on every call, read and listing (and the user's confirmation where it
+    // asks for one), then the tools.
     let mut guard = Guard::new(rs.clone())
         .policy(policy.clone())
         .credentials(credentials)
         .limits(settings.limits)
-        .session_binding(
+        // Keys generated at start; give replicas the same `StateKeys::new(..)`.
+        .request_state(RequestStateSealer::new(StateKeys::generate()).ttl(settings.request_state_ttl));
+    guard = if settings.stateless {
+        guard.stateless()
+    } else {
+        guard.session_binding(
             rmcp_guard::session::SessionBindingLayer::default()
                 .max_sessions_per_principal(settings.max_sessions_per_principal),
-        );
+        )
+    };
     if let Some(exchange) = settings.exchange {
         guard = guard.exchange(exchange);
     }

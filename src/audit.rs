@@ -15,6 +15,7 @@
 //! | `policy_reload` | `outcome` (`allow`: applied, `error`: refused), `previous_version`, `policy_version`, `error` |
 //! | `secret_access` | `subject`, `issuer`, `tenant`, `service`, `template`, `path`, `outcome` (`ok` or a `SecretError` code), `cache` |
 //! | `token_exchange` | `subject`, `issuer`, `grant`, `audience`, `outcome` (`ok` or an `ExchangeError` code), `cache` |
+//! | `confirmation` | `step` (`asked`, `granted`, `refused`), `reason` (why refused: `declined`, `no_elicitation`, `unconfirmable`, or a request-state error code such as `request_state_expired`), `subject`, `client_id`, `issuer`, `resource`, `action` |
 //! | `limit` | `outcome` (`deny`), `reason` (`rate`, `in_flight`), `subject`, `client_id`, `issuer`, `tenant`, `resource` (the tool of a per-tool limit, else empty), `retry_after_secs` |
 //! | `circuit` | `upstream` (`jwks`, `introspection`, `token_endpoint`, `vault`), `endpoint`, `state`, `previous` (`closed`, `open`, `half_open`), `failures`, `retry_after` (seconds, when opening); at `WARN` when a breaker opens |
 //!
@@ -183,6 +184,20 @@ pub enum AuditEvent<'a> {
         /// The cache status (`hit`, `miss`, `joined`, `none`).
         cache: &'a str,
     },
+    /// A step of a user confirmation the policy asked for
+    /// ([`Decision::confirmation_required`](crate::policy::Decision::confirmation_required)).
+    Confirmation {
+        /// The caller.
+        principal: &'a Principal,
+        /// The tool, prompt or resource.
+        resource: &'a str,
+        /// The action.
+        action: &'a str,
+        /// `asked`, `granted` or `refused`.
+        step: &'a str,
+        /// Why it was refused; empty otherwise.
+        reason: &'a str,
+    },
     /// A request refused by a request limit (HTTP 429, or a JSON-RPC error
     /// for a per-tool limit).
     Limit {
@@ -231,6 +246,7 @@ impl AuditEvent<'_> {
             AuditEvent::PolicyReload { .. } => "policy_reload",
             AuditEvent::SecretAccess { .. } => "secret_access",
             AuditEvent::TokenExchange { .. } => "token_exchange",
+            AuditEvent::Confirmation { .. } => "confirmation",
             AuditEvent::Limit { .. } => "limit",
             AuditEvent::Circuit { .. } => "circuit",
         }
@@ -358,6 +374,23 @@ impl AuditEvent<'_> {
                 outcome,
                 cache,
             ),
+            AuditEvent::Confirmation {
+                principal,
+                resource,
+                action,
+                step,
+                reason,
+            } => tracing::info!(
+                target: TARGET,
+                event,
+                step,
+                reason,
+                subject = principal.subject(),
+                client_id = principal.client_id(),
+                issuer = principal.issuer(),
+                resource,
+                action,
+            ),
             AuditEvent::Limit {
                 principal,
                 reason,
@@ -438,6 +471,14 @@ mod tests {
             retry_after_secs: 1,
         };
         assert_eq!(limit.name(), "limit");
+        let confirmation = AuditEvent::Confirmation {
+            principal: &p,
+            resource: "t",
+            action: "tools/call",
+            step: "asked",
+            reason: "",
+        };
+        assert_eq!(confirmation.name(), "confirmation");
         assert_eq!(Outcome::Error.as_str(), "error");
     }
 }

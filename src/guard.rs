@@ -40,7 +40,7 @@ use crate::session::SessionBindingLayer;
 /// | [`SessionBindingLayer`] | a session belongs to the caller that opened it | with sessions |
 /// | [`StepUpLayer`](crate::policy::StepUpLayer) | 403 `insufficient_scope` before rmcp when the policy names missing scopes | with a policy |
 /// | rmcp's `StreamableHttpService` | Host/Origin checks from the resource URI ([`HostPolicy`](crate::oauth::HostPolicy)) | always |
-/// | [`Guarded`](crate::policy::Guarded) | every call, read, get and listing decided by the policy | with a policy |
+/// | [`Guarded`](crate::policy::Guarded) | every call, read, get and listing decided by the policy; the user's confirmation where the policy asks for it | with a policy |
 /// | your handler | tools take [`Principal`](crate::Principal), [`CallerCredentials`](crate::secrets::CallerCredentials), [`DownstreamTokens`](crate::oauth::DownstreamTokens) | always |
 ///
 /// Each piece stays public for custom stacks.
@@ -56,6 +56,8 @@ pub struct Guard {
     sessions: Option<SessionBindingLayer>,
     http: StreamableHttpServerConfig,
     limits: crate::limit::RequestLimits,
+    #[cfg(feature = "policy")]
+    request_state: Option<crate::state::RequestStateSealer>,
 }
 
 impl Guard {
@@ -70,6 +72,8 @@ impl Guard {
             sessions: Some(SessionBindingLayer::default()),
             http: rs.streamable_http_config(),
             limits: crate::limit::RequestLimits::default(),
+            #[cfg(feature = "policy")]
+            request_state: None,
             rs,
         }
     }
@@ -81,6 +85,21 @@ impl Guard {
     #[cfg_attr(docsrs, doc(cfg(feature = "policy")))]
     pub fn policy(mut self, engine: crate::policy::PolicyEngine) -> Self {
         self.policy = Some(engine);
+        self
+    }
+
+    /// Seal the `requestState` of user confirmations (the policy's
+    /// `confirm` rule; see [`Guarded`](crate::policy::Guarded)) with
+    /// `sealer`: its keys, TTL and replay set. Give replicas behind one load
+    /// balancer the same keys (and a shared replay set), or a confirmation
+    /// asked by one is refused by another. Defaults to one sealer per process
+    /// with generated keys (`RequestStateSealer::new(StateKeys::generate())`:
+    /// TTL 300 s, single-use), which do not survive a restart or span
+    /// replicas.
+    #[cfg(feature = "policy")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "policy")))]
+    pub fn request_state(mut self, sealer: crate::state::RequestStateSealer) -> Self {
+        self.request_state = Some(sealer);
         self
     }
 
@@ -175,7 +194,16 @@ impl Guard {
         let mut mcp = match self.policy.clone() {
             Some(engine) => {
                 let step_up = crate::policy::StepUpLayer::new(self.rs.challenges(), engine.clone());
-                let factory = move || factory().map(|h| crate::policy::Guarded::new(h, engine.clone()));
+                let sealer = self.request_state.clone();
+                let factory = move || {
+                    factory().map(|h| {
+                        let guarded = crate::policy::Guarded::new(h, engine.clone());
+                        match &sealer {
+                            Some(sealer) => guarded.request_state(sealer.clone()),
+                            None => guarded,
+                        }
+                    })
+                };
                 mcp_router(&path, factory, stateful, config, Some(step_up))
             }
             None => mcp_router(&path, factory, stateful, config, None),

@@ -3,17 +3,25 @@
 //! test kit. Proves the template's wiring: bearer auth, the RBAC policy per
 //! group (calls and listings), the caller's tenant-scoped credentials (demo
 //! in-memory store), and one clear line with exit status 2 on bad
-//! configuration.
+//! configuration. Also: the serving modes (`GUARD_STATELESS`: JSON answers
+//! without sessions; the default: sessions for 2025-era clients, bound to
+//! their caller, while 2026-07-28 clients are served statelessly) and the
+//! confirmation `deploy_template` needs (`GUARD_REQUEST_STATE_TTL_SECS`).
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use rmcp::ServiceExt;
-use rmcp::model::CallToolRequestParams;
+use rmcp::model::{
+    CallToolRequestParams, ClientCapabilities, ClientConfig, ElicitRequestParams, ElicitResult, ElicitationAction,
+    ElicitationCapability, FormElicitationCapability, Implementation,
+};
+use rmcp::service::{RequestContext, RoleClient};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::{ClientHandler, ErrorData, ServiceExt};
 use rmcp_guard_testkit::TestIssuer;
+use rmcp_guard_testkit::client::{McpClient, McpError, Protocol};
 use serde_json::{Value, json};
 
 /// `target/<profile>/examples/secure_server`, built by `cargo test`.
@@ -43,6 +51,10 @@ impl Drop for Server {
 }
 
 async fn start(issuer: &TestIssuer) -> Server {
+    start_with(issuer, &[]).await
+}
+
+async fn start_with(issuer: &TestIssuer, vars: &[(&str, &str)]) -> Server {
     // A free loopback port (the resource URI must name it).
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -53,6 +65,7 @@ async fn start(issuer: &TestIssuer) -> Server {
         .env("GUARD_ISSUER", issuer.issuer())
         .env("GUARD_BIND", format!("127.0.0.1:{port}"))
         .env("RUST_LOG", "warn")
+        .envs(vars.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -81,13 +94,34 @@ fn token(issuer: &TestIssuer, url: &str, groups: &[&str], tenant: &str) -> Strin
         .sign()
 }
 
-type Client = rmcp::service::RunningService<rmcp::RoleClient, ()>;
+/// A client whose user confirms what the server asks (elicitation, form
+/// mode): `deploy_template` needs it.
+#[derive(Clone)]
+struct ConfirmingUser;
+
+impl ClientHandler for ConfirmingUser {
+    async fn create_elicitation(
+        &self,
+        _request: ElicitRequestParams,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, ErrorData> {
+        Ok(ElicitResult::new(ElicitationAction::Accept).with_content(json!({"confirm": true})))
+    }
+
+    fn get_info(&self) -> ClientConfig {
+        let mut capabilities = ClientCapabilities::default();
+        capabilities.elicitation = Some(ElicitationCapability::new().with_form(FormElicitationCapability::new()));
+        ClientConfig::new(capabilities, Implementation::new("secure-server-test", "1.0.0"))
+    }
+}
+
+type Client = rmcp::service::RunningService<rmcp::RoleClient, ConfirmingUser>;
 
 async fn connect(url: &str, token: &str) -> Client {
     let config = StreamableHttpClientTransportConfig::with_uri(url.to_owned()).auth_header(token.to_owned());
     tokio::time::timeout(
         Duration::from_secs(10),
-        ().serve(StreamableHttpClientTransport::from_config(config)),
+        ConfirmingUser.serve(StreamableHttpClientTransport::from_config(config)),
     )
     .await
     .expect("connect in time")
@@ -219,6 +253,17 @@ fn bad_configuration_is_one_line_and_exit_status_2() {
             ],
             "GUARD_RATE_LIMIT",
         ),
+        (
+            vec![("GUARD_ISSUER", "https://idp.example.com"), ("GUARD_STATELESS", "yes")],
+            "GUARD_STATELESS",
+        ),
+        (
+            vec![
+                ("GUARD_ISSUER", "https://idp.example.com"),
+                ("GUARD_REQUEST_STATE_TTL_SECS", "0"),
+            ],
+            "GUARD_REQUEST_STATE_TTL_SECS",
+        ),
     ] {
         let output = Command::new(binary())
             .env_clear()
@@ -230,4 +275,161 @@ fn bad_configuration_is_one_line_and_exit_status_2() {
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
         assert!(stderr.contains(expected), "{stderr}");
     }
+}
+
+/// A 2026-07-28 request sent by hand (to see the HTTP answer itself).
+async fn post_2026(url: &str, token: &str, method: &str) -> reqwest::Response {
+    let body = json!({
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": method,
+        "params": {"_meta": {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+            "io.modelcontextprotocol/clientCapabilities": {},
+        }},
+    });
+    reqwest::Client::new()
+        .post(url)
+        .bearer_auth(token)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", method)
+        .json(&body)
+        .send()
+        .await
+        .expect("POST")
+}
+
+fn content_type(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn stateless_mode_answers_json_and_still_serves_2025_clients() {
+    let issuer = TestIssuer::start().await.unwrap();
+    let server = start_with(&issuer, &[("GUARD_STATELESS", "1")]).await;
+    let token = token(&issuer, &server.url, &["network-engineers"], "acme");
+
+    let response = post_2026(&server.url, &token, "tools/list").await;
+    assert_eq!(response.status(), 200);
+    assert!(content_type(&response).starts_with("application/json"), "{response:?}");
+    assert!(response.headers().get("mcp-session-id").is_none());
+    let body: Value = response.json().await.unwrap();
+    assert!(body["result"]["tools"].as_array().is_some_and(|t| !t.is_empty()), "{body}");
+
+    // A 2025-11-25 client: no session, every request on its own, still served.
+    let old = McpClient::connect(server.url.clone(), Protocol::V2025_11_25)
+        .bearer(&token)
+        .await
+        .unwrap();
+    assert_eq!(old.session_id(), None);
+    let echo = old.call_tool("echo", json!({"text": "hi"})).await.unwrap();
+    assert_eq!(echo.content[0].as_text().unwrap().text, "hi");
+    // The rmcp client (2026-07-28) deploys, confirming.
+    let client = connect(&server.url, &token).await;
+    let deployed = call(
+        &client,
+        "deploy_template",
+        json!({"template_id": "t1", "device_id": "d1"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(deployed["connected_as"], "acme-netops");
+    let _ = client.cancel().await;
+}
+
+#[tokio::test]
+async fn session_mode_binds_2025_sessions_and_serves_2026_statelessly() {
+    let issuer = TestIssuer::start().await.unwrap();
+    let server = start(&issuer).await;
+    let alice = token(&issuer, &server.url, &["network-engineers"], "acme");
+    let bob = token(&issuer, &server.url, &["network-engineers"], "globex");
+
+    let response = post_2026(&server.url, &alice, "tools/list").await;
+    assert_eq!(response.status(), 200);
+    assert!(content_type(&response).starts_with("application/json"), "{response:?}");
+    assert!(response.headers().get("mcp-session-id").is_none());
+
+    // A 2025-11-25 client gets a session, bound to its caller.
+    let old = McpClient::connect(server.url.clone(), Protocol::V2025_11_25)
+        .bearer(&alice)
+        .await
+        .unwrap();
+    let session = old.session_id().expect("a session").to_owned();
+    assert!(old.list_tools().await.is_ok());
+    let stolen = reqwest::Client::new()
+        .post(&server.url)
+        .bearer_auth(&bob)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", "2025-11-25")
+        .json(&json!({"jsonrpc": "2.0", "id": 9, "method": "tools/list"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stolen.status(), 404, "another caller cannot use the session");
+    assert!(old.list_tools().await.is_ok(), "the owner still can");
+}
+
+#[tokio::test]
+async fn deploy_template_needs_the_users_confirmation() {
+    let issuer = TestIssuer::start().await.unwrap();
+    let server = start_with(&issuer, &[("GUARD_REQUEST_STATE_TTL_SECS", "1")]).await;
+    let token = token(&issuer, &server.url, &["network-engineers"], "acme");
+    let args = json!({"template_id": "t1", "device_id": "d1"});
+    let call = json!({"name": "deploy_template", "arguments": args});
+
+    // A client that cannot ask its user: refused, nothing deployed.
+    let plain = McpClient::connect(server.url.clone(), Protocol::V2026_07_28)
+        .bearer(&token)
+        .await
+        .unwrap();
+    let refused = plain.request("tools/call", call.clone()).await;
+    assert!(
+        matches!(&refused, Err(McpError::JsonRpc { code: -32003, message, .. }) if message.contains("elicitation")),
+        "{refused:?}"
+    );
+    // A 2025-11-25 client: refused as well.
+    let old = McpClient::connect(server.url.clone(), Protocol::V2025_11_25)
+        .bearer(&token)
+        .capabilities(json!({"elicitation": {}}))
+        .await
+        .unwrap();
+    let refused = old.call_tool("deploy_template", args.clone()).await;
+    assert!(matches!(&refused, Err(McpError::JsonRpc { code: -32003, .. })), "{refused:?}");
+
+    // A client that can: asked, then the "yes" deploys.
+    let user = McpClient::connect(server.url.clone(), Protocol::V2026_07_28)
+        .bearer(&token)
+        .capabilities(json!({"elicitation": {"form": {}}}))
+        .await
+        .unwrap();
+    let asked = user.request("tools/call", call.clone()).await.unwrap();
+    assert_eq!(asked["resultType"], "input_required", "{asked}");
+    assert_eq!(asked["inputRequests"]["confirm"]["method"], "elicitation/create");
+    let state = asked["requestState"].as_str().unwrap();
+    let mut retry = call.clone();
+    retry["requestState"] = json!(state);
+    retry["inputResponses"] = json!({"confirm": {"action": "accept", "content": {"confirm": true}}});
+    let done = user.request("tools/call", retry).await.unwrap();
+    let text = done["content"][0]["text"].as_str().unwrap();
+    assert!(text.contains("acme-netops"), "{done}");
+
+    // GUARD_REQUEST_STATE_TTL_SECS=1: a state answered too late is refused.
+    let asked = user.request("tools/call", call.clone()).await.unwrap();
+    let mut late = call.clone();
+    late["requestState"] = asked["requestState"].clone();
+    late["inputResponses"] = json!({"confirm": {"action": "accept", "content": {"confirm": true}}});
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let expired = user.request("tools/call", late).await;
+    assert!(
+        matches!(&expired, Err(McpError::JsonRpc { code: -32602, data: Some(d), .. }) if d["error"] == "request_state_expired"),
+        "{expired:?}"
+    );
 }

@@ -84,6 +84,10 @@ pub async fn require_permission(resource: &str, action: Action, arguments: Optio
         c.engine.decide(&input)
     });
     match decision {
+        // A check inside a tool cannot ask the user: refused.
+        Ok(d) if d.confirmation_required() => CONTEXT
+            .try_with(|c| super::confirm::unconfirmable(&c.principal, &action, resource))
+            .map_or_else(|_| Err(denial_error(&d)), Err),
         Ok(d) if d.allowed() => Ok(()),
         Ok(d) => Err(denial_error(&d)),
         Err(_) => {

@@ -31,6 +31,8 @@ pub(crate) struct Answer {
     pub(crate) outcome: Outcome,
     pub(crate) reasons: Vec<String>,
     pub(crate) required_scopes: Vec<String>,
+    /// An allow the user must confirm first (the confirmation rule).
+    pub(crate) confirm: bool,
 }
 
 impl Answer {
@@ -40,6 +42,7 @@ impl Answer {
             outcome: Outcome::Error,
             reasons: vec![reason.to_owned()],
             required_scopes: Vec::new(),
+            confirm: false,
         }
     }
 }
@@ -107,6 +110,16 @@ impl Decision {
     /// required-scopes rule (for a step-up `insufficient_scope` challenge).
     pub fn required_scopes(&self) -> &[String] {
         &self.answer.required_scopes
+    }
+
+    /// Whether the user must confirm this allowed action before it runs:
+    /// the policy's confirmation rule
+    /// ([`PolicyEngineBuilder::confirm_rule`](super::PolicyEngineBuilder::confirm_rule))
+    /// said `true`, failed, or gave something other than a boolean. Always
+    /// `false` for a denial. [`Guarded`](super::Guarded) asks the user
+    /// through MCP elicitation.
+    pub fn confirmation_required(&self) -> bool {
+        self.allowed() && self.answer.confirm
     }
 
     /// The version (content hash) of the policy that decided, e.g.

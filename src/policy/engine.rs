@@ -36,6 +36,8 @@ pub(crate) const DEFAULT_REASONS_RULE: &str = "data.mcp.authz.reasons";
 pub(crate) const DEFAULT_REQUIRED_SCOPES_RULE: &str = "data.mcp.authz.required_scopes";
 /// The per-caller limits rule read unless configured otherwise.
 pub(crate) const DEFAULT_LIMITS_RULE: &str = "data.mcp.authz.limits";
+/// The confirmation rule read on an allow unless configured otherwise.
+pub(crate) const DEFAULT_CONFIRM_RULE: &str = "data.mcp.authz.confirm";
 /// The `action` of the input the limits rule is evaluated with.
 pub(crate) const LIMITS_ACTION: &str = "rmcp-guard/limits";
 /// How many decisions each thread memoizes per policy unless configured otherwise.
@@ -67,6 +69,7 @@ struct Options {
     reasons_rule: Option<String>,
     required_scopes_rule: Option<String>,
     limits_rule: Option<String>,
+    confirm_rule: Option<String>,
     rego_version: RegoVersion,
     memoize: bool,
     memo_capacity: usize,
@@ -80,6 +83,7 @@ impl Default for Options {
             reasons_rule: Some(DEFAULT_REASONS_RULE.to_owned()),
             required_scopes_rule: Some(DEFAULT_REQUIRED_SCOPES_RULE.to_owned()),
             limits_rule: Some(DEFAULT_LIMITS_RULE.to_owned()),
+            confirm_rule: Some(DEFAULT_CONFIRM_RULE.to_owned()),
             rego_version: RegoVersion::Auto,
             memoize: true,
             memo_capacity: DEFAULT_MEMO_CAPACITY,
@@ -178,6 +182,27 @@ impl PolicyEngineBuilder {
         self
     }
 
+    /// The rule read on an allowed decision to say whether the user must
+    /// confirm the action first ([`Decision::confirmation_required`]);
+    /// ignored when no module declares it. `true` requires confirmation;
+    /// `false` or undefined does not; an evaluation error or any other value
+    /// requires it (fail closed). [`Guarded`](super::Guarded) asks the user
+    /// through MCP elicitation before a `tools/call`, `prompts/get` or
+    /// `resources/read` that needs it runs:
+    ///
+    /// ```rego
+    /// confirm if {
+    ///     input.action == "tools/call"
+    ///     input.resource == "deploy_template"
+    /// }
+    /// ```
+    ///
+    /// Defaults to `data.mcp.authz.confirm`.
+    pub fn confirm_rule(mut self, rule: Option<&str>) -> Self {
+        self.options.confirm_rule = rule.map(str::to_owned);
+        self
+    }
+
     /// The Rego syntax of the modules. Defaults to `RegoVersion::Auto`.
     pub fn rego_version(mut self, version: RegoVersion) -> Self {
         self.options.rego_version = version;
@@ -243,6 +268,9 @@ struct Loaded {
     reasons_rule: Option<String>,
     required_scopes_rule: Option<String>,
     limits_rule: Option<String>,
+    /// The confirmation rule, when declared, and the same rule for regorus'
+    /// interpreter (which double-checks a VM "no": see `confirm`).
+    confirm_rule: Option<(String, regorus::CompiledPolicy)>,
     /// `Some(fields)` when the policy provably reads only these input
     /// fields (and not `arguments`): the input is trimmed to them, and
     /// decisions are memoized keyed by them when memoization is on.
@@ -576,6 +604,7 @@ fn compile(bundle: &Bundle, options: &Options, generation: u64) -> Result<Loaded
     let reasons_rule = optional(&options.reasons_rule);
     let required_scopes_rule = optional(&options.required_scopes_rule);
     let limits_rule = optional(&options.limits_rule);
+    let confirm_rule = optional(&options.confirm_rule);
 
     let whole = |e: &dyn std::fmt::Display| PolicyError::Compile {
         module: "(policy)".to_owned(),
@@ -590,8 +619,18 @@ fn compile(bundle: &Bundle, options: &Options, generation: u64) -> Result<Loaded
     entrypoints.extend(reasons_rule.as_deref());
     entrypoints.extend(required_scopes_rule.as_deref());
     entrypoints.extend(limits_rule.as_deref());
+    entrypoints.extend(confirm_rule.as_deref());
     let program = regorus::languages::rego::compiler::Compiler::compile_from_policy(&compiled, &entrypoints)
         .map_err(|e| whole(&e))?;
+
+    let confirm_rule = match confirm_rule {
+        Some(rule) => {
+            let entry: regorus::Rc<str> = rule.as_str().into();
+            let compiled = engine.compile_with_entrypoint(&entry).map_err(|e| whole(&e))?;
+            Some((rule, compiled))
+        }
+        None => None,
+    };
 
     let input_fields = match analysis::scan(bundle.modules.iter().map(|(_, t)| t.as_str())) {
         InputUse::Fields(fields) => Some(fields),
@@ -611,6 +650,7 @@ fn compile(bundle: &Bundle, options: &Options, generation: u64) -> Result<Loaded
         reasons_rule,
         required_scopes_rule,
         limits_rule,
+        confirm_rule,
         input_fields,
         memoize: options.memoize && options.memo_capacity > 0,
         memo_capacity: options.memo_capacity,
@@ -769,15 +809,17 @@ impl Worker {
             // ...)` is undefined for an email of the wrong type, and `not blocked`
             // allows. Its interpreter keeps the error. An allow stands only if
             // the interpreter also yields `true`; memoized allows skip this.
-            match loaded.confirm.eval_with_input(rego_input) {
+            match loaded.confirm.eval_with_input(rego_input.clone()) {
                 Ok(regorus::Value::Bool(true)) => {}
                 Ok(_) => return Answer::fault(reason::NOT_CONFIRMED),
                 Err(error) => return failed(&error),
             }
+            let confirm = confirm(vm, loaded, rego_input);
             return Answer {
                 outcome: Outcome::Allow,
                 reasons: Vec::new(),
                 required_scopes: Vec::new(),
+                confirm,
             };
         }
         let mut strings = |rule: &Option<String>| -> Vec<String> {
@@ -799,8 +841,32 @@ impl Worker {
             outcome: Outcome::Deny,
             reasons,
             required_scopes,
+            confirm: false,
         }
     }
+}
+
+/// Whether the confirmation rule requires the user to confirm an allowed
+/// action: its VM value `true`, or, when the VM says anything else, the
+/// interpreter's (regorus' VM drops an error raised inside a rule body,
+/// which would read as "no confirmation"). An error or a value that is not
+/// a boolean requires confirmation.
+fn confirm(vm: &mut RegoVM, loaded: &Loaded, input: regorus::Value) -> bool {
+    let Some((rule, interpreter)) = &loaded.confirm_rule else {
+        return false;
+    };
+    let says = |value: Result<regorus::Value, String>| match value {
+        Ok(regorus::Value::Bool(b)) => b,
+        Ok(regorus::Value::Undefined) => false,
+        Ok(_) => true,
+        Err(error) => {
+            tracing::warn!(%error, rule, "confirmation rule failed; confirmation required");
+            true
+        }
+    };
+    // The VM already holds `input`.
+    says(vm.execute_entry_point_by_name(rule).map_err(|e| e.to_string()))
+        || says(interpreter.eval_with_input(input).map_err(|e| e.to_string()))
 }
 
 /// The strings of a set or array (sorted, deduplicated); nothing otherwise.
@@ -832,6 +898,7 @@ mod tests {
         assert_eq!(DEFAULT_REASONS_RULE, "data.mcp.authz.reasons");
         assert_eq!(DEFAULT_REQUIRED_SCOPES_RULE, "data.mcp.authz.required_scopes");
         assert_eq!(DEFAULT_LIMITS_RULE, "data.mcp.authz.limits");
+        assert_eq!(DEFAULT_CONFIRM_RULE, "data.mcp.authz.confirm");
         assert_eq!(DEFAULT_MEMO_CAPACITY, 4096);
         assert_eq!(DEFAULT_MAX_INSTRUCTIONS, 100_000);
     }

@@ -9,11 +9,13 @@ use rmcp::{ErrorData, ServerHandler};
 use serde_json::Value;
 
 use super::action::Action;
+use super::confirm::{Confirmation, Pending, unconfirmable};
 use super::context::{self, AuthzContext, denial_error};
 use super::decision::{Decision, reason};
 use super::engine::PolicyEngine;
 use super::input::PolicyInput;
 use crate::Principal;
+use crate::state::{RequestStateSealer, StateBinding};
 
 /// An rmcp [`ServerHandler`] that asks a [`PolicyEngine`] before `H` runs.
 ///
@@ -46,6 +48,15 @@ use crate::Principal;
 ///   "private"` (MCP 2026-07-28): what one caller sees depends on who they
 ///   are, so a shared cache must never hand it to another (rmcp's macros
 ///   default to `"public"`).
+/// * An allowed `tools/call`, `prompts/get` or `resources/read` that the
+///   policy's confirmation rule marks
+///   ([`Decision::confirmation_required`](super::Decision::confirmation_required))
+///   runs only once the user confirmed it: on MCP 2026-07-28 the answer is
+///   an `InputRequiredResult` with an elicitation form and a sealed
+///   `requestState` ([`Guarded::request_state`]), and the retry carrying
+///   the user's "yes" runs the handler; a client that cannot elicit, or an
+///   older protocol, is refused. Any other request the rule marks is
+///   refused (it cannot ask). See the `confirm` flow in the crate's README.
 /// * Unknown methods arrive as `CustomRequest` in `on_custom_request` and are
 ///   decided with `input.action` = the method name and an empty resource;
 ///   unknown notifications (`on_custom_notification`) likewise, and are
@@ -91,12 +102,38 @@ use crate::Principal;
 pub struct Guarded<H> {
     inner: H,
     engine: PolicyEngine,
+    request_state: RequestStateSealer,
+}
+
+/// The sealer of every `Guarded` given none: one per process, so that a
+/// state sealed while answering one request opens on the retry (a stateless
+/// server makes a `Guarded` per request).
+fn process_sealer() -> RequestStateSealer {
+    static SEALER: std::sync::OnceLock<RequestStateSealer> = std::sync::OnceLock::new();
+    SEALER
+        .get_or_init(|| RequestStateSealer::new(crate::state::StateKeys::generate()))
+        .clone()
 }
 
 impl<H> Guarded<H> {
     /// Wrap `inner`; every decision is made by `engine`.
     pub fn new(inner: H, engine: PolicyEngine) -> Self {
-        Self { inner, engine }
+        Self {
+            inner,
+            engine,
+            request_state: process_sealer(),
+        }
+    }
+
+    /// Seal and open the `requestState` of user confirmations with `sealer`
+    /// (its keys, TTL and replay set). Give every `Guarded` of a server the
+    /// same sealer (it is cheap to clone), and every replica the same keys.
+    /// Defaults to one sealer per process with generated keys (TTL 300 s,
+    /// single-use): a confirmation asked before a restart, or by another
+    /// replica, is refused and asked again.
+    pub fn request_state(mut self, sealer: RequestStateSealer) -> Self {
+        self.request_state = sealer;
+        self
     }
 
     /// The wrapped handler.
@@ -167,6 +204,8 @@ fn input(caller: &Caller, action: &Action, resource: &str, arguments: Option<&Va
 
 impl<H> Guarded<H> {
     /// Decide (with an audit event); on allow, the context for the handler.
+    /// An allow the policy wants confirmed is refused: this request cannot
+    /// ask the user (see [`Self::authorize_confirmable`]).
     fn authorize(
         &self,
         extensions: &Extensions,
@@ -174,21 +213,38 @@ impl<H> Guarded<H> {
         resource: &str,
         arguments: Option<Value>,
     ) -> Result<AuthzContext, ErrorData> {
+        let (ctx, confirm) = self.authorize_confirmable(extensions, &action, resource, arguments)?;
+        if confirm {
+            return Err(unconfirmable(&ctx.principal, &action, resource));
+        }
+        Ok(ctx)
+    }
+
+    /// Decide (with an audit event); on allow, the context for the handler
+    /// and whether the user must confirm first.
+    fn authorize_confirmable(
+        &self,
+        extensions: &Extensions,
+        action: &Action,
+        resource: &str,
+        arguments: Option<Value>,
+    ) -> Result<(AuthzContext, bool), ErrorData> {
         let Some(caller) = caller(extensions) else {
-            return Err(no_principal(&action, resource));
+            return Err(no_principal(action, resource));
         };
         let decision = self
             .engine
-            .decide(&input(&caller, &action, resource, arguments.as_ref()));
+            .decide(&input(&caller, action, resource, arguments.as_ref()));
         if !decision.allowed() {
             return Err(denial_error(&decision));
         }
-        Ok(AuthzContext {
+        let ctx = AuthzContext {
             engine: self.engine.clone(),
             principal: caller.principal,
             session_id: caller.session_id,
             arguments,
-        })
+        };
+        Ok((ctx, decision.confirmation_required()))
     }
 
     /// Decide a listing (audited); on allow, a per-item filter (not audited
@@ -268,15 +324,29 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
 
     async fn get_prompt(
         &self,
-        request: GetPromptRequestParams,
+        mut request: GetPromptRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, ErrorData> {
-        let ctx = self.authorize(
+        let (ctx, confirm) = self.authorize_confirmable(
             &context.extensions,
-            Action::GetPrompt,
+            &Action::GetPrompt,
             &request.name,
             object(request.arguments.clone()),
         )?;
+        if confirm {
+            let pending = Pending {
+                principal: &ctx.principal,
+                action: &Action::GetPrompt,
+                name: &request.name,
+                binding: StateBinding::new(&ctx.principal, "prompts/get", &request.name, ctx.arguments.as_ref()),
+            };
+            let (state, responses) = (request.request_state.take(), request.input_responses.take());
+            match pending.confirm(&self.request_state, state, responses, &context).await? {
+                Confirmation::Granted => {}
+                Confirmation::Ask(ask) => return Ok(GetPromptResponse::InputRequired(*ask)),
+                Confirmation::Refused => return Err(pending.refused_error()),
+            }
+        }
         context::scope(ctx, self.inner.get_prompt(request, context)).await
     }
 
@@ -315,10 +385,25 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
 
     async fn read_resource(
         &self,
-        request: ReadResourceRequestParams,
+        mut request: ReadResourceRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
-        let ctx = self.authorize(&context.extensions, Action::ReadResource, &request.uri, None)?;
+        let (ctx, confirm) =
+            self.authorize_confirmable(&context.extensions, &Action::ReadResource, &request.uri, None)?;
+        if confirm {
+            let pending = Pending {
+                principal: &ctx.principal,
+                action: &Action::ReadResource,
+                name: &request.uri,
+                binding: StateBinding::new(&ctx.principal, "resources/read", &request.uri, None),
+            };
+            let (state, responses) = (request.request_state.take(), request.input_responses.take());
+            match pending.confirm(&self.request_state, state, responses, &context).await? {
+                Confirmation::Granted => {}
+                Confirmation::Ask(ask) => return Ok(ReadResourceResponse::InputRequired(*ask)),
+                Confirmation::Refused => return Err(pending.refused_error()),
+            }
+        }
         let response = context::scope(ctx, self.inner.read_resource(request, context)).await?;
         Ok(match response {
             ReadResourceResponse::Complete(mut result) => {
@@ -372,17 +457,35 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
 
     async fn call_tool(
         &self,
-        request: CallToolRequestParams,
+        mut request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let ctx = self.authorize(
+        let (ctx, confirm) = self.authorize_confirmable(
             &context.extensions,
-            Action::CallTool,
+            &Action::CallTool,
             &request.name,
             object(request.arguments.clone()),
         )?;
         // An allowed call counts against the caller's per-tool rate, if any.
         crate::limit::check_tool(&context.extensions, &request.name)?;
+        if confirm {
+            let pending = Pending {
+                principal: &ctx.principal,
+                action: &Action::CallTool,
+                name: &request.name,
+                binding: StateBinding::tool_call(&ctx.principal, &request.name, request.arguments.as_ref()),
+            };
+            let (state, responses) = (request.request_state.take(), request.input_responses.take());
+            match pending.confirm(&self.request_state, state, responses, &context).await? {
+                Confirmation::Granted => {}
+                Confirmation::Ask(ask) => return Ok(CallToolResponse::InputRequired(*ask)),
+                Confirmation::Refused => {
+                    return Ok(CallToolResponse::Complete(CallToolResult::error(vec![Content::text(
+                        pending.refused_message(),
+                    )])));
+                }
+            }
+        }
         context::scope(ctx, self.inner.call_tool(request, context)).await
     }
 

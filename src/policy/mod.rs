@@ -50,6 +50,20 @@
 //! described in [`PolicyInput`]. [`DEFAULT_POLICY`] and [`RBAC_POLICY`] /
 //! [`RBAC_POLICY_V0`] with [`RBAC_DATA`] are complete examples.
 //!
+//! A third optional rule, `confirm` ([`PolicyEngineBuilder::confirm_rule`]),
+//! marks allowed actions the user must confirm first
+//! ([`Decision::confirmation_required`]): [`Guarded`] then asks through MCP
+//! elicitation before a `tools/call`, `prompts/get` or `resources/read`
+//! runs, and refuses anything else it marks (a `#[require_permission]`
+//! check or a secret read cannot ask). No tool code is needed:
+//!
+//! ```rego
+//! confirm if {
+//!     input.action == "tools/call"
+//!     input.resource in {"deploy_template", "delete_device"}
+//! }
+//! ```
+//!
 //! # Performance
 //!
 //! Each thread keeps its own compiled VM per policy version, so decisions
@@ -78,6 +92,7 @@
 
 mod action;
 mod analysis;
+mod confirm;
 mod context;
 mod decision;
 mod engine;
@@ -103,7 +118,8 @@ pub use step_up::{StepUp, StepUpBody, StepUpLayer};
 /// secret is looked up.
 impl crate::secrets::SecretAuthorizer for PolicyEngine {
     fn authorize(&self, principal: &crate::Principal, service: &str) -> bool {
-        self.decide(&PolicyInput::new(principal, service, Action::ReadSecret))
-            .allowed()
+        let decision = self.decide(&PolicyInput::new(principal, service, Action::ReadSecret));
+        // A secret read cannot ask the user: one the policy wants confirmed is refused.
+        decision.allowed() && !decision.confirmation_required()
     }
 }

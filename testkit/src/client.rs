@@ -181,6 +181,7 @@ pub struct Connect {
     bearer: Option<String>,
     http: Option<reqwest::Client>,
     client_info: Value,
+    capabilities: Value,
     headers: HeaderMap,
 }
 
@@ -216,6 +217,16 @@ impl Connect {
         self
     }
 
+    /// The client capabilities this client declares (in `initialize`, or in
+    /// every request's `_meta` for 2026-07-28), e.g. `{"elicitation": {}}`.
+    /// Declaring a capability does not make the client fulfil input
+    /// requests: a test answers them itself through [`McpClient::request`]
+    /// (`inputResponses`, `requestState`). Defaults to `{}`.
+    pub fn capabilities(mut self, capabilities: Value) -> Self {
+        self.capabilities = capabilities;
+        self
+    }
+
     /// Adds a header to every request (e.g. `Origin`). Defaults to none.
     pub fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
         self.headers.append(name, value);
@@ -235,6 +246,7 @@ impl Connect {
             protocol: self.protocol,
             bearer: self.bearer,
             client_info: self.client_info,
+            capabilities: self.capabilities,
             headers: self.headers,
             session_id: None,
             negotiated: self.protocol.as_str().to_owned(),
@@ -268,6 +280,7 @@ pub struct McpClient {
     protocol: Protocol,
     bearer: Option<String>,
     client_info: Value,
+    capabilities: Value,
     headers: HeaderMap,
     session_id: Option<String>,
     /// The `MCP-Protocol-Version` to send: the one the server negotiated.
@@ -300,6 +313,7 @@ impl McpClient {
             bearer: None,
             http: None,
             client_info: json!({"name": "rmcp-guard-testkit", "version": env!("CARGO_PKG_VERSION")}),
+            capabilities: json!({}),
             headers: HeaderMap::new(),
         }
     }
@@ -483,7 +497,7 @@ impl McpClient {
             "method": "initialize",
             "params": {
                 "protocolVersion": Protocol::V2025_11_25.as_str(),
-                "capabilities": {},
+                "capabilities": self.capabilities,
                 "clientInfo": self.client_info,
             },
         });
@@ -520,7 +534,8 @@ impl McpClient {
         meta.entry(META_PROTOCOL_VERSION)
             .or_insert_with(|| json!(self.negotiated));
         meta.entry(META_CLIENT_INFO).or_insert_with(|| self.client_info.clone());
-        meta.entry(META_CLIENT_CAPABILITIES).or_insert_with(|| json!({}));
+        meta.entry(META_CLIENT_CAPABILITIES)
+            .or_insert_with(|| self.capabilities.clone());
         Ok(Some(Value::Object(params)))
     }
 
