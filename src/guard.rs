@@ -133,8 +133,10 @@ impl Guard {
     /// Serve without sessions: every request stands alone (the only mode of
     /// MCP 2026-07-28; older clients are served statelessly too) and
     /// answers are JSON where the handler allows. Any replica can answer any
-    /// request. Defaults to sessions for clients before 2026-07-28, bound to
-    /// their callers.
+    /// request: the mode to pick for a new deployment and for more than one
+    /// replica (README, "Stateless or sessions?"). Defaults to sessions for
+    /// clients before 2026-07-28, bound to their callers; 2026-07-28 requests
+    /// are stateless, with JSON answers, in both modes.
     pub fn stateless(mut self) -> Self {
         self.sessions = None;
         self
@@ -167,9 +169,13 @@ impl Guard {
         H: ServerHandler + Send + 'static,
         F: Fn() -> Result<H, std::io::Error> + Send + Sync + 'static,
     {
-        let mut config = self.http;
+        // Answers are JSON where the handler allows (it falls back to SSE
+        // when the handler sends a notification or request first): for every
+        // MCP 2026-07-28 request, which is stateless in both modes, and when
+        // stateless for every request. 2025-era sessions keep their streams.
+        let mut config = self.http.with_json_response(true);
         if self.sessions.is_none() {
-            config = config.with_legacy_session_mode(false).with_json_response(true);
+            config = config.with_legacy_session_mode(false);
         }
         let edge = crate::edge::EdgeLayer::new(&config.allowed_hosts, crate::edge::default_port_of(self.rs.resource()));
         let path = self.rs.resource_path().to_owned();

@@ -12,12 +12,12 @@ use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
     CallToolRequestParams, ClientCapabilities, ClientConfig, ElicitRequestParams, ElicitResult, ElicitationAction,
-    ElicitationCapability, FormElicitationCapability, Implementation, ServerCapabilities, ServerConfig,
+    ElicitationCapability, FormElicitationCapability, Implementation, ProtocolVersion, ServerCapabilities, ServerConfig,
 };
-use rmcp::service::{RequestContext, RoleClient};
+use rmcp::service::{ClientLifecycleMode, ClientServiceExt, RequestContext, RoleClient};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use rmcp::{ClientHandler, ErrorData, ServerHandler, ServiceExt, schemars, tool, tool_handler, tool_router};
+use rmcp::{ClientHandler, ErrorData, ServerHandler, schemars, tool, tool_handler, tool_router};
 use rmcp_guard::Guard;
 use rmcp_guard::Principal;
 use rmcp_guard::oauth::{Issuer, ResourceServer};
@@ -413,7 +413,14 @@ async fn rmcp_client_confirms_end_to_end() {
             .auth_header(token(&issuer, &server, "alice"));
         let client = tokio::time::timeout(
             Duration::from_secs(10),
-            user.serve(StreamableHttpClientTransport::from_config(config)),
+            // MCP 2026-07-28 (`server/discover`, per-request `_meta`): `serve`
+            // alone would open a 2025-11-25 session, which cannot confirm.
+            user.serve_with_lifecycle(
+                StreamableHttpClientTransport::from_config(config),
+                ClientLifecycleMode::Discover {
+                    preferred_versions: vec![ProtocolVersion::LATEST],
+                },
+            ),
         )
         .await
         .expect("connect in time")

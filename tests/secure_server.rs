@@ -14,12 +14,12 @@ use std::time::Duration;
 
 use rmcp::model::{
     CallToolRequestParams, ClientCapabilities, ClientConfig, ElicitRequestParams, ElicitResult, ElicitationAction,
-    ElicitationCapability, FormElicitationCapability, Implementation,
+    ElicitationCapability, FormElicitationCapability, Implementation, ProtocolVersion,
 };
-use rmcp::service::{RequestContext, RoleClient};
+use rmcp::service::{ClientLifecycleMode, ClientServiceExt, RequestContext, RoleClient};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use rmcp::{ClientHandler, ErrorData, ServiceExt};
+use rmcp::{ClientHandler, ErrorData};
 use rmcp_guard_testkit::TestIssuer;
 use rmcp_guard_testkit::client::{McpClient, McpError, Protocol};
 use serde_json::{Value, json};
@@ -121,7 +121,14 @@ async fn connect(url: &str, token: &str) -> Client {
     let config = StreamableHttpClientTransportConfig::with_uri(url.to_owned()).auth_header(token.to_owned());
     tokio::time::timeout(
         Duration::from_secs(10),
-        ConfirmingUser.serve(StreamableHttpClientTransport::from_config(config)),
+        // MCP 2026-07-28 (`server/discover`, per-request `_meta`): a
+        // 2025-11-25 session (`serve`) cannot confirm `deploy_template`.
+        ConfirmingUser.serve_with_lifecycle(
+            StreamableHttpClientTransport::from_config(config),
+            ClientLifecycleMode::Discover {
+                preferred_versions: vec![ProtocolVersion::LATEST],
+            },
+        ),
     )
     .await
     .expect("connect in time")

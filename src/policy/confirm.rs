@@ -250,8 +250,8 @@ fn elicitation(action: &Action, name: &str) -> Result<InputRequest, ErrorData> {
     let schema = ElicitationSchema::builder()
         .title("Confirm")
         .required_bool_with(CONFIRM_KEY, |b| {
-            b.with_title("Confirm")
-                .with_description(format!("Allow the assistant to {what} `{name}` now"))
+            b.title("Confirm")
+                .description(format!("Allow the assistant to {what} `{name}` now"))
                 .with_default(false)
         })
         .build()

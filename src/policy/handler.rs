@@ -480,7 +480,7 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
                 Confirmation::Granted => {}
                 Confirmation::Ask(ask) => return Ok(CallToolResponse::InputRequired(*ask)),
                 Confirmation::Refused => {
-                    return Ok(CallToolResponse::Complete(CallToolResult::error(vec![Content::text(
+                    return Ok(CallToolResponse::Complete(CallToolResult::error(vec![ContentBlock::text(
                         pending.refused_message(),
                     )])));
                 }
