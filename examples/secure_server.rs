@@ -71,10 +71,10 @@ use rmcp::{ErrorData, ServerHandler, schemars, tool, tool_handler, tool_router};
 use rmcp_guard::limit::{Rate, RequestLimits};
 use rmcp_guard::oauth::{ClientAuth, DownstreamTokens, Issuer, ResourceServer, TokenExchange, TokenRules};
 use rmcp_guard::policy::PolicyEngine;
-use rmcp_guard::state::{RequestStateSealer, StateKeys};
 use rmcp_guard::secrets::{
     CallerCredentials, Credentials, DEFAULT_TEMPLATE, MemoryStore, PathTemplate, SecretStore, VaultStoreBuilder,
 };
+use rmcp_guard::state::{RequestStateSealer, StateKeys};
 use rmcp_guard::{Guard, Principal, require_permission};
 
 /// The tools of this server. Edit here: every tool is reached only through the

@@ -12,7 +12,8 @@ use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
     CallToolRequestParams, ClientCapabilities, ClientConfig, ElicitRequestParams, ElicitResult, ElicitationAction,
-    ElicitationCapability, FormElicitationCapability, Implementation, ProtocolVersion, ServerCapabilities, ServerConfig,
+    ElicitationCapability, FormElicitationCapability, Implementation, ProtocolVersion, ServerCapabilities,
+    ServerConfig,
 };
 use rmcp::service::{ClientLifecycleMode, ClientServiceExt, RequestContext, RoleClient};
 use rmcp::transport::StreamableHttpClientTransport;
@@ -189,10 +190,19 @@ fn is_error_code(result: &Result<Value, McpError>, code: i32) -> bool {
 async fn a_client_that_elicits_is_asked_and_its_yes_deploys() {
     let issuer = TestIssuer::start().await.unwrap();
     let server = start(&issuer, true, Duration::from_secs(300)).await;
-    let alice = client(&server, &token(&issuer, &server, "alice"), Protocol::V2026_07_28, elicits()).await;
+    let alice = client(
+        &server,
+        &token(&issuer, &server, "alice"),
+        Protocol::V2026_07_28,
+        elicits(),
+    )
+    .await;
 
     let first = alice
-        .request("tools/call", json!({"name": "deploy_template", "arguments": deploy_args("d1")}))
+        .request(
+            "tools/call",
+            json!({"name": "deploy_template", "arguments": deploy_args("d1")}),
+        )
         .await
         .unwrap();
     assert_eq!(first["resultType"], "input_required");
@@ -210,7 +220,12 @@ async fn a_client_that_elicits_is_asked_and_its_yes_deploys() {
         .await
         .unwrap();
     assert_ne!(done["isError"], true, "{done}");
-    assert!(done["content"][0]["text"].as_str().unwrap().contains("\"device_id\":\"d1\""));
+    assert!(
+        done["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("\"device_id\":\"d1\"")
+    );
     assert_eq!(server.deploys(), 1);
 
     // A tool the policy does not mark runs at once.
@@ -222,7 +237,13 @@ async fn a_client_that_elicits_is_asked_and_its_yes_deploys() {
 async fn declined_cancelled_or_no_deploys_nothing() {
     let issuer = TestIssuer::start().await.unwrap();
     let server = start(&issuer, true, Duration::from_secs(300)).await;
-    let alice = client(&server, &token(&issuer, &server, "alice"), Protocol::V2026_07_28, elicits()).await;
+    let alice = client(
+        &server,
+        &token(&issuer, &server, "alice"),
+        Protocol::V2026_07_28,
+        elicits(),
+    )
+    .await;
     for no in [
         answer("decline", None),
         answer("cancel", None),
@@ -241,7 +262,13 @@ async fn declined_cancelled_or_no_deploys_nothing() {
 async fn a_yes_without_the_state_is_asked_again() {
     let issuer = TestIssuer::start().await.unwrap();
     let server = start(&issuer, true, Duration::from_secs(300)).await;
-    let alice = client(&server, &token(&issuer, &server, "alice"), Protocol::V2026_07_28, elicits()).await;
+    let alice = client(
+        &server,
+        &token(&issuer, &server, "alice"),
+        Protocol::V2026_07_28,
+        elicits(),
+    )
+    .await;
     let result = alice
         .request(
             "tools/call",
@@ -261,7 +288,13 @@ async fn a_yes_without_the_state_is_asked_again() {
 async fn tampered_state_is_refused() {
     let issuer = TestIssuer::start().await.unwrap();
     let server = start(&issuer, true, Duration::from_secs(300)).await;
-    let alice = client(&server, &token(&issuer, &server, "alice"), Protocol::V2026_07_28, elicits()).await;
+    let alice = client(
+        &server,
+        &token(&issuer, &server, "alice"),
+        Protocol::V2026_07_28,
+        elicits(),
+    )
+    .await;
     let state = ask(&alice, deploy_args("d1")).await;
     // Flip one character near the end (inside the ciphertext or tag).
     let mut bytes = state.into_bytes();
@@ -280,7 +313,13 @@ async fn tampered_state_is_refused() {
 async fn expired_state_is_refused() {
     let issuer = TestIssuer::start().await.unwrap();
     let server = start(&issuer, true, Duration::from_secs(1)).await;
-    let alice = client(&server, &token(&issuer, &server, "alice"), Protocol::V2026_07_28, elicits()).await;
+    let alice = client(
+        &server,
+        &token(&issuer, &server, "alice"),
+        Protocol::V2026_07_28,
+        elicits(),
+    )
+    .await;
     let state = ask(&alice, deploy_args("d1")).await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let result = retry(&alice, deploy_args("d1"), &state, answer("accept", Some(true))).await;
@@ -295,8 +334,20 @@ async fn expired_state_is_refused() {
 async fn another_callers_state_is_refused() {
     let issuer = TestIssuer::start().await.unwrap();
     let server = start(&issuer, true, Duration::from_secs(300)).await;
-    let alice = client(&server, &token(&issuer, &server, "alice"), Protocol::V2026_07_28, elicits()).await;
-    let mallory = client(&server, &token(&issuer, &server, "mallory"), Protocol::V2026_07_28, elicits()).await;
+    let alice = client(
+        &server,
+        &token(&issuer, &server, "alice"),
+        Protocol::V2026_07_28,
+        elicits(),
+    )
+    .await;
+    let mallory = client(
+        &server,
+        &token(&issuer, &server, "mallory"),
+        Protocol::V2026_07_28,
+        elicits(),
+    )
+    .await;
     let state = ask(&alice, deploy_args("d1")).await;
     let result = retry(&mallory, deploy_args("d1"), &state, answer("accept", Some(true))).await;
     assert!(is_error_code(&result, -32602), "{result:?}");
@@ -311,7 +362,13 @@ async fn another_callers_state_is_refused() {
 async fn state_for_other_arguments_is_refused() {
     let issuer = TestIssuer::start().await.unwrap();
     let server = start(&issuer, true, Duration::from_secs(300)).await;
-    let alice = client(&server, &token(&issuer, &server, "alice"), Protocol::V2026_07_28, elicits()).await;
+    let alice = client(
+        &server,
+        &token(&issuer, &server, "alice"),
+        Protocol::V2026_07_28,
+        elicits(),
+    )
+    .await;
     // The user confirmed a deploy to d1; the retry asks for d2.
     let state = ask(&alice, deploy_args("d1")).await;
     let result = retry(&alice, deploy_args("d2"), &state, answer("accept", Some(true))).await;
@@ -323,7 +380,13 @@ async fn state_for_other_arguments_is_refused() {
 async fn replayed_state_is_refused() {
     let issuer = TestIssuer::start().await.unwrap();
     let server = start(&issuer, true, Duration::from_secs(300)).await;
-    let alice = client(&server, &token(&issuer, &server, "alice"), Protocol::V2026_07_28, elicits()).await;
+    let alice = client(
+        &server,
+        &token(&issuer, &server, "alice"),
+        Protocol::V2026_07_28,
+        elicits(),
+    )
+    .await;
     let state = ask(&alice, deploy_args("d1")).await;
     retry(&alice, deploy_args("d1"), &state, answer("accept", Some(true)))
         .await
@@ -342,9 +405,18 @@ async fn a_client_without_elicitation_is_refused() {
     let issuer = TestIssuer::start().await.unwrap();
     let server = start(&issuer, true, Duration::from_secs(300)).await;
     for capabilities in [json!({}), json!({"elicitation": {"url": {}}})] {
-        let plain = client(&server, &token(&issuer, &server, "alice"), Protocol::V2026_07_28, capabilities).await;
+        let plain = client(
+            &server,
+            &token(&issuer, &server, "alice"),
+            Protocol::V2026_07_28,
+            capabilities,
+        )
+        .await;
         let result = plain
-            .request("tools/call", json!({"name": "deploy_template", "arguments": deploy_args("d1")}))
+            .request(
+                "tools/call",
+                json!({"name": "deploy_template", "arguments": deploy_args("d1")}),
+            )
             .await;
         assert!(
             matches!(&result, Err(McpError::JsonRpc { code: -32003, message, data: Some(d) })
@@ -360,7 +432,13 @@ async fn a_2025_client_is_refused_even_declaring_elicitation() {
     let issuer = TestIssuer::start().await.unwrap();
     for stateless in [false, true] {
         let server = start(&issuer, stateless, Duration::from_secs(300)).await;
-        let old = client(&server, &token(&issuer, &server, "alice"), Protocol::V2025_11_25, elicits()).await;
+        let old = client(
+            &server,
+            &token(&issuer, &server, "alice"),
+            Protocol::V2025_11_25,
+            elicits(),
+        )
+        .await;
         assert_eq!(old.session_id().is_some(), !stateless);
         let result = old.call_tool("deploy_template", deploy_args("d1")).await;
         assert!(
@@ -472,18 +550,25 @@ fn the_confirm_rule_fails_closed() {
     assert!(!decide(&engine(""), "deploy").confirmation_required());
     let nobody = Principal::unverified("https://idp", "nobody").build();
     let e = engine("confirm := true");
-    assert!(!e
-        .decide(&PolicyInput::new(&nobody, "deploy", Action::CallTool))
-        .confirmation_required());
+    assert!(
+        !e.decide(&PolicyInput::new(&nobody, "deploy", Action::CallTool))
+            .confirmation_required()
+    );
     // Another name for the rule, or none.
     let e = PolicyEngine::builder()
-        .module("p.rego", "package mcp.authz\nimport rego.v1\nallow := true\nask := true\nconfirm := true\n")
+        .module(
+            "p.rego",
+            "package mcp.authz\nimport rego.v1\nallow := true\nask := true\nconfirm := true\n",
+        )
         .confirm_rule(Some("data.mcp.authz.ask"))
         .build()
         .unwrap();
     assert!(decide(&e, "x").confirmation_required());
     let e = PolicyEngine::builder()
-        .module("p.rego", "package mcp.authz\nimport rego.v1\nallow := true\nconfirm := true\n")
+        .module(
+            "p.rego",
+            "package mcp.authz\nimport rego.v1\nallow := true\nconfirm := true\n",
+        )
         .confirm_rule(None)
         .build()
         .unwrap();

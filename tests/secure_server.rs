@@ -328,7 +328,10 @@ async fn stateless_mode_answers_json_and_still_serves_2025_clients() {
     assert!(content_type(&response).starts_with("application/json"), "{response:?}");
     assert!(response.headers().get("mcp-session-id").is_none());
     let body: Value = response.json().await.unwrap();
-    assert!(body["result"]["tools"].as_array().is_some_and(|t| !t.is_empty()), "{body}");
+    assert!(
+        body["result"]["tools"].as_array().is_some_and(|t| !t.is_empty()),
+        "{body}"
+    );
 
     // A 2025-11-25 client: no session, every request on its own, still served.
     let old = McpClient::connect(server.url.clone(), Protocol::V2025_11_25)
@@ -409,7 +412,10 @@ async fn deploy_template_needs_the_users_confirmation() {
         .await
         .unwrap();
     let refused = old.call_tool("deploy_template", args.clone()).await;
-    assert!(matches!(&refused, Err(McpError::JsonRpc { code: -32003, .. })), "{refused:?}");
+    assert!(
+        matches!(&refused, Err(McpError::JsonRpc { code: -32003, .. })),
+        "{refused:?}"
+    );
 
     // A client that can: asked, then the "yes" deploys.
     let user = McpClient::connect(server.url.clone(), Protocol::V2026_07_28)

@@ -294,7 +294,12 @@ mod tests {
         assert_eq!(schema["type"], "object");
         assert_eq!(schema["properties"]["confirm"]["type"], "boolean");
         assert_eq!(schema["required"], serde_json::json!(["confirm"]));
-        assert!(request["params"]["message"].as_str().unwrap().contains("deploy_template"));
+        assert!(
+            request["params"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("deploy_template")
+        );
     }
 
     #[test]

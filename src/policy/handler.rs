@@ -480,9 +480,9 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
                 Confirmation::Granted => {}
                 Confirmation::Ask(ask) => return Ok(CallToolResponse::InputRequired(*ask)),
                 Confirmation::Refused => {
-                    return Ok(CallToolResponse::Complete(CallToolResult::error(vec![ContentBlock::text(
-                        pending.refused_message(),
-                    )])));
+                    return Ok(CallToolResponse::Complete(CallToolResult::error(vec![
+                        ContentBlock::text(pending.refused_message()),
+                    ])));
                 }
             }
         }

@@ -813,6 +813,7 @@ mod tests {
             protocol: Protocol::V2026_07_28,
             bearer: None,
             client_info: json!({"name": "t", "version": "1"}),
+            capabilities: json!({}),
             headers: HeaderMap::new(),
             session_id: None,
             negotiated: "2026-07-28".into(),
