@@ -47,7 +47,8 @@
 //! `requestState`; the retry with the user's "yes" deploys. A client that
 //! does not declare elicitation, or speaks an older protocol, is refused:
 //! nothing is deployed unconfirmed. The keys sealing the state are generated
-//! at start: a confirmation pending across a restart is asked again.
+//! at start: a confirmation pending across a restart is refused (the client
+//! calls again).
 //!
 //! The catalyst-center and servicenow tools use the caller's credential for
 //! that service, read at `GUARD_SECRET_TEMPLATE` with the caller's tenant

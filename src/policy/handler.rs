@@ -130,7 +130,8 @@ impl<H> Guarded<H> {
     /// same sealer (it is cheap to clone), and every replica the same keys.
     /// Defaults to one sealer per process with generated keys (TTL 300 s,
     /// single-use): a confirmation asked before a restart, or by another
-    /// replica, is refused and asked again.
+    /// replica, is refused (the client calls again and the user is asked
+    /// again).
     pub fn request_state(mut self, sealer: RequestStateSealer) -> Self {
         self.request_state = sealer;
         self

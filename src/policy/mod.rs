@@ -89,6 +89,8 @@
 //! `resource`, `allowed`, `reason`, `policy_version`, `duration_us`,
 //! `cached`. A listing is one decision (the `*/list` action); the per-item
 //! filter decisions are not logged one by one.
+//! A confirmation the policy asks for adds one `confirmation` event per
+//! step (`asked`, `granted`, `refused` with its reason).
 
 mod action;
 mod analysis;
