@@ -44,9 +44,9 @@
 //! The embedded policy also has a `confirm` rule for `deploy_template`: on
 //! MCP 2026-07-28 the first call answers an `InputRequiredResult` asking the
 //! user (an elicitation form with one boolean `confirm`) and a sealed
-//! `requestState`; the retry with the user's "yes" deploys. A client that
-//! does not declare elicitation, or speaks an older protocol, is refused:
-//! nothing is deployed unconfirmed. The keys sealing the state are generated
+//! `requestState`; the retry with the user's "yes" deploys. A 2025-era
+//! client with a session that declared elicitation is asked inside its
+//! session. Any other client is refused: nothing is deployed unconfirmed. The keys sealing the state are generated
 //! at start: a confirmation pending across a restart is refused (the client
 //! calls again).
 //!

@@ -201,13 +201,17 @@ impl Guard {
             Some(engine) => {
                 let step_up = crate::policy::StepUpLayer::new(self.rs.challenges(), engine.clone());
                 let sealer = self.request_state.clone();
+                let bound = stateful.is_some();
                 let factory = move || {
                     factory().map(|h| {
-                        let guarded = crate::policy::Guarded::new(h, engine.clone());
-                        match &sealer {
-                            Some(sealer) => guarded.request_state(sealer.clone()),
-                            None => guarded,
+                        let mut guarded = crate::policy::Guarded::new(h, engine.clone());
+                        if let Some(sealer) = &sealer {
+                            guarded = guarded.request_state(sealer.clone());
                         }
+                        if bound {
+                            guarded = guarded.bound_sessions();
+                        }
+                        guarded
                     })
                 };
                 mcp_router(&path, factory, stateful, config, Some(step_up))

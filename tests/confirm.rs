@@ -428,15 +428,17 @@ async fn a_client_without_elicitation_is_refused() {
 }
 
 #[tokio::test]
-async fn a_2025_client_is_refused_even_declaring_elicitation() {
+async fn a_2025_client_that_cannot_be_asked_is_refused() {
     let issuer = TestIssuer::start().await.unwrap();
-    for stateless in [false, true] {
+    // In a session without elicitation; served statelessly (no session to
+    // ask in) even declaring it.
+    for (stateless, capabilities) in [(false, json!({})), (true, elicits())] {
         let server = start(&issuer, stateless, Duration::from_secs(300)).await;
         let old = client(
             &server,
             &token(&issuer, &server, "alice"),
             Protocol::V2025_11_25,
-            elicits(),
+            capabilities,
         )
         .await;
         assert_eq!(old.session_id().is_some(), !stateless);
@@ -449,6 +451,49 @@ async fn a_2025_client_is_refused_even_declaring_elicitation() {
         let echo = old.call_tool("echo", json!({"text": "hi"})).await.unwrap();
         assert_eq!(echo.content[0].as_text().unwrap().text, "hi");
         assert_eq!(server.deploys(), 0);
+    }
+}
+
+#[tokio::test]
+async fn a_2025_session_client_that_elicits_is_asked_in_its_session() {
+    let issuer = TestIssuer::start().await.unwrap();
+    let server = start(&issuer, false, Duration::from_secs(300)).await;
+    for (answer, deploys) in [(ElicitationAction::Accept, 1), (ElicitationAction::Cancel, 1)] {
+        let asked = Arc::new(AtomicUsize::new(0));
+        let user = User {
+            answer: answer.clone(),
+            asked: asked.clone(),
+        };
+        let config = StreamableHttpClientTransportConfig::with_uri(server.url.clone())
+            .auth_header(token(&issuer, &server, "alice"));
+        // `initialize`: a 2025-11-25 session.
+        let client = tokio::time::timeout(
+            Duration::from_secs(10),
+            user.serve_with_lifecycle(
+                StreamableHttpClientTransport::from_config(config),
+                ClientLifecycleMode::Initialize,
+            ),
+        )
+        .await
+        .expect("connect in time")
+        .expect("connect");
+        assert!(client.peer_info().unwrap().protocol_version.as_str() < "2026-07-28");
+        let params = CallToolRequestParams::new("deploy_template")
+            .with_arguments(deploy_args("d1").as_object().cloned().unwrap());
+        let result = client.call_tool(params).await.expect("tools/call");
+        assert_eq!(
+            asked.load(Ordering::SeqCst),
+            1,
+            "the user was asked once, in the session"
+        );
+        let text = &result.content[0].as_text().unwrap().text;
+        assert_eq!(
+            result.is_error == Some(true),
+            answer != ElicitationAction::Accept,
+            "{text}"
+        );
+        assert_eq!(server.deploys(), deploys);
+        let _ = client.cancel().await;
     }
 }
 

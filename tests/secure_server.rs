@@ -405,10 +405,9 @@ async fn deploy_template_needs_the_users_confirmation() {
         matches!(&refused, Err(McpError::JsonRpc { code: -32003, message, .. }) if message.contains("elicitation")),
         "{refused:?}"
     );
-    // A 2025-11-25 client: refused as well.
+    // A 2025-11-25 session client that does not declare elicitation: refused as well.
     let old = McpClient::connect(server.url.clone(), Protocol::V2025_11_25)
         .bearer(&token)
-        .capabilities(json!({"elicitation": {}}))
         .await
         .unwrap();
     let refused = old.call_tool("deploy_template", args.clone()).await;
@@ -416,6 +415,19 @@ async fn deploy_template_needs_the_users_confirmation() {
         matches!(&refused, Err(McpError::JsonRpc { code: -32003, .. })),
         "{refused:?}"
     );
+
+    // A 2025-11-25 session client that declares it is asked inside its session.
+    let config = StreamableHttpClientTransportConfig::with_uri(server.url.clone()).auth_header(token.clone());
+    let in_session = ConfirmingUser
+        .serve_with_lifecycle(
+            StreamableHttpClientTransport::from_config(config),
+            ClientLifecycleMode::Initialize,
+        )
+        .await
+        .unwrap();
+    let deployed = crate::call(&in_session, "deploy_template", args.clone()).await.unwrap();
+    assert_eq!(deployed["connected_as"], "acme-netops");
+    let _ = in_session.cancel().await;
 
     // A client that can: asked, then the "yes" deploys.
     let user = McpClient::connect(server.url.clone(), Protocol::V2026_07_28)

@@ -17,18 +17,25 @@
 //!    confirmed"), nothing runs. A retry whose state opens but that carries
 //!    no answer is asked again.
 //!
-//! A client that does not declare the `elicitation` capability (form mode)
-//! on MCP 2026-07-28, and every client of an older protocol, is refused with
-//! a JSON-RPC error ([`PERMISSION_DENIED`](crate::PERMISSION_DENIED), data
+//! In a 2025-era session (stateful serving, the session bound to its
+//! caller), a client that declared form elicitation in `initialize` is asked
+//! with an `elicitation/create` request inside the session, and the call
+//! waits for the answer (at most 300 s).
+//!
+//! Any other client (one that does not declare form elicitation, a 2025-era
+//! client served statelessly) is refused with a JSON-RPC error ([`PERMISSION_DENIED`](crate::PERMISSION_DENIED), data
 //! `{"error": "confirmation_required"}`): the action never runs unconfirmed.
 //!
 //! Each step emits one `confirmation` audit event (`asked`, `granted`,
 //! `refused`).
 
+use std::time::Duration;
+
 use rmcp::ErrorData;
 use rmcp::model::{
-    ClientCapabilities, ElicitRequest, ElicitRequestParams, ElicitationAction, ElicitationSchema, InputRequest,
-    InputRequests, InputRequiredResult, InputResponses, ProtocolVersion,
+    ClientCapabilities, ClientResult, ElicitRequest, ElicitRequestParams, ElicitResult, ElicitationAction,
+    ElicitationSchema, InputRequest, InputRequests, InputRequiredResult, InputResponses, ProtocolVersion,
+    ServerRequest,
 };
 use rmcp::service::{RequestContext, RoleServer};
 use serde::{Deserialize, Serialize};
@@ -38,6 +45,10 @@ use crate::Principal;
 use crate::audit::AuditEvent;
 use crate::error::PERMISSION_DENIED;
 use crate::state::{RequestStateSealer, StateBinding, StateError};
+
+/// How long a confirmation asked inside a 2025-era session waits for the
+/// user's answer.
+const SESSION_ANSWER_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The key of the confirmation in `inputRequests` / `inputResponses`, and the
 /// name of its boolean form field.
@@ -89,6 +100,9 @@ pub(crate) struct Pending<'a> {
     /// The tool, prompt or resource.
     pub(crate) name: &'a str,
     pub(crate) binding: StateBinding<'a>,
+    /// The request arrived in a session the binding layer checked belongs
+    /// to the caller (MCP 2025-era, stateful serving).
+    pub(crate) in_session: bool,
 }
 
 impl Pending<'_> {
@@ -113,6 +127,9 @@ impl Pending<'_> {
         context: &RequestContext<RoleServer>,
     ) -> Result<Confirmation, ErrorData> {
         if !can_elicit(context) {
+            if self.in_session && elicits_in_session(context) {
+                return self.ask_in_session(context).await;
+            }
             self.audit(Step::Refused, "no_elicitation");
             return Err(ErrorData::new(
                 PERMISSION_DENIED,
@@ -168,6 +185,38 @@ impl Pending<'_> {
         ))))
     }
 
+    /// MCP 2025-era session: ask with an `elicitation/create` request to the
+    /// client inside the session and wait for the answer (at most
+    /// [`SESSION_ANSWER_TIMEOUT`]). No state is needed: the session is bound
+    /// to the caller and the answer arrives within this request.
+    async fn ask_in_session(&self, context: &RequestContext<RoleServer>) -> Result<Confirmation, ErrorData> {
+        let request = ServerRequest::ElicitRequest(ElicitRequest::new(form(self.action, self.name)?));
+        self.audit(Step::Asked, "");
+        let answer = tokio::time::timeout(SESSION_ANSWER_TIMEOUT, context.peer.send_request(request)).await;
+        match answer {
+            Ok(Ok(ClientResult::ElicitResult(result))) if accepted(&result) => {
+                self.audit(Step::Granted, "");
+                Ok(Confirmation::Granted)
+            }
+            Ok(Ok(ClientResult::ElicitResult(_))) => {
+                self.audit(Step::Refused, "declined");
+                Ok(Confirmation::Refused)
+            }
+            // A wrong answer, an error, a closed session or no answer in time.
+            Ok(_) | Err(_) => {
+                self.audit(Step::Refused, "no_answer");
+                Err(ErrorData::new(
+                    PERMISSION_DENIED,
+                    format!(
+                        "`{}` needs the user's confirmation, and the client did not answer",
+                        self.name
+                    ),
+                    Some(serde_json::json!({ "error": "confirmation_required" })),
+                ))
+            }
+        }
+    }
+
     /// The tool error a refused confirmation of a tool call answers.
     pub(crate) fn refused_message(&self) -> String {
         format!(
@@ -206,6 +255,15 @@ pub(crate) fn unconfirmable(principal: &Principal, action: &Action, resource: &s
     )
 }
 
+/// Whether the client of a 2025-era session declared form elicitation in
+/// its `initialize`.
+fn elicits_in_session(context: &RequestContext<RoleServer>) -> bool {
+    context.meta.protocol_version().is_none()
+        && context.peer.peer_info().is_some_and(|info| {
+            info.protocol_version.as_str() < ProtocolVersion::V_2026_07_28.as_str() && elicits_forms(&info.capabilities)
+        })
+}
+
 /// Whether the request is MCP 2026-07-28 (or newer) from a client that
 /// declares form elicitation (an `elicitation` capability with `form`, or
 /// an empty one, which means form).
@@ -227,9 +285,10 @@ fn elicits_forms(capabilities: &ClientCapabilities) -> bool {
 /// An accepted `ElicitResult` whose `content.confirm` is `true`; anything
 /// else (declined, cancelled, `false`, malformed) is not a confirmation.
 fn confirmed(answer: &serde_json::Value) -> bool {
-    let Ok(result) = serde_json::from_value::<rmcp::model::ElicitResult>(answer.clone()) else {
-        return false;
-    };
+    serde_json::from_value::<ElicitResult>(answer.clone()).is_ok_and(|result| accepted(&result))
+}
+
+fn accepted(result: &ElicitResult) -> bool {
     result.action == ElicitationAction::Accept
         && result
             .content
@@ -241,6 +300,11 @@ fn confirmed(answer: &serde_json::Value) -> bool {
 
 /// The `elicitation/create` form asking the user to confirm.
 fn elicitation(action: &Action, name: &str) -> Result<InputRequest, ErrorData> {
+    Ok(InputRequest::Elicitation(ElicitRequest::new(form(action, name)?)))
+}
+
+/// The parameters of the form: one required boolean `confirm`.
+fn form(action: &Action, name: &str) -> Result<ElicitRequestParams, ErrorData> {
     let what = match action {
         Action::CallTool => "run the tool",
         Action::GetPrompt => "get the prompt",
@@ -256,13 +320,11 @@ fn elicitation(action: &Action, name: &str) -> Result<InputRequest, ErrorData> {
         })
         .build()
         .map_err(|e| ErrorData::internal_error(format!("confirmation form: {e}"), None))?;
-    Ok(InputRequest::Elicitation(ElicitRequest::new(
-        ElicitRequestParams::FormElicitationParams {
-            meta: None,
-            message: format!("The assistant wants to {what} `{name}`. Do you confirm?"),
-            requested_schema: schema,
-        },
-    )))
+    Ok(ElicitRequestParams::FormElicitationParams {
+        meta: None,
+        message: format!("The assistant wants to {what} `{name}`. Do you confirm?"),
+        requested_schema: schema,
+    })
 }
 
 #[cfg(test)]

@@ -54,9 +54,10 @@ use crate::state::{RequestStateSealer, StateBinding};
 ///   runs only once the user confirmed it: on MCP 2026-07-28 the answer is
 ///   an `InputRequiredResult` with an elicitation form and a sealed
 ///   `requestState` ([`Guarded::request_state`]), and the retry carrying
-///   the user's "yes" runs the handler; a client that cannot elicit, or an
-///   older protocol, is refused. Any other request the rule marks is
-///   refused (it cannot ask). See the `confirm` flow in the crate's README.
+///   the user's "yes" runs the handler; in a 2025-era session bound to its
+///   caller (as [`Guard`](crate::Guard) serves them) a client that declared
+///   elicitation is asked inside the session; any other client is refused.
+///   Any other request the rule marks is refused (it cannot ask). See the `confirm` flow in the crate's README.
 /// * Unknown methods arrive as `CustomRequest` in `on_custom_request` and are
 ///   decided with `input.action` = the method name and an empty resource;
 ///   unknown notifications (`on_custom_notification`) likewise, and are
@@ -103,6 +104,8 @@ pub struct Guarded<H> {
     inner: H,
     engine: PolicyEngine,
     request_state: RequestStateSealer,
+    /// Served with sessions bound to their callers (`SessionBindingLayer`).
+    sessions: bool,
 }
 
 /// The sealer of every `Guarded` given none: one per process, so that a
@@ -122,7 +125,20 @@ impl<H> Guarded<H> {
             inner,
             engine,
             request_state: process_sealer(),
+            sessions: false,
         }
+    }
+
+    /// This handler is served with sessions bound to their callers
+    /// ([`SessionBindingLayer`](crate::session::SessionBindingLayer), as
+    /// [`Guard`](crate::Guard) sets it up): a 2025-era client of a session
+    /// that declared form elicitation is asked to confirm inside the session.
+    /// Without it (the default), such clients are refused: a session id not
+    /// checked by the binding layer may not be the caller's.
+    #[cfg_attr(not(feature = "jwt"), allow(dead_code))] // `Guard` needs `jwt`.
+    pub(crate) fn bound_sessions(mut self) -> Self {
+        self.sessions = true;
+        self
     }
 
     /// Seal and open the `requestState` of user confirmations with `sealer`
@@ -340,6 +356,7 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
                 action: &Action::GetPrompt,
                 name: &request.name,
                 binding: StateBinding::new(&ctx.principal, "prompts/get", &request.name, ctx.arguments.as_ref()),
+                in_session: self.sessions && ctx.session_id.is_some(),
             };
             let (state, responses) = (request.request_state.take(), request.input_responses.take());
             match pending.confirm(&self.request_state, state, responses, &context).await? {
@@ -397,6 +414,7 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
                 action: &Action::ReadResource,
                 name: &request.uri,
                 binding: StateBinding::new(&ctx.principal, "resources/read", &request.uri, None),
+                in_session: self.sessions && ctx.session_id.is_some(),
             };
             let (state, responses) = (request.request_state.take(), request.input_responses.take());
             match pending.confirm(&self.request_state, state, responses, &context).await? {
@@ -475,6 +493,7 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
                 action: &Action::CallTool,
                 name: &request.name,
                 binding: StateBinding::tool_call(&ctx.principal, &request.name, request.arguments.as_ref()),
+                in_session: self.sessions && ctx.session_id.is_some(),
             };
             let (state, responses) = (request.request_state.take(), request.input_responses.take());
             match pending.confirm(&self.request_state, state, responses, &context).await? {
