@@ -61,8 +61,22 @@ async fn serve_document(State(docs): State<Arc<Documents>>, Path(name): Path<Str
     let json_type = [(header::CONTENT_TYPE, "application/json")];
     let mut doc = document(&docs, &name);
     match name.as_str() {
-        "good.json" => ([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "max-age=60")], doc.to_string()).into_response(),
-        "no-store.json" => ([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")], doc.to_string()).into_response(),
+        "good.json" => (
+            [
+                (header::CONTENT_TYPE, "application/json"),
+                (header::CACHE_CONTROL, "max-age=60"),
+            ],
+            doc.to_string(),
+        )
+            .into_response(),
+        "no-store.json" => (
+            [
+                (header::CONTENT_TYPE, "application/json"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            doc.to_string(),
+        )
+            .into_response(),
         "wrong-id.json" => {
             doc["client_id"] = json!(docs.url("good.json"));
             (json_type, doc.to_string()).into_response()
@@ -131,7 +145,12 @@ fn query_param(url: &str, name: &str) -> Option<String> {
 
 /// GET /authorize for `client_id` with a good request otherwise: the status,
 /// the `Location` if any, and the JSON body if any.
-async fn authorize(auth: &DevAuthServer, client_id: &str, redirect_uri: &str, p: &Pkce) -> (u16, Option<String>, Value) {
+async fn authorize(
+    auth: &DevAuthServer,
+    client_id: &str,
+    redirect_uri: &str,
+    p: &Pkce,
+) -> (u16, Option<String>, Value) {
     let url = url::Url::parse_with_params(
         &auth.authorization_endpoint(),
         [
@@ -183,7 +202,14 @@ async fn dev_server() -> DevAuthServer {
 #[tokio::test]
 async fn metadata_advertises_client_id_metadata_documents_beside_registration() {
     let auth = dev_server().await;
-    let m: Value = http().get(auth.metadata_url()).send().await.unwrap().json().await.unwrap();
+    let m: Value = http()
+        .get(auth.metadata_url())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(m["client_id_metadata_document_supported"], true);
     assert_eq!(m["registration_endpoint"], auth.registration_endpoint(), "DCR stays");
 }
@@ -218,7 +244,11 @@ async fn a_metadata_document_client_completes_code_pkce_token_and_refresh() {
     .await;
     assert_eq!(status, 200, "{body}");
     let c = claims(body["access_token"].as_str().unwrap());
-    assert_eq!(c["client_id"], client_id.as_str(), "the token names the document URL as its client");
+    assert_eq!(
+        c["client_id"],
+        client_id.as_str(),
+        "the token names the document URL as its client"
+    );
     assert_eq!(c["aud"], RESOURCE);
     assert_eq!(c["scope"], "mcp:tools");
 
@@ -226,7 +256,11 @@ async fn a_metadata_document_client_completes_code_pkce_token_and_refresh() {
     let refresh = body["refresh_token"].as_str().expect("a refresh token").to_owned();
     let (status, body) = post_token(
         &auth,
-        &[("grant_type", "refresh_token"), ("refresh_token", &refresh), ("client_id", &client_id)],
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &refresh),
+            ("client_id", &client_id),
+        ],
     )
     .await;
     assert_eq!(status, 200, "{body}");
@@ -274,7 +308,10 @@ async fn a_document_naming_another_client_id_is_refused() {
     assert_eq!(location, None, "never redirected");
     assert_eq!(body["error"], "invalid_client");
     assert!(
-        body["error_description"].as_str().unwrap().contains("not the document's URL"),
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("not the document's URL"),
         "{body}"
     );
     // The token endpoint refuses the same client as a failed client authentication.
@@ -289,15 +326,24 @@ async fn a_document_naming_another_client_id_is_refused() {
         ],
     )
     .await;
-    assert_eq!((status, body["error"].as_str()), (401, Some("invalid_client")), "{body}");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_client")),
+        "{body}"
+    );
 }
 
 #[tokio::test]
 async fn a_redirect_uri_missing_from_the_document_is_refused() {
     let docs = start_documents().await;
     let auth = dev_server().await;
-    let (status, location, body) =
-        authorize(&auth, &docs.url("good.json"), "http://127.0.0.1:7778/callback", &pkce('d')).await;
+    let (status, location, body) = authorize(
+        &auth,
+        &docs.url("good.json"),
+        "http://127.0.0.1:7778/callback",
+        &pkce('d'),
+    )
+    .await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(location, None, "never redirected to an unlisted URI");
     assert_eq!(body["error"], "invalid_request");
@@ -375,9 +421,20 @@ async fn turned_off_the_server_neither_advertises_nor_fetches_documents() {
         .start()
         .await
         .unwrap();
-    let m: Value = http().get(auth.metadata_url()).send().await.unwrap().json().await.unwrap();
+    let m: Value = http()
+        .get(auth.metadata_url())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(m.get("client_id_metadata_document_supported").is_none(), "{m}");
     let (status, _, body) = authorize(&auth, &docs.url("good.json"), CALLBACK, &pkce('g')).await;
-    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_client")), "{body}");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_client")),
+        "{body}"
+    );
     assert_eq!(docs.total.load(Ordering::SeqCst), 0);
 }

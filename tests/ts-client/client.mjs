@@ -56,7 +56,7 @@ clientId = `https://127.0.0.1:${documentServer.address().port}/oauth/client.json
 
 // 2. A headless OAuthClientProvider: everything in memory; the "browser" is
 // a fetch that does not follow the authorization server's redirect.
-const saved = { client: undefined, tokens: undefined, verifier: undefined, authorizationUrl: undefined };
+const saved = { client: undefined, tokens: undefined, verifier: undefined, discovery: undefined, authorizationUrl: undefined };
 let registrations = 0;
 const provider = {
     get redirectUrl() {
@@ -88,6 +88,12 @@ const provider = {
         saved.verifier = verifier;
     },
     codeVerifier: () => saved.verifier,
+    // Kept with the code verifier, so the SDK can check on the callback leg
+    // that the code comes from the authorization server it discovered.
+    saveDiscoveryState: (state) => {
+        saved.discovery = state;
+    },
+    discoveryState: () => saved.discovery,
 };
 
 const clientOptions =

@@ -65,9 +65,7 @@ pub(super) fn check_url(client_id: &str) -> Result<Url, Refusal> {
         ));
     }
     if url.fragment().is_some() || !url.username().is_empty() || url.password().is_some() {
-        return Err(Refusal::Client(
-            "a client_id URL must not have a fragment or userinfo",
-        ));
+        return Err(Refusal::Client("a client_id URL must not have a fragment or userinfo"));
     }
     if url.path() == "/" || url.path().is_empty() {
         return Err(Refusal::Client("a client_id URL must have a path"));
@@ -211,9 +209,7 @@ fn cache_ttl(headers: &HeaderMap, max_ttl: Duration) -> Duration {
 /// registration would have been accepted with.
 fn check_document(body: &[u8], client_id: &str) -> Result<Client, Refusal> {
     let Ok(Value::Object(document)) = serde_json::from_slice::<Value>(body) else {
-        return Err(Refusal::Client(
-            "the client metadata document is not a JSON object",
-        ));
+        return Err(Refusal::Client("the client metadata document is not a JSON object"));
     };
     if document.get("client_id").and_then(Value::as_str) != Some(client_id) {
         return Err(Refusal::Client(
@@ -226,9 +222,7 @@ fn check_document(body: &[u8], client_id: &str) -> Result<Client, Refusal> {
         ));
     }
     if !document.get("client_name").is_some_and(Value::is_string) {
-        return Err(Refusal::Client(
-            "the client metadata document has no client_name",
-        ));
+        return Err(Refusal::Client("the client metadata document has no client_name"));
     }
     match parse_metadata(&document) {
         Ok(metadata) => Ok(metadata.client),

@@ -553,10 +553,7 @@ impl DevAuthServerBuilder {
             ));
         }
         let cimd = if self.client_metadata.enabled {
-            Some(
-                cimd::Resolver::new(self.capacity, self.client_metadata.cache_ttl)
-                    .map_err(DevError::InvalidSetting)?,
-            )
+            Some(cimd::Resolver::new(self.capacity, self.client_metadata.cache_ttl).map_err(DevError::InvalidSetting)?)
         } else {
             None
         };
