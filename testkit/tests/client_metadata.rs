@@ -32,6 +32,8 @@ struct Documents {
     base: String,
     fetches: std::sync::Mutex<HashMap<String, usize>>,
     total: AtomicUsize,
+    /// `slow-*` documents wait for a permit here before answering.
+    gate: tokio::sync::Semaphore,
 }
 
 impl Documents {
@@ -60,6 +62,10 @@ async fn serve_document(State(docs): State<Arc<Documents>>, Path(name): Path<Str
     docs.total.fetch_add(1, Ordering::SeqCst);
     let json_type = [(header::CONTENT_TYPE, "application/json")];
     let mut doc = document(&docs, &name);
+    if name.starts_with("slow-") {
+        let _permit = docs.gate.acquire().await;
+        return (json_type, doc.to_string()).into_response();
+    }
     match name.as_str() {
         "good.json" => (
             [
@@ -106,6 +112,7 @@ async fn start_documents() -> Arc<Documents> {
         base: format!("http://{}", listener.local_addr().unwrap()),
         fetches: Default::default(),
         total: AtomicUsize::new(0),
+        gate: tokio::sync::Semaphore::new(0),
     });
     let app = axum::Router::new()
         .route("/clients/{name}", axum::routing::get(serve_document))
@@ -437,4 +444,33 @@ async fn turned_off_the_server_neither_advertises_nor_fetches_documents() {
         "{body}"
     );
     assert_eq!(docs.total.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn at_most_eight_document_fetches_run_at_once() {
+    let docs = start_documents().await;
+    let auth = dev_server().await;
+    // Eight authorization requests whose documents do not answer yet.
+    let mut held = Vec::new();
+    for i in 0..8 {
+        let (auth, client_id) = (auth.clone(), docs.url(&format!("slow-{i}.json")));
+        held.push(tokio::spawn(async move {
+            authorize(&auth, &client_id, CALLBACK, &pkce('h')).await.0
+        }));
+    }
+    while docs.total.load(Ordering::SeqCst) < 8 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A ninth is refused at once rather than queued, and nothing is fetched for it.
+    let (status, location, body) = authorize(&auth, &docs.url("good.json"), CALLBACK, &pkce('h')).await;
+    assert_eq!((status, location), (503, None), "{body}");
+    assert_eq!(body["error"], "temporarily_unavailable");
+    assert_eq!(docs.fetches("good.json"), 0);
+    // Released, the eight complete, and the slots are free again.
+    docs.gate.add_permits(8);
+    for request in held {
+        assert_eq!(request.await.unwrap(), 302);
+    }
+    let (status, ..) = authorize(&auth, &docs.url("good.json"), CALLBACK, &pkce('h')).await;
+    assert_eq!(status, 302);
 }
