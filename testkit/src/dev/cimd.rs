@@ -10,6 +10,13 @@
 //! a development server, `http` URLs on a loopback host, are fetched (see the
 //! module docs of [`super`] for what that means for server-side request
 //! forgery).
+//!
+//! Where this differs from the library's caches, on purpose for a
+//! development server: no single-flight (two requests for one uncached URL
+//! fetch it twice, within the in-flight bound), the fetch bound refuses
+//! rather than queues, and a full cache drops the entry that expires
+//! soonest, which costs its client one more fetch and nothing else. Refusals
+//! are never cached, so a fixed document works at the next attempt.
 
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
