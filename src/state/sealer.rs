@@ -71,7 +71,7 @@ impl RequestStateSealer {
 
     /// Let a state open any number of times until it expires (for a state
     /// that only carries data, where a replay within the binding does no
-    /// harm). Defaults to single use.
+    /// harm). Defaults to `false`: single use.
     pub fn multi_use(mut self) -> Self {
         self.replay = None;
         self
