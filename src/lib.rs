@@ -32,6 +32,9 @@ pub mod policy;
 
 pub mod secrets;
 
+#[cfg(feature = "state")]
+pub mod state;
+
 #[cfg(feature = "jwt")]
 mod guard;
 #[cfg(feature = "jwt")]

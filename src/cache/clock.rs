@@ -33,6 +33,12 @@ impl Timestamp {
         Timestamp(secs.saturating_mul(1000))
     }
 
+    /// `millis` milliseconds since the Unix epoch.
+    #[cfg_attr(not(any(test, feature = "state")), allow(dead_code))] // sealed request state
+    pub(crate) const fn from_millis(millis: u64) -> Self {
+        Timestamp(millis)
+    }
+
     /// Milliseconds since the Unix epoch.
     pub(crate) const fn millis(self) -> u64 {
         self.0

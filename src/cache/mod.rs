@@ -7,6 +7,7 @@
 //! | `clock` | [`Timestamp`]: the one clock every deadline is expressed in |
 //! | `ttl` | [`TtlCache`]: a sharded map bounded in entries and bytes whose entries expire |
 //! | `flight` | [`SingleFlight`]: one computation in flight per key, others wait for it |
+//! | `owned` | `OwnedTable`: entries bounded per owner and in total, never evicted for another owner |
 //!
 //! This is a leaf: it imports nothing else of this crate, so any module may
 //! use it. Locks are `std` mutexes held only for a map operation, never
@@ -15,6 +16,8 @@
 mod clock;
 mod flight;
 mod lock;
+#[cfg(feature = "state")]
+mod owned;
 mod ttl;
 
 pub(crate) use clock::Timestamp;
@@ -25,4 +28,6 @@ pub(crate) use flight::{Flight, SingleFlight};
     allow(unused_imports)
 )]
 pub(crate) use lock::{lock, read, write};
+#[cfg(feature = "state")]
+pub(crate) use owned::{OwnedTable, OwnerFull, Refused};
 pub(crate) use ttl::{Limits, TtlCache};
