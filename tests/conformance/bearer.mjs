@@ -4,7 +4,8 @@
 //   MCP_BEARER_TOKEN=<jwt> MCP_BEARER_ORIGIN=http://127.0.0.1:8080 \
 //     node --import ./bearer.mjs node_modules/@modelcontextprotocol/conformance/dist/index.js server --url ...
 //
-// The suite (0.1.13) sends requests two ways, and both are covered:
+// The same file as tests/conformance/bearer.mjs (each suite directory resolves
+// its own undici). The suite (0.1.13, 0.2.0-alpha.12) sends requests two ways, and both are covered:
 // - the global `fetch` (the TypeScript SDK's StreamableHTTPClientTransport and
 //   the SSE scenarios' raw requests): replaced below;
 // - `request` imported from `undici` (dns-rebinding-protection): the resolve
