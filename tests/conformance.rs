@@ -128,11 +128,20 @@ async fn run_suite(suite: &Suite, args: &[&str], url: &str, token: Option<&str>)
         command.env("MCP_BEARER_TOKEN", token).env("MCP_BEARER_ORIGIN", origin);
     }
     let child = command.spawn().unwrap_or_else(|e| {
-        panic!("cannot run {} (set {} to a node binary): {e}", suite.node(), suite.node_var)
+        panic!(
+            "cannot run {} (set {} to a node binary): {e}",
+            suite.node(),
+            suite.node_var
+        )
     });
     let output = tokio::time::timeout(suite.timeout, child.wait_with_output())
         .await
-        .unwrap_or_else(|_| panic!("conformance suite {args:?} took longer than {:?}; killed", suite.timeout))
+        .unwrap_or_else(|_| {
+            panic!(
+                "conformance suite {args:?} took longer than {:?}; killed",
+                suite.timeout
+            )
+        })
         .expect("conformance suite output");
     Run {
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
