@@ -192,6 +192,7 @@ struct Outcome {
     passed: bool,
     checks: BTreeMap<String, String>,
     failures: Vec<String>,
+    failed: BTreeSet<String>,
 }
 
 fn rank(status: &str) -> u8 {
@@ -225,6 +226,7 @@ fn read_results(dir: &Path) -> BTreeMap<String, Outcome> {
             if status == "FAILURE" {
                 let message = check["errorMessage"].as_str().unwrap_or("");
                 outcome.failures.push(format!("{id}: {message}"));
+                outcome.failed.insert(id.clone());
             }
             if status == "INFO" {
                 continue;
@@ -258,17 +260,38 @@ async fn run_selection(
     (read_results(&dir), run)
 }
 
-/// The suite's `baseline.json`: `{"server": {"<scenario>": "<reason>"}}`.
-fn baseline(suite: &Suite) -> BTreeMap<String, String> {
+/// The suite's `baseline.json`.
+struct Baseline {
+    /// `"server": {"<scenario>": "<reason>"}`: scenarios that fail unguarded
+    /// and guarded alike.
+    server: BTreeMap<String, String>,
+    /// `"guard": {"<mode label>": {"<scenario>:<check id>": "<reason>"}}`:
+    /// checks that may be worse in that guarded mode than unguarded, each for
+    /// a reason of the guard's own.
+    guard: BTreeMap<(String, String), String>,
+}
+
+fn baseline(suite: &Suite) -> Baseline {
     let path = suite.path().join("baseline.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let value: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    value["server"]
-        .as_object()
-        .unwrap_or_else(|| panic!("{}: no \"server\" object", path.display()))
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
-        .collect()
+    let reasons = |object: &Value| -> Vec<(String, String)> {
+        object
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+            .collect()
+    };
+    assert!(value["server"].is_object(), "{}: no \"server\" object", path.display());
+    let server = reasons(&value["server"]).into_iter().collect();
+    let mut guard = BTreeMap::new();
+    for (label, checks) in value["guard"].as_object().into_iter().flatten() {
+        for (check, reason) in reasons(checks) {
+            guard.insert((label.clone(), check), reason);
+        }
+    }
+    Baseline { server, guard }
 }
 
 fn verdict(outcome: Option<&Outcome>) -> &'static str {
@@ -309,7 +332,11 @@ async fn compare(suite: &Suite) {
     let out = std::env::temp_dir().join(format!("rmcp-guard-{}-{}", suite.dir, std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     let scenarios = server_scenarios(suite).await;
-    let baseline = baseline(suite);
+    let Baseline {
+        server: baseline,
+        guard: excused,
+    } = baseline(suite);
+    let mut used = BTreeSet::new();
     let mut problems = Vec::new();
 
     let plain = start(Mode::Unguarded, "127.0.0.1:0").await.expect("unguarded server");
@@ -359,8 +386,22 @@ async fn compare(suite: &Suite) {
             print!(" {:<15}", verdict(g));
             let u_passed = u.is_some_and(|o| o.passed);
             let g_passed = g.is_some_and(|o| o.passed);
+            // A check the baseline excuses in this mode (marks the entry used).
+            let mut excuse = |id: &str| {
+                let key = (label.to_string(), format!("{scenario}:{id}"));
+                let found = excused.contains_key(&key);
+                if found {
+                    used.insert(key);
+                }
+                found
+            };
+            let unexcused = if u_passed {
+                g.map(|g| g.failed.iter().filter(|id| !excuse(id)).count())
+            } else {
+                None
+            };
             match (u_passed, g_passed, listed) {
-                (true, false, _) => {
+                (true, false, _) if unexcused != Some(0) => {
                     problems.push(format!("{scenario}: passes unguarded, fails {label}: {}", failures(g)))
                 }
                 (false, false, None) => problems.push(format!(
@@ -377,13 +418,20 @@ async fn compare(suite: &Suite) {
             if let (Some(u), Some(g)) = (u, g) {
                 for (id, status) in &u.checks {
                     let behind = g.checks.get(id).map_or("missing", String::as_str);
-                    if status == "SUCCESS" && behind != "SUCCESS" {
+                    if status == "SUCCESS" && behind != "SUCCESS" && !excuse(id) {
                         problems.push(format!("{scenario}: check {id} is SUCCESS unguarded, {behind} {label}"));
                     }
                 }
             }
         }
         println!(" {}", listed.map_or("", String::as_str));
+    }
+    for ((label, check), reason) in &excused {
+        if !used.contains(&(label.clone(), check.clone())) {
+            problems.push(format!(
+                "baseline.json excuses {check} in {label} ({reason}), but it is no worse there: remove the stale entry"
+            ));
+        }
     }
     let known: BTreeSet<&String> = scenarios.iter().collect();
     for scenario in baseline.keys().filter(|s| !known.contains(s)) {
