@@ -65,6 +65,7 @@ impl<S> Advertised<S> {
     }
 
     /// Wrap `inner` with a set of extensions shared with other handlers.
+    #[cfg_attr(not(feature = "jwt"), allow(dead_code))] // used by `Guard`
     pub(crate) fn with_extensions(inner: S, extensions: Arc<ExtensionCapabilities>) -> Self {
         Advertised { inner, extensions }
     }
