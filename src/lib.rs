@@ -7,6 +7,7 @@
 #[allow(unused_macros)] // the smallest build has no middleware
 mod macros;
 
+pub mod advertise;
 pub mod audit;
 mod body;
 #[cfg(any(feature = "jwt", feature = "vault"))]

@@ -64,6 +64,7 @@ struct Inner {
     max_token_bytes: usize,
     allowed_hosts: Vec<String>,
     allowed_origins: Vec<String>,
+    client_credentials: bool,
     validator: TokenValidator,
 }
 
@@ -119,6 +120,7 @@ impl ResourceServer {
             resource_documentation: None,
             http_client: None,
             wildcard_origins: false,
+            client_credentials: true,
         }
     }
 
@@ -199,6 +201,13 @@ impl ResourceServer {
         self.inner.validator.cache_usage()
     }
 
+    /// Whether tokens a client obtained for itself (client credentials,
+    /// [`PrincipalKind::Client`](crate::PrincipalKind::Client)) are accepted;
+    /// see [`ResourceServerBuilder::accept_client_credentials`].
+    pub fn accepts_client_credentials(&self) -> bool {
+        self.inner.client_credentials
+    }
+
     /// Fetch every issuer's signing keys now, so the first request does not
     /// wait and a misconfigured issuer is noticed at start-up.
     pub async fn warm_up(&self) -> Result<(), AuthError> {
@@ -229,7 +238,7 @@ impl ResourceServer {
         };
         let hash = hash_token(token);
         match self.inner.validator.cached(&hash, now_unix()) {
-            Some(principal) => match self.check_scopes(&principal) {
+            Some(principal) => match self.check_principal(&principal) {
                 Ok(()) => {
                     authn_accepted(&principal, true);
                     Begin::Accept(principal, keep_token.then(|| zeroize::Zeroizing::new(token.to_owned())))
@@ -263,9 +272,19 @@ impl ResourceServer {
                 return Err(error);
             }
         };
-        self.check_scopes(&principal)?;
+        self.check_principal(&principal)?;
         authn_accepted(&principal, false);
         Ok(principal)
+    }
+
+    /// The checks after validation: the caller's kind, then the required scopes.
+    fn check_principal(&self, principal: &Principal) -> Result<(), AuthError> {
+        if !self.inner.client_credentials && principal.kind() == crate::PrincipalKind::Client {
+            let error = AuthError::from(crate::TokenRejection::ClientCredentials);
+            authn_refused(&error, Caller::from(principal));
+            return Err(error);
+        }
+        self.check_scopes(principal)
     }
 
     fn check_scopes(&self, principal: &Principal) -> Result<(), AuthError> {
@@ -373,9 +392,23 @@ pub struct ResourceServerBuilder {
     resource_documentation: Option<String>,
     http_client: Option<reqwest::Client>,
     wildcard_origins: bool,
+    client_credentials: bool,
 }
 
 impl ResourceServerBuilder {
+    /// Accept tokens a client obtained for itself (the client credentials
+    /// grant: a caller of kind [`PrincipalKind::Client`](crate::PrincipalKind::Client),
+    /// no user), and say so: [`Guard`](crate::Guard) advertises the MCP
+    /// extension [`io.modelcontextprotocol/oauth-client-credentials`](crate::advertise::CLIENT_CREDENTIALS_EXTENSION)
+    /// in `server/discover` and `initialize`. With `false`, such a token is
+    /// refused with 401 `invalid_token`
+    /// ([`TokenRejection::ClientCredentials`](crate::TokenRejection::ClientCredentials))
+    /// and the extension is not advertised. Defaults to `true`.
+    pub fn accept_client_credentials(mut self, accept: bool) -> Self {
+        self.client_credentials = accept;
+        self
+    }
+
     /// Trust one more issuer. Defaults to only the issuer given to
     /// [`ResourceServer::builder`].
     pub fn issuer(mut self, issuer: Issuer) -> Self {
@@ -544,6 +577,7 @@ impl ResourceServerBuilder {
                 max_token_bytes: self.rules.max_bytes(),
                 allowed_hosts,
                 allowed_origins,
+                client_credentials: self.client_credentials,
                 validator,
             }),
         })
