@@ -328,6 +328,16 @@ impl PolicyEngine {
                 .is_some_and(|fields| !fields.contains(&"arguments"))
     }
 
+    /// Whether the policy now in force may read `input.arguments` (it names
+    /// them, or the scan could not tell): then a decision made without the
+    /// arguments may not be the one made with them.
+    pub(crate) fn may_read_arguments(&self) -> bool {
+        lock(&self.shared.current)
+            .input_fields
+            .as_ref()
+            .is_none_or(|fields| fields.contains(&"arguments"))
+    }
+
     /// Decide, and emit one audit event for the decision.
     pub fn decide(&self, input: &PolicyInput) -> Decision {
         let decision = self.evaluate(input);
