@@ -9,7 +9,7 @@ use common::{Reply, client, mcp_post};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
-    CacheScope, CallToolRequestParams, CallToolResult, ListToolsResult, PaginatedRequestParams, ServerCapabilities,
+    CacheScope, CallToolRequestParams, CallToolResponse, ListToolsResult, PaginatedRequestParams, ServerCapabilities,
     ServerConfig,
 };
 use rmcp::service::{RequestContext, RoleServer};
@@ -413,9 +413,10 @@ async fn a_2026_call_larger_than_the_body_limit_still_steps_up() {
 async fn a_base64_mcp_name_naming_a_step_up_tool_steps_up() {
     let server = Server::start(POLICY, |b| b.required_scopes(["mcp:tools"])).await;
     let token = server.token("mcp:tools");
-    // "deploy" in the sentinel form, as a client may always send it.
+    // "deploy" in the sentinel form, as a client may always send it, with
+    // a body too large for the body path: only the decoded header can tell.
     let reply = server
-        .call_2026(&token, "deploy", json!({"text": "hi"}), "tools/call", "=?base64?ZGVwbG95?=")
+        .call_2026(&token, "deploy", json!({"text": big_text()}), "tools/call", "=?base64?ZGVwbG95?=")
         .await;
     assert_eq!(step_up_scope(&reply), "mcp:tools mcp:deploy");
     // The plain form of an open tool goes through.
@@ -512,7 +513,7 @@ impl ServerHandler for PublicListing {
         &self,
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
-    ) -> Result<CallToolResult, ErrorData> {
+    ) -> Result<CallToolResponse, ErrorData> {
         self.0.call_tool(request, context).await
     }
 }
@@ -530,5 +531,12 @@ async fn a_public_listing_arrives_private_with_its_ttl() {
     let listing = client.request("tools/list", json!({})).await.unwrap();
     assert_eq!(listing["cacheScope"], "private", "{listing}");
     assert_eq!(listing["ttlMs"], 12_345, "{listing}");
-    assert!(listing["tools"].as_array().is_some_and(|t| t.len() == 2), "{listing}");
+    // Filtered for this caller (no `mcp:deploy`): only `echo`.
+    let names: Vec<&str> = listing["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert_eq!(names, ["echo"], "{listing}");
 }
