@@ -200,7 +200,12 @@ mod tests {
     #[test]
     fn offline_access_is_never_in_a_challenge() {
         let err = AuthError::InsufficientScope {
-            required: vec!["mcp:tools".into(), "offline_access".into(), "mcp:admin".into(), "mcp:tools".into()],
+            required: vec![
+                "mcp:tools".into(),
+                "offline_access".into(),
+                "mcp:admin".into(),
+                "mcp:tools".into(),
+            ],
         };
         let c = rs().header(&err).unwrap();
         assert!(c.contains("scope=\"mcp:tools mcp:admin\""), "{c}");

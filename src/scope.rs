@@ -143,8 +143,15 @@ mod tests {
 
     #[test]
     fn bad_names_are_refused() {
-        for bad in [direct(&[("", &["x"])]), direct(&[("x", &[""])]), direct(&[("x", &["a b"])])] {
-            assert!(matches!(ScopeImplications::new(&bad), Err(ConfigError::InvalidScope(_))));
+        for bad in [
+            direct(&[("", &["x"])]),
+            direct(&[("x", &[""])]),
+            direct(&[("x", &["a b"])]),
+        ] {
+            assert!(matches!(
+                ScopeImplications::new(&bad),
+                Err(ConfigError::InvalidScope(_))
+            ));
         }
     }
 

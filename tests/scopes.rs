@@ -145,7 +145,15 @@ impl Server {
         });
         let base = format!("http://127.0.0.1:{port}");
         let url = format!("{base}{}", rs.resource_path());
-        (Server { url, base, issuer, task }, rs)
+        (
+            Server {
+                url,
+                base,
+                issuer,
+                task,
+            },
+            rs,
+        )
     }
 
     async fn start(policy: &str, configure: impl FnOnce(ResourceServerBuilder) -> ResourceServerBuilder) -> Server {
@@ -262,11 +270,18 @@ fn deploy_call(text: &str) -> Value {
 
 #[test]
 fn an_empty_scope_name_in_an_implication_is_refused() {
-    for (scope, implied) in [("", vec!["mcp:tools"]), ("mcp:admin", vec![""]), ("mcp:admin", vec!["a b"])] {
-        let err = ResourceServer::builder("https://mcp.example.com/mcp", Issuer::discover("https://idp.example.com"))
-            .scope_implies(scope, implied)
-            .build()
-            .unwrap_err();
+    for (scope, implied) in [
+        ("", vec!["mcp:tools"]),
+        ("mcp:admin", vec![""]),
+        ("mcp:admin", vec!["a b"]),
+    ] {
+        let err = ResourceServer::builder(
+            "https://mcp.example.com/mcp",
+            Issuer::discover("https://idp.example.com"),
+        )
+        .scope_implies(scope, implied)
+        .build()
+        .unwrap_err();
         assert!(matches!(err, rmcp_guard::ConfigError::InvalidScope(_)), "{err}");
     }
 }
@@ -299,8 +314,11 @@ async fn offline_access_is_never_advertised_nor_in_a_challenge() {
         POLICY,
         |port| format!("http://127.0.0.1:{port}/mcp"),
         |b| {
-            b.required_scopes(["mcp:tools", "offline_access"])
-                .scopes_supported(["mcp:tools", "offline_access", "mcp:deploy"])
+            b.required_scopes(["mcp:tools", "offline_access"]).scopes_supported([
+                "mcp:tools",
+                "offline_access",
+                "mcp:deploy",
+            ])
         },
         false,
     )
@@ -314,14 +332,26 @@ async fn offline_access_is_never_advertised_nor_in_a_challenge() {
         .json()
         .await
         .unwrap();
-    assert_eq!(metadata["scopes_supported"], json!(["mcp:tools", "mcp:deploy"]), "{metadata}");
+    assert_eq!(
+        metadata["scopes_supported"],
+        json!(["mcp:tools", "mcp:deploy"]),
+        "{metadata}"
+    );
     // No token: the 401 challenge.
-    let reply = Reply::read(mcp_post(&client(), &server.url, &deploy_call("hi")).send().await.unwrap()).await;
+    let reply = Reply::read(
+        mcp_post(&client(), &server.url, &deploy_call("hi"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(reply.status, 401);
     let challenge = reply.challenge().unwrap();
     assert_eq!(challenge.get("scope"), Some("mcp:tools"));
     // A token without offline_access is not refused for lacking it.
-    let reply = server.post_2025(&server.token("mcp:tools mcp:deploy"), &deploy_call("hi")).await;
+    let reply = server
+        .post_2025(&server.token("mcp:tools mcp:deploy"), &deploy_call("hi"))
+        .await;
     assert!(reply.body.contains("deploy-ran"), "{}", reply.body);
     // The policy names offline_access for deploy: not in the step-up.
     let reply = server.post_2025(&server.token("mcp:tools"), &deploy_call("hi")).await;
@@ -361,8 +391,12 @@ async fn an_uppercase_canonical_uri_is_normalized() {
     assert_eq!(metadata["resource"], normalized, "{metadata}");
     let call = |aud: &str| {
         let token = server.token_for(aud, "mcp:tools");
-        let request = mcp_post(&client(), &server.url, &json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-                "params": {"name": "echo", "arguments": {}}}))
+        let request = mcp_post(
+            &client(),
+            &server.url,
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                "params": {"name": "echo", "arguments": {}}}),
+        )
         .header("host", format!("localhost:{port}"))
         .header("mcp-protocol-version", "2025-11-25")
         .bearer_auth(token);
@@ -371,7 +405,12 @@ async fn an_uppercase_canonical_uri_is_normalized() {
     // The normalized audience, and the same URI spelled in uppercase.
     for aud in [normalized.clone(), format!("HTTP://LOCALHOST:{port}/Mcp")] {
         let reply = call(&aud).await;
-        assert!(reply.body.contains("echo-ran"), "{aud}: {} {}", reply.status, reply.body);
+        assert!(
+            reply.body.contains("echo-ran"),
+            "{aud}: {} {}",
+            reply.status,
+            reply.body
+        );
     }
     // The path keeps its case: another path is another resource.
     let reply = call(&format!("http://localhost:{port}/mcp")).await;
@@ -416,13 +455,17 @@ async fn a_base64_mcp_name_naming_a_step_up_tool_steps_up() {
     // "deploy" in the sentinel form, as a client may always send it, with
     // a body too large for the body path: only the decoded header can tell.
     let reply = server
-        .call_2026(&token, "deploy", json!({"text": big_text()}), "tools/call", "=?base64?ZGVwbG95?=")
+        .call_2026(
+            &token,
+            "deploy",
+            json!({"text": big_text()}),
+            "tools/call",
+            "=?base64?ZGVwbG95?=",
+        )
         .await;
     assert_eq!(step_up_scope(&reply), "mcp:tools mcp:deploy");
     // The plain form of an open tool goes through.
-    let reply = server
-        .call_2026(&token, "echo", json!({}), "tools/call", "echo")
-        .await;
+    let reply = server.call_2026(&token, "echo", json!({}), "tools/call", "echo").await;
     assert!(reply.body.contains("echo-ran"), "{} {}", reply.status, reply.body);
 }
 
@@ -539,4 +582,40 @@ async fn a_public_listing_arrives_private_with_its_ttl() {
         .filter_map(|t| t["name"].as_str())
         .collect();
     assert_eq!(names, ["echo"], "{listing}");
+}
+
+// ---------------------------------------------------------------------------
+// rmcp's own client (its newest protocol version, Mcp-* headers and all).
+
+#[tokio::test]
+async fn rmcp_client_gets_the_step_up_for_a_large_call() {
+    use rmcp::model::ProtocolVersion;
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    use rmcp::{ClientLifecycleMode, ClientServiceExt as _};
+
+    let server = Server::start(POLICY, |b| b.required_scopes(["mcp:tools"])).await;
+    let connect = |scope: &str| {
+        let config = StreamableHttpClientTransportConfig::with_uri(server.url.clone()).auth_header(server.token(scope));
+        let lifecycle = ClientLifecycleMode::Discover {
+            preferred_versions: vec![ProtocolVersion::LATEST],
+        };
+        ().serve_with_lifecycle(StreamableHttpClientTransport::from_config(config), lifecycle)
+    };
+    let arguments = json!({"text": big_text()}).as_object().unwrap().clone();
+    let client = connect("mcp:tools").await.expect("connects");
+    let error = client
+        .call_tool(CallToolRequestParams::new("deploy").with_arguments(arguments.clone()))
+        .await
+        .expect_err("stepped up");
+    let shown = format!("{error:?}");
+    assert!(shown.contains("insufficient_scope"), "{shown}");
+    assert!(shown.contains("mcp:tools mcp:deploy"), "{shown}");
+    let client = connect("mcp:tools mcp:deploy").await.expect("connects");
+    let result = client
+        .call_tool(CallToolRequestParams::new("deploy").with_arguments(arguments))
+        .await
+        .expect("allowed");
+    let text = &result.content[0].as_text().expect("text").text;
+    assert_eq!(text, &format!("deploy-ran {} ", 300 * 1024));
 }

@@ -144,7 +144,10 @@ mod tests {
     fn scheme_and_host_are_lowercased_and_the_rest_kept() {
         for (given, expected) in [
             ("HTTPS://MCP.Example.com/mcp", "https://mcp.example.com/mcp"),
-            ("HTTPS://MCP.Example.com/MCP/Server", "https://mcp.example.com/MCP/Server"),
+            (
+                "HTTPS://MCP.Example.com/MCP/Server",
+                "https://mcp.example.com/MCP/Server",
+            ),
             ("https://MCP.EXAMPLE.COM", "https://mcp.example.com"),
             ("Http://LOCALHOST:8080/X?Q=A", "http://localhost:8080/X?Q=A"),
             ("https://mcp.example.com/%2F", "https://mcp.example.com/%2F"),
@@ -154,7 +157,10 @@ mod tests {
         ] {
             assert_eq!(normalize_case(given), expected, "{given}");
         }
-        assert!(matches!(normalize_case("https://mcp.example.com/MCP"), Cow::Borrowed(_)));
+        assert!(matches!(
+            normalize_case("https://mcp.example.com/MCP"),
+            Cow::Borrowed(_)
+        ));
     }
 
     #[test]

@@ -216,7 +216,11 @@ impl StepUpLayer {
     }
 
     /// The 403 answer, audited.
-    fn step_up<B>(&self, principal: &Principal, (required, resource, action): (Vec<String>, String, Action)) -> Response<StepUpBody<B>> {
+    fn step_up<B>(
+        &self,
+        principal: &Principal,
+        (required, resource, action): (Vec<String>, String, Action),
+    ) -> Response<StepUpBody<B>> {
         crate::audit::AuditEvent::StepUp {
             principal,
             resource: &resource,
@@ -341,7 +345,10 @@ mod tests {
     fn headers_are_trusted_from_2026_07_28_on() {
         assert!(headers_are_checked(&headers(&[("MCP-Protocol-Version", "2026-07-28")])));
         assert!(headers_are_checked(&headers(&[("mcp-protocol-version", "2027-01-01")])));
-        assert!(!headers_are_checked(&headers(&[("MCP-Protocol-Version", "2025-11-25")])));
+        assert!(!headers_are_checked(&headers(&[(
+            "MCP-Protocol-Version",
+            "2025-11-25"
+        )])));
         assert!(!headers_are_checked(&headers(&[])));
     }
 
@@ -350,7 +357,10 @@ mod tests {
         let t = header_target(&headers(&[("Mcp-Method", "tools/call"), ("Mcp-Name", "deploy")]));
         assert_eq!(t, Some((Action::CallTool, "deploy".to_owned())));
         // "café" as rmcp's client sends a non-ASCII name.
-        let t = header_target(&headers(&[("Mcp-Method", "prompts/get"), ("Mcp-Name", "=?base64?Y2Fmw6k=?=")]));
+        let t = header_target(&headers(&[
+            ("Mcp-Method", "prompts/get"),
+            ("Mcp-Name", "=?base64?Y2Fmw6k=?="),
+        ]));
         assert_eq!(t, Some((Action::GetPrompt, "café".to_owned())));
         let t = header_target(&headers(&[("Mcp-Method", "resources/read"), ("Mcp-Name", "file:///x")]));
         assert_eq!(t, Some((Action::ReadResource, "file:///x".to_owned())));
@@ -359,7 +369,11 @@ mod tests {
             headers(&[("Mcp-Method", "tools/call")]),
             headers(&[("Mcp-Name", "deploy")]),
             headers(&[("Mcp-Method", "tools/call"), ("Mcp-Name", "a"), ("Mcp-Name", "b")]),
-            headers(&[("Mcp-Method", "tools/call"), ("Mcp-Method", "tools/call"), ("Mcp-Name", "a")]),
+            headers(&[
+                ("Mcp-Method", "tools/call"),
+                ("Mcp-Method", "tools/call"),
+                ("Mcp-Name", "a"),
+            ]),
             headers(&[("Mcp-Method", "tools/call"), ("Mcp-Name", "=?base64?!!!?=")]),
         ] {
             assert_eq!(header_target(&pass_through), None, "{pass_through:?}");
