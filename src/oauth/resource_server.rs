@@ -124,7 +124,8 @@ impl ResourceServer {
         }
     }
 
-    /// The canonical resource URI.
+    /// The canonical resource URI: as configured, with its scheme and host
+    /// in lowercase.
     pub fn resource(&self) -> &str {
         &self.inner.resource
     }
@@ -670,6 +671,7 @@ mod tests {
         assert_eq!(b.http_timeout, Duration::from_secs(5));
         assert!(b.http_client.is_none());
         assert!(!b.wildcard_origins);
+        assert!(b.implications.is_empty());
         let rs = b.build().unwrap();
         assert_eq!(
             rs.validator().audiences(),
