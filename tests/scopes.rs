@@ -482,6 +482,23 @@ async fn headers_that_lie_about_the_body_are_refused_by_rmcp() {
     let value: Value = serde_json::from_str(&reply.body).unwrap();
     assert_eq!(value["error"]["code"], -32020, "{}", reply.body);
     assert!(!reply.body.contains("deploy-ran"));
+    // Two Mcp-Name headers (one naming the guarded tool): passed on, 400.
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+        "name": "deploy", "arguments": {"text": "hi"},
+        "_meta": {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {}
+        }
+    }});
+    let request = mcp_post(&client(), &server.url, &body)
+        .bearer_auth(&token)
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "deploy")
+        .header("mcp-name", "echo");
+    let reply = Reply::read(request.send().await.unwrap()).await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert!(!reply.body.contains("deploy-ran"));
     // Undecodable sentinel, and a header naming another method: the same.
     for (method, name) in [("tools/call", "=?base64?!!!?="), ("tools/list", "deploy")] {
         let reply = server
@@ -502,6 +519,13 @@ async fn a_2025_request_still_steps_up_through_its_body() {
     let request = mcp_post(&client(), &server.url, &deploy_call("hi"))
         .bearer_auth(server.token("mcp:tools"))
         .header("mcp-protocol-version", "2025-11-25")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "echo");
+    let reply = Reply::read(request.send().await.unwrap()).await;
+    assert_eq!(step_up_scope(&reply), "mcp:tools mcp:deploy");
+    // Without MCP-Protocol-Version (rmcp assumes 2025-03-26): the body too.
+    let request = mcp_post(&client(), &server.url, &deploy_call("hi"))
+        .bearer_auth(server.token("mcp:tools"))
         .header("mcp-method", "tools/call")
         .header("mcp-name", "echo");
     let reply = Reply::read(request.send().await.unwrap()).await;
