@@ -21,6 +21,8 @@ mod error;
 mod extract;
 pub mod limit;
 mod principal;
+#[cfg_attr(not(feature = "jwt"), allow(dead_code))] // read by the resource server
+mod scope;
 
 #[cfg(feature = "jwt")]
 pub mod oauth;
