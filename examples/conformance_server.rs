@@ -6,9 +6,12 @@
 //! ```
 //!
 //! The tools, resources and prompts are the ones the server scenarios of
-//! `@modelcontextprotocol/conformance` 0.1.13 call (`npx conformance list
-//! --server`): `test_simple_text`, `test_image_content`, `test_sampling`,
+//! `@modelcontextprotocol/conformance` 0.1.13 (2025-11-25) and 0.2.0-alpha.12
+//! (the 2026-07-28 requirement set) call (`npx conformance list --server`):
+//! `test_simple_text`, `test_image_content`, `test_sampling`,
 //! `test://static-text`, `test://template/{id}/data`, `test_prompt_with_arguments`, ...
+//! The 2026 fixtures it lacks (input-required tools, tasks, `x-mcp-header`
+//! tools) are listed with the reason in `tests/conformance-2026/baseline.json`.
 //!
 //! Unguarded, it is rmcp's `StreamableHttpService` with rmcp's default
 //! configuration at `/mcp`. Guarded, the same handler sits behind
@@ -130,16 +133,29 @@ fn tools() -> Vec<Tool> {
     tools.push(Tool::new(
         "json_schema_2020_12_tool",
         "Tool with JSON Schema 2020-12 features",
+        // The 2026 suite's schema (SEP-2106): the 2025 one plus $anchor,
+        // allOf/anyOf and if/then/else, all of which must survive listing.
         schema(json!({
             "$schema": "https://json-schema.org/draft/2020-12/schema",
             "type": "object",
             "$defs": {
                 "address": {
+                    "$anchor": "addressDef",
                     "type": "object",
                     "properties": { "street": { "type": "string" }, "city": { "type": "string" } }
                 }
             },
-            "properties": { "name": { "type": "string" }, "address": { "$ref": "#/$defs/address" } },
+            "properties": {
+                "name": { "type": "string" },
+                "address": { "$ref": "#/$defs/address" },
+                "contactMethod": { "type": "string", "enum": ["phone", "email"] },
+                "phone": { "type": "string" },
+                "email": { "type": "string" }
+            },
+            "allOf": [{ "anyOf": [{ "required": ["phone"] }, { "required": ["email"] }] }],
+            "if": { "properties": { "contactMethod": { "const": "phone" } }, "required": ["contactMethod"] },
+            "then": { "required": ["phone"] },
+            "else": { "required": ["email"] },
             "additionalProperties": false
         })),
     ));

@@ -5,13 +5,14 @@
 //! ```
 //!
 //! It starts the in-process development authorization server
-//! ([`rmcp_guard_testkit::dev`]: loopback only, ephemeral keys, RFC 8414 metadata,
-//! dynamic client registration, PKCE, automatic approval as a demo user),
-//! trusts it, and serves the MCP endpoint at `http://127.0.0.1:8080/mcp` with
-//! its RFC 9728 metadata. An MCP client that follows the specification's
-//! discovery (401 -> protected resource metadata -> authorization server
-//! metadata -> registration -> PKCE -> token) connects with no setup. For curl
-//! users it also prints a ready bearer token and a curl line.
+//! ([`rmcp_guard_testkit::dev`]: loopback only, ephemeral keys, RFC 8414
+//! metadata, client ID metadata documents and dynamic client registration,
+//! PKCE, automatic approval as a demo user), trusts it, and serves the MCP
+//! endpoint at `http://127.0.0.1:8080/mcp` with its RFC 9728 metadata. An MCP
+//! client that follows the specification's discovery (401 -> protected
+//! resource metadata -> authorization server metadata -> client ID metadata
+//! document or registration -> PKCE -> token) connects with no setup. For
+//! curl users it also prints a ready bearer token and a curl line.
 //!
 //! To try a policy as several people, mint tokens for named personas (each
 //! `--persona` starts one; the `--groups` and `--tenant` after it are its):

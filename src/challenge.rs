@@ -6,6 +6,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, header};
 
 use crate::error::AuthError;
+use crate::scope::advertised;
 
 /// The challenges of one resource: its metadata URL and the scopes every
 /// request needs. Built by the resource server
@@ -73,7 +74,17 @@ impl Challenges {
     /// carries no challenge (503).
     pub fn header(&self, error: &AuthError) -> Option<String> {
         let metadata = quote(&self.inner.metadata_url);
-        let scope = |scopes: &[String]| (!scopes.is_empty()).then(|| quote(&scopes.join(" ")));
+        // One `scope=` naming every scope needed, deduplicated, in order,
+        // never `offline_access` (not a resource requirement).
+        let scope = |scopes: &[String]| {
+            let mut named: Vec<&str> = Vec::with_capacity(scopes.len());
+            for s in scopes.iter().map(String::as_str).filter(|s| advertised(s)) {
+                if !named.contains(&s) {
+                    named.push(s);
+                }
+            }
+            (!named.is_empty()).then(|| quote(&named.join(" ")))
+        };
         let mut params: Vec<(&str, String)> = Vec::with_capacity(4);
         match error {
             AuthError::KeysUnavailable | AuthError::IntrospectionUnavailable | AuthError::CircuitOpen { .. } => {
@@ -184,6 +195,25 @@ mod tests {
             "{c}"
         );
         assert!(c.contains("resource_metadata="), "{c}");
+    }
+
+    #[test]
+    fn offline_access_is_never_in_a_challenge() {
+        let err = AuthError::InsufficientScope {
+            required: vec![
+                "mcp:tools".into(),
+                "offline_access".into(),
+                "mcp:admin".into(),
+                "mcp:tools".into(),
+            ],
+        };
+        let c = rs().header(&err).unwrap();
+        assert!(c.contains("scope=\"mcp:tools mcp:admin\""), "{c}");
+        assert!(!c.contains("offline_access"), "{c}");
+        let only = AuthError::InsufficientScope {
+            required: vec!["offline_access".into()],
+        };
+        assert!(!rs().header(&only).unwrap().contains("scope="));
     }
 
     #[test]

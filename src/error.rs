@@ -374,6 +374,10 @@ pub enum TokenRejection {
     InvalidClaim,
     /// The introspection endpoint says the token is not active.
     Inactive,
+    /// A token a client obtained for itself (client credentials), and this
+    /// server accepts only tokens issued for a user
+    /// ([`accept_client_credentials(false)`](crate::oauth::ResourceServerBuilder::accept_client_credentials)).
+    ClientCredentials,
 }
 
 impl TokenRejection {
@@ -396,6 +400,7 @@ impl TokenRejection {
             TokenRejection::WrongAudience => "wrong_audience",
             TokenRejection::InvalidClaim => "invalid_claim",
             TokenRejection::Inactive => "inactive_token",
+            TokenRejection::ClientCredentials => "client_credentials_not_accepted",
         }
     }
 
@@ -418,6 +423,7 @@ impl TokenRejection {
             TokenRejection::WrongAudience => "token not issued for this resource",
             TokenRejection::InvalidClaim => "invalid token claims",
             TokenRejection::Inactive => "token is not active",
+            TokenRejection::ClientCredentials => "tokens of clients acting for themselves are not accepted",
         }
     }
 }

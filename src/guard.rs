@@ -7,6 +7,7 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 
+use crate::advertise::{Advertised, CLIENT_CREDENTIALS_EXTENSION};
 use crate::oauth::ResourceServer;
 use crate::secrets::Credentials;
 use crate::session::SessionBindingLayer;
@@ -41,6 +42,7 @@ use crate::session::SessionBindingLayer;
 /// | [`StepUpLayer`](crate::policy::StepUpLayer) | 403 `insufficient_scope` before rmcp when the policy names missing scopes | with a policy |
 /// | rmcp's `StreamableHttpService` | Host/Origin checks from the resource URI ([`HostPolicy`](crate::oauth::HostPolicy)) | always |
 /// | [`Guarded`](crate::policy::Guarded) | every call, read, get and listing decided by the policy; the user's confirmation where the policy asks for it | with a policy |
+/// | [`Advertised`] | adds the extensions the resource server supports (client credentials) to `server/discover` and `initialize` | always |
 /// | your handler | tools take [`Principal`](crate::Principal), [`CallerCredentials`](crate::secrets::CallerCredentials), [`DownstreamTokens`](crate::oauth::DownstreamTokens) | always |
 ///
 /// Each piece stays public for custom stacks.
@@ -196,6 +198,7 @@ impl Guard {
         #[cfg(not(feature = "policy"))]
         let policy = None;
         let limits = self.limits.with_policy(policy);
+        let extensions = Arc::new(supported_extensions(&self.rs));
         #[cfg(feature = "policy")]
         let mut mcp = match self.policy.clone() {
             Some(engine) => {
@@ -211,15 +214,21 @@ impl Guard {
                         if bound {
                             guarded = guarded.bound_sessions();
                         }
-                        guarded
+                        Advertised::with_extensions(guarded, extensions.clone())
                     })
                 };
                 mcp_router(&path, factory, stateful, config, Some(step_up))
             }
-            None => mcp_router(&path, factory, stateful, config, None),
+            None => {
+                let factory = move || factory().map(|h| Advertised::with_extensions(h, extensions.clone()));
+                mcp_router(&path, factory, stateful, config, None)
+            }
         };
         #[cfg(not(feature = "policy"))]
-        let mut mcp = mcp_router(&path, factory, stateful, config, None);
+        let mut mcp = {
+            let factory = move || factory().map(|h| Advertised::with_extensions(h, extensions.clone()));
+            mcp_router(&path, factory, stateful, config, None)
+        };
         if let Some(sessions) = sessions {
             mcp = mcp.layer(sessions);
         }
@@ -238,6 +247,16 @@ impl Guard {
             .merge(self.rs.metadata_router())
             .layer(edge)
     }
+}
+
+/// The MCP extensions `rs` supports, for [`Advertised`]: client credentials
+/// when it accepts them.
+fn supported_extensions(rs: &ResourceServer) -> rmcp::model::ExtensionCapabilities {
+    let mut extensions = rmcp::model::ExtensionCapabilities::new();
+    if rs.accepts_client_credentials() {
+        extensions.insert(CLIENT_CREDENTIALS_EXTENSION.to_owned(), rmcp::model::JsonObject::new());
+    }
+    extensions
 }
 
 #[cfg(feature = "policy")]

@@ -7,6 +7,7 @@
 #[allow(unused_macros)] // the smallest build has no middleware
 mod macros;
 
+pub mod advertise;
 pub mod audit;
 mod body;
 #[cfg(any(feature = "jwt", feature = "vault"))]
@@ -20,6 +21,8 @@ mod error;
 mod extract;
 pub mod limit;
 mod principal;
+#[cfg_attr(not(feature = "jwt"), allow(dead_code))] // read by the resource server
+mod scope;
 
 #[cfg(feature = "jwt")]
 pub mod oauth;

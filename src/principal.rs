@@ -35,6 +35,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rmcp::handler::server::common::{AsRequestContext, FromContextPart};
 use serde_json::{Map, Value};
 
+use crate::scope::ScopeImplications;
+
 /// The caller behind a verified access token.
 ///
 /// Only the bearer layer (or another validator of this crate) inserts one into
@@ -50,7 +52,10 @@ struct Inner {
     issuer: String,
     kind: PrincipalKind,
     client_id: Option<String>,
+    /// The effective scopes: `granted` and every scope it implies.
     scopes: BTreeSet<String>,
+    /// The scopes the token itself grants.
+    granted: BTreeSet<String>,
     audiences: Vec<String>,
     expires_at: u64,
     tenant: Option<String>,
@@ -80,12 +85,22 @@ impl Principal {
         self.inner.kind
     }
 
-    /// The granted scopes (`scope`, space-separated, or `scp`).
+    /// The effective scopes, sorted: those the token grants (`scope`,
+    /// space-separated, or `scp`) and every scope they imply under the
+    /// resource server's
+    /// [`scope_implies`](crate::oauth::ResourceServerBuilder::scope_implies)
+    /// settings. The policy sees the same set as `input.scopes`.
     pub fn scopes(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
         self.inner.scopes.iter().map(String::as_str)
     }
 
-    /// Whether the token grants `scope`.
+    /// The scopes the token itself grants, sorted, without implied ones.
+    pub fn granted_scopes(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        self.inner.granted.iter().map(String::as_str)
+    }
+
+    /// Whether the token grants `scope`, directly or through a scope that
+    /// implies it.
     pub fn has_scope(&self, scope: &str) -> bool {
         self.inner.scopes.contains(scope)
     }
@@ -145,6 +160,7 @@ impl Principal {
                 kind: PrincipalKind::User,
                 client_id: None,
                 scopes: BTreeSet::new(),
+                granted: BTreeSet::new(),
                 audiences: Vec::new(),
                 expires_at: 0,
                 tenant: None,
@@ -267,9 +283,21 @@ impl PrincipalBuilder {
         self
     }
 
-    /// Set the scopes. Defaults to none.
+    /// Set the granted scopes (no implications: the effective scopes are
+    /// these). Defaults to none.
     pub fn scopes(mut self, scopes: impl IntoIterator<Item = impl Into<String>>) -> Self {
-        self.inner.scopes = scopes.into_iter().map(Into::into).collect();
+        self.inner.granted = scopes.into_iter().map(Into::into).collect();
+        self.inner.scopes = self.inner.granted.clone();
+        self
+    }
+
+    /// Expand the granted scopes with `implications` (once per token, by
+    /// the validators, before the principal is cached).
+    #[cfg_attr(not(feature = "jwt"), allow(dead_code))] // the token validators
+    pub(crate) fn implied_by(mut self, implications: &ScopeImplications) -> Self {
+        if !implications.is_empty() {
+            self.inner.scopes = implications.expand(&self.inner.granted);
+        }
         self
     }
 

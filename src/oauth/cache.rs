@@ -123,6 +123,7 @@ pub(crate) fn weight(principal: &Principal) -> usize {
         + principal.client_id().map_or(0, string)
         + principal.tenant().map_or(0, string)
         + strings(&mut principal.scopes())
+        + strings(&mut principal.granted_scopes())
         + strings(&mut principal.audiences().iter().map(String::as_str))
         + strings(&mut principal.groups().iter().map(String::as_str))
         + principal

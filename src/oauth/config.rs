@@ -26,7 +26,9 @@ use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
 
+use super::url::normalize_case;
 use crate::error::ConfigError;
+use crate::scope::ScopeImplications;
 
 /// The algorithms allowed when none are configured: RS256, PS256, ES256, EdDSA.
 pub const DEFAULT_ALGORITHMS: [Algorithm; 4] = [Algorithm::RS256, Algorithm::PS256, Algorithm::ES256, Algorithm::EdDSA];
@@ -150,9 +152,19 @@ pub(crate) struct ClaimRules {
     pub(crate) require_access_token_type: bool,
     pub(crate) tenant_claim: String,
     pub(crate) groups_claim: String,
+    /// How a token's scopes expand (`scope_implies`); none by default.
+    pub(crate) implications: ScopeImplications,
 }
 
 impl ClaimRules {
+    /// Whether a token's `aud` value names an accepted audience: exactly,
+    /// or after lowercasing the scheme and host of an `http(s)` URI (RFC
+    /// 3986 section 6.2.2.1: `HTTPS://MCP.Example.com/mcp` is
+    /// `https://mcp.example.com/mcp`; the path keeps its case).
+    pub(crate) fn accepts_audience(&self, audience: &str) -> bool {
+        self.audiences.contains(audience) || self.audiences.contains(normalize_case(audience).as_ref())
+    }
+
     /// Check `rules` and `audiences` and combine them.
     pub(crate) fn new(rules: &TokenRules, audiences: HashSet<String>) -> Result<Self, ConfigError> {
         rules.check()?;
@@ -166,6 +178,7 @@ impl ClaimRules {
             require_access_token_type: rules.require_access_token_type,
             tenant_claim: rules.tenant_claim.clone(),
             groups_claim: rules.groups_claim.clone(),
+            implications: ScopeImplications::default(),
         })
     }
 }

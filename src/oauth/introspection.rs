@@ -298,7 +298,7 @@ impl Introspector {
             return Err(fail(TokenRejection::IssuedInFuture));
         }
         let audiences = answer.aud().cloned().unwrap_or_default();
-        if !audiences.iter().any(|a| rules.audiences.contains(a)) {
+        if !audiences.iter().any(|a| rules.accepts_audience(a)) {
             return Err(fail(TokenRejection::WrongAudience));
         }
         let Some(subject) = subject.clone() else {
@@ -322,6 +322,7 @@ impl Introspector {
         let mut builder = Principal::unverified(self.issuer.clone(), subject)
             .kind(kind)
             .scopes(scopes)
+            .implied_by(&rules.implications)
             .audiences(audiences)
             .expires_at_unix(u64::try_from(exp).unwrap_or(0))
             .groups(groups);

@@ -154,6 +154,7 @@ pub(crate) async fn verify(
     let mut builder = Principal::unverified(issuer.url.clone(), subject)
         .kind(kind)
         .scopes(scopes(&claims))
+        .implied_by(&rules.implications)
         .audiences(audiences)
         .expires_at_unix(exp)
         .groups(groups(claims.get(&rules.groups_claim)));
@@ -241,7 +242,7 @@ fn check_audience(rules: &ClaimRules, claims: &Map<String, Value>) -> Result<Vec
         None => return Err(TokenRejection::WrongAudience),
         Some(_) => return Err(TokenRejection::InvalidClaim),
     };
-    if audiences.iter().any(|a| rules.audiences.contains(a)) {
+    if audiences.iter().any(|a| rules.accepts_audience(a)) {
         Ok(audiences)
     } else {
         Err(TokenRejection::WrongAudience)

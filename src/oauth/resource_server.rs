@@ -14,12 +14,13 @@ use super::hosts::HostPolicy;
 use super::issuer::Issuer;
 use super::jwt::Failure;
 use super::metadata::{self, ProtectedResourceMetadata};
-use super::url::{metadata_url_for, parse_identifier, parse_url};
+use super::url::{metadata_url_for, normalize_case, parse_identifier, parse_url};
 use super::validator::{TokenValidator, ValidatorConfig};
 use crate::audit::{AuditEvent, Caller, Outcome};
 use crate::challenge::Challenges;
 use crate::error::{AuthError, ConfigError, TokenRejection};
 use crate::principal::Principal;
+use crate::scope::{ScopeImplications, advertised, valid_scope};
 
 /// The OAuth 2.1 resource server configuration; see the [type docs](Self).
 ///
@@ -64,6 +65,7 @@ struct Inner {
     max_token_bytes: usize,
     allowed_hosts: Vec<String>,
     allowed_origins: Vec<String>,
+    client_credentials: bool,
     validator: TokenValidator,
 }
 
@@ -107,6 +109,7 @@ impl ResourceServer {
             audiences: None,
             required_scopes: Vec::new(),
             scopes_supported: None,
+            implications: Vec::new(),
             rules: TokenRules::default(),
             keys: KeyRefresh::default(),
             breaker: crate::breaker::BreakerConfig::default(),
@@ -119,10 +122,12 @@ impl ResourceServer {
             resource_documentation: None,
             http_client: None,
             wildcard_origins: false,
+            client_credentials: true,
         }
     }
 
-    /// The canonical resource URI.
+    /// The canonical resource URI: as configured, with its scheme and host
+    /// in lowercase.
     pub fn resource(&self) -> &str {
         &self.inner.resource
     }
@@ -199,6 +204,13 @@ impl ResourceServer {
         self.inner.validator.cache_usage()
     }
 
+    /// Whether tokens a client obtained for itself (client credentials,
+    /// [`PrincipalKind::Client`](crate::PrincipalKind::Client)) are accepted;
+    /// see [`ResourceServerBuilder::accept_client_credentials`].
+    pub fn accepts_client_credentials(&self) -> bool {
+        self.inner.client_credentials
+    }
+
     /// Fetch every issuer's signing keys now, so the first request does not
     /// wait and a misconfigured issuer is noticed at start-up.
     pub async fn warm_up(&self) -> Result<(), AuthError> {
@@ -229,7 +241,7 @@ impl ResourceServer {
         };
         let hash = hash_token(token);
         match self.inner.validator.cached(&hash, now_unix()) {
-            Some(principal) => match self.check_scopes(&principal) {
+            Some(principal) => match self.check_principal(&principal) {
                 Ok(()) => {
                     authn_accepted(&principal, true);
                     Begin::Accept(principal, keep_token.then(|| zeroize::Zeroizing::new(token.to_owned())))
@@ -263,9 +275,19 @@ impl ResourceServer {
                 return Err(error);
             }
         };
-        self.check_scopes(&principal)?;
+        self.check_principal(&principal)?;
         authn_accepted(&principal, false);
         Ok(principal)
+    }
+
+    /// The checks after validation: the caller's kind, then the required scopes.
+    fn check_principal(&self, principal: &Principal) -> Result<(), AuthError> {
+        if !self.inner.client_credentials && principal.kind() == crate::PrincipalKind::Client {
+            let error = AuthError::from(crate::TokenRejection::ClientCredentials);
+            authn_refused(&error, Caller::from(principal));
+            return Err(error);
+        }
+        self.check_scopes(principal)
     }
 
     fn check_scopes(&self, principal: &Principal) -> Result<(), AuthError> {
@@ -361,6 +383,7 @@ pub struct ResourceServerBuilder {
     audiences: Option<Vec<String>>,
     required_scopes: Vec<String>,
     scopes_supported: Option<Vec<String>>,
+    implications: Vec<(String, Vec<String>)>,
     rules: TokenRules,
     keys: KeyRefresh,
     breaker: crate::breaker::BreakerConfig,
@@ -373,9 +396,23 @@ pub struct ResourceServerBuilder {
     resource_documentation: Option<String>,
     http_client: Option<reqwest::Client>,
     wildcard_origins: bool,
+    client_credentials: bool,
 }
 
 impl ResourceServerBuilder {
+    /// Accept tokens a client obtained for itself (the client credentials
+    /// grant: a caller of kind [`PrincipalKind::Client`](crate::PrincipalKind::Client),
+    /// no user), and say so: [`Guard`](crate::Guard) advertises the MCP
+    /// extension [`io.modelcontextprotocol/oauth-client-credentials`](crate::advertise::CLIENT_CREDENTIALS_EXTENSION)
+    /// in `server/discover` and `initialize`. With `false`, such a token is
+    /// refused with 401 `invalid_token`
+    /// ([`TokenRejection::ClientCredentials`](crate::TokenRejection::ClientCredentials))
+    /// and the extension is not advertised. Defaults to `true`.
+    pub fn accept_client_credentials(mut self, accept: bool) -> Self {
+        self.client_credentials = accept;
+        self
+    }
+
     /// Trust one more issuer. Defaults to only the issuer given to
     /// [`ResourceServer::builder`].
     pub fn issuer(mut self, issuer: Issuer) -> Self {
@@ -390,17 +427,52 @@ impl ResourceServerBuilder {
         self
     }
 
-    /// Scopes every request must carry; a token without them gets 403
-    /// `insufficient_scope`. Defaults to none.
+    /// Scopes every request must carry; a token without them (directly or
+    /// through [`scope_implies`](Self::scope_implies)) gets 403
+    /// `insufficient_scope` naming all of them. `offline_access` asks for a
+    /// refresh token and is not a resource requirement: it is dropped here
+    /// (never required, never advertised, never in a challenge). Defaults
+    /// to none.
     pub fn required_scopes(mut self, scopes: impl IntoIterator<Item = impl Into<String>>) -> Self {
         self.required_scopes = scopes.into_iter().map(Into::into).collect();
         self
     }
 
-    /// The `scopes_supported` advertised in the metadata. Defaults to the
-    /// required scopes.
+    /// The `scopes_supported` advertised in the metadata, without
+    /// `offline_access` (MCP 2026-07-28: a protected resource should not
+    /// advertise it). Defaults to the required scopes.
     pub fn scopes_supported(mut self, scopes: impl IntoIterator<Item = impl Into<String>>) -> Self {
         self.scopes_supported = Some(scopes.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// A token granting `scope` also has every scope in `implied`, and
+    /// what those imply in turn (transitive; cycles are fine). Sufficiency
+    /// is decided on these effective scopes everywhere: the required
+    /// scopes here, [`Principal::has_scope`](crate::Principal::has_scope),
+    /// the step-up pre-check and the policy's `input.scopes`. They are
+    /// computed once per token, when it is verified, and cached with it.
+    /// Calls add up: `.scope_implies("a", ["b"]).scope_implies("a", ["c"])`
+    /// is `a` implies `b` and `c`. An empty or otherwise invalid scope name
+    /// is a [`ConfigError::InvalidScope`] at build. Defaults to no
+    /// implications.
+    ///
+    /// ```
+    /// use rmcp_guard::oauth::{Issuer, ResourceServer};
+    ///
+    /// let rs = ResourceServer::builder("https://mcp.example.com/mcp", Issuer::discover("https://idp.example.com"))
+    ///     .required_scopes(["mcp:tools"])
+    ///     .scope_implies("mcp:admin", ["mcp:tools", "mcp:read"])
+    ///     .build();
+    /// assert!(rs.is_ok());
+    /// ```
+    pub fn scope_implies(
+        mut self,
+        scope: impl Into<String>,
+        implied: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        self.implications
+            .push((scope.into(), implied.into_iter().map(Into::into).collect()));
         self
     }
 
@@ -474,7 +546,14 @@ impl ResourceServerBuilder {
     }
 
     /// Check the configuration and build the resource server.
-    pub fn build(self) -> Result<ResourceServer, ConfigError> {
+    ///
+    /// The resource URI is kept as given except that its scheme and host
+    /// are lowercased (RFC 3986 section 6.2.2.1):
+    /// `HTTPS://MCP.Example.com/mcp` builds the resource
+    /// `https://mcp.example.com/mcp`, which the metadata advertises and the
+    /// audience check accepts.
+    pub fn build(mut self) -> Result<ResourceServer, ConfigError> {
+        self.resource = normalize_case(&self.resource).into_owned();
         let resource_url = parse_identifier("resource", &self.resource)?;
         let resource_path = match resource_url.path() {
             "" => "/".to_owned(),
@@ -483,7 +562,7 @@ impl ResourceServerBuilder {
         let metadata_url = metadata_url_for(&resource_url);
         let (allowed_hosts, allowed_origins) = self.hosts.resolve(&resource_url, self.wildcard_origins)?;
         let audiences: HashSet<String> = match self.audiences {
-            Some(a) => a.into_iter().collect(),
+            Some(a) => a.iter().map(|a| normalize_case(a).into_owned()).collect(),
             None => HashSet::from([self.resource.clone()]),
         };
         for scope in self
@@ -495,6 +574,14 @@ impl ResourceServerBuilder {
                 return Err(ConfigError::InvalidScope(scope.clone()));
             }
         }
+        let implications = ScopeImplications::new(&self.implications)?;
+        self.required_scopes.retain(|s| advertised(s));
+        let scopes_supported = self
+            .scopes_supported
+            .unwrap_or_else(|| self.required_scopes.clone())
+            .into_iter()
+            .filter(|s| advertised(s))
+            .collect();
         if let Some(doc) = &self.resource_documentation {
             parse_url("resource_documentation", doc)?;
         }
@@ -512,6 +599,7 @@ impl ResourceServerBuilder {
         let validator = TokenValidator::new(ValidatorConfig {
             issuers: self.issuers,
             audiences,
+            implications,
             rules: &self.rules,
             keys: self.keys,
             breaker: &self.breaker,
@@ -524,7 +612,7 @@ impl ResourceServerBuilder {
         let metadata = ProtectedResourceMetadata {
             resource: self.resource.clone(),
             authorization_servers,
-            scopes_supported: self.scopes_supported.unwrap_or_else(|| self.required_scopes.clone()),
+            scopes_supported,
             bearer_methods_supported: vec!["header".to_owned()],
             resource_signing_alg_values_supported: None,
             resource_name: self.resource_name,
@@ -544,6 +632,7 @@ impl ResourceServerBuilder {
                 max_token_bytes: self.rules.max_bytes(),
                 allowed_hosts,
                 allowed_origins,
+                client_credentials: self.client_credentials,
                 validator,
             }),
         })
@@ -594,14 +683,6 @@ impl DangerousResourceServerBuilder {
     }
 }
 
-/// RFC 6749 scope-token: one or more NQCHAR (%x21 / %x23-5B / %x5D-7E).
-fn valid_scope(scope: &str) -> bool {
-    !scope.is_empty()
-        && scope
-            .bytes()
-            .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -624,6 +705,7 @@ mod tests {
         assert_eq!(b.http_timeout, Duration::from_secs(5));
         assert!(b.http_client.is_none());
         assert!(!b.wildcard_origins);
+        assert!(b.implications.is_empty());
         let rs = b.build().unwrap();
         assert_eq!(
             rs.validator().audiences(),

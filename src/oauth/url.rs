@@ -4,6 +4,8 @@
 //!
 //! A leaf: it imports nothing of ours but the error type.
 
+use std::borrow::Cow;
+
 use url::Url;
 
 use crate::error::ConfigError;
@@ -44,6 +46,37 @@ pub(crate) fn parse_identifier(what: &'static str, value: &str) -> Result<Url, C
         });
     }
     Ok(url)
+}
+
+/// `value` with the scheme and host of an `http`/`https` URI in lowercase
+/// (RFC 3986 section 6.2.2.1: both are case-insensitive); everything else,
+/// the path included, is kept byte for byte. Not a URL parser's
+/// serialization on purpose: that would also add a `/` to an empty path and
+/// re-encode the path, and the canonical resource URI `https://mcp.example.com`
+/// must stay as it is (MCP: the form without a trailing slash). A value
+/// that is not an `http(s)` URI, or whose authority has userinfo, is
+/// returned unchanged.
+pub(crate) fn normalize_case(value: &str) -> Cow<'_, str> {
+    let Some((scheme, rest)) = value.split_once("://") else {
+        return Cow::Borrowed(value);
+    };
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return Cow::Borrowed(value);
+    }
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    if authority.contains('@') {
+        return Cow::Borrowed(value);
+    }
+    let lower = |s: &str| s.bytes().all(|b| !b.is_ascii_uppercase());
+    if lower(scheme) && lower(authority) {
+        return Cow::Borrowed(value);
+    }
+    Cow::Owned(format!(
+        "{}://{}{tail}",
+        scheme.to_ascii_lowercase(),
+        authority.to_ascii_lowercase()
+    ))
 }
 
 /// Whether the URL's host is a loopback address or `localhost`.
@@ -105,6 +138,29 @@ mod tests {
             metadata_url_for(&url),
             "https://mcp.example.com:8443/.well-known/oauth-protected-resource/mcp"
         );
+    }
+
+    #[test]
+    fn scheme_and_host_are_lowercased_and_the_rest_kept() {
+        for (given, expected) in [
+            ("HTTPS://MCP.Example.com/mcp", "https://mcp.example.com/mcp"),
+            (
+                "HTTPS://MCP.Example.com/MCP/Server",
+                "https://mcp.example.com/MCP/Server",
+            ),
+            ("https://MCP.EXAMPLE.COM", "https://mcp.example.com"),
+            ("Http://LOCALHOST:8080/X?Q=A", "http://localhost:8080/X?Q=A"),
+            ("https://mcp.example.com/%2F", "https://mcp.example.com/%2F"),
+            ("urn:Example:API", "urn:Example:API"),
+            ("API://Foo", "API://Foo"),
+            ("https://User@Host/x", "https://User@Host/x"),
+        ] {
+            assert_eq!(normalize_case(given), expected, "{given}");
+        }
+        assert!(matches!(
+            normalize_case("https://mcp.example.com/MCP"),
+            Cow::Borrowed(_)
+        ));
     }
 
     #[test]

@@ -28,6 +28,7 @@ use super::url::{discovery_urls, parse_identifier, parse_url};
 use crate::cache::Limits;
 use crate::error::{AuthError, ConfigError};
 use crate::principal::Principal;
+use crate::scope::ScopeImplications;
 
 /// Checks tokens; see the [module docs](self).
 pub(crate) struct TokenValidator {
@@ -42,6 +43,7 @@ pub(crate) struct TokenValidator {
 pub(crate) struct ValidatorConfig<'a> {
     pub(crate) issuers: Vec<Issuer>,
     pub(crate) audiences: HashSet<String>,
+    pub(crate) implications: ScopeImplications,
     pub(crate) rules: &'a TokenRules,
     pub(crate) keys: KeyRefresh,
     pub(crate) breaker: &'a crate::breaker::BreakerConfig,
@@ -53,7 +55,8 @@ pub(crate) struct ValidatorConfig<'a> {
 
 impl TokenValidator {
     pub(crate) fn new(config: ValidatorConfig<'_>) -> Result<Self, ConfigError> {
-        let rules = ClaimRules::new(config.rules, config.audiences)?;
+        let mut rules = ClaimRules::new(config.rules, config.audiences)?;
+        rules.implications = config.implications;
         config.keys.check()?;
         config.breaker.check()?;
         #[cfg(feature = "introspection")]

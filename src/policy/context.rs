@@ -22,12 +22,19 @@ use crate::Principal;
 #[cfg(test)]
 use crate::error::PERMISSION_DENIED;
 use crate::error::Rejection;
+use crate::scope::advertised;
 
 /// The JSON-RPC error for a denial: a short message that names neither the
 /// policy's reasons nor whether the target exists.
 pub(crate) fn denial_error(decision: &Decision) -> ErrorData {
     Rejection::Forbidden {
-        required_scopes: decision.required_scopes().to_vec(),
+        // Never `offline_access`: not a resource requirement.
+        required_scopes: decision
+            .required_scopes()
+            .iter()
+            .filter(|s| advertised(s))
+            .cloned()
+            .collect(),
     }
     .into()
 }
@@ -164,5 +171,20 @@ mod tests {
         assert_eq!(data["error"], "insufficient_scope");
         assert_eq!(data["scope"], "mcp:tools");
         assert!(!data.to_string().contains("secret_tool"));
+    }
+
+    #[test]
+    fn denial_error_never_names_offline_access() {
+        let engine = PolicyEngine::builder()
+            .module(
+                "p.rego",
+                "package mcp.authz\nimport rego.v1\ndefault allow := false\nrequired_scopes contains s if some s in [\"offline_access\", \"mcp:deploy\"]\n",
+            )
+            .build()
+            .unwrap();
+        let who = Principal::unverified("i", "s").build();
+        let d = engine.evaluate(&PolicyInput::new(&who, "deploy", Action::CallTool));
+        let data = denial_error(&d).data.unwrap();
+        assert_eq!(data["scope"], "mcp:deploy", "{data}");
     }
 }

@@ -11,7 +11,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -246,6 +246,7 @@ impl PolicyEngineBuilder {
             shared: Arc::new(Shared {
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
                 generation: AtomicU64::new(0),
+                reads_arguments: AtomicBool::new(loaded.reads_arguments()),
                 current: Mutex::new(Arc::new(loaded)),
                 reload: Mutex::new(()),
                 sources: self.sources,
@@ -280,12 +281,25 @@ struct Loaded {
     max_instructions: usize,
 }
 
+impl Loaded {
+    /// Whether this policy may read `input.arguments`: it names them, or
+    /// the scan could not tell.
+    fn reads_arguments(&self) -> bool {
+        self.input_fields
+            .as_ref()
+            .is_none_or(|fields| fields.contains(&"arguments"))
+    }
+}
+
 struct Shared {
     id: u64,
     generation: AtomicU64,
     current: Mutex<Arc<Loaded>>,
     /// Serializes reloads (not decisions).
     reload: Mutex<()>,
+    /// Whether the policy in force may read `input.arguments`, kept beside
+    /// `current` so that the step-up layer asks without taking its lock.
+    reads_arguments: AtomicBool,
     sources: Sources,
     options: Options,
 }
@@ -354,6 +368,13 @@ impl PolicyEngine {
                 .input_fields
                 .as_ref()
                 .is_some_and(|fields| !fields.contains(&"arguments"))
+    }
+
+    /// Whether the policy now in force may read `input.arguments` (it names
+    /// them, or the scan could not tell): then a decision made without the
+    /// arguments may not be the one made with them.
+    pub(crate) fn may_read_arguments(&self) -> bool {
+        self.shared.reads_arguments.load(Ordering::Acquire)
     }
 
     /// Decide, and emit one audit event for the decision.
@@ -487,6 +508,9 @@ impl PolicyEngine {
             Ok(Some(loaded)) => {
                 let version = loaded.version.to_string();
                 let generation = loaded.generation;
+                self.shared
+                    .reads_arguments
+                    .store(loaded.reads_arguments(), Ordering::Release);
                 *lock(&self.shared.current) = Arc::new(loaded);
                 self.shared.generation.store(generation, Ordering::Release);
                 AuditEvent::PolicyReload {
@@ -891,6 +915,47 @@ fn string_list(value: &regorus::Value) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whether_a_policy_may_read_arguments_is_known_without_deciding() {
+        let plain = PolicyEngine::default_policy("mcp:tools").unwrap();
+        assert!(!plain.may_read_arguments());
+        let names = PolicyEngine::builder()
+            .module(
+                "p.rego",
+                "package mcp.authz\nimport rego.v1\nallow if input.arguments.env == \"dev\"\n",
+            )
+            .build()
+            .unwrap();
+        assert!(names.may_read_arguments());
+        let opaque = PolicyEngine::builder()
+            .module(
+                "p.rego",
+                "package mcp.authz\nimport rego.v1\nallow if input[\"subject\"] == \"a\"\n",
+            )
+            .build()
+            .unwrap();
+        assert!(opaque.may_read_arguments());
+        // A reload updates it.
+        let dir = std::env::temp_dir().join(format!("rmcp-guard-args-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("p.rego");
+        std::fs::write(
+            &file,
+            "package mcp.authz\nimport rego.v1\nallow if input.subject == \"a\"\n",
+        )
+        .unwrap();
+        let engine = PolicyEngine::builder().module_file(&file).build().unwrap();
+        assert!(!engine.may_read_arguments());
+        std::fs::write(
+            &file,
+            "package mcp.authz\nimport rego.v1\nallow if input.arguments.x == 1\n",
+        )
+        .unwrap();
+        engine.reload().unwrap();
+        assert!(engine.may_read_arguments());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn options_have_their_documented_defaults() {

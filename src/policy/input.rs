@@ -75,7 +75,7 @@ pub(crate) const FIELDS: [&str; 13] = [
 /// | `client_id`  | string or null    | `client_id`, else `azp` |
 /// | `tenant`     | string or null    | the configured tenant claim |
 /// | `groups`     | array of strings  | the configured groups claim |
-/// | `scopes`     | array of strings  | the granted scopes, sorted |
+/// | `scopes`     | array of strings  | the effective scopes, sorted: those the token grants and those they imply ([`scope_implies`](crate::oauth::ResourceServerBuilder::scope_implies)); the token's own are in `claims` (`scope` / `scp`) |
 /// | `claims`     | object            | every claim of the token |
 /// | `action`     | string            | the MCP method (`tools/call`, `tools/list`, `resources/read`, `resources/list`, `resources/templates/list`, `prompts/get`, `prompts/list`, a custom method) or the action given to `#[require_permission]` |
 /// | `resource`   | string            | the tool or prompt name, the resource URI, `""` for a listing, or the resource given to `#[require_permission]` |

@@ -39,7 +39,12 @@ impl ReplayEntry {
     /// When the state expires; past it the state does not open anyway, so
     /// the entry can be forgotten.
     pub fn expires_at(&self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_millis(self.expires_at.millis())
+        // A TTL of `Duration::MAX` saturates the deadline; past what a
+        // `SystemTime` holds on this platform, the latest it holds will do.
+        let since = Duration::from_millis(self.expires_at.millis());
+        UNIX_EPOCH
+            .checked_add(since)
+            .unwrap_or_else(|| UNIX_EPOCH + Duration::from_secs(i32::MAX as u64))
     }
 }
 

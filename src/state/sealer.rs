@@ -71,7 +71,7 @@ impl RequestStateSealer {
 
     /// Let a state open any number of times until it expires (for a state
     /// that only carries data, where a replay within the binding does no
-    /// harm). Defaults to single use.
+    /// harm). Defaults to `false`: single use.
     pub fn multi_use(mut self) -> Self {
         self.replay = None;
         self
@@ -133,6 +133,23 @@ impl RequestStateSealer {
     ///   [`Unavailable`](StateError::Unavailable) when the replay set cannot
     ///   record it (fail closed).
     pub async fn open<T: DeserializeOwned>(&self, sealed: &str, binding: &StateBinding<'_>) -> Result<T, StateError> {
+        let result = self.open_checked(sealed, binding).await;
+        // The reason only: never the state, its key id or the payload.
+        match result {
+            Err(error @ (StateError::Full | StateError::Unavailable | StateError::Encode)) => {
+                tracing::warn!(reason = error.code(), "request state not opened");
+            }
+            Err(error) => tracing::debug!(reason = error.code(), "request state refused"),
+            Ok(_) => {}
+        }
+        result
+    }
+
+    async fn open_checked<T: DeserializeOwned>(
+        &self,
+        sealed: &str,
+        binding: &StateBinding<'_>,
+    ) -> Result<T, StateError> {
         let (payload, entry) = self.open_at(sealed, binding, Timestamp::now())?;
         if let Some(replay) = &self.replay {
             replay.first_use(entry).await?;

@@ -540,6 +540,33 @@ fn the_replay_set_is_bounded_per_caller_and_in_total_and_never_evicts() {
 }
 
 #[test]
+fn the_replay_set_defaults_are_pinned() {
+    let set = MemoryReplaySet::new();
+    assert_eq!(MemoryReplaySet::DEFAULT_TOTAL, 100_000);
+    let entry = |i: u32| {
+        let mut id = [0u8; 16];
+        id[..4].copy_from_slice(&i.to_be_bytes());
+        ReplayEntry::new([1; 32], id, at(NOW + 300))
+    };
+    for i in 0..1_000 {
+        assert_eq!(set.first_use_at(&entry(i), at(NOW)), Ok(()), "{i}");
+    }
+    assert_eq!(set.first_use_at(&entry(1_000), at(NOW)), Err(StateError::Full));
+    let other = ReplayEntry::new([2; 32], [0; 16], at(NOW + 300));
+    assert_eq!(
+        set.first_use_at(&other, at(NOW)),
+        Ok(()),
+        "another caller has its own share"
+    );
+    assert!(format!("{set:?}").contains("entries: 1001"));
+    let far = ReplayEntry::new([1; 32], [0; 16], Timestamp::MAX);
+    assert!(
+        far.expires_at() > std::time::SystemTime::now(),
+        "no overflow at the end of time"
+    );
+}
+
+#[test]
 fn concurrent_openings_of_one_state_succeed_once() {
     let set = Arc::new(MemoryReplaySet::new());
     let sealer = sealer().replay_set(set.clone());

@@ -4,18 +4,22 @@
 //   MCP_BEARER_TOKEN=<jwt> MCP_BEARER_ORIGIN=http://127.0.0.1:8080 \
 //     node --import ./bearer.mjs node_modules/@modelcontextprotocol/conformance/dist/index.js server --url ...
 //
-// The suite (0.1.13) sends requests two ways, and both are covered:
+// The same file as tests/conformance/bearer.mjs (each suite directory resolves
+// its own undici). The suite (0.1.13, 0.2.0-alpha.12) sends requests two ways, and both are covered:
 // - the global `fetch` (the TypeScript SDK's StreamableHTTPClientTransport and
 //   the SSE scenarios' raw requests): replaced below;
 // - `request` imported from `undici` (dns-rebinding-protection): the resolve
 //   hook in undici-hooks.mjs hands the suite undici-bearer.mjs instead, which
-//   re-exports undici with `request` wrapped.
+//   re-exports undici with `request` wrapped;
+// - `request` of Node's `http` module (0.2.0's http-header-validation sends
+//   raw requests with it): replaced on the module below.
 // Only requests to MCP_BEARER_ORIGIN get the token, and a request that already
 // carries an Authorization header keeps its own. Without MCP_BEARER_TOKEN (or
 // MCP_BEARER_TOKEN_FILE) this module does nothing, so the same command line
 // runs the suite against an unguarded server.
 import { readFileSync } from 'node:fs';
-import { register } from 'node:module';
+import http from 'node:http';
+import { register, syncBuiltinESMExports } from 'node:module';
 
 const token =
   process.env.MCP_BEARER_TOKEN ||
@@ -73,6 +77,25 @@ if (token) {
   };
 
   register('./undici-hooks.mjs', import.meta.url);
+
+  // http.request(options[, callback]) or http.request(url[, options][, callback]).
+  const realHttpRequest = http.request;
+  http.request = function requestWithBearer(...args) {
+    const [first] = args;
+    const url =
+      typeof first === 'string' || first instanceof URL
+        ? String(first)
+        : `http://${first?.hostname ?? first?.host ?? 'localhost'}:${first?.port ?? 80}`;
+    const at = typeof first === 'string' || first instanceof URL ? 1 : 0;
+    const options = at === 1 ? (typeof args[1] === 'object' && args[1] !== null ? args[1] : undefined) : first;
+    if (!targetsServer(url) || hasAuthorization(options?.headers)) return realHttpRequest.apply(this, args);
+    added += 1;
+    const withToken = { ...options, headers: { ...options?.headers, authorization: `Bearer ${token}` } };
+    if (at === 0) return realHttpRequest.call(this, withToken, ...args.slice(1));
+    const rest = options === undefined ? args.slice(1) : args.slice(2);
+    return realHttpRequest.call(this, first, withToken, ...rest);
+  };
+  syncBuiltinESMExports();
 
   process.on('exit', () => {
     process.stderr.write(`bearer.mjs: added a bearer token to ${added} request(s) to ${origin}\n`);

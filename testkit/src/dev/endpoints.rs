@@ -22,31 +22,18 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde_json::{Map, Value, json};
 use sha2::{Digest as _, Sha256};
-use url::{Host, Url, form_urlencoded};
+use url::{Url, form_urlencoded};
 
+use super::cimd::{self, Refusal};
+use super::clients::{Client, ClientMetadata, GRANT_TYPES, MetadataError, parse_metadata};
 use super::store::Store;
 use super::{AUTHORIZE_PATH, DemoUser, JWKS_PATH, METADATA_PATH, REGISTER_PATH, Shared, TOKEN_PATH};
 
 /// Largest request body accepted (registration JSON, token form).
 const MAX_BODY_BYTES: usize = 16 * 1024;
-/// Most redirect URIs one client may register.
-const MAX_REDIRECT_URIS: usize = 8;
-/// Longest redirect URI accepted, in bytes.
-const MAX_URI_BYTES: usize = 2048;
-/// Longest client name kept, in characters.
-const MAX_CLIENT_NAME_CHARS: usize = 200;
-/// The grant types clients may register and use.
-const GRANT_TYPES: [&str; 2] = ["authorization_code", "refresh_token"];
 
 /// SHA-256 of a code or refresh token: what the stores keep instead of it.
 type Digest = [u8; 32];
-
-/// A registered public client.
-#[derive(Debug, Clone)]
-pub(super) struct Client {
-    redirect_uris: Vec<String>,
-    refresh_tokens: bool,
-}
 
 /// An issued, not yet redeemed authorization code.
 #[derive(Debug)]
@@ -221,26 +208,6 @@ fn parse_scopes(shared: &Shared, scope: Option<&String>) -> Result<Vec<String>, 
     Ok(scopes)
 }
 
-/// `https` anywhere, or `http` on a loopback host; no fragment, no userinfo.
-fn is_acceptable_redirect_uri(uri: &str) -> bool {
-    if uri.len() > MAX_URI_BYTES {
-        return false;
-    }
-    let Ok(url) = Url::parse(uri) else {
-        return false;
-    };
-    if url.fragment().is_some() || !url.username().is_empty() || url.password().is_some() {
-        return false;
-    }
-    match (url.scheme(), url.host()) {
-        ("https", Some(_)) => true,
-        ("http", Some(Host::Ipv4(ip))) => ip.is_loopback(),
-        ("http", Some(Host::Ipv6(ip))) => ip.is_loopback(),
-        ("http", Some(Host::Domain(domain))) => domain.eq_ignore_ascii_case("localhost"),
-        _ => false,
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Tokens.
 
@@ -326,12 +293,31 @@ fn server_error() -> Response {
     .into_response()
 }
 
+/// The client `client_id` names: a registered one, or, for a URL, the one
+/// its metadata document describes. Every failure is `invalid_client` (400;
+/// the token endpoint answers 401), or `temporarily_unavailable` (503) when
+/// too many documents are being fetched.
+async fn find_client(shared: &Shared, client_id: &str) -> Result<Client, OAuthError> {
+    if let Some(resolver) = shared.cimd.as_ref().filter(|_| cimd::is_document_url(client_id)) {
+        return resolver.resolve(client_id).await.map_err(|refusal| match refusal {
+            Refusal::Client(description) => bad_request("invalid_client", description),
+            Refusal::Busy => OAuthError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "temporarily_unavailable",
+                description: "too many client metadata documents are being fetched; try again",
+            },
+        });
+    }
+    let client = shared.stores().clients.get(&client_id.to_owned()).cloned();
+    client.ok_or_else(|| bad_request("invalid_client", "unknown client_id"))
+}
+
 // ---------------------------------------------------------------------------
 // Handlers.
 
 async fn metadata(State(shared): State<Arc<Shared>>) -> Response {
     let iss = &shared.issuer;
-    let body = json!({
+    let mut body = json!({
         "issuer": iss,
         "authorization_endpoint": format!("{iss}{AUTHORIZE_PATH}"),
         "token_endpoint": format!("{iss}{TOKEN_PATH}"),
@@ -346,6 +332,9 @@ async fn metadata(State(shared): State<Arc<Shared>>) -> Response {
         "authorization_response_iss_parameter_supported": true,
         "service_documentation": "https://docs.rs/rmcp-guard-testkit/latest/rmcp_guard_testkit/dev/",
     });
+    if shared.cimd.is_some() {
+        body["client_id_metadata_document_supported"] = json!(true);
+    }
     axum::Json(body).into_response()
 }
 
@@ -363,65 +352,21 @@ async fn register(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: B
         return invalid("the body must be a JSON object");
     };
 
-    let Some(Value::Array(uris)) = metadata.get("redirect_uris") else {
-        return bad_request("invalid_redirect_uri", "redirect_uris is required").into_response();
-    };
-    if uris.is_empty() || uris.len() > MAX_REDIRECT_URIS {
-        return bad_request("invalid_redirect_uri", "between 1 and 8 redirect_uris are required").into_response();
-    }
-    let mut redirect_uris = Vec::with_capacity(uris.len());
-    for uri in uris {
-        match uri.as_str() {
-            Some(uri) if is_acceptable_redirect_uri(uri) => redirect_uris.push(uri.to_owned()),
-            _ => {
-                return bad_request(
-                    "invalid_redirect_uri",
-                    "redirect URIs must be https, or http on a loopback host, without a fragment",
-                )
-                .into_response();
-            }
+    let ClientMetadata {
+        client,
+        grant_types,
+        name: client_name,
+    } = match parse_metadata(&metadata) {
+        Ok(parsed) => parsed,
+        Err(MetadataError::RedirectUri(description)) => {
+            return bad_request("invalid_redirect_uri", description).into_response();
         }
-    }
-
-    match metadata.get("token_endpoint_auth_method") {
-        None => {}
-        Some(method) if method == "none" => {}
-        Some(_) => return invalid("only public clients (token_endpoint_auth_method none) are supported"),
-    }
-    let grant_types: Vec<String> = match metadata.get("grant_types") {
-        None => vec!["authorization_code".to_owned()],
-        Some(Value::Array(types)) => {
-            let mut out = Vec::new();
-            for t in types {
-                match t.as_str() {
-                    Some(t) if GRANT_TYPES.contains(&t) => out.push(t.to_owned()),
-                    _ => return invalid("grant_types may hold only authorization_code and refresh_token"),
-                }
-            }
-            out
-        }
-        Some(_) => return invalid("grant_types must be an array"),
+        Err(MetadataError::Metadata(description)) => return invalid(description),
     };
-    if !grant_types.iter().any(|t| t == "authorization_code") {
-        return invalid("grant_types must include authorization_code");
-    }
-    match metadata.get("response_types") {
-        None => {}
-        Some(Value::Array(types)) if types.iter().all(|t| t == "code") && !types.is_empty() => {}
-        Some(_) => return invalid("response_types may hold only code"),
-    }
-    let client_name = match metadata.get("client_name") {
-        None => None,
-        Some(Value::String(name)) => Some(name.chars().take(MAX_CLIENT_NAME_CHARS).collect::<String>()),
-        Some(_) => return invalid("client_name must be a string"),
-    };
+    let redirect_uris = client.redirect_uris.clone();
 
     let Some(client_id) = random_token() else {
         return server_error();
-    };
-    let client = Client {
-        redirect_uris: redirect_uris.clone(),
-        refresh_tokens: grant_types.iter().any(|t| t == "refresh_token"),
     };
     shared
         .stores()
@@ -458,9 +403,9 @@ async fn authorize(State(shared): State<Arc<Shared>>, RawQuery(query): RawQuery)
     let Some(client_id) = params.get("client_id") else {
         return bad_request("invalid_request", "client_id is required").into_response();
     };
-    let client = shared.stores().clients.get(client_id).cloned();
-    let Some(client) = client else {
-        return bad_request("invalid_client", "unknown client_id").into_response();
+    let client = match find_client(&shared, client_id).await {
+        Ok(client) => client,
+        Err(err) => return err.into_response(),
     };
     let Some(redirect_uri) = params.get("redirect_uri") else {
         return bad_request("invalid_request", "redirect_uri is required").into_response();
@@ -599,13 +544,26 @@ fn token_client_id(headers: &HeaderMap, params: &HashMap<String, String>) -> Res
 }
 
 async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    match token_inner(&shared, &headers, &body) {
+    let outcome = match token_client(&headers, &body) {
+        Ok((params, client_id)) => match find_client(&shared, &client_id).await {
+            Ok(client) => token_inner(&shared, &client_id, &client, &params),
+            // RFC 6749 section 5.2: a client that fails authentication is a 401.
+            Err(err) if err.code == "invalid_client" => Err(OAuthError {
+                status: StatusCode::UNAUTHORIZED,
+                ..err
+            }),
+            Err(err) => Err(err),
+        },
+        Err(err) => Err(err),
+    };
+    match outcome {
         Ok(response) => response,
         Err(err) => err.into_response(),
     }
 }
 
-fn token_inner(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Response, OAuthError> {
+/// The parameters and the client id of a token request.
+fn token_client(headers: &HeaderMap, body: &[u8]) -> Result<(HashMap<String, String>, String), OAuthError> {
     if !has_media_type(headers, "application/x-www-form-urlencoded") {
         return Err(bad_request(
             "invalid_request",
@@ -614,14 +572,15 @@ fn token_inner(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Resp
     }
     let params = parse_params(body)?;
     let client_id = token_client_id(headers, &params)?;
-    let client = shared.stores().clients.get(&client_id).cloned();
-    let Some(client) = client else {
-        return Err(OAuthError {
-            status: StatusCode::UNAUTHORIZED,
-            code: "invalid_client",
-            description: "unknown client or unsupported client authentication",
-        });
-    };
+    Ok((params, client_id))
+}
+
+fn token_inner(
+    shared: &Shared,
+    client_id: &str,
+    client: &Client,
+    params: &HashMap<String, String>,
+) -> Result<Response, OAuthError> {
     if params.get("resource").is_some_and(|r| *r != shared.resource) {
         return Err(bad_request(
             "invalid_target",
@@ -629,8 +588,8 @@ fn token_inner(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Resp
         ));
     }
     match params.get("grant_type").map(String::as_str) {
-        Some("authorization_code") => code_grant(shared, &client_id, &client, &params),
-        Some("refresh_token") => refresh_grant(shared, &client_id, &client, &params),
+        Some("authorization_code") => code_grant(shared, client_id, client, params),
+        Some("refresh_token") => refresh_grant(shared, client_id, client, params),
         Some(_) => Err(bad_request("unsupported_grant_type", "grant_type is not supported")),
         None => Err(bad_request("invalid_request", "grant_type is required")),
     }
@@ -773,20 +732,6 @@ fn refresh_grant(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redirect_uris() {
-        assert!(is_acceptable_redirect_uri("http://127.0.0.1:8765/callback"));
-        assert!(is_acceptable_redirect_uri("http://[::1]/cb"));
-        assert!(is_acceptable_redirect_uri("http://localhost:1234/cb"));
-        assert!(is_acceptable_redirect_uri("https://app.example.com/cb"));
-        assert!(!is_acceptable_redirect_uri("http://app.example.com/cb"));
-        assert!(!is_acceptable_redirect_uri("http://127.0.0.1/cb#frag"));
-        assert!(!is_acceptable_redirect_uri("http://user@127.0.0.1/cb"));
-        assert!(!is_acceptable_redirect_uri("javascript:alert(1)"));
-        assert!(!is_acceptable_redirect_uri("com.example.app:/cb"));
-        assert!(!is_acceptable_redirect_uri("not a uri"));
-    }
 
     #[test]
     fn params_refuse_repeats_and_skip_empties() {

@@ -4,13 +4,13 @@
 //!
 //! [`DevAuthServer`] lets an MCP client that follows the specification's
 //! discovery (401 challenge -> RFC 9728 protected resource metadata -> RFC
-//! 8414 authorization server metadata -> RFC 7591 registration -> PKCE ->
-//! token -> call) connect to a guarded server with no setup at all. It serves,
-//! on a loopback port only:
+//! 8414 authorization server metadata -> Client ID Metadata Document or RFC
+//! 7591 registration -> PKCE -> token -> call) connect to a guarded server
+//! with no setup at all. It serves, on a loopback port only:
 //!
 //! | path | what |
 //! |------|------|
-//! | `/.well-known/oauth-authorization-server` | RFC 8414 metadata |
+//! | `/.well-known/oauth-authorization-server` | RFC 8414 metadata, with `client_id_metadata_document_supported: true` |
 //! | `/register` | RFC 7591 dynamic registration of public clients (`token_endpoint_auth_method: none`) |
 //! | `/authorize` | authorization code with PKCE **S256 only**, approved at once as the demo user; RFC 9207 `iss` in the redirect |
 //! | `/token` | `authorization_code` and `refresh_token` (rotating) grants |
@@ -31,6 +31,49 @@
 //! does not support. Clients, codes and refresh tokens live in bounded
 //! in-memory stores with expiry; codes and refresh tokens are stored only as
 //! SHA-256 hashes. Keys are generated at start and never leave the process.
+//!
+//! ## Client ID Metadata Documents
+//!
+//! A client without a registration may use the URL of its metadata document
+//! as its `client_id` (OAuth Client ID Metadata Document,
+//! draft-ietf-oauth-client-id-metadata-document; the MCP specification's
+//! preferred way since 2025-11-25; registration stays for older clients).
+//! At `/authorize` and `/token` such a `client_id` is fetched and checked:
+//!
+//! - the URL is `https` with a path, in normal form (no dot segments, no
+//!   default port, lowercase scheme and host), without fragment or userinfo;
+//!   **for development, `http` on a loopback host (`127.0.0.0/8`, `[::1]`,
+//!   `localhost`) is accepted too**, so a client under development can serve
+//!   its document from a local port;
+//! - the fetch takes at most 5 seconds, follows no redirect, uses no proxy,
+//!   reads at most 5 KiB, needs `200 OK` and a JSON media type, and at most 8
+//!   run at once (more answer `temporarily_unavailable`);
+//! - the document is a JSON object whose `client_id` equals the URL exactly
+//!   (string comparison), with a `client_name`, `redirect_uris` that a
+//!   registration would accept, `token_endpoint_auth_method` `none` (or
+//!   absent), and no `client_secret` or `client_secret_expires_at`;
+//! - the request's `redirect_uri` must be one of its `redirect_uris`.
+//!
+//! Any failure is an `invalid_client` error (400 at `/authorize`, never a
+//! redirect; 401 at `/token`); nothing is ever approved on a document that
+//! was not fetched and checked. An accepted document is cached for
+//! [`DevAuthServerBuilder::client_metadata_cache_ttl`] (or a shorter
+//! `Cache-Control: max-age`; not under `no-store`/`no-cache`), in a cache
+//! bounded by [`DevAuthServerBuilder::capacity`]. `private_key_jwt` is not
+//! supported: only public clients.
+//!
+//! Server-side request forgery: whoever can reach this server's loopback
+//! port can make it send a GET to any `https` URL, or to an `http` URL on
+//! loopback, and learn from the error whether it answered with an
+//! acceptable document (never the body). The server binds loopback only, so
+//! that is a process on the developer's machine, which could fetch those
+//! URLs itself; a production authorization server must also refuse
+//! documents on private and loopback addresses (resolving names first) and
+//! rate-limit fetches per client. Turn the feature off with
+//! [`DevAuthServerBuilder::client_id_metadata_documents`]. `https`
+//! documents are checked against the platform's roots; to trust a test CA
+//! for a document served over `https` on a loopback port, point
+//! `SSL_CERT_FILE` at it (as `tests/ts_client.rs` does).
 //!
 //! No endpoint sends CORS headers, on purpose: with automatic approval, a
 //! web page in the developer's browser that could register a client (the
@@ -79,6 +122,21 @@
 //!     .await?;
 //! assert_eq!(response.status(), 400);
 //!
+//! // Client ID Metadata Documents are advertised; a document URL that is
+//! // plain http on another host is refused before any fetch.
+//! assert_eq!(metadata["client_id_metadata_document_supported"], true);
+//! let authorize = url::Url::parse_with_params(
+//!     &server.authorization_endpoint(),
+//!     [
+//!         ("client_id", "http://client.example/client.json"),
+//!         ("redirect_uri", "http://127.0.0.1:9999/callback"),
+//!     ],
+//! )?;
+//! let response = http.get(authorize).send().await?;
+//! assert_eq!(response.status(), 400);
+//! let error: Value = response.json().await?;
+//! assert_eq!(error["error"], "invalid_client");
+//!
 //! // A ready-made token for curl users.
 //! let token = server.issue_access_token("mcp:tools", std::time::Duration::from_secs(600));
 //! assert_eq!(token.split('.').count(), 3);
@@ -86,6 +144,8 @@
 //! # }
 //! ```
 
+mod cimd;
+mod clients;
 mod endpoints;
 mod store;
 
@@ -193,6 +253,8 @@ struct Shared {
     lifetimes: Lifetimes,
     next_family: AtomicU64,
     stores: Mutex<endpoints::Stores>,
+    /// Resolves Client ID Metadata Document URLs; `None` when turned off.
+    cimd: Option<cimd::Resolver>,
 }
 
 impl Shared {
@@ -214,6 +276,14 @@ pub struct DevAuthServerBuilder {
     scopes_supported: Vec<String>,
     lifetimes: Lifetimes,
     capacity: usize,
+    client_metadata: ClientMetadataSettings,
+}
+
+/// How Client ID Metadata Documents are resolved.
+#[derive(Debug, Clone)]
+struct ClientMetadataSettings {
+    enabled: bool,
+    cache_ttl: Duration,
 }
 
 impl DevAuthServer {
@@ -237,6 +307,10 @@ impl DevAuthServer {
                 client: Duration::from_secs(24 * 3600),
             },
             capacity: 1024,
+            client_metadata: ClientMetadataSettings {
+                enabled: true,
+                cache_ttl: Duration::from_secs(300),
+            },
         }
     }
 
@@ -409,6 +483,23 @@ impl DevAuthServerBuilder {
         self
     }
 
+    /// Whether a `client_id` that is a URL is resolved as an OAuth Client ID
+    /// Metadata Document (and `client_id_metadata_document_supported` is
+    /// advertised). Registration (RFC 7591) works either way. Defaults to
+    /// `true`.
+    pub fn client_id_metadata_documents(mut self, enabled: bool) -> Self {
+        self.client_metadata.enabled = enabled;
+        self
+    }
+
+    /// The longest a fetched client metadata document is kept; a shorter
+    /// `Cache-Control: max-age` wins, and `no-store` or `no-cache` keeps it
+    /// not at all. Defaults to 300 seconds.
+    pub fn client_metadata_cache_ttl(mut self, ttl: Duration) -> Self {
+        self.client_metadata.cache_ttl = ttl;
+        self
+    }
+
     /// Checks the configuration, generates the signing key, binds and starts
     /// serving on the current tokio runtime. Logs a warning that the server is
     /// for development only.
@@ -417,7 +508,8 @@ impl DevAuthServerBuilder {
     ///
     /// [`DevError::NonLoopbackBind`] for a non-loopback address,
     /// [`DevError::InvalidResource`], [`DevError::InvalidSetting`] (no scope,
-    /// a scope with whitespace, a zero lifetime or capacity),
+    /// a scope with whitespace, a zero lifetime or capacity, a zero client
+    /// metadata cache lifetime, or no TLS backend for document fetches),
     /// [`DevError::KeyGeneration`] or [`DevError::Bind`].
     ///
     /// # Panics
@@ -455,6 +547,16 @@ impl DevAuthServerBuilder {
         if self.capacity == 0 {
             return Err(DevError::InvalidSetting("capacity must be greater than zero"));
         }
+        if self.client_metadata.cache_ttl.is_zero() {
+            return Err(DevError::InvalidSetting(
+                "the client metadata cache lifetime must be greater than zero",
+            ));
+        }
+        let cimd = if self.client_metadata.enabled {
+            Some(cimd::Resolver::new(self.capacity, self.client_metadata.cache_ttl).map_err(DevError::InvalidSetting)?)
+        } else {
+            None
+        };
         let key = TestKey::try_generate(KeyAlg::Es256).map_err(|_| DevError::KeyGeneration)?;
 
         let listener = TcpListener::bind(self.bind).await.map_err(DevError::Bind)?;
@@ -468,6 +570,7 @@ impl DevAuthServerBuilder {
             lifetimes: self.lifetimes,
             next_family: AtomicU64::new(1),
             stores: Mutex::new(endpoints::Stores::new(self.capacity)),
+            cimd,
         });
         let app = endpoints::router(Arc::clone(&shared));
         let task = tokio::spawn(async move {
@@ -586,5 +689,7 @@ mod tests {
         assert_eq!(b.lifetimes.refresh_token, Duration::from_secs(8 * 3600));
         assert_eq!(b.lifetimes.client, Duration::from_secs(24 * 3600));
         assert_eq!(b.capacity, 1024);
+        assert!(b.client_metadata.enabled);
+        assert_eq!(b.client_metadata.cache_ttl, Duration::from_secs(300));
     }
 }
