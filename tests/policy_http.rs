@@ -421,3 +421,32 @@ async fn filtered_listings_are_private_to_the_caller() {
         assert!(listing["tools"].as_array().is_some_and(|t| !t.is_empty()), "{listing}");
     }
 }
+
+/// A method outside the protocol that the policy denies answers exactly as
+/// one that does not exist (JSON-RPC -32601, HTTP 404): a denial reveals no
+/// custom method, and the methods MCP 2026-07-28 removed answer as it
+/// requires. Found by the 2026-07-28 conformance run with the default policy.
+#[tokio::test]
+async fn a_denied_custom_method_answers_like_an_unknown_one() {
+    use rmcp_guard_testkit::{McpClient, Protocol};
+    let allow_all = PolicyEngine::builder()
+        .module("allow.rego", "package mcp.authz\ndefault allow := true\n")
+        .build()
+        .unwrap();
+    let denying = Server::start(rbac(false), &["mcp:tools"]).await;
+    let allowing = Server::start(allow_all, &["mcp:tools"]).await;
+    for method in ["acme/export", "logging/setLevel", "resources/subscribe", "tasks/list"] {
+        let mut answers = Vec::new();
+        for server in [&denying, &allowing] {
+            let client = McpClient::connect(&server.url, Protocol::V2026_07_28)
+                .bearer(server.token(&["developers"], "mcp:tools"))
+                .send()
+                .await
+                .unwrap();
+            let error = client.request(method, json!({})).await.unwrap_err();
+            answers.push((error.status().map(|s| s.as_u16()), error.code()));
+        }
+        assert_eq!(answers[0], (Some(404), Some(-32601)), "{method} denied");
+        assert_eq!(answers[0], answers[1], "{method}: denied and unknown look the same");
+    }
+}

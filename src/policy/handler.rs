@@ -59,7 +59,10 @@ use crate::state::{RequestStateSealer, StateBinding};
 ///   elicitation is asked inside the session; any other client is refused.
 ///   Any other request the rule marks is refused (it cannot ask). See the `confirm` flow in the crate's README.
 /// * Unknown methods arrive as `CustomRequest` in `on_custom_request` and are
-///   decided with `input.action` = the method name and an empty resource;
+///   decided with `input.action` = the method name and an empty resource; a
+///   denied one answers -32601 (HTTP 404), exactly as a method that does not
+///   exist, so denials reveal no custom method and the methods MCP 2026-07-28
+///   removed answer as it requires;
 ///   unknown notifications (`on_custom_notification`) likewise, and are
 ///   dropped when denied (a notification has no answer).
 /// * `tasks/*` need an authenticated caller; a task only exists because an
@@ -191,6 +194,21 @@ fn caller(extensions: &Extensions) -> Option<Caller> {
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     Some(Caller { principal, session_id })
+}
+
+/// A method outside the protocol that the caller may not use does not exist
+/// for them: a denial (audited as one) answers like an unknown method,
+/// JSON-RPC -32601, which rmcp's transport sends as HTTP 404. So a denial
+/// reveals no custom method a server has, and the methods MCP 2026-07-28
+/// removed (`initialize`, `logging/setLevel`, `resources/subscribe`, ...)
+/// answer as that revision requires whatever the policy says of them. Any
+/// other error (a confirmation it cannot ask for) is kept.
+fn hidden_method(denied: ErrorData, method: &str) -> ErrorData {
+    if denied.code == crate::PERMISSION_DENIED {
+        ErrorData::new(rmcp::model::ErrorCode::METHOD_NOT_FOUND, method.to_owned(), None)
+    } else {
+        denied
+    }
 }
 
 fn no_principal(action: &Action, resource: &str) -> ErrorData {
@@ -529,12 +547,14 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
         request: CustomRequest,
         context: RequestContext<RoleServer>,
     ) -> Result<CustomResult, ErrorData> {
-        let ctx = self.authorize(
-            &context.extensions,
-            Action::method(&request.method),
-            "",
-            request.params.clone(),
-        )?;
+        let ctx = self
+            .authorize(
+                &context.extensions,
+                Action::method(&request.method),
+                "",
+                request.params.clone(),
+            )
+            .map_err(|denied| hidden_method(denied, &request.method))?;
         context::scope(ctx, self.inner.on_custom_request(request, context)).await
     }
 
