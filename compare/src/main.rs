@@ -9,7 +9,7 @@
 //!    requiring the same scope.
 //!
 //! ```text
-//! cargo run --release --manifest-path compare/Cargo.toml -- [--secs 10] [--rounds 3] [--clients 32] [--callers 1000] [--client-threads 1]
+//! cargo run --release --manifest-path compare/Cargo.toml -- [--secs 10] [--rounds 3] [--clients 32] [--callers 1000] [--client-threads 1] [--alg RS256|ES256]
 //! ```
 //!
 //! Every server answers `tools/call` of one `echo` tool with JSON, without
@@ -33,7 +33,7 @@
 //!   client cycling through its share, so that every token is seen again
 //!   only after the others (a cache has to hold them all).
 //!
-//! Tokens are RS256, signed by the test kit's issuer, with `aud` naming both
+//! Tokens are RS256 (`--alg ES256` for ECDSA P-256), signed by the test kit's issuer, with `aud` naming both
 //! authenticated servers, so that both get the very same bytes.
 //! jwt-authorizer verifies the signature on every request; rmcp-guard
 //! answers a token it has verified from its verified-token cache.
@@ -67,7 +67,7 @@ use rmcp::{ServerHandler, tool, tool_handler, tool_router};
 use rmcp_guard::Guard;
 use rmcp_guard::limit::{Rate as LimitRate, RequestLimits};
 use rmcp_guard::oauth::{Issuer, ResourceServer};
-use rmcp_guard_testkit::TestIssuer;
+use rmcp_guard_testkit::{KeyAlg, TestIssuer};
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -487,6 +487,7 @@ struct Settings {
     clients: usize,
     callers: usize,
     client_threads: usize,
+    alg: KeyAlg,
 }
 
 fn settings() -> Settings {
@@ -496,6 +497,7 @@ fn settings() -> Settings {
         clients: 32,
         callers: 1000,
         client_threads: 1,
+        alg: KeyAlg::Rs256,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -513,8 +515,15 @@ fn settings() -> Settings {
             "--clients" => s.clients = value(MAX_CLIENTS as u64) as usize,
             "--callers" => s.callers = value(MAX_CALLERS as u64) as usize,
             "--client-threads" => s.client_threads = value(64) as usize,
+            "--alg" => {
+                s.alg = match args.next().as_deref() {
+                    Some("RS256") | Some("rs256") => KeyAlg::Rs256,
+                    Some("ES256") | Some("es256") => KeyAlg::Es256,
+                    _ => panic!("--alg is RS256 or ES256"),
+                }
+            }
             other => panic!(
-                "unknown argument {other}; known: --secs N --rounds N --clients N --callers N --client-threads N"
+                "unknown argument {other}; known: --secs N --rounds N --clients N --callers N --client-threads N --alg RS256|ES256"
             ),
         }
     }
@@ -553,6 +562,7 @@ fn main() {
             .audiences(audiences.clone())
             .scope(SCOPE)
             .client_id("compare")
+            .algorithm(s.alg)
             .expires_in(Duration::from_secs(3600))
             .sign();
         HeaderValue::from_str(&format!("Bearer {token}")).expect("a token is a header value")
@@ -574,8 +584,9 @@ fn main() {
         WARM_UP.as_secs()
     );
     println!(
-        "  tokens: RS256, iss + aud + exp + scope checked by both authenticated servers; rmcp-guard's per-caller \
-         limits on, with bounds no caller reaches"
+        "  tokens: {}, iss + aud + exp + scope checked by both authenticated servers; rmcp-guard's per-caller \
+         limits on, with bounds no caller reaches",
+        s.alg.name()
     );
     println!("  load average at start: {}", load_average());
     let started = Instant::now();
