@@ -226,7 +226,7 @@ async fn axum_serve(listener: TcpListener, app: axum::Router, rx: oneshot::Recei
         .await;
 }
 
-/// 1. Plain rmcp.
+/// Server 1, plain rmcp.
 fn start_plain() -> Server {
     let runtime = ServerRuntime::new("plain");
     let (tx, rx) = oneshot::channel();
@@ -254,8 +254,8 @@ struct Claims {
     scope: String,
 }
 
-/// 2. rmcp behind jwt-authorizer: keys from the JWKS, `iss` and `aud`
-/// checked (`exp` is by default), and the scope by a claims checker.
+/// Server 2, rmcp behind jwt-authorizer: keys from the JWKS, `iss` and
+/// `aud` checked (`exp` is by default), and the scope by a claims checker.
 fn start_jwt_authorizer(issuer: &TestIssuer) -> Server {
     let runtime = ServerRuntime::new("jwt-authz");
     let (tx, rx) = oneshot::channel();
@@ -294,7 +294,7 @@ fn unreachable_limits() -> RequestLimits {
         .in_flight(u32::MAX)
 }
 
-/// 3. rmcp-guard: `Guard::new(rs).stateless()`.
+/// Server 3, rmcp-guard: `Guard::new(rs).stateless()`.
 fn start_guarded(issuer: &TestIssuer) -> Server {
     let runtime = ServerRuntime::new("guard");
     let (tx, rx) = oneshot::channel::<()>();
