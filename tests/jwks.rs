@@ -193,10 +193,14 @@ async fn jwks_down_at_start_answers_503_never_200() {
     }
     assert!(issuer.jwks_fetches() >= 1);
 
-    // Back up: the next attempt after the back-off succeeds.
+    // Back up: an attempt after the back-off succeeds. Six failed fetches
+    // have opened the JWKS circuit breaker (10 s), so a client that waits as
+    // the 503s say (`Retry-After`) gets through once it closes; the wait is
+    // bounded (30 s, 60 attempts).
     issuer.set_available(true);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let mut accepted = false;
-    for _ in 0..100 {
+    for _ in 0..60 {
         let token = unique(token_for(&issuer, &server)).sign();
         let reply = call_echo(&server.url, &token, "x").await;
         match reply.status {
@@ -207,7 +211,12 @@ async fn jwks_down_at_start_answers_503_never_200() {
             503 => assert_unavailable(&reply, &token),
             other => panic!("unexpected status {other}: {reply:?}"),
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let retry_after = reply.headers["retry-after"].to_str().unwrap().parse::<u64>().unwrap();
+        let wait = Duration::from_secs(retry_after).clamp(Duration::from_millis(50), Duration::from_secs(5));
+        if tokio::time::Instant::now() + wait > deadline {
+            break;
+        }
+        tokio::time::sleep(wait).await;
     }
     assert!(accepted, "accepted once the issuer is back");
 }
