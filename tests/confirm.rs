@@ -11,9 +11,9 @@ use std::time::Duration;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
-    CallToolRequestParams, ClientCapabilities, ClientConfig, ElicitRequestParams, ElicitResult, ElicitationAction,
-    ElicitationCapability, FormElicitationCapability, Implementation, ProtocolVersion, ServerCapabilities,
-    ServerConfig,
+    CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, ElicitRequestParams, ElicitResult,
+    ElicitationAction, ElicitationCapability, FormElicitationCapability, Implementation, ProtocolVersion,
+    ServerCapabilities, ServerConfig,
 };
 use rmcp::service::{ClientLifecycleMode, ClientServiceExt, RequestContext, RoleClient};
 use rmcp::transport::StreamableHttpClientTransport;
@@ -459,33 +459,11 @@ async fn a_2025_session_client_that_elicits_is_asked_in_its_session() {
     let issuer = TestIssuer::start().await.unwrap();
     let server = start(&issuer, false, Duration::from_secs(300)).await;
     for (answer, deploys) in [(ElicitationAction::Accept, 1), (ElicitationAction::Cancel, 1)] {
-        let asked = Arc::new(AtomicUsize::new(0));
-        let user = User {
-            answer: answer.clone(),
-            asked: asked.clone(),
-        };
-        let config = StreamableHttpClientTransportConfig::with_uri(server.url.clone())
-            .auth_header(token(&issuer, &server, "alice"));
         // `initialize`: a 2025-11-25 session.
-        let client = tokio::time::timeout(
-            Duration::from_secs(10),
-            user.serve_with_lifecycle(
-                StreamableHttpClientTransport::from_config(config),
-                ClientLifecycleMode::Initialize,
-            ),
-        )
-        .await
-        .expect("connect in time")
-        .expect("connect");
-        assert!(client.peer_info().unwrap().protocol_version.as_str() < "2026-07-28");
-        let params = CallToolRequestParams::new("deploy_template")
-            .with_arguments(deploy_args("d1").as_object().cloned().unwrap());
-        let result = client.call_tool(params).await.expect("tools/call");
-        assert_eq!(
-            asked.load(Ordering::SeqCst),
-            1,
-            "the user was asked once, in the session"
-        );
+        let (asked, version, result) =
+            deploy_through_rmcp(&issuer, &server, ClientLifecycleMode::Initialize, answer.clone()).await;
+        assert!(version.as_str() < "2026-07-28");
+        assert_eq!(asked, 1, "the user was asked once, in the session");
         let text = &result.content[0].as_text().unwrap().text;
         assert_eq!(
             result.is_error == Some(true),
@@ -493,8 +471,38 @@ async fn a_2025_session_client_that_elicits_is_asked_in_its_session() {
             "{text}"
         );
         assert_eq!(server.deploys(), deploys);
-        let _ = client.cancel().await;
     }
+}
+
+/// `deploy_template` called by rmcp's own client connected with `lifecycle`,
+/// whose user answers with `answer`: how often the user was asked, the
+/// protocol version and the result.
+async fn deploy_through_rmcp(
+    issuer: &TestIssuer,
+    server: &Server,
+    lifecycle: ClientLifecycleMode,
+    answer: ElicitationAction,
+) -> (usize, ProtocolVersion, CallToolResult) {
+    let asked = Arc::new(AtomicUsize::new(0));
+    let user = User {
+        answer,
+        asked: asked.clone(),
+    };
+    let config =
+        StreamableHttpClientTransportConfig::with_uri(server.url.clone()).auth_header(token(issuer, server, "alice"));
+    let client = tokio::time::timeout(
+        Duration::from_secs(10),
+        user.serve_with_lifecycle(StreamableHttpClientTransport::from_config(config), lifecycle),
+    )
+    .await
+    .expect("connect in time")
+    .expect("connect");
+    let version = client.peer_info().unwrap().protocol_version.clone();
+    let params =
+        CallToolRequestParams::new("deploy_template").with_arguments(deploy_args("d1").as_object().cloned().unwrap());
+    let result = client.call_tool(params).await.expect("tools/call");
+    let _ = client.cancel().await;
+    (asked.load(Ordering::SeqCst), version, result)
 }
 
 /// An rmcp client whose user answers every elicitation with `answer`.
@@ -527,31 +535,13 @@ async fn rmcp_client_confirms_end_to_end() {
     let issuer = TestIssuer::start().await.unwrap();
     let server = start(&issuer, false, Duration::from_secs(300)).await;
     for (answer, deploys) in [(ElicitationAction::Accept, 1), (ElicitationAction::Decline, 1)] {
-        let asked = Arc::new(AtomicUsize::new(0));
-        let user = User {
-            answer: answer.clone(),
-            asked: asked.clone(),
+        // MCP 2026-07-28 (`server/discover`, per-request `_meta`): `serve`
+        // alone would open a 2025-11-25 session, which cannot confirm.
+        let lifecycle = ClientLifecycleMode::Discover {
+            preferred_versions: vec![ProtocolVersion::LATEST],
         };
-        let config = StreamableHttpClientTransportConfig::with_uri(server.url.clone())
-            .auth_header(token(&issuer, &server, "alice"));
-        let client = tokio::time::timeout(
-            Duration::from_secs(10),
-            // MCP 2026-07-28 (`server/discover`, per-request `_meta`): `serve`
-            // alone would open a 2025-11-25 session, which cannot confirm.
-            user.serve_with_lifecycle(
-                StreamableHttpClientTransport::from_config(config),
-                ClientLifecycleMode::Discover {
-                    preferred_versions: vec![ProtocolVersion::LATEST],
-                },
-            ),
-        )
-        .await
-        .expect("connect in time")
-        .expect("connect");
-        let params = CallToolRequestParams::new("deploy_template")
-            .with_arguments(deploy_args("d1").as_object().cloned().unwrap());
-        let result = client.call_tool(params).await.expect("tools/call");
-        assert_eq!(asked.load(Ordering::SeqCst), 1, "the user was asked once");
+        let (asked, _, result) = deploy_through_rmcp(&issuer, &server, lifecycle, answer.clone()).await;
+        assert_eq!(asked, 1, "the user was asked once");
         let text = &result.content[0].as_text().unwrap().text;
         if answer == ElicitationAction::Accept {
             assert_ne!(result.is_error, Some(true), "{text}");
@@ -561,7 +551,6 @@ async fn rmcp_client_confirms_end_to_end() {
             assert!(text.contains("not confirmed"), "{text}");
         }
         assert_eq!(server.deploys(), deploys);
-        let _ = client.cancel().await;
     }
 }
 
