@@ -161,16 +161,19 @@ pub enum Upstream {
     TokenEndpoint,
     /// The Vault (or OpenBao) server.
     Vault,
+    /// The Redis (or Valkey) server of a fleet.
+    Redis,
 }
 
 impl Upstream {
-    /// `jwks`, `introspection`, `token_endpoint` or `vault`.
+    /// `jwks`, `introspection`, `token_endpoint`, `vault` or `redis`.
     pub fn as_str(self) -> &'static str {
         match self {
             Upstream::Keys => "jwks",
             Upstream::Introspection => "introspection",
             Upstream::TokenEndpoint => "token_endpoint",
             Upstream::Vault => "vault",
+            Upstream::Redis => "redis",
         }
     }
 }

@@ -60,6 +60,7 @@ pub struct Guard {
     limits: crate::limit::RequestLimits,
     #[cfg(feature = "policy")]
     request_state: Option<crate::state::RequestStateSealer>,
+    store: crate::store::SharedStore,
 }
 
 impl Guard {
@@ -76,6 +77,7 @@ impl Guard {
             limits: crate::limit::RequestLimits::default(),
             #[cfg(feature = "policy")]
             request_state: None,
+            store: crate::store::SharedStore::memory(),
             rs,
         }
     }
@@ -160,6 +162,16 @@ impl Guard {
     /// 20 requests a second (burst 40) and 16 in flight per caller.
     pub fn limits(mut self, limits: crate::limit::RequestLimits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Where the state replicas must agree on lives ([`crate::store`]): the
+    /// request limits, the session bindings, the single-use request states
+    /// and the revocations all use `store`. Defaults to
+    /// [`SharedStore::memory`](crate::store::SharedStore::memory): one
+    /// replica.
+    pub fn shared_store(mut self, store: crate::store::SharedStore) -> Self {
+        self.store = store;
         self
     }
 

@@ -10,7 +10,7 @@ mod macros;
 pub mod advertise;
 pub mod audit;
 mod body;
-#[cfg(any(feature = "jwt", feature = "vault"))]
+#[cfg(any(feature = "jwt", feature = "vault", feature = "redis"))]
 pub mod breaker;
 mod cache;
 #[cfg(any(feature = "jwt", feature = "policy"))]
@@ -34,6 +34,8 @@ pub mod session;
 pub mod policy;
 
 pub mod secrets;
+
+pub mod store;
 
 #[cfg(feature = "state")]
 pub mod state;

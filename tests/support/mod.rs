@@ -1,1 +1,2 @@
 pub mod bao;
+pub mod redis;
