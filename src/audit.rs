@@ -17,6 +17,7 @@
 //! | `token_exchange` | `subject`, `issuer`, `grant`, `audience`, `outcome` (`ok` or an `ExchangeError` code), `cache` |
 //! | `confirmation` | `step` (`asked`, `granted`, `refused`), `reason` (why refused: `declined`, `no_elicitation`, `unconfirmable`, or a request-state error code such as `request_state_expired`), `subject`, `client_id`, `issuer`, `resource`, `action` |
 //! | `limit` | `outcome` (`deny`), `reason` (`rate`, `in_flight`), `subject`, `client_id`, `issuer`, `tenant`, `resource` (the tool of a per-tool limit, else empty), `retry_after_secs` |
+//! | `revocation` | `outcome` (`allow`: in force; `error`: not shared with the fleet or the table is full), `reason` (`revoked`, a store reason such as `store_timeout`, `revocations_full`), `kind` (`subject`, `client_id`, `tenant`, `jti`), `value`, `issuer` (empty: every issuer), `by`, `revoked_at`, `expires_at` |
 //! | `circuit` | `upstream` (`jwks`, `introspection`, `token_endpoint`, `vault`), `endpoint`, `state`, `previous` (`closed`, `open`, `half_open`), `failures`, `retry_after` (seconds, when opening); at `WARN` when a breaker opens |
 //!
 //! This module depends on nothing of the crate but [`Principal`]: each
@@ -210,6 +211,26 @@ pub enum AuditEvent<'a> {
         /// The `Retry-After` given, in seconds.
         retry_after_secs: u64,
     },
+    /// A revocation was made (see the `revoke` module): identifiers only,
+    /// never token material.
+    Revocation {
+        /// In force (`Allow`), or not shared / not stored locally (`Error`).
+        outcome: Outcome,
+        /// `revoked`, or why it is not fully in force.
+        reason: &'a str,
+        /// What it names: `subject`, `client_id`, `tenant` or `jti`.
+        kind: &'a str,
+        /// The subject, client id, tenant or `jti`.
+        value: &'a str,
+        /// The issuer it is limited to; `None`: every issuer.
+        issuer: Option<&'a str>,
+        /// Who asked for it, when the application said.
+        by: Option<&'a str>,
+        /// Tokens issued at or before this time are refused (Unix seconds).
+        revoked_at: u64,
+        /// When it is forgotten (Unix seconds).
+        expires_at: u64,
+    },
     /// An upstream's circuit breaker changed state (see the `breaker` module).
     Circuit {
         /// The kind of upstream (`Upstream::as_str`).
@@ -248,6 +269,7 @@ impl AuditEvent<'_> {
             AuditEvent::TokenExchange { .. } => "token_exchange",
             AuditEvent::Confirmation { .. } => "confirmation",
             AuditEvent::Limit { .. } => "limit",
+            AuditEvent::Revocation { .. } => "revocation",
             AuditEvent::Circuit { .. } => "circuit",
         }
     }
@@ -408,6 +430,24 @@ impl AuditEvent<'_> {
                 resource,
                 retry_after_secs,
             ),
+            AuditEvent::Revocation {
+                outcome,
+                reason,
+                kind,
+                value,
+                issuer,
+                by,
+                revoked_at,
+                expires_at,
+            } => {
+                let issuer = issuer.unwrap_or("");
+                let by = by.unwrap_or("");
+                if outcome == Outcome::Allow {
+                    tracing::info!(target: TARGET, event, outcome = outcome.as_str(), reason, kind, value, issuer, by, revoked_at, expires_at)
+                } else {
+                    tracing::error!(target: TARGET, event, outcome = outcome.as_str(), reason, kind, value, issuer, by, revoked_at, expires_at)
+                }
+            }
             AuditEvent::Circuit {
                 upstream,
                 endpoint,
@@ -479,6 +519,17 @@ mod tests {
             reason: "",
         };
         assert_eq!(confirmation.name(), "confirmation");
+        let revocation = AuditEvent::Revocation {
+            outcome: Outcome::Allow,
+            reason: "revoked",
+            kind: "subject",
+            value: "mallory",
+            issuer: None,
+            by: Some("root"),
+            revoked_at: 1,
+            expires_at: 2,
+        };
+        assert_eq!(revocation.name(), "revocation");
         assert_eq!(Outcome::Error.as_str(), "error");
     }
 }

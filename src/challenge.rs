@@ -23,6 +23,7 @@ use crate::scope::advertised;
 /// | missing scope | 403 | `Bearer error="insufficient_scope", scope="<needed>", resource_metadata="…"` |
 /// | keys unavailable | 503 | none; `Retry-After` |
 /// | upstream's circuit breaker open | 503 | none; `Retry-After`: the breaker's remaining open time |
+/// | revocations unknown (stale copy, full table) | 503 | none; `Retry-After` |
 ///
 /// The body is a short JSON object `{"error": …, "error_description": …}`.
 /// Nothing in a rejection is copied from the request, so a token can never
@@ -87,7 +88,10 @@ impl Challenges {
         };
         let mut params: Vec<(&str, String)> = Vec::with_capacity(4);
         match error {
-            AuthError::KeysUnavailable | AuthError::IntrospectionUnavailable | AuthError::CircuitOpen { .. } => {
+            AuthError::KeysUnavailable
+            | AuthError::IntrospectionUnavailable
+            | AuthError::CircuitOpen { .. }
+            | AuthError::RevocationsUnavailable { .. } => {
                 return None;
             }
             AuthError::MissingToken => {
@@ -136,7 +140,8 @@ impl Challenges {
             AuthError::KeysUnavailable | AuthError::IntrospectionUnavailable => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             }
-            AuthError::CircuitOpen { retry_after_secs, .. } => {
+            AuthError::CircuitOpen { retry_after_secs, .. }
+            | AuthError::RevocationsUnavailable { retry_after_secs } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
             _ => {}
@@ -230,6 +235,21 @@ mod tests {
         assert_eq!(response.status(), 503);
         assert!(response.headers().get("www-authenticate").is_none());
         assert_eq!(response.headers()["retry-after"], "7");
+        let stale = rs().reject(&AuthError::RevocationsUnavailable { retry_after_secs: 1 });
+        assert_eq!(stale.status(), 503);
+        assert!(stale.headers().get("www-authenticate").is_none());
+        assert_eq!(stale.headers()["retry-after"], "1");
+    }
+
+    #[test]
+    fn a_revoked_token_gets_invalid_token() {
+        let response = rs().reject(&TokenRejection::Revoked.into());
+        assert_eq!(response.status(), 401);
+        let c = response.headers()["www-authenticate"].to_str().unwrap();
+        assert!(
+            c.starts_with("Bearer error=\"invalid_token\", error_description=\"token revoked\""),
+            "{c}"
+        );
     }
 
     #[test]

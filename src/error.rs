@@ -155,6 +155,15 @@ pub enum AuthError {
         /// Seconds until the breaker lets a probe through (`Retry-After`).
         retry_after_secs: u64,
     },
+    /// This replica cannot know whether the token is revoked: its copy of
+    /// the fleet's revocations is stale (Redis unreachable for more than
+    /// [`STALE_AFTER`](crate::revoke::STALE_AFTER)) or its table overflowed.
+    /// 503 with `Retry-After`, never allow; see [`revoke`](crate::revoke).
+    #[error("revocations are temporarily unavailable")]
+    RevocationsUnavailable {
+        /// Seconds to wait before trying again (`Retry-After`).
+        retry_after_secs: u64,
+    },
 }
 
 impl AuthError {
@@ -164,9 +173,10 @@ impl AuthError {
             AuthError::MissingToken | AuthError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             AuthError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             AuthError::InsufficientScope { .. } => StatusCode::FORBIDDEN,
-            AuthError::KeysUnavailable | AuthError::IntrospectionUnavailable | AuthError::CircuitOpen { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            AuthError::KeysUnavailable
+            | AuthError::IntrospectionUnavailable
+            | AuthError::CircuitOpen { .. }
+            | AuthError::RevocationsUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -177,9 +187,10 @@ impl AuthError {
             AuthError::InvalidRequest(_) => Some("invalid_request"),
             AuthError::InvalidToken(_) => Some("invalid_token"),
             AuthError::InsufficientScope { .. } => Some("insufficient_scope"),
-            AuthError::KeysUnavailable | AuthError::IntrospectionUnavailable | AuthError::CircuitOpen { .. } => {
-                Some("temporarily_unavailable")
-            }
+            AuthError::KeysUnavailable
+            | AuthError::IntrospectionUnavailable
+            | AuthError::CircuitOpen { .. }
+            | AuthError::RevocationsUnavailable { .. } => Some("temporarily_unavailable"),
         }
     }
 
@@ -193,6 +204,7 @@ impl AuthError {
             AuthError::KeysUnavailable => "keys_unavailable",
             AuthError::IntrospectionUnavailable => "introspection_unavailable",
             AuthError::CircuitOpen { .. } => "circuit_open",
+            AuthError::RevocationsUnavailable { .. } => "revocations_unavailable",
         }
     }
 }
@@ -378,6 +390,13 @@ pub enum TokenRejection {
     /// server accepts only tokens issued for a user
     /// ([`accept_client_credentials(false)`](crate::oauth::ResourceServerBuilder::accept_client_credentials)).
     ClientCredentials,
+    /// A revocation matches the token, and the token was issued at or before
+    /// it (or has no `iat`); see [`revoke`](crate::revoke).
+    Revoked,
+    /// `exp` is further from now (or from `iat`) than the longest lifetime
+    /// this server accepts
+    /// ([`max_token_lifetime`](crate::oauth::ResourceServerBuilder::max_token_lifetime)).
+    LifetimeTooLong,
 }
 
 impl TokenRejection {
@@ -401,6 +420,8 @@ impl TokenRejection {
             TokenRejection::InvalidClaim => "invalid_claim",
             TokenRejection::Inactive => "inactive_token",
             TokenRejection::ClientCredentials => "client_credentials_not_accepted",
+            TokenRejection::Revoked => "revoked",
+            TokenRejection::LifetimeTooLong => "lifetime_too_long",
         }
     }
 
@@ -424,6 +445,8 @@ impl TokenRejection {
             TokenRejection::InvalidClaim => "invalid token claims",
             TokenRejection::Inactive => "token is not active",
             TokenRejection::ClientCredentials => "tokens of clients acting for themselves are not accepted",
+            TokenRejection::Revoked => "token revoked",
+            TokenRejection::LifetimeTooLong => "token lifetime too long",
         }
     }
 }

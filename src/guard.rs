@@ -35,7 +35,7 @@ use crate::session::SessionBindingLayer;
 /// |---|---|---|
 /// | [`EdgeLayer`](crate::edge::EdgeLayer) | one well-formed, allowed `Host` (ports matched exactly), a well-formed `Origin` | always |
 /// | RFC 9728 metadata routes | `/.well-known/oauth-protected-resource[/mcp]`, unauthenticated | always |
-/// | [`BearerAuthLayer`](crate::oauth::BearerAuthLayer) | authenticates every request to the MCP endpoint | always |
+/// | [`BearerAuthLayer`](crate::oauth::BearerAuthLayer) | authenticates every request to the MCP endpoint; refuses revoked tokens ([`SharedStore::revocations`](crate::store::SharedStore::revocations)) | always |
 /// | [`RequestLimitLayer`](crate::limit::RequestLimitLayer) | per-caller request rate and requests in flight (429); per-tool rates | always ([`Guard::limits`]) |
 /// | request context | the [`Credentials`] and [`TokenExchange`](crate::oauth::TokenExchange) for the extractors | when configured |
 /// | [`SessionBindingLayer`] | a session belongs to the caller that opened it | with sessions |
@@ -248,7 +248,7 @@ impl Guard {
             mcp = mcp.layer(axum::Extension(credentials));
         }
         #[allow(unused_mut)]
-        let mut bearer = crate::oauth::BearerAuthLayer::new(self.rs.clone());
+        let mut bearer = crate::oauth::BearerAuthLayer::new(self.rs.clone()).revocations(self.store.revocations());
         #[cfg(feature = "exchange")]
         if let Some(exchange) = self.exchange {
             mcp = mcp.layer(axum::Extension(exchange));

@@ -37,6 +37,8 @@ pub mod secrets;
 
 pub mod store;
 
+pub mod revoke;
+
 #[cfg(feature = "state")]
 pub mod state;
 

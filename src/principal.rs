@@ -124,6 +124,20 @@ impl Principal {
         UNIX_EPOCH + Duration::from_secs(self.inner.expires_at.min(LATEST))
     }
 
+    /// When the token was issued (`iat`), in whole seconds since the Unix
+    /// epoch (a fractional `iat` is rounded down); `None` when the token has
+    /// no numeric `iat`. Revocations compare it with their time.
+    pub fn issued_at_unix(&self) -> Option<u64> {
+        let iat = self.inner.claims.get("iat")?.as_f64()?;
+        // Negative or absurd values saturate; a NaN cannot come from JSON.
+        Some(iat.max(0.0).floor() as u64)
+    }
+
+    /// The token's identifier (`jti`), when it has one.
+    pub fn token_id(&self) -> Option<&str> {
+        self.inner.claims.get("jti")?.as_str()
+    }
+
     /// The tenant, read from the configured tenant claim.
     pub fn tenant(&self) -> Option<&str> {
         self.inner.tenant.as_deref()

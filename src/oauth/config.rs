@@ -101,6 +101,11 @@ impl TokenRules {
         self
     }
 
+    /// The clock-skew tolerance.
+    pub(crate) fn leeway_duration(&self) -> Duration {
+        self.leeway
+    }
+
     /// The largest token accepted, in bytes.
     pub(crate) fn max_bytes(&self) -> usize {
         self.max_token_bytes

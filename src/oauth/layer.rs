@@ -16,6 +16,7 @@ use super::resource_server::{Begin, ResourceServer};
 use crate::body::RejectOr;
 use crate::error::AuthError;
 use crate::principal::Principal;
+use crate::revoke::Revocations;
 
 /// Applies [`BearerAuth`] to a service. Build it with
 /// [`BearerAuthLayer::new`].
@@ -73,6 +74,7 @@ use crate::principal::Principal;
 pub struct BearerAuthLayer {
     rs: ResourceServer,
     keep_inbound_token: bool,
+    revocations: Option<Revocations>,
 }
 
 impl BearerAuthLayer {
@@ -81,7 +83,19 @@ impl BearerAuthLayer {
         BearerAuthLayer {
             rs,
             keep_inbound_token: false,
+            revocations: None,
         }
+    }
+
+    /// Refuse tokens `revocations` revoked (401 `invalid_token`), on every
+    /// request, cached tokens included; 503 while this replica cannot know
+    /// ([`crate::revoke`]). The revocations are kept at least as long as
+    /// this resource server's longest token lifetime plus its leeway.
+    /// [`Guard`](crate::Guard) passes its store's. Defaults to none.
+    pub fn revocations(mut self, revocations: Revocations) -> Self {
+        revocations.retain_for(self.rs.revocation_retention());
+        self.revocations = Some(revocations);
+        self
     }
 
     /// Keep the caller's verified token in the request as a redacted
@@ -141,7 +155,8 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let keep = self.layer.keep_inbound_token;
-        let state = match self.layer.rs.begin(req.headers(), req.uri(), keep) {
+        let revocations = self.layer.revocations.as_ref();
+        let state = match self.layer.rs.begin(req.headers(), req.uri(), keep, revocations) {
             Begin::Accept(principal, token) => {
                 let expires_at = principal.expires_at();
                 accept(&mut req, principal, token.map(InboundToken::new));
@@ -158,9 +173,10 @@ where
                 let clone = self.inner.clone();
                 let service = std::mem::replace(&mut self.inner, clone);
                 let rs = self.layer.rs.clone();
+                let revocations = self.layer.revocations.clone();
                 State::Verifying {
                     verify: Box::pin(async move {
-                        let principal = rs.finish(&token, hash).await?;
+                        let principal = rs.finish(&token, hash, revocations.as_ref()).await?;
                         Ok((principal, keep.then(|| InboundToken::new(token))))
                     }),
                     service: Some(service),

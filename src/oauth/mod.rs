@@ -62,4 +62,6 @@ pub use issuer::Issuer;
 pub use jsonwebtoken::Algorithm;
 pub use layer::{BearerAuth, BearerAuthLayer, BearerBody, ResponseFuture};
 pub use metadata::{ProtectedResourceMetadata, WELL_KNOWN_PATH};
-pub use resource_server::{DangerousResourceServerBuilder, ResourceServer, ResourceServerBuilder};
+pub use resource_server::{
+    DEFAULT_MAX_TOKEN_LIFETIME, DangerousResourceServerBuilder, ResourceServer, ResourceServerBuilder,
+};

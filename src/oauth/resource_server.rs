@@ -20,6 +20,7 @@ use crate::audit::{AuditEvent, Caller, Outcome};
 use crate::challenge::Challenges;
 use crate::error::{AuthError, ConfigError, TokenRejection};
 use crate::principal::Principal;
+use crate::revoke::Revocations;
 use crate::scope::{ScopeImplications, advertised, valid_scope};
 
 /// The OAuth 2.1 resource server configuration; see the [type docs](Self).
@@ -66,6 +67,8 @@ struct Inner {
     allowed_hosts: Vec<String>,
     allowed_origins: Vec<String>,
     client_credentials: bool,
+    max_token_lifetime: Duration,
+    leeway: Duration,
     validator: TokenValidator,
 }
 
@@ -123,6 +126,7 @@ impl ResourceServer {
             http_client: None,
             wildcard_origins: false,
             client_credentials: true,
+            max_token_lifetime: DEFAULT_MAX_TOKEN_LIFETIME,
         }
     }
 
@@ -211,27 +215,66 @@ impl ResourceServer {
         self.inner.client_credentials
     }
 
+    /// The longest token lifetime accepted; see
+    /// [`ResourceServerBuilder::max_token_lifetime`].
+    pub fn max_token_lifetime(&self) -> Duration {
+        self.inner.max_token_lifetime
+    }
+
+    /// How long a revocation must be kept so that every token it could
+    /// match has expired: the longest lifetime plus the leeway.
+    pub(crate) fn revocation_retention(&self) -> Duration {
+        self.inner.max_token_lifetime + self.inner.leeway
+    }
+
     /// Fetch every issuer's signing keys now, so the first request does not
     /// wait and a misconfigured issuer is noticed at start-up.
     pub async fn warm_up(&self) -> Result<(), AuthError> {
         self.inner.validator.warm_up().await
     }
 
-    /// Authenticate a request's headers exactly as [`BearerAuthLayer`](super::BearerAuthLayer) does,
-    /// for servers that are not built on tower; answer a refusal with
-    /// [`challenges().reject(&error)`](Challenges::reject).
+    /// Authenticate a request's headers exactly as [`BearerAuthLayer`](super::BearerAuthLayer) does
+    /// without revocations, for servers that are not built on tower; answer
+    /// a refusal with [`challenges().reject(&error)`](Challenges::reject).
+    /// [`authenticate_with`](Self::authenticate_with) checks revocations too.
     pub async fn authenticate(&self, headers: &http::HeaderMap, uri: &http::Uri) -> Result<Principal, AuthError> {
-        match self.begin(headers, uri, false) {
+        self.authenticate_inner(headers, uri, None).await
+    }
+
+    /// [`authenticate`](Self::authenticate), refusing tokens `revocations`
+    /// revoked as [`BearerAuthLayer::revocations`](super::BearerAuthLayer::revocations) does.
+    pub async fn authenticate_with(
+        &self,
+        headers: &http::HeaderMap,
+        uri: &http::Uri,
+        revocations: &Revocations,
+    ) -> Result<Principal, AuthError> {
+        self.authenticate_inner(headers, uri, Some(revocations)).await
+    }
+
+    async fn authenticate_inner(
+        &self,
+        headers: &http::HeaderMap,
+        uri: &http::Uri,
+        revocations: Option<&Revocations>,
+    ) -> Result<Principal, AuthError> {
+        match self.begin(headers, uri, false, revocations) {
             Begin::Accept(principal, _) => Ok(principal),
             Begin::Reject(error) => Err(error),
-            Begin::Verify { token, hash } => self.finish(&token, hash).await,
+            Begin::Verify { token, hash } => self.finish(&token, hash, revocations).await,
         }
     }
 
     /// Read the credentials of a request; answer from the cache when
     /// possible. Every refusal is audited here. The token is copied out of
     /// the request only when `keep_token` (or when it must be verified).
-    pub(crate) fn begin(&self, headers: &http::HeaderMap, uri: &http::Uri, keep_token: bool) -> Begin {
+    pub(crate) fn begin(
+        &self,
+        headers: &http::HeaderMap,
+        uri: &http::Uri,
+        keep_token: bool,
+        revocations: Option<&Revocations>,
+    ) -> Begin {
         let token = match bearer_token(headers, uri, self.inner.max_token_bytes) {
             Ok(token) => token,
             Err(error) => {
@@ -241,7 +284,7 @@ impl ResourceServer {
         };
         let hash = hash_token(token);
         match self.inner.validator.cached(&hash, now_unix()) {
-            Some(principal) => match self.check_principal(&principal) {
+            Some(principal) => match self.check_principal(&principal, revocations) {
                 Ok(()) => {
                     authn_accepted(&principal, true);
                     Begin::Accept(principal, keep_token.then(|| zeroize::Zeroizing::new(token.to_owned())))
@@ -256,7 +299,12 @@ impl ResourceServer {
     }
 
     /// Verify a token the cache did not know. Every outcome is audited here.
-    pub(crate) async fn finish(&self, token: &str, hash: TokenHash) -> Result<Principal, AuthError> {
+    pub(crate) async fn finish(
+        &self,
+        token: &str,
+        hash: TokenHash,
+        revocations: Option<&Revocations>,
+    ) -> Result<Principal, AuthError> {
         let principal = match self.inner.validator.verify(token, hash, now_unix()).await {
             Ok(principal) => principal,
             Err(Failure {
@@ -275,19 +323,38 @@ impl ResourceServer {
                 return Err(error);
             }
         };
-        self.check_principal(&principal)?;
+        self.check_principal(&principal, revocations)?;
         authn_accepted(&principal, false);
         Ok(principal)
     }
 
-    /// The checks after validation: the caller's kind, then the required scopes.
-    fn check_principal(&self, principal: &Principal) -> Result<(), AuthError> {
-        if !self.inner.client_credentials && principal.kind() == crate::PrincipalKind::Client {
-            let error = AuthError::from(crate::TokenRejection::ClientCredentials);
+    /// The checks after validation, on every request (cached tokens too):
+    /// the caller's kind, the token's lifetime, the revocations, then the
+    /// required scopes.
+    fn check_principal(&self, principal: &Principal, revocations: Option<&Revocations>) -> Result<(), AuthError> {
+        let refused = if !self.inner.client_credentials && principal.kind() == crate::PrincipalKind::Client {
+            Err(AuthError::from(TokenRejection::ClientCredentials))
+        } else if self.lifetime_too_long(principal, now_unix()) {
+            Err(AuthError::from(TokenRejection::LifetimeTooLong))
+        } else {
+            revocations.map_or(Ok(()), |r| r.check(principal))
+        };
+        if let Err(error) = refused {
             authn_refused(&error, Caller::from(principal));
             return Err(error);
         }
         self.check_scopes(principal)
+    }
+
+    /// Whether `exp` is further than the longest accepted lifetime from now
+    /// (plus the leeway: `iat` may be that far ahead) or from `iat`.
+    fn lifetime_too_long(&self, principal: &Principal, now: u64) -> bool {
+        let max = self.inner.max_token_lifetime.as_secs();
+        let exp = principal.expires_at_unix();
+        exp > now.saturating_add(max).saturating_add(self.inner.leeway.as_secs())
+            || principal
+                .issued_at_unix()
+                .is_some_and(|iat| exp > iat.saturating_add(max))
     }
 
     fn check_scopes(&self, principal: &Principal) -> Result<(), AuthError> {
@@ -397,9 +464,25 @@ pub struct ResourceServerBuilder {
     http_client: Option<reqwest::Client>,
     wildcard_origins: bool,
     client_credentials: bool,
+    max_token_lifetime: Duration,
 }
 
+/// The longest token lifetime accepted unless configured otherwise: 24 hours.
+pub const DEFAULT_MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
 impl ResourceServerBuilder {
+    /// The longest token lifetime accepted: a token whose `exp` is further
+    /// than this from its `iat`, or from now (plus the leeway), is refused
+    /// with 401 `invalid_token`
+    /// ([`TokenRejection::LifetimeTooLong`](crate::TokenRejection::LifetimeTooLong)).
+    /// It bounds how long a [revocation](crate::revoke) must be kept (this
+    /// plus the leeway), 1 minute to 366 days. Defaults to 24 hours
+    /// ([`DEFAULT_MAX_TOKEN_LIFETIME`]).
+    pub fn max_token_lifetime(mut self, lifetime: Duration) -> Self {
+        self.max_token_lifetime = lifetime;
+        self
+    }
+
     /// Accept tokens a client obtained for itself (the client credentials
     /// grant: a caller of kind [`PrincipalKind::Client`](crate::PrincipalKind::Client),
     /// no user), and say so: [`Guard`](crate::Guard) advertises the MCP
@@ -553,6 +636,13 @@ impl ResourceServerBuilder {
     /// `https://mcp.example.com/mcp`, which the metadata advertises and the
     /// audience check accepts.
     pub fn build(mut self) -> Result<ResourceServer, ConfigError> {
+        if !(Duration::from_secs(60)..=Duration::from_secs(366 * 24 * 3600)).contains(&self.max_token_lifetime) {
+            return Err(ConfigError::OutOfRange {
+                what: "max_token_lifetime",
+                reason: "between 1 minute and 366 days",
+            });
+        }
+        let leeway = self.rules.leeway_duration();
         self.resource = normalize_case(&self.resource).into_owned();
         let resource_url = parse_identifier("resource", &self.resource)?;
         let resource_path = match resource_url.path() {
@@ -633,6 +723,8 @@ impl ResourceServerBuilder {
                 allowed_hosts,
                 allowed_origins,
                 client_credentials: self.client_credentials,
+                max_token_lifetime: self.max_token_lifetime,
+                leeway,
                 validator,
             }),
         })
@@ -706,7 +798,10 @@ mod tests {
         assert!(b.http_client.is_none());
         assert!(!b.wildcard_origins);
         assert!(b.implications.is_empty());
+        assert_eq!(b.max_token_lifetime, Duration::from_secs(24 * 3600));
         let rs = b.build().unwrap();
+        assert_eq!(rs.max_token_lifetime(), DEFAULT_MAX_TOKEN_LIFETIME);
+        assert_eq!(rs.revocation_retention(), Duration::from_secs(24 * 3600 + 30));
         assert_eq!(
             rs.validator().audiences(),
             &HashSet::from(["https://mcp.example.com/mcp".to_owned()])
@@ -827,6 +922,38 @@ mod tests {
         assert!(matches!(err, ConfigError::InvalidUrl { what: "jwks_uri", .. }), "{err}");
         let shown = format!("{err} {err:?}");
         assert!(!shown.contains("s3cret-pw"), "{shown}");
+    }
+
+    #[test]
+    fn tokens_living_longer_than_the_bound_are_refused() {
+        let rs = builder().max_token_lifetime(Duration::from_secs(3600)).build().unwrap();
+        let now = 1_000_000;
+        let token = |iat: Option<u64>, exp: u64| {
+            let mut claims = serde_json::Map::new();
+            if let Some(iat) = iat {
+                claims.insert("iat".into(), serde_json::json!(iat));
+            }
+            Principal::unverified("https://idp.example.com", "alice")
+                .expires_at_unix(exp)
+                .claims(claims)
+                .build()
+        };
+        assert!(!rs.lifetime_too_long(&token(Some(now), now + 3600), now));
+        assert!(rs.lifetime_too_long(&token(Some(now), now + 3601), now));
+        // Issued long ago: judged by iat, not by what is left.
+        assert!(rs.lifetime_too_long(&token(Some(now - 7200), now + 60), now));
+        // No iat: by what is left, with the leeway.
+        assert!(!rs.lifetime_too_long(&token(None, now + 3630), now));
+        assert!(rs.lifetime_too_long(&token(None, now + 3631), now));
+        for bad in [Duration::from_secs(59), Duration::from_secs(367 * 24 * 3600)] {
+            assert!(matches!(
+                builder().max_token_lifetime(bad).build(),
+                Err(ConfigError::OutOfRange {
+                    what: "max_token_lifetime",
+                    ..
+                })
+            ));
+        }
     }
 
     #[test]

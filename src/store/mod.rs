@@ -10,7 +10,7 @@
 //! | per-caller (tenant, tool) rates and requests in flight ([`limit`](crate::limit)) | this replica's budgets | one budget per caller across the fleet |
 //! | session bindings and sessions per principal ([`session`](crate::session)) | this replica's sessions | a session opened on one replica is refused to another principal on any replica |
 //! | single-use request states ([`state`](crate::state)) | this replica's replay set | used once across the fleet |
-//! | revocations | this replica | every replica within a second |
+//! | revocations ([`revoke`](crate::revoke)) | this replica | every replica within a second |
 //!
 //! **Failure semantics.** Every Redis command waits at most
 //! [`RedisConfig::timeout`] (50 ms by default), and a breaker
@@ -33,9 +33,9 @@
 #[cfg(feature = "redis")]
 mod redis;
 
+use std::any::Any;
 use std::fmt;
-#[cfg(feature = "redis")]
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 #[cfg(feature = "redis")]
 pub(crate) use redis::RedisStore;
@@ -48,6 +48,9 @@ pub use redis::{DEFAULT_KEY_PREFIX, DEFAULT_TIMEOUT, RedisConfig};
 pub struct SharedStore {
     #[cfg(feature = "redis")]
     redis: Option<Arc<RedisStore>>,
+    /// One handle of each kind per store (the revocations), made on first
+    /// use and shared by every clone.
+    handles: Arc<Mutex<Vec<Box<dyn Any + Send + Sync>>>>,
 }
 
 impl SharedStore {
@@ -68,6 +71,7 @@ impl SharedStore {
     pub fn redis(config: RedisConfig) -> Result<SharedStore, crate::ConfigError> {
         Ok(SharedStore {
             redis: Some(Arc::new(RedisStore::new(config)?)),
+            handles: Arc::default(),
         })
     }
 
@@ -86,6 +90,20 @@ impl SharedStore {
         return self.redis.as_ref().map_or(0, |r| r.round_trips());
         #[cfg(not(feature = "redis"))]
         0
+    }
+
+    /// This store's handle of type `T`, made by `make` on first use; every
+    /// clone of the store gets the same one. `make` must not hold a clone of
+    /// the store (a cycle would keep both alive).
+    pub(crate) fn handle<T: Any + Clone + Send + Sync>(&self, make: impl FnOnce() -> T) -> T {
+        // A panic while the lock was held left at most a missing handle.
+        let mut handles = self.handles.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(found) = handles.iter().find_map(|h| h.downcast_ref::<T>()) {
+            return found.clone();
+        }
+        let made = make();
+        handles.push(Box::new(made.clone()));
+        made
     }
 
     /// The Redis store, when shared.
