@@ -141,6 +141,7 @@ impl RevocationKind {
         }
     }
 
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // the fleet sync
     fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "subject" => RevocationKind::Subject,
@@ -480,6 +481,7 @@ impl State {
         self.alive_at.store(self.millis().saturating_add(1), Ordering::Release);
     }
 
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // the fleet sync
     fn fresh(&self) -> bool {
         let alive = self.alive_at.load(Ordering::Acquire);
         alive != 0 && self.millis().saturating_add(1).saturating_sub(alive) <= STALE_AFTER.as_millis() as u64
@@ -653,6 +655,7 @@ impl Revocations {
 
     /// Keep revocations at least `retention` (the longest token lifetime a
     /// resource server accepts, plus its leeway); the longest asked for wins.
+    #[cfg_attr(not(feature = "jwt"), allow(dead_code))] // the bearer layer
     pub(crate) fn retain_for(&self, retention: Duration) {
         self.inner
             .state
@@ -708,12 +711,25 @@ impl DangerousRevocations {
 /// The message published for one revocation, and the member naming it in
 /// Redis: `[kind, issuer or null, value]` (+ `revoked_at`, `expires_at` in a
 /// message).
+#[cfg_attr(not(feature = "redis"), allow(dead_code))] // the fleet sync
 fn identity(kind: RevocationKind, issuer: Option<&str>, value: &str) -> String {
     serde_json::json!([kind.as_str(), issuer, value]).to_string()
 }
 
+/// An identity (or a message) read back.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))] // the fleet sync
+#[derive(Debug)]
+struct Parsed {
+    kind: RevocationKind,
+    issuer: Option<String>,
+    value: String,
+    /// `(revoked_at, expires_at)`, in a message.
+    times: Option<(u64, u64)>,
+}
+
 /// The parts of an identity (and the times of a message).
-fn parse_identity(text: &[u8]) -> Option<(RevocationKind, Option<String>, String, Option<(u64, u64)>)> {
+#[cfg_attr(not(feature = "redis"), allow(dead_code))] // the fleet sync
+fn parse_identity(text: &[u8]) -> Option<Parsed> {
     let Value::Array(parts) = serde_json::from_slice::<Value>(text).ok()? else {
         return None;
     };
@@ -731,7 +747,12 @@ fn parse_identity(text: &[u8]) -> Option<(RevocationKind, Option<String>, String
         (Some(at), Some(exp)) => Some((at, exp)),
         _ => None,
     };
-    Some((kind, issuer, value, times))
+    Some(Parsed {
+        kind,
+        issuer,
+        value,
+        times,
+    })
 }
 
 #[cfg(feature = "redis")]
@@ -745,7 +766,7 @@ mod sync {
     use futures_util::StreamExt;
     use redis::Script;
 
-    use super::{State, Table, identity, now_unix, parse_identity};
+    use super::{Parsed, State, Table, identity, now_unix, parse_identity};
     use crate::revoke::RevocationKind;
     use crate::store::{RedisStore, StoreError};
 
@@ -981,7 +1002,10 @@ return out
         let capacity = state.read().capacity;
         let mut table = Table::new(capacity);
         for triple in all.chunks_exact(3) {
-            let Some((kind, issuer, value, _)) = parse_identity(&triple[0]) else {
+            let Some(Parsed {
+                kind, issuer, value, ..
+            }) = parse_identity(&triple[0])
+            else {
                 continue;
             };
             let number = |bytes: &[u8]| std::str::from_utf8(bytes).ok().and_then(|s| s.parse::<f64>().ok());
@@ -1001,7 +1025,12 @@ return out
     /// One published revocation.
     fn apply(state: &State, payload: &[u8]) {
         match parse_identity(payload) {
-            Some((kind, issuer, value, Some((at, exp)))) => {
+            Some(Parsed {
+                kind,
+                issuer,
+                value,
+                times: Some((at, exp)),
+            }) => {
                 state.insert(kind, issuer.as_deref(), &value, at, exp);
             }
             _ => tracing::warn!(target: "rmcp_guard::revoke", "unreadable revocation message ignored"),
@@ -1128,9 +1157,7 @@ mod tests {
         a.retain_for(Duration::from_secs(48 * 3600));
         assert_eq!(b.retention(), Duration::from_secs(48 * 3600 + 1));
 
-        let mut table = a.inner.state.write();
-        table.capacity = 1;
-        drop(table);
+        a.inner.state.write().capacity = 1;
         a.revoke(Revocation::subject("overflow")).await.unwrap();
         let unrelated = principal("unrelated", Some(1)).build();
         assert_eq!(
@@ -1142,13 +1169,13 @@ mod tests {
     #[test]
     fn identities_round_trip_and_garbage_is_refused() {
         let id = identity(RevocationKind::Client, Some("https://idp"), "c\"i");
-        let (kind, issuer, value, times) = parse_identity(id.as_bytes()).unwrap();
+        let p = parse_identity(id.as_bytes()).unwrap();
         assert_eq!(
-            (kind, issuer.as_deref(), value.as_str(), times),
+            (p.kind, p.issuer.as_deref(), p.value.as_str(), p.times),
             (RevocationKind::Client, Some("https://idp"), "c\"i", None)
         );
         let message = json!(["jti", null, "j", 5, 9]).to_string();
-        assert_eq!(parse_identity(message.as_bytes()).unwrap().3, Some((5, 9)));
+        assert_eq!(parse_identity(message.as_bytes()).unwrap().times, Some((5, 9)));
         for bad in [
             &b"nope"[..],
             b"[]",
