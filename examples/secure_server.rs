@@ -38,8 +38,18 @@
 //! `deploy_template` (catalyst-center write: network-engineers, admin; the
 //! user confirms each call, see below);
 //! `create_ticket` (servicenow write: service-desk, admin); `list_repositories`
-//! (github read: developers, admin). `tools/list` shows each caller only
-//! the tools it may call.
+//! (github read: developers, admin); `revoke` (admin only: the policy's
+//! wildcard grant; every other group is refused as for an unknown tool).
+//! `tools/list` shows each caller only the tools it may call.
+//!
+//! `revoke` is the kill switch: `{"subject": "...", "issuer"?: "...",
+//! "client_id"?: "..."}` refuses every token issued so far to that subject
+//! (and, with `client_id`, every token issued to that OAuth client),
+//! optionally only tokens of that issuer, from the next request on (401
+//! `invalid_token`, cached tokens too); tokens issued afterwards work. It
+//! revokes in the store the guard checks (this process's memory; with a
+//! shared Redis, every replica within a second). It answers what was
+//! revoked and until when the revocation is kept.
 //!
 //! The embedded policy also has a `confirm` rule for `deploy_template`: on
 //! MCP 2026-07-28 the first call answers an `InputRequiredResult` asking the
@@ -72,10 +82,12 @@ use rmcp::{ErrorData, ServerHandler, schemars, tool, tool_handler, tool_router};
 use rmcp_guard::limit::{Rate, RequestLimits};
 use rmcp_guard::oauth::{ClientAuth, DownstreamTokens, Issuer, ResourceServer, TokenExchange, TokenRules};
 use rmcp_guard::policy::PolicyEngine;
+use rmcp_guard::revoke::{Revocation, Revocations, RevokeError};
 use rmcp_guard::secrets::{
     CallerCredentials, Credentials, DEFAULT_TEMPLATE, MemoryStore, PathTemplate, SecretStore, VaultStoreBuilder,
 };
 use rmcp_guard::state::{RequestStateSealer, StateKeys};
+use rmcp_guard::store::SharedStore;
 use rmcp_guard::{Guard, Principal, require_permission};
 
 /// The tools of this server. Edit here: every tool is reached only through the
@@ -87,6 +99,8 @@ struct Tools {
     tool_router: ToolRouter<Self>,
     /// `GUARD_DOWNSTREAM_AUDIENCE`, for `call_downstream`.
     downstream_audience: Option<String>,
+    /// The revocations the guard checks every request against, for `revoke`.
+    revocations: Revocations,
 }
 
 #[derive(serde::Deserialize, schemars::JsonSchema)]
@@ -104,6 +118,16 @@ struct DeployArgs {
 }
 
 #[derive(serde::Deserialize, schemars::JsonSchema)]
+struct RevokeArgs {
+    /// The subject (`sub`) whose tokens to revoke.
+    subject: String,
+    /// Only tokens of this issuer (`iss`); every trusted issuer when absent.
+    issuer: Option<String>,
+    /// Also revoke every token issued to this OAuth client.
+    client_id: Option<String>,
+}
+
+#[derive(serde::Deserialize, schemars::JsonSchema)]
 struct TicketArgs {
     /// One line describing the problem.
     summary: String,
@@ -111,10 +135,11 @@ struct TicketArgs {
 
 #[tool_router]
 impl Tools {
-    fn new(downstream_audience: Option<String>) -> Self {
+    fn new(downstream_audience: Option<String>, revocations: Revocations) -> Self {
         Tools {
             tool_router: Self::tool_router(),
             downstream_audience,
+            revocations,
         }
     }
 
@@ -203,6 +228,42 @@ impl Tools {
             "ticket": {"summary": args.summary, "state": "new"},
         })
         .to_string())
+    }
+
+    // Admin only: the embedded policy grants it through the admin role's
+    // wildcard; no other role names it.
+    #[require_permission(resource = "revocations", action = "write")]
+    #[tool(
+        description = "Admin: revoke every token issued so far to a subject (and, with client_id, to that OAuth \
+                          client), optionally only tokens of one issuer; later tokens work"
+    )]
+    async fn revoke(&self, caller: Principal, Parameters(args): Parameters<RevokeArgs>) -> Result<String, ErrorData> {
+        let mut wanted = vec![Revocation::subject(args.subject)];
+        if let Some(client_id) = args.client_id {
+            wanted.push(Revocation::client(client_id));
+        }
+        let mut revoked = Vec::with_capacity(wanted.len());
+        for mut revocation in wanted {
+            if let Some(issuer) = &args.issuer {
+                revocation = revocation.issuer(issuer.clone());
+            }
+            let done = self
+                .revocations
+                .revoke(revocation.requested_by(caller.subject()))
+                .await
+                .map_err(|e| match e {
+                    RevokeError::Invalid(why) => ErrorData::invalid_params(why, None),
+                    other => ErrorData::internal_error(other.to_string(), None),
+                })?;
+            revoked.push(serde_json::json!({
+                "kind": done.revocation.kind().as_str(),
+                "value": done.revocation.value(),
+                "issuer": done.revocation.issuer_scope(),
+                "revoked_at": done.revoked_at,
+                "kept_until": done.expires_at,
+            }));
+        }
+        Ok(serde_json::json!({ "revoked": revoked }).to_string())
     }
 
     #[require_permission(resource = "github", action = "read")]
@@ -422,7 +483,13 @@ async fn main() -> ExitCode {
     // Metadata, bearer auth, session binding, step-up 403, rmcp, the policy
     // on every call, read and listing (and the user's confirmation where it
     // asks for one), then the tools.
+    // Where the state replicas share lives (limits, sessions, confirmations,
+    // revocations): this process's memory. `revoke` revokes in the same
+    // store the guard checks.
+    let store = SharedStore::memory();
+    let revocations = store.revocations();
     let mut guard = Guard::new(rs.clone())
+        .shared_store(store)
         .policy(policy.clone())
         .credentials(credentials)
         .limits(settings.limits)
@@ -440,7 +507,7 @@ async fn main() -> ExitCode {
         guard = guard.exchange(exchange);
     }
     let audience = settings.downstream_audience.clone();
-    let app = guard.router(move || Ok(Tools::new(audience.clone())));
+    let app = guard.router(move || Ok(Tools::new(audience.clone(), revocations.clone())));
 
     let listener = match tokio::net::TcpListener::bind(&settings.bind).await {
         Ok(l) => l,

@@ -458,3 +458,53 @@ async fn deploy_template_needs_the_users_confirmation() {
         "{expired:?}"
     );
 }
+
+/// The `revoke` admin tool: hidden from and refused to everyone but the
+/// `admin` group; an admin's revocation of a user makes that user's next
+/// request 401 `invalid_token`, while other users keep working.
+#[tokio::test]
+async fn only_admins_revoke_and_the_revoked_user_is_refused_at_once() {
+    let issuer = TestIssuer::start().await.unwrap();
+    let server = start(&issuer).await;
+    let user_token = token(&issuer, &server.url, &["developers"], "acme");
+    let other_token = token(&issuer, &server.url, &["developers"], "globex");
+    let admin_token = issuer
+        .token()
+        .subject("root")
+        .audience(&server.url)
+        .scope("mcp:tools")
+        .claim("groups", json!(["admin"]))
+        .claim("tenant", json!("acme"))
+        .sign();
+
+    // A non-admin neither sees nor may call it, not even on someone else.
+    let user = connect(&server.url, &user_token).await;
+    assert!(!tools(&user).await.contains(&"revoke".to_owned()));
+    let refused = call(&user, "revoke", json!({"subject": "globex-user"})).await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert_eq!(post_2026(&server.url, &other_token, "tools/list").await.status(), 200);
+    let _ = user.cancel().await;
+
+    let admin = connect(&server.url, &admin_token).await;
+    assert!(tools(&admin).await.contains(&"revoke".to_owned()));
+    let answer = call(&admin, "revoke", json!({"subject": "acme-user"})).await.unwrap();
+    assert_eq!(answer["revoked"][0]["kind"], "subject", "{answer}");
+    assert_eq!(answer["revoked"][0]["value"], "acme-user", "{answer}");
+    assert!(
+        answer["revoked"][0]["kept_until"].as_u64().unwrap() > answer["revoked"][0]["revoked_at"].as_u64().unwrap()
+    );
+    assert!(
+        call(&admin, "revoke", json!({"subject": ""})).await.is_err(),
+        "an empty subject is refused"
+    );
+    let _ = admin.cancel().await;
+
+    // The revoked user's very next request (its token is in the verified-token cache).
+    let response = post_2026(&server.url, &user_token, "tools/list").await;
+    assert_eq!(response.status(), 401);
+    let challenge = response.headers()["www-authenticate"].to_str().unwrap().to_owned();
+    assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
+    assert!(challenge.contains("token revoked"), "{challenge}");
+    // Another user is untouched.
+    assert_eq!(post_2026(&server.url, &other_token, "tools/list").await.status(), 200);
+}
