@@ -48,7 +48,13 @@ where
 {
     let mut req = Request::post("/mcp").body(()).expect("request");
     req.headers_mut().insert(header::AUTHORIZATION, authorization.clone());
-    service.clone().oneshot(req).await.expect("infallible").status().as_u16()
+    service
+        .clone()
+        .oneshot(req)
+        .await
+        .expect("infallible")
+        .status()
+        .as_u16()
 }
 
 async fn filled(n: usize) -> Revocations {
@@ -62,9 +68,28 @@ async fn filled(n: usize) -> Revocations {
     revocations
 }
 
+/// This process's resident memory (Linux), in bytes.
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(kb * 1024)
+}
+
 fn with_iat(p: rmcp_guard::PrincipalBuilder) -> Principal {
-    p.claims(serde_json::json!({"iat": 1, "jti": "j"}).as_object().cloned().unwrap_or_default())
-        .build()
+    p.claims(
+        serde_json::json!({"iat": 1, "jti": "j"})
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+    )
+    .build()
 }
 
 fn bench(c: &mut Criterion) {
@@ -80,11 +105,17 @@ fn bench(c: &mut Criterion) {
     let authorization = HeaderValue::from_str(&format!("Bearer {token}")).expect("header");
 
     let none = SharedStore::memory().revocations();
+    let before = resident_bytes();
     let full = runtime.block_on(filled(100_000));
+    if let (Some(before), Some(after)) = (before, resident_bytes()) {
+        println!(
+            "memory: 100 000 revocations of 23-byte subjects: {} bytes resident more, {} bytes each",
+            after.saturating_sub(before),
+            after.saturating_sub(before) / 100_000
+        );
+    }
     let off = BearerAuthLayer::new(rs.clone()).layer(service_fn(ok));
-    let on_none = BearerAuthLayer::new(rs.clone())
-        .revocations(none)
-        .layer(service_fn(ok));
+    let on_none = BearerAuthLayer::new(rs.clone()).revocations(none).layer(service_fn(ok));
     let on_full = BearerAuthLayer::new(rs.clone())
         .revocations(full.clone())
         .layer(service_fn(ok));

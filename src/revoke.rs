@@ -78,8 +78,8 @@
 //! keys carry that expiry.
 //!
 //! The local table holds at most [`DEFAULT_CAPACITY`] (100 000) live
-//! revocations, each about 100 bytes plus the lengths of its value and
-//! issuer (about 15 MB for 100 000 subjects of 50 bytes). A revocation is
+//! revocations, each about 150 bytes plus the lengths of its value and
+//! issuer (measured by `cargo bench --bench revoke`: see its output). A revocation is
 //! never dropped to make room: one that does not fit is still written to
 //! Redis (it wins), and checks **fail closed** (503,
 //! `revocations_unavailable`) until it would have expired or a resync fits
@@ -358,7 +358,10 @@ impl Table {
             self.overflow_until = self.overflow_until.max(exp);
             return Inserted::Overflow;
         }
-        self.by_value.entry(value.into()).or_default().push(Entry {
+        let entries = self.by_value.entry(value.into()).or_default();
+        // Most values carry one revocation: no room for four.
+        entries.reserve_exact(1);
+        entries.push(Entry {
             kind,
             issuer: issuer.map(Into::into),
             revoked_at: at,
