@@ -358,6 +358,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn iat_and_jti_come_from_the_claims() {
+        let with = |claims: serde_json::Value| {
+            Principal::unverified("i", "s")
+                .claims(claims.as_object().cloned().unwrap_or_default())
+                .build()
+        };
+        let p = with(serde_json::json!({"iat": 1_700_000_000.9, "jti": "t-1"}));
+        assert_eq!(p.issued_at_unix(), Some(1_700_000_000));
+        assert_eq!(p.token_id(), Some("t-1"));
+        let odd = with(serde_json::json!({"iat": "yesterday", "jti": 7}));
+        assert_eq!((odd.issued_at_unix(), odd.token_id()), (None, None));
+        assert_eq!(with(serde_json::json!({"iat": -5})).issued_at_unix(), Some(0));
+        assert_eq!(with(serde_json::json!({"iat": 1e300})).issued_at_unix(), Some(u64::MAX));
+    }
+
+    #[test]
     fn a_far_future_exp_does_not_panic() {
         // `exp` is the issuer's number: jwt.rs accepts any finite value and
         // saturates it into u64 (1e300 -> u64::MAX).

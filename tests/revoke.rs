@@ -34,12 +34,18 @@ impl Drop for Replica {
 }
 
 async fn replica(issuer: &TestIssuer, store: SharedStore) -> Replica {
+    replica_of(Issuer::with_jwks_uri(issuer.issuer(), issuer.jwks_uri()), store, None).await
+}
+
+/// A replica trusting `issuer`, accepting `audience` (default: its URL).
+async fn replica_of(issuer: Issuer, store: SharedStore, audience: Option<&str>) -> Replica {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/mcp", listener.local_addr().unwrap());
-    let rs = ResourceServer::builder(url.clone(), Issuer::with_jwks_uri(issuer.issuer(), issuer.jwks_uri()))
-        .required_scopes([SCOPE])
-        .build()
-        .unwrap();
+    let mut builder = ResourceServer::builder(url.clone(), issuer).required_scopes([SCOPE]);
+    if let Some(audience) = audience {
+        builder = builder.audiences([audience]);
+    }
+    let rs = builder.build().unwrap();
     let app = Guard::new(rs)
         .limits(generous_limits())
         .stateless()
@@ -218,6 +224,38 @@ async fn a_token_living_longer_than_the_bound_is_refused() {
     );
 }
 
+#[tokio::test]
+async fn introspected_tokens_are_checked_too() {
+    const AUDIENCE: &str = "https://mcp.example.com/mcp";
+    let now = now_unix();
+    let introspection = StubServer::start(|_| {
+        vec![(
+            "/introspect".to_owned(),
+            json!({"active": true, "sub": "ivan", "aud": AUDIENCE, "scope": SCOPE,
+                   "iat": now - 10, "exp": now + 300}),
+        )]
+    })
+    .await;
+    let store = SharedStore::memory();
+    let issuer = Issuer::introspection(
+        "https://idp.example.com",
+        introspection.url("/introspect"),
+        rmcp_guard::oauth::ClientAuth::client_secret("id", "secret").unwrap(),
+    );
+    let server = replica_of(issuer, store.clone(), Some(AUDIENCE)).await;
+    assert_echoed(&call_echo(&server.url, "opaque-ivan", "1").await, "1");
+    // The answer is cached: the provider is not asked again.
+    assert_echoed(&call_echo(&server.url, "opaque-ivan", "2").await, "2");
+    let asked = introspection.hits();
+    store
+        .revocations()
+        .revoke(Revocation::subject("ivan").issuer("https://idp.example.com"))
+        .await
+        .unwrap();
+    assert_revoked(&call_echo(&server.url, "opaque-ivan", "3").await, "opaque-ivan");
+    assert_eq!(introspection.hits(), asked, "refused from the cache");
+}
+
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
 
@@ -342,6 +380,54 @@ async fn a_revocation_on_one_replica_is_enforced_by_every_replica_and_survives_r
     wait_past(revoked.revoked_at).await;
     let fresh_c = token(&issuer, &c).subject("alice").sign();
     assert_echoed(&call_echo(&c.url, &fresh_c, "new").await, "new");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_redis_fails_closed_unless_allowed_when_stale_and_recovers() {
+    let redis = Redis::start().await;
+    let issuer = TestIssuer::start().await.unwrap();
+    let strict_store = redis_store(&redis);
+    let lenient_store = redis_store(&redis);
+    let lenient = lenient_store.revocations().dangerous().allow_when_stale();
+    let strict = replica(&issuer, strict_store.clone()).await;
+    let relaxed = replica(&issuer, lenient_store.clone()).await;
+    let mallory = token(&issuer, &relaxed).subject("mallory").sign();
+    let carol_strict = token(&issuer, &strict).subject("carol").sign();
+    let carol_relaxed = token(&issuer, &relaxed).subject("carol").sign();
+    poll_until(&strict.url, &carol_strict, "strict synced", |r| r.status == 200).await;
+    poll_until(&relaxed.url, &carol_relaxed, "relaxed synced", |r| r.status == 200).await;
+    strict_store
+        .revocations()
+        .revoke(Revocation::subject("mallory"))
+        .await
+        .unwrap();
+    poll_until(&relaxed.url, &mallory, "revocation reached the other", |r| {
+        r.status == 401
+    })
+    .await;
+
+    // SIGSTOP: connections stay open, nothing answers (pings time out).
+    redis.pause();
+    let reply = poll_until(&strict.url, &carol_strict, "hung Redis fails closed", |r| {
+        r.status == 503
+    })
+    .await;
+    assert_unavailable(&reply, &carol_strict);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lenient.is_fresh() {
+        assert!(Instant::now() < deadline, "a hung Redis still counts as fresh");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The opt-out keeps serving on the last known set: carol works,
+    // mallory stays revoked.
+    assert_echoed(&call_echo(&relaxed.url, &carol_relaxed, "stale").await, "stale");
+    assert_revoked(&call_echo(&relaxed.url, &mallory, "stale").await, &mallory);
+
+    redis.resume();
+    poll_until(&strict.url, &carol_strict, "recovered after resume", |r| {
+        r.status == 200
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
