@@ -830,8 +830,19 @@ return out
         redis: Arc<RedisStore>,
         state: Arc<State>,
         keys: Arc<Keys>,
-        running: AtomicBool,
+        /// Whether the task runs; cleared by the task when it ends (also when
+        /// its runtime shuts down), so the next check starts another.
+        running: Arc<AtomicBool>,
         stop: tokio::sync::watch::Sender<()>,
+    }
+
+    /// Clears `running` when the task ends, however it ends.
+    struct Running(Arc<AtomicBool>);
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            self.0.store(false, Ordering::Release);
+        }
     }
 
     pub(super) struct Keys {
@@ -852,7 +863,7 @@ return out
                 redis,
                 state,
                 keys,
-                running: AtomicBool::new(false),
+                running: Arc::new(AtomicBool::new(false)),
                 stop,
             }
         }
@@ -868,12 +879,17 @@ return out
             if self.running.swap(true, Ordering::AcqRel) {
                 return;
             }
-            runtime.spawn(run(
+            let running = Running(self.running.clone());
+            let task = run(
                 self.redis.clone(),
                 self.state.clone(),
                 self.keys.clone(),
                 self.stop.subscribe(),
-            ));
+            );
+            runtime.spawn(async move {
+                let _running = running;
+                task.await;
+            });
         }
 
         /// Write one revocation to Redis and publish it.
@@ -1136,6 +1152,9 @@ mod tests {
         let b = store.clone().revocations();
         assert!(!a.is_shared() && a.is_fresh());
         assert_eq!(a.retention(), DEFAULT_RETENTION);
+        assert_eq!(a.inner.state.read().capacity, 100_000);
+        assert_eq!(STALE_AFTER, Duration::from_secs(1));
+        assert!(!a.inner.state.allow_when_stale.load(Ordering::Relaxed));
         let revoked = a
             .revoke(Revocation::tenant("globex").requested_by("root"))
             .await

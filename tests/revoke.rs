@@ -474,3 +474,40 @@ async fn revocations_in_redis_expire_and_the_sync_task_stops_with_the_last_handl
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A store outliving the runtime its sync task ran on (a test runtime, a
+/// restarted runtime): the next check starts the task on the current one.
+#[test]
+fn the_sync_task_starts_again_on_another_runtime() {
+    let first = tokio::runtime::Runtime::new().unwrap();
+    let redis = first.block_on(Redis::start());
+    let (store, revocations) = first.block_on(async {
+        let store = redis_store(&redis);
+        let revocations = store.revocations();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !revocations.is_fresh() {
+            assert!(Instant::now() < deadline, "never synced");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (store, revocations)
+    });
+    drop(first);
+
+    let second = tokio::runtime::Runtime::new().unwrap();
+    second.block_on(async {
+        let other = redis_store(&redis);
+        let victim = rmcp_guard::Principal::unverified("https://idp", "zed").build();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // Revoke until it lands (the other store's first write may race its
+        // connection), then wait for this store's copy to learn it.
+        while other.revocations().revoke(Revocation::subject("zed")).await.is_err() {
+            assert!(Instant::now() < deadline, "the other store never wrote");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        while revocations.check(&victim).is_ok() || !revocations.is_fresh() {
+            assert!(Instant::now() < deadline, "the sync task did not start again");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    drop((store, second));
+}

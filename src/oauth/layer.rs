@@ -44,8 +44,9 @@ use crate::revoke::Revocations;
 /// [`BearerAuthLayer::keep_inbound_token`] (for token exchange) a redacted,
 /// zeroizing [`InboundToken`] is kept in its place.
 ///
-/// The decision is [`ResourceServer::authenticate`]'s; this file is only the
-/// tower plumbing around it.
+/// The decision is [`ResourceServer::authenticate_with`]'s (with the
+/// [`revocations`](BearerAuthLayer::revocations) given); this file is only
+/// the tower plumbing around it.
 ///
 /// A token seen before is answered from the verified-token cache without
 /// touching the signature (a SHA-256 and a shard lookup); a new one is verified
