@@ -102,6 +102,10 @@ pub enum ConfigError {
     #[error("at most one introspection issuer can be configured (found {0} and {1})")]
     MultipleIntrospectionIssuers(String, String),
     // ---- end introspection ----
+    /// A piece that runs background tasks (the Redis connection) was built
+    /// outside a Tokio runtime.
+    #[error("{0} must be built inside a Tokio runtime")]
+    NoRuntime(&'static str),
     /// A request-state key or key id is unusable (feature `state`): the
     /// wrong length, an empty or odd key id, or a key id used twice.
     #[error("invalid request-state key: {0}")]

@@ -26,7 +26,9 @@ pub const DEFAULT_KEY_PREFIX: &str = "rmcp-guard:";
 /// use std::time::Duration;
 /// use rmcp_guard::store::{RedisConfig, SharedStore};
 ///
-/// # fn main() -> Result<(), rmcp_guard::ConfigError> {
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), rmcp_guard::ConfigError> {
+/// // Inside a Tokio runtime (the connection is kept by a background task).
 /// let store = SharedStore::redis(
 ///     RedisConfig::new("redis://127.0.0.1:6379/0")
 ///         .key_prefix("mcp-prod:")
@@ -132,6 +134,11 @@ impl RedisStore {
             });
         }
         config.breaker.check()?;
+        // The connection manager spawns its reconnect task on the current
+        // runtime: outside one it would panic.
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(ConfigError::NoRuntime("the Redis store"));
+        }
         let server = redacted(&config.url);
         let client = redis::Client::open(config.url.as_str()).map_err(|_| ConfigError::InvalidUrl {
             what: "redis",
@@ -248,6 +255,14 @@ mod tests {
         let debug = format!("{config:?}");
         assert!(!debug.contains("hunter2") && !debug.contains("admin"), "{debug}");
         assert!(debug.contains("redis.internal:6379"));
+    }
+
+    #[test]
+    fn outside_a_runtime_the_store_is_a_config_error_not_a_panic() {
+        assert!(matches!(
+            RedisStore::new(RedisConfig::new("redis://127.0.0.1:1")),
+            Err(ConfigError::NoRuntime(_))
+        ));
     }
 
     #[tokio::test]
