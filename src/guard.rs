@@ -199,7 +199,10 @@ impl Guard {
             .sessions
             .map(|layer| {
                 let manager = Arc::new(LocalSessionManager::default());
-                (layer.session_manager(manager.clone()), manager)
+                (
+                    layer.session_manager(manager.clone()).shared(self.store.clone()),
+                    manager,
+                )
             })
             .unzip();
         #[cfg(feature = "policy")]
@@ -215,7 +218,7 @@ impl Guard {
         let mut mcp = match self.policy.clone() {
             Some(engine) => {
                 let step_up = crate::policy::StepUpLayer::new(self.rs.challenges(), engine.clone());
-                let sealer = self.request_state.clone();
+                let sealer = fleet_sealer(self.request_state.clone(), &self.store);
                 let bound = stateful.is_some();
                 let factory = move || {
                     factory().map(|h| {
@@ -259,6 +262,32 @@ impl Guard {
             .merge(self.rs.metadata_router())
             .layer(edge)
     }
+}
+
+/// The sealer of confirmations in a fleet: with a Redis store, the sealer's
+/// own in-memory replay set becomes the fleet's ([`RedisReplaySet`](crate::state::RedisReplaySet)),
+/// so that a state opens once across replicas. Without a configured sealer
+/// each replica seals with its own generated keys: a confirmation asked by
+/// one replica is refused by the others (fail closed, the user is asked
+/// again), which is logged once here.
+#[cfg(feature = "policy")]
+fn fleet_sealer(
+    sealer: Option<crate::state::RequestStateSealer>,
+    store: &crate::store::SharedStore,
+) -> Option<crate::state::RequestStateSealer> {
+    #[cfg(feature = "redis")]
+    if let Some(replay) = crate::state::RedisReplaySet::new(store) {
+        if sealer.is_none() {
+            tracing::warn!(
+                "Guard: shared store without Guard::request_state: each replica seals confirmations with its own \
+                 generated keys, so a confirmation asked by one replica is refused by another; configure the \
+                 same StateKeys on every replica"
+            );
+        }
+        return sealer.map(|s| s.shared_replay_set(Arc::new(replay)));
+    }
+    let _ = store;
+    sealer
 }
 
 /// The MCP extensions `rs` supports, for [`Advertised`]: client credentials

@@ -100,6 +100,8 @@ mod tests;
 pub use binding::StateBinding;
 pub use handles::StateHandles;
 pub use keys::StateKeys;
+#[cfg(feature = "redis")]
+pub use replay::RedisReplaySet;
 pub use replay::{MemoryReplaySet, ReplayEntry, ReplayFuture, ReplaySet};
 pub use sealer::RequestStateSealer;
 
