@@ -46,6 +46,10 @@ impl Drop for Replica {
 }
 
 async fn replica(issuer: &TestIssuer, redis: &Redis, layer: SessionBindingLayer) -> Replica {
+    replica_with(issuer, redis, |guard| guard.session_binding(layer)).await
+}
+
+async fn replica_with(issuer: &TestIssuer, redis: &Redis, configure: impl FnOnce(Guard) -> Guard) -> Replica {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/mcp", listener.local_addr().unwrap());
     let rs = ResourceServer::builder(url.clone(), Issuer::with_jwks_uri(issuer.issuer(), issuer.jwks_uri()))
@@ -63,12 +67,11 @@ async fn replica(issuer: &TestIssuer, redis: &Redis, layer: SessionBindingLayer)
             .timeout(Duration::from_millis(500)),
     )
     .unwrap();
-    let app = Guard::new(rs)
+    let guard = Guard::new(rs)
         .http_config(config)
         .limits(generous_limits())
-        .session_binding(layer)
-        .shared_store(store.clone())
-        .router(|| Ok(Tools::new()));
+        .shared_store(store.clone());
+    let app = configure(guard).router(|| Ok(Tools::new()));
     let task = tokio::spawn(async move {
         let _ = rmcp_guard::serve(listener, app).await;
     });
@@ -413,4 +416,72 @@ async fn a_request_state_opens_once_across_replicas() {
         b.open::<serde_json::Value>(&third, &binding).await.unwrap_err(),
         StateError::Replayed
     );
+}
+
+/// `echo` asks for confirmation first (the policy's `confirm` rule).
+const CONFIRM_ECHO: &str = r#"
+package mcp.authz
+
+import rego.v1
+
+default allow := false
+
+allow if "mcp:tools" in input.scopes
+
+confirm if {
+	input.action == "tools/call"
+	input.resource == "echo"
+}
+"#;
+
+#[tokio::test]
+async fn a_confirmation_opens_once_across_guard_replicas() {
+    let issuer = TestIssuer::start().await.unwrap();
+    let redis = Redis::start().await;
+    let engine = || {
+        rmcp_guard::policy::PolicyEngine::builder()
+            .module("confirm.rego", CONFIRM_ECHO)
+            .build()
+            .unwrap()
+    };
+    // Same keys on both replicas; the replay set is the guard's own memory
+    // set unless `Guard` shares it through the store.
+    let fleet = |guard: Guard| {
+        guard
+            .stateless()
+            .policy(engine())
+            .request_state(RequestStateSealer::new(shared_keys()))
+    };
+    let a = replica_with(&issuer, &redis, fleet).await;
+    let b = replica_with(&issuer, &redis, fleet).await;
+    let connect = |replica: &Replica| {
+        McpClient::connect(&replica.url, Protocol::V2026_07_28)
+            .bearer(token(&issuer, "alice", replica))
+            .capabilities(json!({"elicitation": {"form": {}}}))
+    };
+    let on_a = connect(&a).await.unwrap();
+    let on_b = connect(&b).await.unwrap();
+
+    let asked = on_a
+        .request("tools/call", json!({"name": "echo", "arguments": {"text": "hi"}}))
+        .await
+        .unwrap();
+    assert_eq!(asked["resultType"], "input_required", "{asked}");
+    let state = asked["requestState"].as_str().unwrap().to_owned();
+    let retry = json!({
+        "name": "echo",
+        "arguments": {"text": "hi"},
+        "requestState": state,
+        "inputResponses": {"confirm": {"action": "accept", "content": {"confirm": true}}},
+    });
+    // The same keys: B opens what A sealed (so a replay there is a real test).
+    let done = on_b.request("tools/call", retry.clone()).await.unwrap();
+    assert_eq!(done["content"][0]["text"], "hi", "{done}");
+    for client in [&on_a, &on_b] {
+        let again = client.request("tools/call", retry.clone()).await;
+        assert!(
+            matches!(&again, Err(McpError::JsonRpc { data: Some(d), .. }) if d["error"] == "request_state_replayed"),
+            "{again:?}"
+        );
+    }
 }
