@@ -902,6 +902,8 @@ mod tests {
         assert_eq!(s.idle, Duration::from_secs(300));
         assert_eq!(s.per_principal, 16);
         assert!(s.registry.is_none());
+        assert!(!s.store.is_shared() && layer.bindings.shared.is_none());
+        assert_eq!(s.refresh, Duration::from_secs(30));
         assert_eq!(
             DEFAULT_IDLE,
             rmcp::transport::streamable_http_server::session::local::SessionConfig::DEFAULT_KEEP_ALIVE,
@@ -934,6 +936,55 @@ mod tests {
         assert!(
             b.owners.get(&*owner(&alice), Timestamp::now()).is_none(),
             "no empty list is kept"
+        );
+    }
+
+    #[test]
+    fn the_local_table_says_mine_theirs_or_unknown_and_when_to_refresh() {
+        let b = SessionBindingLayer::default()
+            .refresh_interval(Duration::from_secs(3600))
+            .bindings;
+        let alice = alice();
+        b.bind("s1", &owner(&alice));
+        assert_eq!(b.here("s1", &alice), Here::Mine { refresh: false });
+        let mallory = Principal::unverified("https://idp", "mallory").client_id("app").build();
+        assert_eq!(b.here("s1", &mallory), Here::Theirs);
+        assert_eq!(b.here("s2", &alice), Here::Unknown);
+        // Refresh due at every request with a zero interval.
+        let b = SessionBindingLayer::default().refresh_interval(Duration::ZERO).bindings;
+        b.bind("s1", &owner(&alice));
+        assert_eq!(b.here("s1", &alice), Here::Mine { refresh: true });
+        assert_eq!(b.here("s1", &alice), Here::Mine { refresh: true });
+    }
+
+    #[test]
+    fn owner_digests_differ_in_every_field() {
+        let base = shared::owner_digest("https://idp", PrincipalKind::User, "alice", Some("app"));
+        assert_eq!(base, Owner::of(&alice()).digest());
+        assert_ne!(
+            base,
+            shared::owner_digest("https://idp2", PrincipalKind::User, "alice", Some("app"))
+        );
+        assert_ne!(
+            base,
+            shared::owner_digest("https://idp", PrincipalKind::Client, "alice", Some("app"))
+        );
+        assert_ne!(
+            base,
+            shared::owner_digest("https://idp", PrincipalKind::User, "alicf", Some("app"))
+        );
+        assert_ne!(
+            base,
+            shared::owner_digest("https://idp", PrincipalKind::User, "alice", None)
+        );
+        assert_ne!(
+            base,
+            shared::owner_digest("https://idp", PrincipalKind::User, "alice", Some(""))
+        );
+        // Field boundaries are not ambiguous.
+        assert_ne!(
+            shared::owner_digest("a", PrincipalKind::User, "bc", None),
+            shared::owner_digest("ab", PrincipalKind::User, "c", None)
         );
     }
 
