@@ -95,11 +95,15 @@ impl Guard {
     /// Seal the `requestState` of user confirmations (the policy's
     /// `confirm` rule; see [`Guarded`](crate::policy::Guarded)) with
     /// `sealer`: its keys, TTL and replay set. Give replicas behind one load
-    /// balancer the same keys (and a shared replay set), or a confirmation
-    /// asked by one is refused by another. Defaults to one sealer per process
+    /// balancer the same keys, or a confirmation asked by one is refused by
+    /// another; with a Redis [`shared_store`](Self::shared_store), the
+    /// sealer's own in-memory replay set is replaced by the fleet's
+    /// ([`RedisReplaySet`](crate::state::RedisReplaySet)), so that a state
+    /// opens once across replicas. Defaults to one sealer per process
     /// with generated keys (`RequestStateSealer::new(StateKeys::generate())`:
     /// TTL 300 s, single-use), which do not survive a restart or span
-    /// replicas.
+    /// replicas (with a Redis store, [`router`](Self::router) logs a warning
+    /// for it).
     #[cfg(feature = "policy")]
     #[cfg_attr(docsrs, doc(cfg(feature = "policy")))]
     pub fn request_state(mut self, sealer: crate::state::RequestStateSealer) -> Self {

@@ -14,7 +14,7 @@
 //!
 //! **Failure semantics.** Every Redis command waits at most
 //! [`RedisConfig::timeout`] (50 ms by default), and a breaker
-//! ([`BreakerConfig`], here 3 failures, open 1 s doubling to 5 s) answers at
+//! ([`BreakerConfig`](crate::breaker::BreakerConfig), here 3 failures, open 1 s doubling to 5 s) answers at
 //! once while Redis is down, so no request queues on a dead Redis. What a
 //! failed command means is decided by each feature, and by default it
 //! *denies*: a request that cannot be counted, checked or recorded is
