@@ -156,6 +156,11 @@ pub const DEFAULT_MAX_SESSIONS_PER_PRINCIPAL: usize = 16;
 /// How often a session in use refreshes its binding in a shared store: 30 s.
 pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
 
+/// The longest session id looked up in a shared store: longer ones are not
+/// ids any session manager here issues (rmcp's are 36-character UUIDs), and
+/// are refused without a round trip.
+const MAX_SHARED_SESSION_ID_LEN: usize = 256;
+
 /// The `Retry-After` of a 503 when the table is full, in seconds.
 const FULL_RETRY_AFTER_SECS: u64 = 30;
 
@@ -681,6 +686,9 @@ where
                         check = Some(checked(self.bindings.clone(), principal.clone(), id, true));
                     }
                     (Here::Theirs, _) | (Here::Unknown, None) => return refused("session_not_owned", not_found()),
+                    (Here::Unknown, Some(_)) if id.len() > MAX_SHARED_SESSION_ID_LEN => {
+                        return refused("session_not_owned", not_found());
+                    }
                     (Here::Unknown, Some(_)) => {
                         check = Some(checked(self.bindings.clone(), principal.clone(), id, false));
                     }
