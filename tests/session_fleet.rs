@@ -335,9 +335,12 @@ async fn a_request_state_opens_once_across_replicas() {
     let args = json!({"amount": 10}).as_object().unwrap().clone();
     let binding = StateBinding::tool_call(&alice, "transfer", Some(&args));
 
-    // Sealed and opened on A, replayed on B (and on A).
+    // Sealed and opened on A, replayed on B (and on A). One opening is one
+    // round trip.
     let state = a.seal(&binding, &json!({"ok": true})).unwrap();
+    let before = store_a.round_trips();
     assert_eq!(a.open::<serde_json::Value>(&state, &binding).await.unwrap()["ok"], true);
+    assert_eq!(store_a.round_trips() - before, 1);
     assert_eq!(
         b.open::<serde_json::Value>(&state, &binding).await.unwrap_err(),
         StateError::Replayed
