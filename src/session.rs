@@ -73,7 +73,9 @@
 //!   new session, else at the session's next request (its refresh finds the
 //!   binding gone; with the default interval, within 30 s of the eviction);
 //! - a `DELETE` by the owner forgets the binding in Redis too; a replica
-//!   restart keeps every binding (they live in Redis).
+//!   restart keeps every binding (they live in Redis). A Redis that loses
+//!   its data (no persistence) loses the bindings: each session then answers
+//!   404 at its next refresh, and its client starts a new one.
 //!
 //! The binding only guarantees that nobody else can use a session. A
 //! 2025-era session itself lives in the memory of the replica that opened
