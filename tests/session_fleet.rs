@@ -479,3 +479,33 @@ async fn a_confirmation_opens_once_across_guard_replicas() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_hung_redis_is_answered_503_not_waited_on() {
+    let issuer = TestIssuer::start().await.unwrap();
+    let redis = Redis::start().await;
+    let a = replica(&issuer, &redis, SessionBindingLayer::default()).await;
+    let b = replica(&issuer, &redis, SessionBindingLayer::default()).await;
+    let alice = open(&issuer, "alice", &a).await.unwrap();
+    let session = alice.session_id().unwrap().to_owned();
+
+    // Connections stay open and nothing answers: every wait ends at the
+    // store's timeout (the test client would give up after 15 s).
+    redis.pause();
+    match open(&issuer, "bob", &b).await {
+        Err(McpError::Http { status, .. }) => assert_eq!(status, 503),
+        other => panic!("expected a 503, got {other:?}"),
+    }
+    assert_eq!(on(&issuer, "mallory", &b, &session).await, Answer::Unavailable);
+    assert_eq!(on(&issuer, "alice", &a, &session).await, Answer::Served);
+    redis.resume();
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match on(&issuer, "mallory", &b, &session).await {
+            Answer::Unavailable if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(250)).await,
+            answer => break assert_eq!(answer, Answer::NotOwned),
+        }
+    }
+    assert_eq!(on(&issuer, "alice", &b, &session).await, Answer::NotHere);
+}
