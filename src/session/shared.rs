@@ -11,6 +11,11 @@
 //!   owner's session ids scored by their last refresh (Redis' clock, one
 //!   clock for the fleet), expiring `ttl` after its last change. A member
 //!   whose score is older than `ttl` has no binding any more and is dropped.
+//!
+//! The scripts read Redis' `TIME` before writing, which needs scripts
+//! replicated by their effects: Redis 5 or later (the default since), or
+//! Valkey. They name keys they compute (the evicted bindings), so they run
+//! on one Redis node, not a Redis Cluster.
 
 use std::sync::Arc;
 use std::time::Duration;
