@@ -110,7 +110,11 @@ pub enum AuditEvent<'a> {
     },
     /// The session-binding layer refused a request naming a session.
     Session {
-        /// Why (`session_not_owned`, `malformed_session_id`, `unauthenticated`).
+        /// Why (`session_not_owned`, `session_evicted` (beyond its
+        /// principal's bound, on another replica), `malformed_session_id`,
+        /// `session_id_required`, `session_table_full`, `unauthenticated`, or
+        /// the shared store's `store_timeout`, `store_unavailable`,
+        /// `store_circuit_open`).
         reason: &'a str,
         /// The caller's subject, when known.
         subject: Option<&'a str>,

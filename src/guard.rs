@@ -95,11 +95,15 @@ impl Guard {
     /// Seal the `requestState` of user confirmations (the policy's
     /// `confirm` rule; see [`Guarded`](crate::policy::Guarded)) with
     /// `sealer`: its keys, TTL and replay set. Give replicas behind one load
-    /// balancer the same keys (and a shared replay set), or a confirmation
-    /// asked by one is refused by another. Defaults to one sealer per process
+    /// balancer the same keys, or a confirmation asked by one is refused by
+    /// another; with a Redis [`shared_store`](Self::shared_store), the
+    /// sealer's own in-memory replay set is replaced by the fleet's
+    /// ([`RedisReplaySet`](crate::state::RedisReplaySet)), so that a state
+    /// opens once across replicas. Defaults to one sealer per process
     /// with generated keys (`RequestStateSealer::new(StateKeys::generate())`:
     /// TTL 300 s, single-use), which do not survive a restart or span
-    /// replicas.
+    /// replicas (with a Redis store, [`router`](Self::router) logs a warning
+    /// for it).
     #[cfg(feature = "policy")]
     #[cfg_attr(docsrs, doc(cfg(feature = "policy")))]
     pub fn request_state(mut self, sealer: crate::state::RequestStateSealer) -> Self {
@@ -199,7 +203,10 @@ impl Guard {
             .sessions
             .map(|layer| {
                 let manager = Arc::new(LocalSessionManager::default());
-                (layer.session_manager(manager.clone()), manager)
+                (
+                    layer.session_manager(manager.clone()).shared(self.store.clone()),
+                    manager,
+                )
             })
             .unzip();
         #[cfg(feature = "policy")]
@@ -215,7 +222,7 @@ impl Guard {
         let mut mcp = match self.policy.clone() {
             Some(engine) => {
                 let step_up = crate::policy::StepUpLayer::new(self.rs.challenges(), engine.clone());
-                let sealer = self.request_state.clone();
+                let sealer = fleet_sealer(self.request_state.clone(), &self.store);
                 let bound = stateful.is_some();
                 let factory = move || {
                     factory().map(|h| {
@@ -259,6 +266,32 @@ impl Guard {
             .merge(self.rs.metadata_router())
             .layer(edge)
     }
+}
+
+/// The sealer of confirmations in a fleet: with a Redis store, the sealer's
+/// own in-memory replay set becomes the fleet's ([`RedisReplaySet`](crate::state::RedisReplaySet)),
+/// so that a state opens once across replicas. Without a configured sealer
+/// each replica seals with its own generated keys: a confirmation asked by
+/// one replica is refused by the others (fail closed, the user is asked
+/// again), which is logged once here.
+#[cfg(feature = "policy")]
+fn fleet_sealer(
+    sealer: Option<crate::state::RequestStateSealer>,
+    store: &crate::store::SharedStore,
+) -> Option<crate::state::RequestStateSealer> {
+    #[cfg(feature = "redis")]
+    if let Some(replay) = crate::state::RedisReplaySet::new(store) {
+        if sealer.is_none() {
+            tracing::warn!(
+                "Guard: shared store without Guard::request_state: each replica seals confirmations with its own \
+                 generated keys, so a confirmation asked by one replica is refused by another; configure the \
+                 same StateKeys on every replica"
+            );
+        }
+        return sealer.map(|s| s.shared_replay_set(Arc::new(replay)));
+    }
+    let _ = store;
+    sealer
 }
 
 /// The MCP extensions `rs` supports, for [`Advertised`]: client credentials

@@ -46,8 +46,58 @@
 //! asked which of its older sessions rmcp still holds, so a session rmcp
 //! dropped on its own does not count against its owner. A forgotten binding
 //! makes its session answer 404, after which an MCP client starts a new
-//! session. Several server instances behind one load balancer each know only
-//! their own sessions; use sticky routing, or stateless mode.
+//! session.
+//!
+//! **Fleet.** Replicas behind one load balancer share the bindings through
+//! a Redis [`SharedStore`] ([`shared`](SessionBindingLayer::shared);
+//! [`Guard`](crate::Guard) passes its
+//! [`shared_store`](crate::Guard::shared_store)):
+//!
+//! - a new session is bound in Redis before its `initialize` answer leaves
+//!   (one script, one round trip): the owner's SHA-256 (issuer, kind,
+//!   subject, client id; no subject is stored in clear) under the session id,
+//!   expiring after the idle time plus the
+//!   [`refresh_interval`](SessionBindingLayer::refresh_interval);
+//! - a request naming a session this replica bound is decided by its own
+//!   table (a binding never changes hands, so a local hit is safe) and costs
+//!   no round trip, except one refresh per session every 30 s; a session
+//!   this replica does not know is looked up in Redis (one round trip):
+//!   bound to someone else or unknown, 404 as above. So a session opened on
+//!   replica A is refused to every other principal on every replica;
+//! - the bound of [`max_sessions_per_principal`](SessionBindingLayer::max_sessions_per_principal)
+//!   holds fleet-wide: each principal has one sorted set of its sessions by
+//!   last use, and the script that binds a new session evicts the idlest
+//!   ones beyond the bound (never the new one) and drops their bindings, so
+//!   they answer 404 on every replica. The replica holding an evicted
+//!   session closes it in rmcp at once when it is the one that opened the
+//!   new session, else at the session's next request (its refresh finds the
+//!   binding gone; with the default interval, within 30 s of the eviction);
+//! - a `DELETE` by the owner forgets the binding in Redis too; a replica
+//!   restart keeps every binding (they live in Redis). A Redis that loses
+//!   its data (no persistence) loses the bindings: each session then answers
+//!   404 at its next refresh, and its client starts a new one.
+//!
+//! The binding only guarantees that nobody else can use a session. A
+//! 2025-era session itself lives in the memory of the replica that opened
+//! it: its owner reaching another replica passes the binding and gets rmcp's
+//! own 404 there. So 2025-era clients still need sticky routing (by
+//! `Mcp-Session-Id`), or stateless mode ([`Guard::stateless`](crate::Guard::stateless)),
+//! where any replica answers any request.
+//!
+//! Fail closed: when Redis does not answer (50 ms timeout by default, or its
+//! breaker is open), a new session is refused with **503** and `Retry-After`
+//! (it is closed in rmcp, not served unbound), and so is a request naming a
+//! session this replica does not hold; the audit event's reason is the
+//! store's (`store_timeout`, `store_unavailable`, `store_circuit_open`). A
+//! session this replica bound keeps serving its owner, and only its owner:
+//! its binding is the creator's for good, and only its refresh waits for
+//! Redis. There is no opt-out: a binding the fleet cannot check is unknown,
+//! and an unknown binding is refused (as on one replica).
+//!
+//! Memory in Redis (measured with `MEMORY USAGE` on Redis 7.0): about 330
+//! bytes per live session, the owner's sorted set included, and each
+//! principal holds at most its bound of 16; every key expires (idle time
+//! plus refresh interval after its last use, 330 s by default).
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -84,6 +134,11 @@ use tower_service::Service;
 
 use crate::cache::{Limits, Timestamp, TtlCache};
 use crate::principal::{Principal, PrincipalKind};
+use crate::store::SharedStore;
+
+mod shared;
+
+use shared::{OwnerDigest, Shared};
 
 /// The header rmcp uses for session ids.
 pub const SESSION_HEADER: &str = "mcp-session-id";
@@ -99,6 +154,14 @@ pub const DEFAULT_IDLE: Duration = Duration::from_secs(300);
 
 /// How many live sessions one principal holds at most: 16.
 pub const DEFAULT_MAX_SESSIONS_PER_PRINCIPAL: usize = 16;
+
+/// How often a session in use refreshes its binding in a shared store: 30 s.
+pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The longest session id looked up in a shared store: longer ones are not
+/// ids any session manager here issues (rmcp's are 36-character UUIDs), and
+/// are refused without a round trip.
+const MAX_SHARED_SESSION_ID_LEN: usize = 256;
 
 /// The `Retry-After` of a 503 when the table is full, in seconds.
 const FULL_RETRY_AFTER_SECS: u64 = 30;
@@ -133,6 +196,31 @@ impl Owner {
             && self.kind == p.kind()
             && self.client_id.as_deref() == p.client_id()
     }
+
+    /// What the shared store keeps of this owner.
+    fn digest(&self) -> OwnerDigest {
+        shared::owner_digest(&self.issuer, self.kind, &self.subject, self.client_id.as_deref())
+    }
+}
+
+/// A session bound in this replica's table: its owner, and when its binding
+/// in the shared store was last refreshed.
+#[derive(Clone)]
+struct Local {
+    owner: Arc<Owner>,
+    refreshed: Timestamp,
+}
+
+/// What this replica's table says of a session and a caller.
+#[derive(Debug, PartialEq, Eq)]
+enum Here {
+    /// Bound to the caller here; `refresh`: its shared binding is due for a
+    /// refresh (this request does it).
+    Mine { refresh: bool },
+    /// Bound to someone else here.
+    Theirs,
+    /// Not bound here (maybe on another replica).
+    Unknown,
 }
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -172,13 +260,17 @@ struct Settings {
     idle: Duration,
     per_principal: usize,
     registry: Option<Arc<dyn Registry>>,
+    store: SharedStore,
+    refresh: Duration,
 }
 
-/// The shared table of session owners, each forgotten `idle` after its last
-/// request, and each owner's sessions, oldest first.
+/// The table of session owners, each forgotten `idle` after its last
+/// request, and each owner's sessions, oldest first; with a shared store,
+/// their fleet-wide bindings too.
 struct Bindings {
-    sessions: TtlCache<String, Arc<Owner>>,
+    sessions: TtlCache<String, Local>,
     owners: TtlCache<Arc<Owner>, Vec<String>>,
+    shared: Option<Arc<Shared>>,
     settings: Settings,
 }
 
@@ -196,30 +288,50 @@ enum Bind {
 impl Bindings {
     fn new(settings: Settings) -> Bindings {
         let limits = Limits::entries(settings.capacity);
+        // A shared binding outlives the local one by up to a refresh
+        // interval, never the other way round: a session in use is never
+        // found missing in the store only because its refresh was skipped.
+        let shared = Shared::from_store(&settings.store, settings.idle.saturating_add(settings.refresh));
         Bindings {
             sessions: TtlCache::new(limits),
             owners: TtlCache::new(limits),
+            shared,
             settings,
         }
     }
 
-    /// Whether `p` owns `session` (refreshing its idle time).
-    fn owns(&self, session: &str, p: &Principal) -> bool {
+    /// Whether `p` owns `session` in this replica's table (refreshing its
+    /// idle time).
+    fn here(&self, session: &str, p: &Principal) -> Here {
         let now = Timestamp::now();
         let until = now.saturating_add(self.settings.idle);
-        let owner = self.sessions.update(session, now, |bound, deadline| {
-            bound.is(p).then(|| {
+        let every = self.settings.refresh;
+        let found = self.sessions.update(session, now, |bound, deadline| {
+            bound.owner.is(p).then(|| {
                 *deadline = until;
-                bound.clone()
+                let refresh = now >= bound.refreshed.saturating_add(every);
+                if refresh {
+                    bound.refreshed = now;
+                }
+                (bound.owner.clone(), refresh)
             })
         });
-        let Some(Some(owner)) = owner else {
-            return false;
-        };
-        // The owner's list lives as long as its last session.
-        self.owners
-            .update(&*owner, now, |_, deadline| *deadline = (*deadline).max(until));
-        true
+        match found {
+            None => Here::Unknown,
+            Some(None) => Here::Theirs,
+            Some(Some((owner, refresh))) => {
+                // The owner's list lives as long as its last session.
+                self.owners
+                    .update(&*owner, now, |_, deadline| *deadline = (*deadline).max(until));
+                Here::Mine { refresh }
+            }
+        }
+    }
+
+    /// Whether `p` owns `session` in this replica's table.
+    #[cfg(test)]
+    fn owns(&self, session: &str, p: &Principal) -> bool {
+        matches!(self.here(session, p), Here::Mine { .. })
     }
 
     /// Bind `session`, just created, to `owner`.
@@ -228,10 +340,11 @@ impl Bindings {
         let until = now.saturating_add(self.settings.idle);
         // A session id the server just issued cannot already belong to
         // someone else; if it somehow does, the new owner is the creator.
-        if !self
-            .sessions
-            .insert_if_room(session.to_owned(), owner.clone(), 0, until, now)
-        {
+        let local = Local {
+            owner: owner.clone(),
+            refreshed: now,
+        };
+        if !self.sessions.insert_if_room(session.to_owned(), local, 0, until, now) {
             return Bind::Full;
         }
         let listed = self.owners.update(&**owner, now, |list, deadline| {
@@ -276,7 +389,9 @@ impl Bindings {
         for (id, live) in listed.into_iter().zip(live) {
             let deadline = self
                 .sessions
-                .update(&id, now, |bound, deadline| (**bound == *owner).then_some(*deadline))
+                .update(&id, now, |bound, deadline| {
+                    (*bound.owner == *owner).then_some(*deadline)
+                })
                 .flatten();
             match deadline {
                 Some(deadline) if live => kept.push((id != newest, deadline, id)),
@@ -303,20 +418,56 @@ impl Bindings {
             if self
                 .sessions
                 .get(id.as_str(), now)
-                .is_some_and(|bound| *bound == *owner)
+                .is_some_and(|bound| *bound.owner == *owner)
             {
                 self.sessions.remove(id.as_str());
             }
-            if *live && let Some(registry) = &self.settings.registry {
-                tracing::debug!("closing a session beyond its principal's bound");
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, registry.close(id)).await;
+            if *live {
+                self.close(id).await;
+            }
+        }
+        // Beyond the bound here is beyond it in the fleet: the shared
+        // bindings go too (the store's own eviction covers the common case).
+        if let Some(shared) = &self.shared {
+            let digest = owner.digest();
+            for (_, id) in &dropped {
+                if let Err(error) = shared.forget(&digest, id).await {
+                    tracing::debug!(
+                        reason = error.reason(),
+                        "forgetting an evicted session in the shared store"
+                    );
+                }
             }
         }
     }
 
-    /// Forget `session` (closed by its owner).
+    /// Close `session` in rmcp (when the layer knows the session manager).
+    async fn close(&self, session: &str) {
+        if let Some(registry) = &self.settings.registry {
+            tracing::debug!("closing a session in rmcp");
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, registry.close(session)).await;
+        }
+    }
+
+    /// Sessions of `owner` the shared store evicted for its bound: those
+    /// held here are forgotten and closed (the others are closed by their
+    /// replica at their next refresh).
+    async fn evicted(&self, owner: &Owner, ids: &[String]) {
+        for id in ids {
+            let here = self
+                .sessions
+                .get(id.as_str(), Timestamp::now())
+                .is_some_and(|bound| *bound.owner == *owner);
+            if here {
+                self.forget(id);
+                self.close(id).await;
+            }
+        }
+    }
+
+    /// Forget `session` (closed by its owner) in this replica's table.
     fn forget(&self, session: &str) {
-        if let Some(owner) = self.sessions.remove(session) {
+        if let Some(Local { owner, .. }) = self.sessions.remove(session) {
             let now = Timestamp::now();
             self.owners.update(&*owner, now, |list, deadline| {
                 list.retain(|id| id != session);
@@ -347,6 +498,8 @@ impl std::fmt::Debug for SessionBindingLayer {
             .field("idle", &settings.idle)
             .field("max_sessions_per_principal", &settings.per_principal)
             .field("session_manager", &settings.registry.is_some())
+            .field("store", &settings.store)
+            .field("refresh_interval", &settings.refresh)
             .finish_non_exhaustive()
     }
 }
@@ -373,6 +526,8 @@ impl SessionBindingLayer {
                 idle,
                 per_principal: DEFAULT_MAX_SESSIONS_PER_PRINCIPAL,
                 registry: None,
+                store: SharedStore::memory(),
+                refresh: DEFAULT_REFRESH_INTERVAL,
             })),
         }
     }
@@ -399,6 +554,27 @@ impl SessionBindingLayer {
     /// forgotten (it answers 404) and lives in rmcp until its keep-alive.
     pub fn session_manager<M: SessionManager>(self, manager: Arc<M>) -> Self {
         self.with(|s| s.registry = Some(manager))
+    }
+
+    /// Keep the bindings and each principal's sessions in `store` as well,
+    /// shared by a fleet of replicas (module docs, "Fleet"): a session
+    /// opened on one replica is refused to another principal on every
+    /// replica, and the per-principal bound holds fleet-wide. A memory store
+    /// changes nothing. [`Guard`](crate::Guard) passes its
+    /// [`shared_store`](crate::Guard::shared_store). Defaults to
+    /// [`SharedStore::memory`]: this replica only.
+    pub fn shared(self, store: SharedStore) -> Self {
+        self.with(|s| s.store = store)
+    }
+
+    /// How often a session in use refreshes its binding in the shared
+    /// store (one round trip), and so how soon a replica notices that the
+    /// fleet evicted one of its sessions. Between refreshes, requests on a
+    /// session this replica bound cost no round trip. The shared binding
+    /// lives `idle` plus this interval. Defaults to
+    /// [`DEFAULT_REFRESH_INTERVAL`] (30 s).
+    pub fn refresh_interval(self, every: Duration) -> Self {
+        self.with(|s| s.refresh = every)
     }
 }
 
@@ -474,11 +650,11 @@ fn audit(reason: &'static str, principal: Option<&Principal>) {
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionBinding<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
 {
     type Response = Response<SessionBody<ResBody>>;
     type Error = S::Error;
-    type Future = SessionFuture<S::Future, ResBody>;
+    type Future = SessionFuture<S::Future, S, Request<ReqBody>, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -496,6 +672,7 @@ where
             // No principal: the bearer layer is missing in front. Fail closed.
             return refused("unauthenticated", not_found());
         };
+        let mut check = None;
         let after = match req.headers().get(SESSION_HEADER).map(HeaderValue::to_str) {
             // A GET or DELETE names the session it is about; without one it
             // would reach rmcp's stateless paths (resumption replay) unbound.
@@ -505,20 +682,44 @@ where
             None => After::BindCreated(principal.clone()),
             Some(Err(_)) => return refused("malformed_session_id", not_found()),
             Some(Ok(id)) => {
-                if !self.bindings.owns(id, principal) {
-                    return refused("session_not_owned", not_found());
+                match (self.bindings.here(id, principal), &self.bindings.shared) {
+                    (Here::Mine { refresh: false }, _) | (Here::Mine { refresh: true }, None) => {}
+                    (Here::Mine { refresh: true }, Some(_)) => {
+                        check = Some(checked(self.bindings.clone(), principal.clone(), id, true));
+                    }
+                    (Here::Theirs, _) | (Here::Unknown, None) => return refused("session_not_owned", not_found()),
+                    (Here::Unknown, Some(_)) if id.len() > MAX_SHARED_SESSION_ID_LEN => {
+                        return refused("session_not_owned", not_found());
+                    }
+                    (Here::Unknown, Some(_)) => {
+                        check = Some(checked(self.bindings.clone(), principal.clone(), id, false));
+                    }
                 }
                 if req.method() == Method::DELETE {
-                    After::ForgetOnSuccess(id.to_owned())
+                    After::ForgetOnSuccess(id.to_owned(), shared::digest_of(principal))
                 } else {
                     After::Nothing
                 }
             }
         };
-        SessionFuture::Inner {
-            future: self.inner.call(req),
-            bindings: Some(self.bindings.clone()),
-            after: Some(after),
+        match check {
+            None => SessionFuture::Inner {
+                future: self.inner.call(req),
+                bindings: Some(self.bindings.clone()),
+                after: Some(after),
+            },
+            Some(check) => {
+                // The ready service goes with the request; this one takes
+                // its place (tower's rule for calling after an await).
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                SessionFuture::Checking {
+                    check,
+                    pending: Some((inner, req)),
+                    bindings: Some(self.bindings.clone()),
+                    after: Some(after),
+                }
+            }
         }
     }
 }
@@ -526,43 +727,120 @@ where
 enum After {
     Nothing,
     BindCreated(Principal),
-    ForgetOnSuccess(String),
+    ForgetOnSuccess(String, OwnerDigest),
 }
 
-/// The work after a new session was bound: bring its owner within bounds,
-/// or close it when the table was full (then the 503 that replaces the
-/// response).
+/// The check of a session against the shared store before the request goes
+/// on: `None` to go on, or the refusal.
+type Check = BoxFuture<'static, Option<Response<Bytes>>>;
+
+/// Ask the shared store whether `principal` owns `session` (and refresh it).
+/// `local`: this replica bound it to `principal`; then a store that does not
+/// answer lets the request on (the local binding is the creator's and never
+/// changes hands), and a store that no longer knows the binding means the
+/// fleet evicted the session: it is closed here too.
+fn checked(bindings: Arc<Bindings>, principal: Principal, session: &str, local: bool) -> Check {
+    let session = session.to_owned();
+    Box::pin(async move {
+        let shared = bindings.shared.as_ref()?;
+        match shared.touch(&shared::digest_of(&principal), &session).await {
+            Ok(true) => None,
+            Ok(false) if local => {
+                audit("session_evicted", Some(&principal));
+                bindings.forget(&session);
+                bindings.close(&session).await;
+                Some(not_found())
+            }
+            Ok(false) => {
+                audit("session_not_owned", Some(&principal));
+                Some(not_found())
+            }
+            Err(error) if local => {
+                tracing::debug!(
+                    reason = error.reason(),
+                    "session refresh skipped; the local binding holds"
+                );
+                None
+            }
+            Err(error) => {
+                audit(error.reason(), Some(&principal));
+                Some(error.response())
+            }
+        }
+    })
+}
+
+/// The work after a new session was bound, or an owner closed one: bring
+/// the owner within bounds, record or forget the binding in the shared
+/// store; a response replacing the inner one when the session could not be
+/// bound (it is closed then).
 type Settle = BoxFuture<'static, Option<Response<Bytes>>>;
 
-fn settle(bindings: Arc<Bindings>, principal: &Principal, session: &str) -> Option<Settle> {
-    let owner = Arc::new(Owner::of(principal));
-    match bindings.bind(session, &owner) {
-        Bind::Kept => None,
-        Bind::OverBound => {
-            let session = session.to_owned();
-            Some(Box::pin(async move {
-                bindings.enforce(&owner, &session).await;
-                None
-            }))
-        }
-        Bind::Full => {
-            audit("session_table_full", Some(principal));
-            let session = session.to_owned();
-            Some(Box::pin(async move {
-                if let Some(registry) = &bindings.settings.registry {
-                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, registry.close(&session)).await;
-                }
-                Some(table_full())
-            }))
-        }
+fn settle(bindings: Arc<Bindings>, principal: Principal, session: &str) -> Option<Settle> {
+    let owner = Arc::new(Owner::of(&principal));
+    let session = session.to_owned();
+    let bound = bindings.bind(&session, &owner);
+    if bound == Bind::Full {
+        audit("session_table_full", Some(&principal));
+        return Some(Box::pin(async move {
+            bindings.close(&session).await;
+            Some(table_full())
+        }));
     }
+    let shared = bindings.shared.clone();
+    if shared.is_none() && bound == Bind::Kept {
+        return None;
+    }
+    Some(Box::pin(async move {
+        if let Some(shared) = shared {
+            let max = bindings.settings.per_principal;
+            match shared.bind(&owner.digest(), &session, max).await {
+                Ok(evicted) => bindings.evicted(&owner, &evicted).await,
+                Err(error) => {
+                    // Not bound fleet-wide: the session does not start.
+                    audit(error.reason(), Some(&principal));
+                    bindings.forget(&session);
+                    bindings.close(&session).await;
+                    return Some(error.response());
+                }
+            }
+        }
+        if bound == Bind::OverBound {
+            bindings.enforce(&owner, &session).await;
+        }
+        None
+    }))
+}
+
+/// Forget `session`, closed by its owner, here and in the shared store.
+fn forgotten(bindings: Arc<Bindings>, session: String, owner: OwnerDigest) -> Option<Settle> {
+    bindings.forget(&session);
+    let shared = bindings.shared.clone()?;
+    Some(Box::pin(async move {
+        // The session is closed either way; its binding expires on its own.
+        if let Err(error) = shared.forget(&owner, &session).await {
+            tracing::warn!(
+                reason = error.reason(),
+                "a closed session stays bound in the shared store until it expires"
+            );
+        }
+        None
+    }))
 }
 
 pin_project! {
     /// The response future of [`SessionBinding`].
     #[project = SessionFutureProj]
     #[allow(missing_docs)] // pin-project-lite takes no attributes on variant fields
-    pub enum SessionFuture<F, B> {
+    pub enum SessionFuture<F, S, Q, B> {
+        /// Checking the session in the shared store; the inner service and
+        /// the request wait.
+        Checking {
+            check: Check,
+            pending: Option<(S, Q)>,
+            bindings: Option<Arc<Bindings>>,
+            after: Option<After>,
+        },
         /// Waiting for the inner service.
         Inner {
             #[pin]
@@ -570,7 +848,7 @@ pin_project! {
             bindings: Option<Arc<Bindings>>,
             after: Option<After>,
         },
-        /// A new session is being brought within its principal's bound.
+        /// A new session is being bound, or a closed one forgotten.
         Settling {
             settle: Settle,
             response: Option<Response<B>>,
@@ -582,8 +860,9 @@ pin_project! {
     }
 }
 
-impl<F, ResBody, E> Future for SessionFuture<F, ResBody>
+impl<F, S, Q, ResBody, E> Future for SessionFuture<F, S, Q, ResBody>
 where
+    S: Service<Q, Future = F>,
     F: Future<Output = Result<Response<ResBody>, E>>,
 {
     type Output = Result<Response<SessionBody<ResBody>>, E>;
@@ -591,6 +870,23 @@ where
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
             match self.as_mut().project() {
+                SessionFutureProj::Checking {
+                    check,
+                    pending,
+                    bindings,
+                    after,
+                } => {
+                    let refusal = ready!(check.as_mut().poll(cx));
+                    let next = match (refusal, pending.take()) {
+                        (None, Some((mut inner, req))) => SessionFuture::Inner {
+                            future: inner.call(req),
+                            bindings: bindings.take(),
+                            after: after.take(),
+                        },
+                        (refusal, _) => SessionFuture::Refused { response: refusal },
+                    };
+                    self.set(next);
+                }
                 SessionFutureProj::Inner {
                     future,
                     bindings,
@@ -602,10 +898,12 @@ where
                         match after {
                             After::BindCreated(principal) => {
                                 if let Some(Ok(id)) = response.headers().get(SESSION_HEADER).map(|v| v.to_str()) {
-                                    settling = settle(bindings, &principal, id);
+                                    settling = settle(bindings, principal, id);
                                 }
                             }
-                            After::ForgetOnSuccess(id) if response.status().is_success() => bindings.forget(&id),
+                            After::ForgetOnSuccess(id, owner) if response.status().is_success() => {
+                                settling = forgotten(bindings, id, owner);
+                            }
                             _ => {}
                         }
                     }
@@ -662,6 +960,8 @@ mod tests {
         assert_eq!(s.idle, Duration::from_secs(300));
         assert_eq!(s.per_principal, 16);
         assert!(s.registry.is_none());
+        assert!(!s.store.is_shared() && layer.bindings.shared.is_none());
+        assert_eq!(s.refresh, Duration::from_secs(30));
         assert_eq!(
             DEFAULT_IDLE,
             rmcp::transport::streamable_http_server::session::local::SessionConfig::DEFAULT_KEEP_ALIVE,
@@ -694,6 +994,55 @@ mod tests {
         assert!(
             b.owners.get(&*owner(&alice), Timestamp::now()).is_none(),
             "no empty list is kept"
+        );
+    }
+
+    #[test]
+    fn the_local_table_says_mine_theirs_or_unknown_and_when_to_refresh() {
+        let b = SessionBindingLayer::default()
+            .refresh_interval(Duration::from_secs(3600))
+            .bindings;
+        let alice = alice();
+        b.bind("s1", &owner(&alice));
+        assert_eq!(b.here("s1", &alice), Here::Mine { refresh: false });
+        let mallory = Principal::unverified("https://idp", "mallory").client_id("app").build();
+        assert_eq!(b.here("s1", &mallory), Here::Theirs);
+        assert_eq!(b.here("s2", &alice), Here::Unknown);
+        // Refresh due at every request with a zero interval.
+        let b = SessionBindingLayer::default().refresh_interval(Duration::ZERO).bindings;
+        b.bind("s1", &owner(&alice));
+        assert_eq!(b.here("s1", &alice), Here::Mine { refresh: true });
+        assert_eq!(b.here("s1", &alice), Here::Mine { refresh: true });
+    }
+
+    #[test]
+    fn owner_digests_differ_in_every_field() {
+        let base = shared::owner_digest("https://idp", PrincipalKind::User, "alice", Some("app"));
+        assert_eq!(base, Owner::of(&alice()).digest());
+        assert_ne!(
+            base,
+            shared::owner_digest("https://idp2", PrincipalKind::User, "alice", Some("app"))
+        );
+        assert_ne!(
+            base,
+            shared::owner_digest("https://idp", PrincipalKind::Client, "alice", Some("app"))
+        );
+        assert_ne!(
+            base,
+            shared::owner_digest("https://idp", PrincipalKind::User, "alicf", Some("app"))
+        );
+        assert_ne!(
+            base,
+            shared::owner_digest("https://idp", PrincipalKind::User, "alice", None)
+        );
+        assert_ne!(
+            base,
+            shared::owner_digest("https://idp", PrincipalKind::User, "alice", Some(""))
+        );
+        // Field boundaries are not ambiguous.
+        assert_ne!(
+            shared::owner_digest("a", PrincipalKind::User, "bc", None),
+            shared::owner_digest("ab", PrincipalKind::User, "c", None)
         );
     }
 

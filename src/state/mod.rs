@@ -86,8 +86,21 @@
 //! ```
 //!
 //! Keys from [`StateKeys::generate`], replay sets in memory and handles live
-//! in one process: a restart or another replica does not open them. A fleet
-//! needs keys from a secret store and a shared [`ReplaySet`].
+//! in one process: a restart or another replica does not open them.
+//!
+//! **Fleet.** Replicas behind one load balancer need two things to agree on
+//! a sealed state: the same keys ([`StateKeys::new`], key material from a
+//! secret store, on every replica, rotated together) and one replay set,
+//! [`RedisReplaySet`] (feature `redis`), so that a state opened on one
+//! replica is refused as replayed on every other. [`Guard`](crate::Guard)
+//! with a Redis [`shared_store`](crate::Guard::shared_store) gives the sealer
+//! of [`Guard::request_state`](crate::Guard::request_state) the Redis
+//! replay set in place of its own in-memory one (a set you chose with
+//! [`RequestStateSealer::replay_set`] stays). It cannot share keys it does
+//! not have: without `Guard::request_state`, each replica seals with its own
+//! generated keys, so a confirmation asked by one replica is refused by the
+//! others (fail closed: the user is asked again); `Guard::router` logs a
+//! warning for that configuration. [`StateHandles`] stay in one process.
 
 mod binding;
 mod handles;
@@ -100,6 +113,8 @@ mod tests;
 pub use binding::StateBinding;
 pub use handles::StateHandles;
 pub use keys::StateKeys;
+#[cfg(feature = "redis")]
+pub use replay::RedisReplaySet;
 pub use replay::{MemoryReplaySet, ReplayEntry, ReplayFuture, ReplaySet};
 pub use sealer::RequestStateSealer;
 

@@ -40,6 +40,9 @@ pub struct RequestStateSealer {
     keys: Arc<StateKeys>,
     ttl: Duration,
     replay: Option<Arc<dyn ReplaySet>>,
+    /// The replay set is this sealer's own [`MemoryReplaySet`], not one
+    /// chosen by the user.
+    own_replay: bool,
 }
 
 impl RequestStateSealer {
@@ -50,6 +53,7 @@ impl RequestStateSealer {
             keys: Arc::new(keys),
             ttl: Duration::from_secs(300),
             replay: Some(Arc::new(MemoryReplaySet::new())),
+            own_replay: true,
         }
     }
 
@@ -66,6 +70,19 @@ impl RequestStateSealer {
     /// sealer.
     pub fn replay_set(mut self, set: Arc<dyn ReplaySet>) -> Self {
         self.replay = Some(set);
+        self.own_replay = false;
+        self
+    }
+
+    /// Use `set` (the fleet's) in place of this sealer's own in-memory
+    /// replay set; a set the user chose, or [`multi_use`](Self::multi_use),
+    /// stays as it is.
+    #[cfg_attr(not(all(feature = "redis", feature = "jwt")), allow(dead_code))] // `Guard` with a Redis store
+    pub(crate) fn shared_replay_set(mut self, set: Arc<dyn ReplaySet>) -> Self {
+        if self.own_replay && self.replay.is_some() {
+            self.replay = Some(set);
+            self.own_replay = false;
+        }
         self
     }
 
@@ -74,6 +91,7 @@ impl RequestStateSealer {
     /// harm). Defaults to `false`: single use.
     pub fn multi_use(mut self) -> Self {
         self.replay = None;
+        self.own_replay = false;
         self
     }
 

@@ -71,6 +71,40 @@ async fn a_sealed_state_opens_once_for_the_same_caller_and_call() {
 }
 
 #[tokio::test]
+async fn a_shared_replay_set_replaces_only_the_sealers_own() {
+    let alice = alice();
+    let binding = StateBinding::tool_call(&alice, "t", None);
+    // The sealer's own set gives way to the fleet's: two sealers sharing it
+    // open a state once between them.
+    let fleet: Arc<dyn ReplaySet> = Arc::new(MemoryReplaySet::new());
+    let a = sealer().shared_replay_set(fleet.clone());
+    let b = sealer().shared_replay_set(fleet.clone());
+    let sealed = a.seal(&binding, &"x").unwrap();
+    a.open::<String>(&sealed, &binding).await.unwrap();
+    assert_eq!(
+        b.open::<String>(&sealed, &binding).await.unwrap_err(),
+        StateError::Replayed
+    );
+    // A set the user chose stays.
+    let chosen: Arc<dyn ReplaySet> = Arc::new(MemoryReplaySet::new());
+    let a = sealer().replay_set(chosen.clone()).shared_replay_set(fleet.clone());
+    let b = sealer().replay_set(chosen).shared_replay_set(fleet.clone());
+    let sealed = a.seal(&binding, &"x").unwrap();
+    a.open::<String>(&sealed, &binding).await.unwrap();
+    assert_eq!(
+        b.open::<String>(&sealed, &binding).await.unwrap_err(),
+        StateError::Replayed
+    );
+    let c = sealer().shared_replay_set(fleet);
+    c.open::<String>(&sealed, &binding).await.unwrap();
+    // Multi-use stays multi-use.
+    let multi = sealer().multi_use().shared_replay_set(Arc::new(MemoryReplaySet::new()));
+    for _ in 0..2 {
+        multi.open::<String>(&sealed, &binding).await.unwrap();
+    }
+}
+
+#[tokio::test]
 async fn a_multi_use_state_opens_until_it_expires() {
     let sealer = sealer().multi_use();
     let alice = alice();
