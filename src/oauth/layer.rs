@@ -95,6 +95,9 @@ impl BearerAuthLayer {
     /// [`Guard`](crate::Guard) passes its store's. Defaults to none.
     pub fn revocations(mut self, revocations: Revocations) -> Self {
         revocations.retain_for(self.rs.revocation_retention());
+        // Start syncing from Redis now (inside a runtime), so that a replica
+        // is usually fresh before its first request arrives.
+        let _ = revocations.is_fresh();
         self.revocations = Some(revocations);
         self
     }
