@@ -199,26 +199,52 @@ impl RedisStore {
     /// Send one command; fail within the timeout.
     #[allow(dead_code)] // each shared feature uses some of these
     pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
-        let mut connection = self.connection.clone();
-        self.guarded(async move { cmd.query_async::<T>(&mut connection).await })
-            .await
+        self.guarded(|| {
+            let mut connection = self.connection.clone();
+            async move { cmd.query_async::<T>(&mut connection).await }
+        })
+        .await
     }
 
     /// Run one script (`EVALSHA`, loading it once after a Redis restart);
     /// fail within the timeout.
     #[allow(dead_code)] // each shared feature uses some of these
     pub(crate) async fn invoke<T: FromRedisValue>(&self, script: ScriptInvocation<'_>) -> Result<T, StoreError> {
-        let mut connection = self.connection.clone();
-        self.guarded(async move { script.invoke_async::<T>(&mut connection).await })
-            .await
+        let script = &script;
+        self.guarded(|| {
+            let mut connection = self.connection.clone();
+            async move { script.invoke_async::<T>(&mut connection).await }
+        })
+        .await
     }
 
-    async fn guarded<T>(&self, command: impl Future<Output = redis::RedisResult<T>>) -> Result<T, StoreError> {
+    /// Send `command` through the breaker, within the timeout. A command
+    /// that failed on a connection found broken (Redis restarted since the
+    /// last command) is sent once more on the connection the manager makes
+    /// in its place, within the same timeout: otherwise every replica would
+    /// answer its first request after a Redis restart with a 503. A resent
+    /// write may have run once already; each caller's scripts are written so
+    /// that running twice only errs on the side of refusing (a rate counted
+    /// twice, a state seen as replayed).
+    async fn guarded<T, F>(&self, mut command: impl FnMut() -> F) -> Result<T, StoreError>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
         let attempt = self.breaker.admit().map_err(|open| StoreError::CircuitOpen {
             retry_after_secs: open.retry_after_secs(),
         })?;
-        self.round_trips.fetch_add(1, Ordering::Relaxed);
-        match tokio::time::timeout(self.timeout, command).await {
+        let twice = async {
+            self.round_trips.fetch_add(1, Ordering::Relaxed);
+            match command().await {
+                Err(error) if error.is_connection_dropped() || error.is_io_error() => {
+                    tracing::debug!(target: "rmcp_guard::store", server = %self.server, "redis connection broken; sending once more");
+                    self.round_trips.fetch_add(1, Ordering::Relaxed);
+                    command().await
+                }
+                done => done,
+            }
+        };
+        match tokio::time::timeout(self.timeout, twice).await {
             Ok(Ok(value)) => {
                 attempt.settle(true);
                 Ok(value)
