@@ -209,7 +209,7 @@ impl Guard {
             .map(|p| Arc::new(p) as Arc<dyn crate::limit::LimitSource>);
         #[cfg(not(feature = "policy"))]
         let policy = None;
-        let limits = self.limits.with_policy(policy);
+        let limits = self.limits.with_policy(policy).with_store(&self.store);
         let extensions = Arc::new(supported_extensions(&self.rs));
         #[cfg(feature = "policy")]
         let mut mcp = match self.policy.clone() {

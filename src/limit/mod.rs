@@ -93,6 +93,8 @@
 //! # }
 //! ```
 
+#[cfg(feature = "redis")]
+mod fleet;
 mod layer;
 mod rate;
 mod table;
@@ -109,6 +111,7 @@ pub use layer::{RequestLimit, RequestLimitBody, RequestLimitLayer, ResponseFutur
 pub use rate::{Rate, RateParseError};
 
 use crate::principal::Principal;
+use crate::store::SharedStore;
 
 /// The request rate per caller unless configured otherwise: 20 per second.
 pub const DEFAULT_RATE: Rate = Rate::per_second(NonZeroU32::new(20).unwrap());
@@ -121,6 +124,13 @@ pub const DEFAULT_CAPACITY: usize = 100_000;
 /// How long a [`LimitSource`]'s answer is kept per caller unless configured
 /// otherwise.
 pub const DEFAULT_SOURCE_TTL: Duration = Duration::from_secs(60);
+
+/// How long a permit held in Redis counts at most (a fleet): a request in
+/// flight for longer stops counting fleet-wide (an open `GET` stream renews
+/// its lease every half lease while it stays open). The bound of a permit
+/// whose release was lost (a replica that crashed, Redis down when the
+/// response ended).
+pub const FLEET_LEASE: Duration = Duration::from_secs(300);
 
 /// The JSON-RPC error code of a request refused by a limit: the `error` of a
 /// 429 body, and the error of a `tools/call` over its per-tool rate. Its
@@ -265,6 +275,8 @@ pub struct RequestLimits {
     capacity: usize,
     source_ttl: Duration,
     source: Option<Arc<dyn LimitSource>>,
+    store: SharedStore,
+    fail_open: bool,
 }
 
 impl fmt::Debug for RequestLimits {
@@ -276,6 +288,8 @@ impl fmt::Debug for RequestLimits {
             .field("capacity", &self.capacity)
             .field("source_ttl", &self.source_ttl)
             .field("source", &self.source.is_some())
+            .field("store", &self.store)
+            .field("fail_open", &self.fail_open)
             .finish()
     }
 }
@@ -283,7 +297,7 @@ impl fmt::Debug for RequestLimits {
 impl Default for RequestLimits {
     /// [`DEFAULT_RATE`] with a burst of [`DEFAULT_BURST`],
     /// [`DEFAULT_IN_FLIGHT`] in flight, per caller, no per-tool limit,
-    /// [`DEFAULT_CAPACITY`] budgets, no source.
+    /// [`DEFAULT_CAPACITY`] budgets, no source, in this process's memory.
     fn default() -> Self {
         RequestLimits {
             caller: CallerLimits::new()
@@ -295,6 +309,8 @@ impl Default for RequestLimits {
             capacity: DEFAULT_CAPACITY,
             source_ttl: DEFAULT_SOURCE_TTL,
             source: None,
+            store: SharedStore::memory(),
+            fail_open: false,
         }
     }
 }
@@ -367,6 +383,32 @@ impl RequestLimits {
         self
     }
 
+    /// Keep the budgets in `store`: with a Redis store, every replica
+    /// sharing it counts against one budget per caller (see "Fleet" in the
+    /// [module docs](self)); a memory store keeps them in this process.
+    /// [`Guard`](crate::Guard) passes its
+    /// [`shared_store`](crate::Guard::shared_store) unless one is set here.
+    /// Defaults to `SharedStore::memory()`.
+    pub fn shared(mut self, store: SharedStore) -> Self {
+        self.store = store;
+        self
+    }
+
+    /// Whether the budgets are shared with other replicas (a Redis store).
+    pub fn is_shared(&self) -> bool {
+        self.store.is_shared()
+    }
+
+    /// As [`Guard`](crate::Guard) assembles them: its store, unless a
+    /// shared one is set.
+    #[cfg_attr(not(feature = "jwt"), allow(dead_code))] // `Guard` needs `jwt`
+    pub(crate) fn with_store(self, store: &SharedStore) -> Self {
+        if self.is_shared() {
+            return self;
+        }
+        self.shared(store.clone())
+    }
+
     /// The configured limits of every caller.
     pub fn caller_limits(&self) -> CallerLimits {
         self.caller
@@ -429,6 +471,16 @@ impl DangerousRequestLimits {
         self.limits
     }
 
+    /// When the shared store fails (Redis down, slow or its breaker open),
+    /// let requests and tool calls through uncounted instead of refusing
+    /// them with 503 (a JSON-RPC error for a tool call); each is still
+    /// audited (`limit`, outcome `allow`, the store's reason). While Redis
+    /// is down nothing bounds a caller.
+    pub fn fail_open_on_store_error(mut self) -> RequestLimits {
+        self.limits.fail_open = true;
+        self.limits
+    }
+
     /// No limit at all: no rate, nothing in flight, no per-tool limit, no
     /// source (a policy cannot put them back). For a server behind a gateway
     /// that enforces its own.
@@ -459,6 +511,8 @@ mod tests {
         assert_eq!(limits.source_ttl, Duration::from_secs(60));
         assert!(!limits.by_tenant && !limits.has_tool_limits() && !limits.has_source());
         assert_eq!(RATE_LIMITED.0, -32029);
+        assert!(!limits.is_shared() && !limits.fail_open, "memory, fail closed");
+        assert_eq!(FLEET_LEASE, Duration::from_secs(300));
     }
 
     #[test]
@@ -470,6 +524,8 @@ mod tests {
         assert_eq!((no_rate.rate(), no_rate.in_flight()), (None, Some(16)));
         let no_in_flight = RequestLimits::default().dangerous().no_in_flight().caller_limits();
         assert!(no_in_flight.rate().is_some() && no_in_flight.in_flight().is_none());
+        let open = RequestLimits::default().dangerous().fail_open_on_store_error();
+        assert!(open.fail_open && open.caller_limits() == RequestLimits::default().caller_limits());
     }
 
     #[test]
