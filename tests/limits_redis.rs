@@ -22,7 +22,7 @@ use rmcp_guard::limit::RequestLimits;
 use rmcp_guard::oauth::{Issuer, ResourceServer};
 use rmcp_guard::policy::PolicyEngine;
 use rmcp_guard::store::{RedisConfig, SharedStore};
-use rmcp_guard_testkit::TestIssuer;
+use rmcp_guard_testkit::{McpClient, Protocol, TestIssuer};
 use serde_json::{Value, json};
 use support::redis::Redis;
 use tokio::sync::Semaphore;
@@ -106,6 +106,11 @@ struct Fleet {
 
 impl Fleet {
     async fn start(redis: &Redis, limits: RequestLimits, policy: Option<PolicyEngine>) -> Fleet {
+        Fleet::start_with(redis, limits, policy, true).await
+    }
+
+    /// Stateless, or with (per-replica) sessions.
+    async fn start_with(redis: &Redis, limits: RequestLimits, policy: Option<PolicyEngine>, stateless: bool) -> Fleet {
         let issuer = TestIssuer::start().await.unwrap();
         let gate = Arc::new(Gate {
             entered: AtomicUsize::new(0),
@@ -121,10 +126,10 @@ impl Fleet {
                 .build()
                 .unwrap();
             let store = SharedStore::redis(RedisConfig::new(redis.url())).unwrap();
-            let mut guard = Guard::new(rs)
-                .limits(limits.clone())
-                .shared_store(store.clone())
-                .stateless();
+            let mut guard = Guard::new(rs).limits(limits.clone()).shared_store(store.clone());
+            if stateless {
+                guard = guard.stateless();
+            }
             if let Some(policy) = &policy {
                 guard = guard.policy(policy.clone());
             }
@@ -256,6 +261,54 @@ async fn requests_in_flight_are_counted_fleet_wide() {
     assert!(ran(&reply, "slow"), "{reply:?}");
     // The release is sent in the background: alice has room again soon.
     fleet.until_served(1, "alice").await;
+}
+
+#[tokio::test]
+async fn open_get_streams_are_counted_fleet_wide() {
+    let redis = Redis::start().await;
+    let fleet = Fleet::start_with(&redis, RequestLimits::default().in_flight(1), None, false).await;
+    // A session on each replica (sessions are per replica), and a `GET`
+    // stream on it.
+    let mut sessions = Vec::new();
+    for i in 0..2 {
+        let token = fleet.token(i, "alice");
+        let mcp = McpClient::connect(fleet.replicas[i].url.clone(), Protocol::V2025_11_25)
+            .bearer(token.clone())
+            .send()
+            .await
+            .unwrap();
+        let session = mcp.session_id().unwrap().to_owned();
+        sessions.push((mcp, token, session));
+    }
+    let stream = |i: usize| {
+        let (_, token, session) = &sessions[i];
+        let request = client()
+            .get(&fleet.replicas[i].url)
+            .bearer_auth(token)
+            .header("accept", "text/event-stream")
+            .header("mcp-session-id", session)
+            .header("mcp-protocol-version", "2025-11-25");
+        async move { tokio::time::timeout(BOUND, request.send()).await.unwrap().unwrap() }
+    };
+    let held = stream(0).await;
+    assert_eq!(held.status(), 200);
+    // Her one stream is open on replica A: replica B refuses a second...
+    assert_too_many(&Reply::read(stream(1).await).await, "too_many_streams");
+    // ...and her calls go on, on both.
+    for (mcp, _, _) in &sessions {
+        assert!(mcp.call_tool("echo", Value::Null).await.is_ok());
+    }
+    // Closed, it is given back (in the background).
+    drop(held);
+    let deadline = Instant::now() + RECOVERY;
+    loop {
+        let reply = stream(1).await;
+        if reply.status() == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the stream was never given back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]

@@ -63,6 +63,51 @@
 //! requests in flight stay counted). With [`RequestLimits::per_tenant`], the
 //! source is asked for whichever caller of the tenant finds the answer due.
 //!
+//! **Fleet.** With a Redis store ([`Guard::shared_store`](crate::Guard::shared_store),
+//! or [`RequestLimits::shared`] in a custom stack) the budgets live in Redis
+//! and every replica sharing it counts against one budget per caller (or
+//! tenant, or caller and tool):
+//!
+//! | key (`<prefix>` is [`RedisConfig::key_prefix`](crate::store::RedisConfig::key_prefix)) | holds | expires |
+//! |---|---|---|
+//! | `<prefix>limit:rate:{h}` | the GCRA theoretical arrival time, in microseconds of the Redis server's clock | when the burst has come back (at most burst x interval: 2 s at the defaults) |
+//! | `<prefix>limit:in_flight:{h}` | a sorted set of permit ids (16 bytes) scored by the expiry of their lease | [`FLEET_LEASE`] after the last admission |
+//! | `<prefix>limit:streams:{h}` | the same, for open `GET` streams | likewise |
+//!
+//! `h` is the hex SHA-256 of the budget's key (issuer, subject and client
+//! id; or issuer and tenant; and the tool for a per-tool rate): no subject
+//! appears in a key name, and the braces put a budget's keys in one Redis
+//! Cluster hash slot. A caller costs Redis well under 2 KB at the defaults
+//! (a set holds at most `in_flight` members), and every key expires.
+//! One admission is one Lua script (`EVALSHA`): the rate and the in-flight
+//! (or stream) count decided atomically, on the server's clock: **one round
+//! trip on the request path**. The permit is given back by a `ZREM` sent
+//! from a spawned task when the response body ends or is dropped, off the
+//! request path; if it is lost (Redis down then, a replica that crashed)
+//! the lease's expiry frees the slot. A permit counts for at most
+//! [`FLEET_LEASE`] (5 minutes): a request in flight for longer stops
+//! counting fleet-wide; an open `GET` stream renews its lease every half
+//! lease while it stays open. A limited tool's call is one more script.
+//! Limits from a source are asked and kept per replica as in memory (the
+//! table then holds only those answers) and sent with the script. A
+//! fleet-wide rate is counted in whole microseconds: at most 1 000 000/s per
+//! caller. Give Redis `maxmemory-policy noeviction` (or a `volatile-*`
+//! one): a budget evicted is a budget reset.
+//!
+//! **When Redis fails** (no answer within
+//! [`RedisConfig::timeout`](crate::store::RedisConfig::timeout), 50 ms by
+//! default, down, or its breaker open) a request that needs it is refused
+//! with [`StoreError::response`](crate::store::StoreError::response): HTTP
+//! 503 with `Retry-After`, audit event `limit` with outcome `error` and the
+//! store's reason (`store_timeout`, `store_unavailable`,
+//! `store_circuit_open`); a limited tool's call gets the JSON-RPC error
+//! `-32000` with that reason. Nothing else waits on Redis: routes without
+//! limits go on, and admissions work again as soon as Redis answers,
+//! without a restart. `RequestLimits::default().dangerous().fail_open_on_store_error()`
+//! lets such requests through uncounted instead (still audited, outcome
+//! `allow`). In memory (the default) nothing of this applies: the budgets
+//! are this process's, decided synchronously.
+//!
 //! **Turning limits off** weakens a default and is spelled
 //! `RequestLimits::default().dangerous().unlimited()`.
 //!
