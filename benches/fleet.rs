@@ -6,8 +6,9 @@
 //! cargo bench --bench fleet
 //! ```
 //!
-//! The program starts its own `redis-server` (tests/support/redis.rs: a free
-//! loopback port, killed at the end) and one [`Guard`] per variant (see
+//! The program starts its own `redis-server` ([`RedisServer`]: a free
+//! loopback port, no persistence, as a Redis that holds only expiring
+//! budgets is run; killed at the end) and one [`Guard`] per variant (see
 //! [`variants`]), each served by [`rmcp_guard::serve`] on a one-worker
 //! runtime of its own; the clients run on a two-worker runtime. Each client
 //! is its own caller (its own token, so its own budget) and owns one
@@ -15,8 +16,8 @@
 //! (JSON answers), one call after the other, for a fixed time; every answer
 //! is checked. The limits are the load benchmark's (`generous_limits`: the
 //! limit layer runs but never refuses) so the measure is the admitted path:
-//! in Redis one admission script on the request path and one `ZREM` sent in
-//! the background when the answer's body ends.
+//! in Redis one admission script on the request path, and the releases sent
+//! in batches by a background task once the answers' bodies end.
 //!
 //! The phases alternate (memory, Redis, ...) for [`ROUNDS`] rounds so that
 //! a drift in machine load hits both; the summary gives the mean rates, the
@@ -26,8 +27,6 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
-#[path = "../tests/support/redis.rs"]
-mod redis_server;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -72,6 +71,72 @@ fn variants() -> Vec<Variant> {
             configure: Box::new(|guard| guard),
         },
     ]
+}
+
+/// A throwaway `redis-server` on a free loopback port without persistence
+/// (the tests' harness, `tests/support/redis.rs`, fsyncs every write for its
+/// restart tests: not what a limits Redis runs with). Killed when dropped.
+struct RedisServer {
+    child: std::process::Child,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl RedisServer {
+    fn start() -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port")
+            .port();
+        let dir = std::env::temp_dir().join(format!("rmcp-guard-fleet-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temp dir");
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (Debian: apt-get install redis-server)");
+        let server = RedisServer { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !server.ping() {
+            assert!(Instant::now() < deadline, "redis-server not ready in 20 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    fn ping(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut answer = [0u8; 7];
+        stream.write_all(b"PING\r\n").is_ok() && stream.read_exact(&mut answer).is_ok() && &answer == b"+PONG\r\n"
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// A one-worker runtime for one server, whose threads' CPU time can be read.
@@ -282,7 +347,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let mut redis = clients.block_on(redis_server::Redis::start());
+    let redis = RedisServer::start();
     let issuer = clients.block_on(TestIssuer::start()).expect("test issuer");
     let servers: Vec<Server> = variants()
         .into_iter()
@@ -338,9 +403,9 @@ fn main() {
     }
     println!(
         "  (target: Redis / memory >= 0.75; a Redis request sends 1 command on its path (the admission \
-         script) and 1 after its answer (the release))"
+         script); releases follow in batches, so round trips per request are between 1 and 2)"
     );
     println!("fleet: done in {:.0?}", started.elapsed());
     drop(servers);
-    redis.stop();
+    drop(redis);
 }

@@ -1,16 +1,17 @@
 //! The budgets of a fleet: the same GCRA cell and in-flight counts as
 //! [`table`](super::table), kept in Redis so that every replica counts
 //! against one budget per caller. One Lua script decides one admission in
-//! one round trip; a permit is given back by a `ZREM` sent from a spawned
-//! task, off the request path.
+//! one round trip; permits are given back by a background task that sends
+//! them in batches (one script per batch), off the request path.
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
 
 use redis::Script;
 use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
 
 use super::table::{Over, Who};
 use super::{CallerLimits, FLEET_LEASE, Rate};
@@ -74,6 +75,26 @@ return {0, 1}
 
 static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(ADMIT));
 
+/// Give back permits: `ARGV[i]` from the set `KEYS[i]`, for a batch of
+/// releases in one round trip.
+const RELEASE: &str = r"
+for i, key in ipairs(KEYS) do
+  redis.call('ZREM', key, ARGV[i])
+end
+return #KEYS
+";
+
+static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE));
+
+/// Releases waiting to be sent; past it a release is dropped (its lease
+/// expires instead).
+const RELEASE_QUEUE: usize = 8192;
+/// Releases sent in one round trip at most.
+const RELEASE_BATCH: usize = 256;
+
+/// One permit to give back: its set and its id.
+type Release = (Vec<u8>, [u8; 16]);
+
 /// A stream's lease is renewed this often while it stays open (an open
 /// `GET` stream lives for as long as its token; a request is not renewed).
 const RENEW_EVERY: Duration = Duration::from_secs(FLEET_LEASE.as_secs() / 2);
@@ -84,6 +105,9 @@ pub(crate) struct Fleet {
     /// Random per process: permit ids of two replicas never meet.
     nonce: u64,
     next: AtomicU64,
+    /// The queue of the task that sends releases in batches, started with
+    /// the first permit (inside the runtime).
+    releases: OnceLock<mpsc::Sender<Release>>,
 }
 
 /// The keys of one caller's (or tenant's, or caller-and-tool's) budget:
@@ -116,15 +140,34 @@ impl Fleet {
             store,
             nonce,
             next: AtomicU64::new(0),
+            releases: OnceLock::new(),
         }
+    }
+
+    /// The release queue, its task started on first use.
+    fn releases(&self) -> mpsc::Sender<Release> {
+        self.releases
+            .get_or_init(|| {
+                let (sender, receiver) = mpsc::channel(RELEASE_QUEUE);
+                // Invariant: called from `admit`, an async fn polled by a
+                // tokio runtime; without one the queue just fills and the
+                // leases expire.
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(send_releases(self.store.clone(), receiver));
+                }
+                sender
+            })
+            .clone()
     }
 
     fn keys(&self, who: &Who) -> Keys {
         let digest = Sha256::digest(who.as_bytes());
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut id = Vec::with_capacity(66);
         id.push(b'{');
         for byte in digest {
-            id.extend_from_slice(format!("{byte:02x}").as_bytes());
+            id.push(HEX[usize::from(byte >> 4)]);
+            id.push(HEX[usize::from(byte & 0xf)]);
         }
         id.push(b'}');
         Keys {
@@ -168,7 +211,7 @@ impl Fleet {
         Ok(match answer.as_slice() {
             [0, 1] => {
                 let key = if stream { keys.streams } else { keys.in_flight };
-                Ok(Some(Lease::new(self.store.clone(), key, id, stream)))
+                Ok(Some(Lease::new(self.store.clone(), self.releases(), key, id, stream)))
             }
             [0, _] => Ok(None),
             [1, wait] => Err(Over::Rate(Duration::from_micros((*wait).max(0) as u64))),
@@ -186,46 +229,56 @@ impl Fleet {
     }
 }
 
+/// Send queued releases, up to [`RELEASE_BATCH`] per round trip, until
+/// every sender is gone. A batch that fails is dropped: its leases expire.
+async fn send_releases(store: Arc<RedisStore>, mut queue: mpsc::Receiver<Release>) {
+    let mut batch = Vec::with_capacity(RELEASE_BATCH);
+    while queue.recv_many(&mut batch, RELEASE_BATCH).await > 0 {
+        let mut invocation = RELEASE_SCRIPT.prepare_invoke();
+        for (key, id) in &batch {
+            invocation.key(key).arg(&id[..]);
+        }
+        let _ = store.invoke::<i64>(invocation).await;
+        batch.clear();
+    }
+}
+
 /// A permit held in Redis: one member of a caller's in-flight (or stream)
-/// set, removed when dropped by a `ZREM` from a spawned task (off the
-/// request path; if it fails, the lease's expiry frees the slot).
+/// set, given back when dropped through the release queue (sent in
+/// batches by a background task, off the request path; if the queue is
+/// full or the release fails, the lease's expiry frees the slot).
 pub(crate) struct Lease {
-    store: Arc<RedisStore>,
+    releases: mpsc::Sender<Release>,
     key: Vec<u8>,
     id: [u8; 16],
     renew: Option<tokio::task::AbortHandle>,
 }
 
 impl Lease {
-    fn new(store: Arc<RedisStore>, key: Vec<u8>, id: [u8; 16], stream: bool) -> Lease {
+    fn new(store: Arc<RedisStore>, releases: mpsc::Sender<Release>, key: Vec<u8>, id: [u8; 16], stream: bool) -> Lease {
         // An open stream keeps its lease for as long as it stays open.
         let renew = stream
             .then(|| tokio::runtime::Handle::try_current().ok())
             .flatten()
             .map(|runtime| {
-                let (store, key) = (store.clone(), key.clone());
+                let key = key.clone();
                 runtime
                     .spawn(async move {
                         loop {
                             tokio::time::sleep(RENEW_EVERY).await;
-                            // Only a member still there (`XX`): one that
-                            // expired meanwhile is not brought back over the bound.
-                            let expiry = redis::cmd("TIME");
-                            let Ok((secs, micros)) = store.query::<(u64, u64)>(&expiry).await else {
-                                continue;
-                            };
-                            let score = secs * 1_000_000 + micros + FLEET_LEASE.as_micros() as u64;
-                            let mut renew = redis::cmd("ZADD");
-                            renew.arg(&key).arg("XX").arg(score).arg(&id[..]);
-                            let _ = store.query::<i64>(&renew).await;
-                            let mut expire = redis::cmd("PEXPIRE");
-                            expire.arg(&key).arg(FLEET_LEASE.as_millis() as u64).arg("GT");
-                            let _ = store.query::<i64>(&expire).await;
+                            let mut invocation = RENEW_SCRIPT.prepare_invoke();
+                            invocation.key(&key).arg(&id[..]).arg(FLEET_LEASE.as_micros() as u64);
+                            let _ = store.invoke::<i64>(invocation).await;
                         }
                     })
                     .abort_handle()
             });
-        Lease { store, key, id, renew }
+        Lease {
+            releases,
+            key,
+            id,
+            renew,
+        }
     }
 }
 
@@ -234,18 +287,26 @@ impl Drop for Lease {
         if let Some(renew) = self.renew.take() {
             renew.abort();
         }
-        // Outside a runtime nothing can be sent: the lease expires.
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let (store, key, id) = (self.store.clone(), std::mem::take(&mut self.key), self.id);
-        runtime.spawn(async move {
-            let mut release = redis::cmd("ZREM");
-            release.arg(&key).arg(&id[..]);
-            let _ = store.query::<i64>(&release).await;
-        });
+        // Full (Redis slow or down): the lease expires instead.
+        let _ = self.releases.try_send((std::mem::take(&mut self.key), self.id));
     }
 }
+
+/// Renew the lease of permit `ARGV[1]` in the set `KEYS[1]` for `ARGV[2]`
+/// microseconds, if it is still there (one that expired meanwhile is not
+/// brought back over the bound); the set lives as long as its last lease.
+const RENEW: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local lease = tonumber(ARGV[2])
+local renewed = redis.call('ZADD', KEYS[1], 'XX', 'CH', string.format('%.0f', now + lease), ARGV[1])
+if renewed == 1 then
+  redis.call('PEXPIRE', KEYS[1], math.ceil(lease / 1000), 'GT')
+end
+return renewed
+";
+
+static RENEW_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RENEW));
 
 #[cfg(test)]
 mod tests {

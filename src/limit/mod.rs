@@ -81,10 +81,14 @@
 //! (a set holds at most `in_flight` members), and every key expires.
 //! One admission is one Lua script (`EVALSHA`): the rate and the in-flight
 //! (or stream) count decided atomically, on the server's clock: **one round
-//! trip on the request path**. The permit is given back by a `ZREM` sent
-//! from a spawned task when the response body ends or is dropped, off the
-//! request path; if it is lost (Redis down then, a replica that crashed)
-//! the lease's expiry frees the slot. A permit counts for at most
+//! trip on the request path**. When the response body ends or is dropped
+//! the permit is queued for release; a background task sends the queued
+//! releases in batches (one script, `ZREM`s, per batch of up to 256), off
+//! the request path. A release that is lost (the queue of 8 192 full, Redis
+//! down then, a replica that crashed) leaves the slot to the lease's expiry.
+//! A release reaches Redis about a round trip after the body ended: a
+//! caller at its bound whose next request follows at once may find the
+//! slot still taken (429, `Retry-After: 1`). A permit counts for at most
 //! [`FLEET_LEASE`] (5 minutes): a request in flight for longer stops
 //! counting fleet-wide; an open `GET` stream renews its lease every half
 //! lease while it stays open. A limited tool's call is one more script.
