@@ -642,6 +642,43 @@ mod tests {
         assert_eq!(again.status(), 200);
     }
 
+    /// Redis that refuses connections (port 1 on loopback): every admission
+    /// fails; fail closed is 503 with `Retry-After`, the dangerous fail-open
+    /// serves. A caller without limits needs no Redis at all.
+    #[cfg(feature = "redis")]
+    #[tokio::test]
+    async fn a_dead_store_refuses_with_503_unless_failing_open() {
+        use crate::store::{RedisConfig, SharedStore};
+        let dead = || SharedStore::redis(RedisConfig::new("redis://127.0.0.1:1")).unwrap();
+        let ok =
+            || service_fn(|_req: Request<()>| async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::new()))) });
+        let closed = RequestLimitLayer::new(RequestLimits::default().shared(dead())).layer(ok());
+        for _ in 0..5 {
+            let response = closed.clone().oneshot(request(Method::POST, "alice")).await.unwrap();
+            assert_eq!(response.status(), 503);
+            assert!(response.headers().contains_key(header::RETRY_AFTER));
+        }
+        let open = RequestLimits::default()
+            .shared(dead())
+            .dangerous()
+            .fail_open_on_store_error();
+        let open = RequestLimitLayer::new(open).layer(ok());
+        for _ in 0..5 {
+            let response = open.clone().oneshot(request(Method::POST, "alice")).await.unwrap();
+            assert_eq!(response.status(), 200);
+        }
+        let none = RequestLimits::default()
+            .dangerous()
+            .no_rate()
+            .dangerous()
+            .no_in_flight();
+        let none = RequestLimitLayer::new(none.shared(dead())).layer(ok());
+        assert_eq!(
+            none.oneshot(request(Method::POST, "alice")).await.unwrap().status(),
+            200
+        );
+    }
+
     #[tokio::test]
     async fn without_a_principal_or_with_limits_off_requests_pass() {
         let off = RequestLimitLayer::new(RequestLimits::default().in_flight(1).dangerous().unlimited()).layer(
