@@ -268,6 +268,42 @@ async fn requests_in_flight_are_counted_fleet_wide() {
     fleet.until_served(1, "alice").await;
 }
 
+/// A permit whose release never came (a replica killed mid-request) holds
+/// its slot until its lease expires, and no longer: here the lease is made
+/// to expire early by rewriting its score in Redis.
+#[tokio::test]
+async fn an_expired_lease_frees_its_slot() {
+    let redis = Redis::start().await;
+    let fleet = Arc::new(Fleet::start(&redis, RequestLimits::default().in_flight(1), None).await);
+    let held = {
+        let fleet = fleet.clone();
+        tokio::spawn(async move { fleet.call(0, "alice", "slow").await })
+    };
+    let deadline = Instant::now() + BOUND;
+    while fleet.gate.entered.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the slow call never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_too_many(&fleet.call(1, "alice", "echo").await, "too_many_in_flight");
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &redis.port().to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let sets = cli(&["--scan", "--pattern", "rmcp-guard:limit:in_flight:*"]);
+    let sets: Vec<&str> = sets.lines().filter(|k| !k.is_empty()).collect();
+    assert_eq!(sets.len(), 1, "{sets:?}");
+    let expire = "for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do redis.call('ZADD', KEYS[1], 1, m) end";
+    cli(&["EVAL", expire, "1", sets[0]]);
+    // The lease has expired: replica B admits her again.
+    assert!(ran(&fleet.call(1, "alice", "echo").await, "echo"));
+    fleet.gate.release.add_permits(1);
+    assert!(ran(&tokio::time::timeout(BOUND, held).await.unwrap().unwrap(), "slow"));
+}
+
 #[tokio::test]
 async fn open_get_streams_are_counted_fleet_wide() {
     let redis = Redis::start().await;

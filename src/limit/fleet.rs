@@ -26,7 +26,7 @@ use crate::store::{RedisStore, StoreError};
 ///    nothing is written.
 /// 2. The requests in flight (when `ARGV[3]`, the bound, is not 0): a sorted
 ///    set `KEYS[2]` of permit ids scored by the expiry of their lease;
-///    expired ones are dropped, and with fewer than the bound the permit
+///    at the bound expired ones are dropped, and with fewer than it the permit
 ///    `ARGV[5]` is added for `ARGV[4]` microseconds (the set expires with
 ///    its last lease). Over it: `{2}`. A stream (`ARGV[6]` = `1`) needs
 ///    room in flight but takes its permit in the set `KEYS[3]`, with the
@@ -56,15 +56,21 @@ if max == 0 then
   return {0, 0}
 end
 local lease = tonumber(ARGV[4])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-if redis.call('ZCARD', KEYS[2]) >= max then
+-- At the bound, expired leases are dropped and the count taken again.
+local function full(set)
+  if redis.call('ZCARD', set) < max then
+    return false
+  end
+  redis.call('ZREMRANGEBYSCORE', set, '-inf', now)
+  return redis.call('ZCARD', set) >= max
+end
+if full(KEYS[2]) then
   return {2}
 end
 local set = KEYS[2]
 if ARGV[6] == '1' then
   set = KEYS[3]
-  redis.call('ZREMRANGEBYSCORE', set, '-inf', now)
-  if redis.call('ZCARD', set) >= max then
+  if full(set) then
     return {3}
   end
 end
