@@ -16,9 +16,9 @@
 //! | `secret_access` | `subject`, `issuer`, `tenant`, `service`, `template`, `path`, `outcome` (`ok` or a `SecretError` code), `cache` |
 //! | `token_exchange` | `subject`, `issuer`, `grant`, `audience`, `outcome` (`ok` or an `ExchangeError` code), `cache` |
 //! | `confirmation` | `step` (`asked`, `granted`, `refused`), `reason` (why refused: `declined`, `no_elicitation`, `unconfirmable`, or a request-state error code such as `request_state_expired`), `subject`, `client_id`, `issuer`, `resource`, `action` |
-//! | `limit` | `outcome` (`deny`), `reason` (`rate`, `in_flight`), `subject`, `client_id`, `issuer`, `tenant`, `resource` (the tool of a per-tool limit, else empty), `retry_after_secs` |
+//! | `limit` | `outcome` (`deny`; `error` when the shared store failed; `allow` when it failed and the limits fail open), `reason` (`rate`, `in_flight`, `streams`, or the store's `store_timeout`, `store_unavailable`, `store_circuit_open`), `subject`, `client_id`, `issuer`, `tenant`, `resource` (the tool of a per-tool limit, else empty), `retry_after_secs` |
 //! | `revocation` | `outcome` (`allow`: in force; `error`: not shared with the fleet or the table is full), `reason` (`revoked`, a store reason such as `store_timeout`, `revocations_full`), `kind` (`subject`, `client_id`, `tenant`, `jti`), `value`, `issuer` (empty: every issuer), `by`, `revoked_at`, `expires_at` |
-//! | `circuit` | `upstream` (`jwks`, `introspection`, `token_endpoint`, `vault`), `endpoint`, `state`, `previous` (`closed`, `open`, `half_open`), `failures`, `retry_after` (seconds, when opening); at `WARN` when a breaker opens |
+//! | `circuit` | `upstream` (`jwks`, `introspection`, `token_endpoint`, `vault`, `redis`), `endpoint`, `state`, `previous` (`closed`, `open`, `half_open`), `failures`, `retry_after` (seconds, when opening); at `WARN` when a breaker opens |
 //!
 //! This module depends on nothing of the crate but [`Principal`]: each
 //! module passes its own vocabulary in as codes.
@@ -208,7 +208,11 @@ pub enum AuditEvent<'a> {
     Limit {
         /// The caller.
         principal: &'a Principal,
-        /// Which limit: `rate` or `in_flight`.
+        /// Deny (over a limit), error (the shared store failed: refused), or
+        /// allow (the store failed and the limits fail open).
+        outcome: Outcome,
+        /// Which limit (`rate`, `in_flight`, `streams`), or the store's
+        /// failure (`store_timeout`, `store_unavailable`, `store_circuit_open`).
         reason: &'a str,
         /// The tool of a per-tool limit; empty otherwise.
         resource: &'a str,
@@ -419,13 +423,14 @@ impl AuditEvent<'_> {
             ),
             AuditEvent::Limit {
                 principal,
+                outcome,
                 reason,
                 resource,
                 retry_after_secs,
             } => tracing::info!(
                 target: TARGET,
                 event,
-                outcome = Outcome::Deny.as_str(),
+                outcome = outcome.as_str(),
                 reason,
                 subject = principal.subject(),
                 client_id = principal.client_id(),
@@ -510,6 +515,7 @@ mod tests {
         assert_eq!(names, ["authn", "session", "authz", "circuit"]);
         let limit = AuditEvent::Limit {
             principal: &p,
+            outcome: Outcome::Deny,
             reason: "rate",
             resource: "",
             retry_after_secs: 1,

@@ -36,7 +36,7 @@ use crate::session::SessionBindingLayer;
 /// | [`EdgeLayer`](crate::edge::EdgeLayer) | one well-formed, allowed `Host` (ports matched exactly), a well-formed `Origin` | always |
 /// | RFC 9728 metadata routes | `/.well-known/oauth-protected-resource[/mcp]`, unauthenticated | always |
 /// | [`BearerAuthLayer`](crate::oauth::BearerAuthLayer) | authenticates every request to the MCP endpoint; refuses revoked tokens ([`SharedStore::revocations`](crate::store::SharedStore::revocations)) | always |
-/// | [`RequestLimitLayer`](crate::limit::RequestLimitLayer) | per-caller request rate and requests in flight (429); per-tool rates | always ([`Guard::limits`]) |
+/// | [`RequestLimitLayer`](crate::limit::RequestLimitLayer) | per-caller request rate and requests in flight (429); per-tool rates; fleet-wide in Redis with [`Guard::shared_store`] (503 when it fails) | always ([`Guard::limits`]) |
 /// | request context | the [`Credentials`] and [`TokenExchange`](crate::oauth::TokenExchange) for the extractors | when configured |
 /// | [`SessionBindingLayer`] | a session belongs to the caller that opened it | with sessions |
 /// | [`StepUpLayer`](crate::policy::StepUpLayer) | 403 `insufficient_scope` before rmcp when the policy names missing scopes | with a policy |
@@ -216,7 +216,7 @@ impl Guard {
             .map(|p| Arc::new(p) as Arc<dyn crate::limit::LimitSource>);
         #[cfg(not(feature = "policy"))]
         let policy = None;
-        let limits = self.limits.with_policy(policy);
+        let limits = self.limits.with_policy(policy).with_store(&self.store);
         let extensions = Arc::new(supported_extensions(&self.rs));
         #[cfg(feature = "policy")]
         let mut mcp = match self.policy.clone() {

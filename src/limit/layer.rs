@@ -1,5 +1,6 @@
-//! [`RequestLimitLayer`]: the tower plumbing around the budgets, and
-//! [`check_tool`] for the per-tool limits inside the handler.
+//! [`RequestLimitLayer`]: the tower plumbing around the budgets (in memory,
+//! or in Redis through [`fleet`](super::fleet)), and [`check_tool`] for the
+//! per-tool limits inside the handler.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,9 +15,11 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
+#[cfg(feature = "redis")]
+use super::fleet::{Fleet, Lease};
 use super::table::{Bucket, Counters, Over, Permit, Table, Who};
 use super::{CallerLimits, RATE_LIMITED, RequestLimits};
-use crate::audit::AuditEvent;
+use crate::audit::{AuditEvent, Outcome};
 use crate::body::RejectOr;
 use crate::cache::Timestamp;
 use crate::principal::Principal;
@@ -27,6 +30,9 @@ struct Shared {
     table: Table,
     /// Whether any limit is on (else every request passes untouched).
     active: bool,
+    /// The budgets in Redis, when the limits have a shared store.
+    #[cfg(feature = "redis")]
+    fleet: Option<Fleet>,
 }
 
 impl Shared {
@@ -47,19 +53,17 @@ impl Shared {
         }
     }
 
-    /// Count one request of `principal` against its budget; a `stream`
-    /// (a `GET`) needs room in flight but holds a stream permit instead.
-    fn admit(&self, principal: &Principal, stream: bool) -> Result<Option<Permit>, Over> {
-        let now = Timestamp::now();
-        let key = Who::of(principal, self.limits.by_tenant);
+    /// The budget of `key` (made for `principal`'s limits when there is
+    /// none), remade when the source's answer is due and has changed.
+    fn bucket(&self, principal: &Principal, key: &Who, now: Timestamp) -> Arc<Bucket> {
         let recheck = now.saturating_add(self.limits.source_ttl);
-        let mut bucket = match self.table.get(&key, now) {
+        let bucket = match self.table.get(key, now) {
             Some(bucket) => bucket,
             None => {
                 // Asked outside the table's lock: a source may take a while.
                 let limits = self.limits_for(principal);
                 self.table
-                    .bucket(key, now, || Bucket::new(limits, Counters::default(), recheck))
+                    .bucket(key.clone(), now, || Bucket::new(limits, Counters::default(), recheck))
             }
         };
         if self.limits.source.is_some() && bucket.recheck_at.load(Ordering::Relaxed) <= now.millis() {
@@ -68,20 +72,92 @@ impl Shared {
             if limits != bucket.limits {
                 // The rate starts afresh; requests in flight stay counted.
                 let fresh = Bucket::new(limits, bucket.counters(), recheck);
-                let key = Who::of(principal, self.limits.by_tenant);
-                self.table.replace(key, fresh.clone(), now);
-                bucket = fresh;
+                self.table.replace(key.clone(), fresh.clone(), now);
+                return fresh;
             }
         }
+        bucket
+    }
+
+    /// Count one request of `principal` against its budget; a `stream`
+    /// (a `GET`) needs room in flight but holds a stream permit instead.
+    fn admit(&self, principal: &Principal, stream: bool) -> Result<Option<Held>, Over> {
+        let now = Timestamp::now();
+        let key = Who::of(principal, self.limits.by_tenant);
+        let bucket = self.bucket(principal, &key, now);
         bucket.take()?;
         let permit = bucket.enter()?;
         if stream {
             drop(permit);
-            return bucket.open_stream();
+            return Ok(bucket.open_stream()?.map(Held::Local));
         }
-        Ok(permit)
+        Ok(permit.map(Held::Local))
+    }
+
+    /// The limits of `principal` in a fleet: the configured ones, or the
+    /// source's answer kept in the table for its TTL.
+    #[cfg(feature = "redis")]
+    fn fleet_limits(&self, principal: &Principal, key: &Who) -> CallerLimits {
+        if self.limits.source.is_none() {
+            return self.limits.caller;
+        }
+        self.bucket(principal, key, Timestamp::now()).limits
+    }
+
+    /// [`admit`](Self::admit) in Redis: one round trip; a store error
+    /// refuses with 503 (or, with the dangerous fail-open, lets the
+    /// request through uncounted), audited either way.
+    #[cfg(feature = "redis")]
+    async fn admit_fleet(
+        self: Arc<Self>,
+        principal: Principal,
+        key: Who,
+        limits: CallerLimits,
+        stream: bool,
+    ) -> Admission {
+        let Some(fleet) = &self.fleet else {
+            return Admission::Pass(None);
+        };
+        match fleet.admit(&key, limits, stream).await {
+            Ok(Ok(lease)) => Admission::Pass(lease.map(Held::Fleet)),
+            Ok(Err(over)) => {
+                audit(&principal, Outcome::Deny, over.reason(), "", over.retry_after_secs());
+                Admission::Refuse(too_many(over))
+            }
+            Err(error) => {
+                let outcome = if self.limits.fail_open {
+                    Outcome::Allow
+                } else {
+                    Outcome::Error
+                };
+                audit(&principal, outcome, error.reason(), "", error.retry_after_secs());
+                if self.limits.fail_open {
+                    return Admission::Pass(None);
+                }
+                Admission::Refuse(error.response())
+            }
+        }
     }
 }
+
+/// A permit held by a response body: this replica's counter, or a lease in
+/// Redis.
+enum Held {
+    Local(#[allow(dead_code)] Permit),
+    #[cfg(feature = "redis")]
+    Fleet(#[allow(dead_code)] Lease),
+}
+
+/// What an admission in Redis decided.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+enum Admission {
+    /// Call the inner service, holding the permit (if any) until the body ends.
+    Pass(Option<Held>),
+    /// Answer this (429, or 503 for a store error).
+    Refuse(Response<Bytes>),
+}
+
+type AdmitFuture = Pin<Box<dyn Future<Output = Admission> + Send>>;
 
 /// Enforces [`RequestLimits`]; see the [module docs](super).
 ///
@@ -103,11 +179,15 @@ impl RequestLimitLayer {
     /// A layer enforcing `limits`, with budgets of its own.
     pub fn new(limits: RequestLimits) -> Self {
         let active = limits.caller != CallerLimits::new() || limits.has_tool_limits() || limits.has_source();
+        #[cfg(feature = "redis")]
+        let fleet = limits.store.redis_store().map(|store| Fleet::new(store.clone()));
         RequestLimitLayer {
             shared: Arc::new(Shared {
                 table: Table::new(limits.capacity),
                 limits,
                 active,
+                #[cfg(feature = "redis")]
+                fleet,
             }),
         }
     }
@@ -161,23 +241,24 @@ fn too_many(over: Over) -> Response<Bytes> {
     response
 }
 
-fn audit(principal: &Principal, over: Over, resource: &str) {
+fn audit(principal: &Principal, outcome: Outcome, reason: &str, resource: &str, retry_after_secs: u64) {
     AuditEvent::Limit {
         principal,
-        reason: over.reason(),
+        outcome,
+        reason,
         resource,
-        retry_after_secs: over.retry_after_secs(),
+        retry_after_secs,
     }
     .emit();
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RequestLimit<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
 {
     type Response = Response<RequestLimitBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S, ReqBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -192,15 +273,37 @@ where
             _ => return ResponseFuture::inner(self.inner.call(req), None),
         };
         // A GET's stream holds a stream permit, not an in-flight one (module docs).
-        let permit = match shared.admit(&principal, req.method() == Method::GET) {
+        let stream = req.method() == Method::GET;
+        #[cfg(feature = "redis")]
+        if shared.fleet.is_some() {
+            let key = Who::of(&principal, shared.limits.by_tenant);
+            let limits = shared.fleet_limits(&principal, &key);
+            if shared.limits.has_tool_limits() {
+                req.extensions_mut().insert(ToolBudget {
+                    shared: shared.clone(),
+                    who: key.clone(),
+                    principal: principal.clone(),
+                });
+            }
+            if limits.rate.is_none() && limits.in_flight.is_none() {
+                return ResponseFuture::inner(self.inner.call(req), None);
+            }
+            // The ready service goes with the request; a fresh clone stays.
+            let clone = self.inner.clone();
+            let service = std::mem::replace(&mut self.inner, clone);
+            return ResponseFuture {
+                state: State::Admitting {
+                    admit: Box::pin(shared.clone().admit_fleet(principal, key, limits, stream)),
+                    service: Some(service),
+                    request: Some(req),
+                },
+            };
+        }
+        let permit = match shared.admit(&principal, stream) {
             Ok(permit) => permit,
             Err(over) => {
-                audit(&principal, over, "");
-                return ResponseFuture {
-                    state: State::Refused {
-                        response: Some(too_many(over)),
-                    },
-                };
+                audit(&principal, Outcome::Deny, over.reason(), "", over.retry_after_secs());
+                return ResponseFuture::refused(too_many(over));
             }
         };
         if shared.limits.has_tool_limits() {
@@ -217,19 +320,31 @@ where
 
 pin_project! {
     /// The response future of [`RequestLimit`].
-    pub struct ResponseFuture<F> {
+    pub struct ResponseFuture<S, ReqBody>
+    where
+        S: Service<Request<ReqBody>>,
+    {
         #[pin]
-        state: State<F>,
+        state: State<S, ReqBody>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<F> {
+    enum State<S, ReqBody>
+    where
+        S: Service<Request<ReqBody>>,
+    {
+        // In Redis: the admission, then the ready service gets the request.
+        Admitting {
+            admit: AdmitFuture,
+            service: Option<S>,
+            request: Option<Request<ReqBody>>,
+        },
         Inner {
             #[pin]
-            future: F,
-            permit: Option<Permit>,
+            future: S::Future,
+            permit: Option<Held>,
         },
         Refused {
             response: Option<Response<Bytes>>,
@@ -237,44 +352,81 @@ pin_project! {
     }
 }
 
-impl<F> ResponseFuture<F> {
-    fn inner(future: F, permit: Option<Permit>) -> Self {
+impl<S, ReqBody> ResponseFuture<S, ReqBody>
+where
+    S: Service<Request<ReqBody>>,
+{
+    fn inner(future: S::Future, permit: Option<Held>) -> Self {
         ResponseFuture {
             state: State::Inner { future, permit },
         }
     }
+
+    fn refused(response: Response<Bytes>) -> Self {
+        ResponseFuture {
+            state: State::Refused {
+                response: Some(response),
+            },
+        }
+    }
 }
 
-impl<F> std::fmt::Debug for ResponseFuture<F> {
+impl<S, ReqBody> std::fmt::Debug for ResponseFuture<S, ReqBody>
+where
+    S: Service<Request<ReqBody>>,
+{
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }
 
-impl<F, B, E> Future for ResponseFuture<F>
+impl<S, ReqBody, B> Future for ResponseFuture<S, ReqBody>
 where
-    F: Future<Output = Result<Response<B>, E>>,
+    S: Service<Request<ReqBody>, Response = Response<B>>,
 {
-    type Output = Result<Response<RequestLimitBody<B>>, E>;
+    type Output = Result<Response<RequestLimitBody<B>>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            StateProj::Inner { future, permit } => {
-                let response = ready!(future.poll(cx))?;
-                let permit = permit.take();
-                Poll::Ready(Ok(response.map(|body| RequestLimitBody {
-                    inner: RejectOr::Inner { body },
-                    permit,
-                })))
-            }
-            StateProj::Refused { response } => {
-                // Invariant: a future is not polled again after `Ready`; if
-                // it is, it answers an empty 429 rather than panic.
-                let response = response.take().unwrap_or_else(|| too_many(Over::InFlight));
-                Poll::Ready(Ok(response.map(|body| RequestLimitBody {
-                    inner: RejectOr::Rejection { body: Some(body) },
-                    permit: None,
-                })))
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Admitting {
+                    admit,
+                    service,
+                    request,
+                } => {
+                    let next = match (ready!(admit.as_mut().poll(cx)), service.take(), request.take()) {
+                        (Admission::Pass(permit), Some(mut service), Some(request)) => State::Inner {
+                            future: service.call(request),
+                            permit,
+                        },
+                        (Admission::Refuse(response), _, _) => State::Refused {
+                            response: Some(response),
+                        },
+                        // Polled again after the request was handed on:
+                        // cannot happen (the state changes first); refuse,
+                        // don't panic.
+                        _ => State::Refused { response: None },
+                    };
+                    this.state.set(next);
+                }
+                StateProj::Inner { future, permit } => {
+                    let response = ready!(future.poll(cx))?;
+                    let permit = permit.take();
+                    return Poll::Ready(Ok(response.map(|body| RequestLimitBody {
+                        inner: RejectOr::Inner { body },
+                        permit,
+                    })));
+                }
+                StateProj::Refused { response } => {
+                    // Invariant: a future is not polled again after `Ready`; if
+                    // it is, it answers an empty 429 rather than panic.
+                    let response = response.take().unwrap_or_else(|| too_many(Over::InFlight));
+                    return Poll::Ready(Ok(response.map(|body| RequestLimitBody {
+                        inner: RejectOr::Rejection { body: Some(body) },
+                        permit: None,
+                    })));
+                }
             }
         }
     }
@@ -286,7 +438,7 @@ pin_project! {
     pub struct RequestLimitBody<B> {
         #[pin]
         inner: RejectOr<B>,
-        permit: Option<Permit>,
+        permit: Option<Held>,
     }
 }
 
@@ -341,17 +493,43 @@ impl std::fmt::Debug for ToolBudget {
 impl ToolBudget {
     /// Count one call of `tool`; over its rate, the JSON-RPC error
     /// [`RATE_LIMITED`] (and one audit event). A tool without a limit
-    /// passes and keeps no state.
+    /// passes and keeps no state. With a shared store the count is kept in
+    /// Redis (one round trip); when Redis fails, the call is refused with a
+    /// JSON-RPC error (code `-32000`, `data.error` the store's reason) unless
+    /// the limits [fail open](super::DangerousRequestLimits::fail_open_on_store_error).
     ///
     /// # Errors
     ///
-    /// Over the tool's rate.
-    pub fn check(&self, tool: &str) -> Result<(), rmcp::ErrorData> {
+    /// Over the tool's rate, or the shared store failed.
+    pub async fn check(&self, tool: &str) -> Result<(), rmcp::ErrorData> {
         let Some(rate) = self.shared.limits.tools.get(tool) else {
             return Ok(());
         };
-        let now = Timestamp::now();
         let key = self.who.with_tool(tool);
+        #[cfg(feature = "redis")]
+        if let Some(fleet) = &self.shared.fleet {
+            return match fleet.take(&key, *rate).await {
+                Ok(taken) => taken.map_err(|over| self.over(over, tool)),
+                Err(error) => {
+                    let fail_open = self.shared.limits.fail_open;
+                    let outcome = if fail_open { Outcome::Allow } else { Outcome::Error };
+                    audit(&self.principal, outcome, error.reason(), tool, error.retry_after_secs());
+                    if fail_open {
+                        return Ok(());
+                    }
+                    Err(rmcp::ErrorData::new(
+                        rmcp::model::ErrorCode(-32000),
+                        "temporarily unavailable",
+                        Some(serde_json::json!({
+                            "error": error.reason(),
+                            "tool": tool,
+                            "retry_after": error.retry_after_secs(),
+                        })),
+                    ))
+                }
+            };
+        }
+        let now = Timestamp::now();
         let bucket = self.shared.table.bucket(key, now, || {
             Bucket::new(
                 CallerLimits::new().with_rate(*rate),
@@ -359,18 +537,27 @@ impl ToolBudget {
                 Timestamp::MAX,
             )
         });
-        bucket.take().map_err(|over| {
-            audit(&self.principal, over, tool);
-            rmcp::ErrorData::new(
-                RATE_LIMITED,
-                "rate limited",
-                Some(serde_json::json!({
-                    "error": "rate_limited",
-                    "tool": tool,
-                    "retry_after": over.retry_after_secs(),
-                })),
-            )
-        })
+        bucket.take().map_err(|over| self.over(over, tool))
+    }
+
+    /// Audit `over` and answer [`RATE_LIMITED`].
+    fn over(&self, over: Over, tool: &str) -> rmcp::ErrorData {
+        audit(
+            &self.principal,
+            Outcome::Deny,
+            over.reason(),
+            tool,
+            over.retry_after_secs(),
+        );
+        rmcp::ErrorData::new(
+            RATE_LIMITED,
+            "rate limited",
+            Some(serde_json::json!({
+                "error": "rate_limited",
+                "tool": tool,
+                "retry_after": over.retry_after_secs(),
+            })),
+        )
     }
 }
 
@@ -380,18 +567,21 @@ impl ToolBudget {
 /// directly). Without one (no per-tool limits, or no limit layer) the call
 /// passes. [`Guarded`](crate::policy::Guarded) calls this for every allowed
 /// `tools/call`; a handler without a policy calls it at the top of its
-/// `call_tool`.
+/// `call_tool`: `check_tool(&context.extensions, &request.name).await?`.
+/// Async since the count may be kept in Redis (a fleet); in memory it
+/// answers at once.
 ///
 /// # Errors
 ///
-/// The JSON-RPC error [`RATE_LIMITED`] over the tool's rate.
-pub fn check_tool(extensions: &rmcp::model::Extensions, tool: &str) -> Result<(), rmcp::ErrorData> {
+/// The JSON-RPC error [`RATE_LIMITED`] over the tool's rate; a JSON-RPC
+/// error `-32000` when the shared store failed (see [`ToolBudget::check`]).
+pub async fn check_tool(extensions: &rmcp::model::Extensions, tool: &str) -> Result<(), rmcp::ErrorData> {
     let budget = extensions
         .get::<http::request::Parts>()
         .and_then(|parts| parts.extensions.get::<ToolBudget>())
         .or_else(|| extensions.get::<ToolBudget>());
     match budget {
-        Some(budget) => budget.check(tool),
+        Some(budget) => budget.check(tool).await,
         None => Ok(()),
     }
 }
@@ -450,6 +640,43 @@ mod tests {
         drop(stream);
         let again = service.clone().oneshot(request(Method::GET, "carol")).await.unwrap();
         assert_eq!(again.status(), 200);
+    }
+
+    /// Redis that refuses connections (port 1 on loopback): every admission
+    /// fails; fail closed is 503 with `Retry-After`, the dangerous fail-open
+    /// serves. A caller without limits needs no Redis at all.
+    #[cfg(feature = "redis")]
+    #[tokio::test]
+    async fn a_dead_store_refuses_with_503_unless_failing_open() {
+        use crate::store::{RedisConfig, SharedStore};
+        let dead = || SharedStore::redis(RedisConfig::new("redis://127.0.0.1:1")).unwrap();
+        let ok =
+            || service_fn(|_req: Request<()>| async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::new()))) });
+        let closed = RequestLimitLayer::new(RequestLimits::default().shared(dead())).layer(ok());
+        for _ in 0..5 {
+            let response = closed.clone().oneshot(request(Method::POST, "alice")).await.unwrap();
+            assert_eq!(response.status(), 503);
+            assert!(response.headers().contains_key(header::RETRY_AFTER));
+        }
+        let open = RequestLimits::default()
+            .shared(dead())
+            .dangerous()
+            .fail_open_on_store_error();
+        let open = RequestLimitLayer::new(open).layer(ok());
+        for _ in 0..5 {
+            let response = open.clone().oneshot(request(Method::POST, "alice")).await.unwrap();
+            assert_eq!(response.status(), 200);
+        }
+        let none = RequestLimits::default()
+            .dangerous()
+            .no_rate()
+            .dangerous()
+            .no_in_flight();
+        let none = RequestLimitLayer::new(none.shared(dead())).layer(ok());
+        assert_eq!(
+            none.oneshot(request(Method::POST, "alice")).await.unwrap().status(),
+            200
+        );
     }
 
     #[tokio::test]

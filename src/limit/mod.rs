@@ -63,6 +63,55 @@
 //! requests in flight stay counted). With [`RequestLimits::per_tenant`], the
 //! source is asked for whichever caller of the tenant finds the answer due.
 //!
+//! **Fleet.** With a Redis store ([`Guard::shared_store`](crate::Guard::shared_store),
+//! or [`RequestLimits::shared`] in a custom stack) the budgets live in Redis
+//! and every replica sharing it counts against one budget per caller (or
+//! tenant, or caller and tool):
+//!
+//! | key (`<prefix>` is [`RedisConfig::key_prefix`](crate::store::RedisConfig::key_prefix)) | holds | expires |
+//! |---|---|---|
+//! | `<prefix>limit:rate:{h}` | the GCRA theoretical arrival time, in microseconds of the Redis server's clock | when the burst has come back (at most burst x interval: 2 s at the defaults) |
+//! | `<prefix>limit:in_flight:{h}` | a sorted set of permit ids (16 bytes) scored by the expiry of their lease | [`FLEET_LEASE`] after the last admission |
+//! | `<prefix>limit:streams:{h}` | the same, for open `GET` streams | likewise |
+//!
+//! `h` is the hex SHA-256 of the budget's key (issuer, subject and client
+//! id; or issuer and tenant; and the tool for a per-tool rate): no subject
+//! appears in a key name, and the braces put a budget's keys in one Redis
+//! Cluster hash slot. A caller costs Redis well under 2 KB at the defaults
+//! (a set holds at most `in_flight` members), and every key expires.
+//! One admission is one Lua script (`EVALSHA`): the rate and the in-flight
+//! (or stream) count decided atomically, on the server's clock: **one round
+//! trip on the request path**. When the response body ends or is dropped
+//! the permit is queued for release; a background task sends the queued
+//! releases in batches (one script, `ZREM`s, per batch of up to 256), off
+//! the request path. A release that is lost (the queue of 8 192 full, Redis
+//! down then, a replica that crashed) leaves the slot to the lease's expiry.
+//! A release reaches Redis about a round trip after the body ended: a
+//! caller at its bound whose next request follows at once may find the
+//! slot still taken (429, `Retry-After: 1`). A permit counts for at most
+//! [`FLEET_LEASE`] (5 minutes): a request in flight for longer stops
+//! counting fleet-wide; an open `GET` stream renews its lease every half
+//! lease while it stays open. A limited tool's call is one more script.
+//! Limits from a source are asked and kept per replica as in memory (the
+//! table then holds only those answers) and sent with the script. A
+//! fleet-wide rate is counted in whole microseconds: at most 1 000 000/s per
+//! caller. Give Redis `maxmemory-policy noeviction` (or a `volatile-*`
+//! one): a budget evicted is a budget reset.
+//!
+//! **When Redis fails** (no answer within
+//! [`RedisConfig::timeout`](crate::store::RedisConfig::timeout), 50 ms by
+//! default, down, or its breaker open) a request that needs it is refused
+//! with [`StoreError::response`](crate::store::StoreError::response): HTTP
+//! 503 with `Retry-After`, audit event `limit` with outcome `error` and the
+//! store's reason (`store_timeout`, `store_unavailable`,
+//! `store_circuit_open`); a limited tool's call gets the JSON-RPC error
+//! `-32000` with that reason. Nothing else waits on Redis: routes without
+//! limits go on, and admissions work again as soon as Redis answers,
+//! without a restart. `RequestLimits::default().dangerous().fail_open_on_store_error()`
+//! lets such requests through uncounted instead (still audited, outcome
+//! `allow`). In memory (the default) nothing of this applies: the budgets
+//! are this process's, decided synchronously.
+//!
 //! **Turning limits off** weakens a default and is spelled
 //! `RequestLimits::default().dangerous().unlimited()`.
 //!
@@ -93,6 +142,8 @@
 //! # }
 //! ```
 
+#[cfg(feature = "redis")]
+mod fleet;
 mod layer;
 mod rate;
 mod table;
@@ -109,6 +160,7 @@ pub use layer::{RequestLimit, RequestLimitBody, RequestLimitLayer, ResponseFutur
 pub use rate::{Rate, RateParseError};
 
 use crate::principal::Principal;
+use crate::store::SharedStore;
 
 /// The request rate per caller unless configured otherwise: 20 per second.
 pub const DEFAULT_RATE: Rate = Rate::per_second(NonZeroU32::new(20).unwrap());
@@ -121,6 +173,13 @@ pub const DEFAULT_CAPACITY: usize = 100_000;
 /// How long a [`LimitSource`]'s answer is kept per caller unless configured
 /// otherwise.
 pub const DEFAULT_SOURCE_TTL: Duration = Duration::from_secs(60);
+
+/// How long a permit held in Redis counts at most (a fleet): a request in
+/// flight for longer stops counting fleet-wide (an open `GET` stream renews
+/// its lease every half lease while it stays open). The bound of a permit
+/// whose release was lost (a replica that crashed, Redis down when the
+/// response ended).
+pub const FLEET_LEASE: Duration = Duration::from_secs(300);
 
 /// The JSON-RPC error code of a request refused by a limit: the `error` of a
 /// 429 body, and the error of a `tools/call` over its per-tool rate. Its
@@ -265,6 +324,8 @@ pub struct RequestLimits {
     capacity: usize,
     source_ttl: Duration,
     source: Option<Arc<dyn LimitSource>>,
+    store: SharedStore,
+    fail_open: bool,
 }
 
 impl fmt::Debug for RequestLimits {
@@ -276,6 +337,8 @@ impl fmt::Debug for RequestLimits {
             .field("capacity", &self.capacity)
             .field("source_ttl", &self.source_ttl)
             .field("source", &self.source.is_some())
+            .field("store", &self.store)
+            .field("fail_open", &self.fail_open)
             .finish()
     }
 }
@@ -283,7 +346,7 @@ impl fmt::Debug for RequestLimits {
 impl Default for RequestLimits {
     /// [`DEFAULT_RATE`] with a burst of [`DEFAULT_BURST`],
     /// [`DEFAULT_IN_FLIGHT`] in flight, per caller, no per-tool limit,
-    /// [`DEFAULT_CAPACITY`] budgets, no source.
+    /// [`DEFAULT_CAPACITY`] budgets, no source, in this process's memory.
     fn default() -> Self {
         RequestLimits {
             caller: CallerLimits::new()
@@ -295,6 +358,8 @@ impl Default for RequestLimits {
             capacity: DEFAULT_CAPACITY,
             source_ttl: DEFAULT_SOURCE_TTL,
             source: None,
+            store: SharedStore::memory(),
+            fail_open: false,
         }
     }
 }
@@ -367,6 +432,32 @@ impl RequestLimits {
         self
     }
 
+    /// Keep the budgets in `store`: with a Redis store, every replica
+    /// sharing it counts against one budget per caller (see "Fleet" in the
+    /// [module docs](self)); a memory store keeps them in this process.
+    /// [`Guard`](crate::Guard) passes its
+    /// [`shared_store`](crate::Guard::shared_store) unless one is set here.
+    /// Defaults to `SharedStore::memory()`.
+    pub fn shared(mut self, store: SharedStore) -> Self {
+        self.store = store;
+        self
+    }
+
+    /// Whether the budgets are shared with other replicas (a Redis store).
+    pub fn is_shared(&self) -> bool {
+        self.store.is_shared()
+    }
+
+    /// As [`Guard`](crate::Guard) assembles them: its store, unless a
+    /// shared one is set.
+    #[cfg_attr(not(feature = "jwt"), allow(dead_code))] // `Guard` needs `jwt`
+    pub(crate) fn with_store(self, store: &SharedStore) -> Self {
+        if self.is_shared() {
+            return self;
+        }
+        self.shared(store.clone())
+    }
+
     /// The configured limits of every caller.
     pub fn caller_limits(&self) -> CallerLimits {
         self.caller
@@ -429,6 +520,16 @@ impl DangerousRequestLimits {
         self.limits
     }
 
+    /// When the shared store fails (Redis down, slow or its breaker open),
+    /// let requests and tool calls through uncounted instead of refusing
+    /// them with 503 (a JSON-RPC error for a tool call); each is still
+    /// audited (`limit`, outcome `allow`, the store's reason). While Redis
+    /// is down nothing bounds a caller.
+    pub fn fail_open_on_store_error(mut self) -> RequestLimits {
+        self.limits.fail_open = true;
+        self.limits
+    }
+
     /// No limit at all: no rate, nothing in flight, no per-tool limit, no
     /// source (a policy cannot put them back). For a server behind a gateway
     /// that enforces its own.
@@ -459,6 +560,8 @@ mod tests {
         assert_eq!(limits.source_ttl, Duration::from_secs(60));
         assert!(!limits.by_tenant && !limits.has_tool_limits() && !limits.has_source());
         assert_eq!(RATE_LIMITED.0, -32029);
+        assert!(!limits.is_shared() && !limits.fail_open, "memory, fail closed");
+        assert_eq!(FLEET_LEASE, Duration::from_secs(300));
     }
 
     #[test]
@@ -470,6 +573,8 @@ mod tests {
         assert_eq!((no_rate.rate(), no_rate.in_flight()), (None, Some(16)));
         let no_in_flight = RequestLimits::default().dangerous().no_in_flight().caller_limits();
         assert!(no_in_flight.rate().is_some() && no_in_flight.in_flight().is_none());
+        let open = RequestLimits::default().dangerous().fail_open_on_store_error();
+        assert!(open.fail_open && open.caller_limits() == RequestLimits::default().caller_limits());
     }
 
     #[test]

@@ -84,6 +84,12 @@ impl Who {
         Who(key.into_boxed_slice())
     }
 
+    /// The encoded key.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // the fleet's keys hash it
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     #[cfg(test)]
     fn is_tenant(&self) -> bool {
         self.0.first() == Some(&b't')

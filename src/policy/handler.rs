@@ -504,7 +504,7 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
             object(request.arguments.clone()),
         )?;
         // An allowed call counts against the caller's per-tool rate, if any.
-        crate::limit::check_tool(&context.extensions, &request.name)?;
+        crate::limit::check_tool(&context.extensions, &request.name).await?;
         if confirm {
             let pending = Pending {
                 principal: &ctx.principal,
