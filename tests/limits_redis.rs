@@ -126,6 +126,16 @@ impl Fleet {
                 .build()
                 .unwrap();
             let store = SharedStore::redis(RedisConfig::new(redis.url())).unwrap();
+            // These tests are about limits: revocation checks keep serving on
+            // the last known set while Redis is down (tests/revoke.rs proves
+            // they fail closed by default). A replica on Redis still refuses
+            // requests until its revocations have synced once: wait for it.
+            let revocations = store.revocations().dangerous().allow_when_stale();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !revocations.is_fresh() {
+                assert!(Instant::now() < deadline, "revocations never synced from Redis");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
             let mut guard = Guard::new(rs).limits(limits.clone()).shared_store(store.clone());
             if stateless {
                 guard = guard.stateless();
