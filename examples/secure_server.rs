@@ -30,6 +30,12 @@
 //! | `GUARD_RATE_LIMIT` | requests per caller (issuer, subject, client id): `N/s`, `N/min` or `N/h`; the policy's `limits` rule may set others per caller | `20/s`, burst 40, 16 in flight |
 //! | `GUARD_STATELESS` | `1`/`true`: serve every request on its own, no sessions, JSON answers (any replica can answer any request); `0`/`false`: sessions for clients before MCP 2026-07-28, bound to their caller (2026-07-28 clients are stateless either way) | `false` |
 //! | `GUARD_REQUEST_STATE_TTL_SECS` | seconds a confirmation asked of the user stays valid (its sealed `requestState`) | `300` |
+//! | `GUARD_REQUEST_STATE_KEY_FILE` | file holding the key that seals those states: 32 random bytes in base64 (`openssl rand -base64 32`); give every replica the same file | a key generated at start (one replica; lost on restart) |
+//! | `GUARD_ALLOWED_HOSTS` | `Host` values answered (`host` or `host:port`, comma-separated): the public name and every name a load balancer or probe sends | the host of `GUARD_RESOURCE` |
+//! | `GUARD_ALLOWED_ORIGINS` | browser `Origin` values accepted (`scheme://host[:port]`, comma-separated) | the origin of `GUARD_RESOURCE` |
+//! | `GUARD_REDIS_URL` | `redis://[user:password@]host:port[/db]`: rate limits, session bindings, single-use confirmations and revocations shared by every replica ([docs/fleet.md](../docs/fleet.md)) | unset: this process's memory (one replica) |
+//! | `GUARD_REDIS_PREFIX` | prefix of every Redis key: replicas of one server share it, two servers sharing a Redis must not | `rmcp-guard:{GUARD_RESOURCE}:` |
+//! | `GUARD_REDIS_TIMEOUT_MS` | the longest a request waits for one Redis command (1 to 10000); past it, or while Redis is down, what needs Redis is refused with 503 | `50` |
 //! | `RUST_LOG` | log filter; audit events are on `rmcp_guard::audit` | `info` |
 //!
 //! Tools and what the embedded RBAC policy needs for them (groups claim):
@@ -56,9 +62,14 @@
 //! user (an elicitation form with one boolean `confirm`) and a sealed
 //! `requestState`; the retry with the user's "yes" deploys. A 2025-era
 //! client with a session that declared elicitation is asked inside its
-//! session. Any other client is refused: nothing is deployed unconfirmed. The keys sealing the state are generated
-//! at start: a confirmation pending across a restart is refused (the client
-//! calls again).
+//! session. Any other client is refused: nothing is deployed unconfirmed. The key sealing the state is
+//! generated at start unless `GUARD_REQUEST_STATE_KEY_FILE` names one: with a
+//! generated key a confirmation pending across a restart, or answered to
+//! another replica, is refused (the client calls again).
+//!
+//! A fleet (several replicas behind a load balancer) shares its state in
+//! Redis (`GUARD_REDIS_URL`) and its sealing key
+//! (`GUARD_REQUEST_STATE_KEY_FILE`); see `docs/fleet.md`.
 //!
 //! The catalyst-center and servicenow tools use the caller's credential for
 //! that service, read at `GUARD_SECRET_TEMPLATE` with the caller's tenant
@@ -80,14 +91,16 @@ use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{ServerCapabilities, ServerConfig};
 use rmcp::{ErrorData, ServerHandler, schemars, tool, tool_handler, tool_router};
 use rmcp_guard::limit::{Rate, RequestLimits};
-use rmcp_guard::oauth::{ClientAuth, DownstreamTokens, Issuer, ResourceServer, TokenExchange, TokenRules};
+use rmcp_guard::oauth::{
+    ClientAuth, DownstreamTokens, HostPolicy, Issuer, ResourceServer, TokenExchange, TokenRules,
+};
 use rmcp_guard::policy::PolicyEngine;
 use rmcp_guard::revoke::{Revocation, Revocations, RevokeError};
 use rmcp_guard::secrets::{
     CallerCredentials, Credentials, DEFAULT_TEMPLATE, MemoryStore, PathTemplate, SecretStore, VaultStoreBuilder,
 };
 use rmcp_guard::state::{RequestStateSealer, StateKeys};
-use rmcp_guard::store::SharedStore;
+use rmcp_guard::store::{RedisConfig, SharedStore};
 use rmcp_guard::{Guard, Principal, require_permission};
 
 /// The tools of this server. Edit here: every tool is reached only through the
@@ -309,6 +322,8 @@ struct Settings {
     limits: RequestLimits,
     stateless: bool,
     request_state_ttl: std::time::Duration,
+    state_keys: StateKeys,
+    store: SharedStore,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -321,6 +336,71 @@ fn client_auth(needed_by: &str) -> Result<ClientAuth, String> {
     let file = env("GUARD_CLIENT_SECRET_FILE")
         .ok_or_else(|| format!("GUARD_CLIENT_SECRET_FILE is required with {needed_by}"))?;
     ClientAuth::client_secret_file(id, file).map_err(|e| format!("configuration error: {e}"))
+}
+
+/// A comma-separated list (blanks around items ignored), `None` when unset.
+fn env_list(name: &str) -> Option<Vec<String>> {
+    env(name).map(|v| {
+        v.split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(str::to_owned)
+            .collect()
+    })
+}
+
+/// The key sealing confirmations (`requestState`): `GUARD_REQUEST_STATE_KEY_FILE`,
+/// else one generated for this process. Its id is derived from the key, so
+/// replicas given the same file agree on it and a new key gets a new id.
+fn state_keys() -> Result<StateKeys, String> {
+    use base64::Engine;
+    use sha2::Digest;
+    use zeroize::Zeroizing;
+
+    let Some(path) = env("GUARD_REQUEST_STATE_KEY_FILE") else {
+        return Ok(StateKeys::generate());
+    };
+    let text = Zeroizing::new(
+        std::fs::read_to_string(&path).map_err(|e| format!("GUARD_REQUEST_STATE_KEY_FILE: cannot read {path}: {e}"))?,
+    );
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text.trim()))
+        .map(Zeroizing::new)
+        .ok()
+        .filter(|key| key.len() == 32)
+        .ok_or("GUARD_REQUEST_STATE_KEY_FILE must hold 32 bytes in base64 (`openssl rand -base64 32`)")?;
+    let digest = sha2::Sha256::new_with_prefix(b"rmcp-guard request-state key id\0")
+        .chain_update(key.as_slice())
+        .finalize();
+    let kid = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..9]);
+    StateKeys::new(kid, key).map_err(|e| format!("GUARD_REQUEST_STATE_KEY_FILE: {e}"))
+}
+
+/// Where the state every replica must agree on lives: `GUARD_REDIS_URL`
+/// (with `GUARD_REDIS_PREFIX`, `GUARD_REDIS_TIMEOUT_MS`), else this
+/// process's memory. `resource` is the canonical resource URI: the default
+/// key prefix names it, so replicas of one server share their keys and two
+/// servers sharing a Redis never do.
+fn shared_store(resource: &str) -> Result<SharedStore, String> {
+    let Some(url) = env("GUARD_REDIS_URL") else {
+        for name in ["GUARD_REDIS_PREFIX", "GUARD_REDIS_TIMEOUT_MS"] {
+            if env(name).is_some() {
+                return Err(format!("{name} needs GUARD_REDIS_URL"));
+            }
+        }
+        return Ok(SharedStore::memory());
+    };
+    let prefix = env("GUARD_REDIS_PREFIX").unwrap_or_else(|| format!("rmcp-guard:{resource}:"));
+    let mut config = RedisConfig::new(url).key_prefix(prefix);
+    if let Some(ms) = env("GUARD_REDIS_TIMEOUT_MS") {
+        match ms.parse::<u64>() {
+            Ok(n @ 1..=10_000) => config = config.timeout(std::time::Duration::from_millis(n)),
+            _ => return Err(format!("GUARD_REDIS_TIMEOUT_MS is not a number from 1 to 10000: {ms}")),
+        }
+    }
+    // The error names the server without its password.
+    SharedStore::redis(config).map_err(|e| format!("GUARD_REDIS_URL: {e}"))
 }
 
 async fn settings() -> Result<Settings, String> {
@@ -373,6 +453,15 @@ async fn settings() -> Result<Settings, String> {
     if let Some(audience) = env("GUARD_AUDIENCE") {
         builder = builder.audiences([audience]);
     }
+    // Behind a load balancer: the names it (and its health checks) send.
+    let mut hosts = HostPolicy::default();
+    if let Some(allowed) = env_list("GUARD_ALLOWED_HOSTS") {
+        hosts = hosts.hosts(allowed);
+    }
+    if let Some(allowed) = env_list("GUARD_ALLOWED_ORIGINS") {
+        hosts = hosts.origins(allowed);
+    }
+    builder = builder.hosts(hosts);
     let resource_server = builder.build().map_err(|e| format!("configuration error: {e}"))?;
     let policy = match env("GUARD_POLICY") {
         Some(path) => PolicyEngine::from_path(&path),
@@ -437,7 +526,11 @@ async fn settings() -> Result<Settings, String> {
             _ => return Err(format!("GUARD_REQUEST_STATE_TTL_SECS is not a positive number: {secs}")),
         },
     };
+    let state_keys = state_keys()?;
+    let store = shared_store(&resource)?;
     Ok(Settings {
+        state_keys,
+        store,
         stateless,
         request_state_ttl,
         bind,
@@ -484,17 +577,17 @@ async fn main() -> ExitCode {
     // on every call, read and listing (and the user's confirmation where it
     // asks for one), then the tools.
     // Where the state replicas share lives (limits, sessions, confirmations,
-    // revocations): this process's memory. `revoke` revokes in the same
-    // store the guard checks.
-    let store = SharedStore::memory();
-    let revocations = store.revocations();
+    // revocations): this process's memory, or the Redis every replica
+    // shares (`GUARD_REDIS_URL`). `revoke` revokes in the same store the
+    // guard checks.
+    let revocations = settings.store.revocations();
     let mut guard = Guard::new(rs.clone())
-        .shared_store(store)
+        .shared_store(settings.store)
         .policy(policy.clone())
         .credentials(credentials)
         .limits(settings.limits)
-        // Keys generated at start; give replicas the same `StateKeys::new(..)`.
-        .request_state(RequestStateSealer::new(StateKeys::generate()).ttl(settings.request_state_ttl));
+        // Replicas seal with the same key (`GUARD_REQUEST_STATE_KEY_FILE`).
+        .request_state(RequestStateSealer::new(settings.state_keys).ttl(settings.request_state_ttl));
     guard = if settings.stateless {
         guard.stateless()
     } else {

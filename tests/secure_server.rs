@@ -54,12 +54,21 @@ async fn start(issuer: &TestIssuer) -> Server {
     start_with(issuer, &[]).await
 }
 
-async fn start_with(issuer: &TestIssuer, vars: &[(&str, &str)]) -> Server {
-    // A free loopback port (the resource URI must name it).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+/// A free loopback port (the resource URI must name it).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
-        .port();
+        .port()
+}
+
+async fn start_with(issuer: &TestIssuer, vars: &[(&str, &str)]) -> Server {
+    start_on(issuer, free_port(), vars).await
+}
+
+/// Start on `port`; ready when the metadata route answers on
+/// `127.0.0.1:{port}` (which must be an allowed host).
+async fn start_on(issuer: &TestIssuer, port: u16, vars: &[(&str, &str)]) -> Server {
     let child = Command::new(binary())
         .env_clear()
         .env("GUARD_ISSUER", issuer.issuer())
@@ -270,6 +279,54 @@ fn bad_configuration_is_one_line_and_exit_status_2() {
                 ("GUARD_REQUEST_STATE_TTL_SECS", "0"),
             ],
             "GUARD_REQUEST_STATE_TTL_SECS",
+        ),
+        (
+            vec![
+                ("GUARD_ISSUER", "https://idp.example.com"),
+                ("GUARD_REDIS_URL", "mongodb://127.0.0.1:6379"),
+            ],
+            "GUARD_REDIS_URL",
+        ),
+        (
+            vec![
+                ("GUARD_ISSUER", "https://idp.example.com"),
+                ("GUARD_REDIS_URL", "redis://127.0.0.1:6379/0"),
+                ("GUARD_REDIS_TIMEOUT_MS", "0"),
+            ],
+            "GUARD_REDIS_TIMEOUT_MS",
+        ),
+        (
+            vec![
+                ("GUARD_ISSUER", "https://idp.example.com"),
+                ("GUARD_REDIS_URL", "redis://127.0.0.1:6379/0"),
+                ("GUARD_REDIS_TIMEOUT_MS", "50ms"),
+            ],
+            "GUARD_REDIS_TIMEOUT_MS",
+        ),
+        (
+            vec![
+                ("GUARD_ISSUER", "https://idp.example.com"),
+                ("GUARD_REDIS_PREFIX", "mcp-prod:"),
+            ],
+            "GUARD_REDIS_PREFIX needs GUARD_REDIS_URL",
+        ),
+        (
+            vec![("GUARD_ISSUER", "https://idp.example.com"), ("GUARD_ALLOWED_HOSTS", ",")],
+            "allowed hosts",
+        ),
+        (
+            vec![
+                ("GUARD_ISSUER", "https://idp.example.com"),
+                ("GUARD_ALLOWED_ORIGINS", "https://app.example.com/login"),
+            ],
+            "allowed origin",
+        ),
+        (
+            vec![
+                ("GUARD_ISSUER", "https://idp.example.com"),
+                ("GUARD_REQUEST_STATE_KEY_FILE", "/nonexistent/state.key"),
+            ],
+            "GUARD_REQUEST_STATE_KEY_FILE",
         ),
     ] {
         let output = Command::new(binary())
@@ -507,4 +564,125 @@ async fn only_admins_revoke_and_the_revoked_user_is_refused_at_once() {
     assert!(challenge.contains("token revoked"), "{challenge}");
     // Another user is untouched.
     assert_eq!(post_2026(&server.url, &other_token, "tools/list").await.status(), 200);
+}
+
+/// A `tools/list` (2026-07-28) to `url` sent with the given `Host` and
+/// `Origin`: the status.
+async fn list_with(url: &str, token: &str, host: Option<&str>, origin: Option<&str>) -> u16 {
+    let mut request = reqwest::Client::new()
+        .post(url)
+        .bearer_auth(token)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/list")
+        .json(&json!({
+            "jsonrpc": "2.0", "id": 1, "method": "tools/list",
+            "params": {"_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+                "io.modelcontextprotocol/clientCapabilities": {},
+            }},
+        }));
+    if let Some(host) = host {
+        request = request.header("host", host);
+    }
+    if let Some(origin) = origin {
+        request = request.header("origin", origin);
+    }
+    request.send().await.expect("POST").status().as_u16()
+}
+
+/// Behind a load balancer the public name is the resource URI's, while the
+/// balancer's health checks (and a test) reach a replica by its own address:
+/// `GUARD_ALLOWED_HOSTS` lists both, `GUARD_ALLOWED_ORIGINS` the browser
+/// origins of the web clients. Anything else stays refused (403).
+#[tokio::test]
+async fn allowed_hosts_and_origins_admit_a_load_balancers_names() {
+    let issuer = TestIssuer::start().await.unwrap();
+    let resource = "https://mcp.example.com/mcp";
+    let port = free_port();
+    let direct = format!("127.0.0.1:{port}");
+    let hosts = format!("mcp.example.com, {direct}");
+    let server = start_on(
+        &issuer,
+        port,
+        &[
+            ("GUARD_RESOURCE", resource),
+            ("GUARD_ALLOWED_HOSTS", &hosts),
+            ("GUARD_ALLOWED_ORIGINS", "https://app.example.com,https://mcp.example.com"),
+        ],
+    )
+    .await;
+    let token = token(&issuer, resource, &["developers"], "acme");
+
+    // By its own address (as a probe), by the public name (as the balancer
+    // forwards it), from the allowed web origins.
+    assert_eq!(list_with(&server.url, &token, None, None).await, 200);
+    assert_eq!(list_with(&server.url, &token, Some("mcp.example.com"), None).await, 200);
+    assert_eq!(
+        list_with(&server.url, &token, Some("mcp.example.com:443"), None).await,
+        200,
+        "the scheme's default port"
+    );
+    for origin in ["https://app.example.com", "https://mcp.example.com"] {
+        assert_eq!(list_with(&server.url, &token, None, Some(origin)).await, 200, "{origin}");
+    }
+    // Any other name, port or origin: refused.
+    assert_eq!(list_with(&server.url, &token, Some("evil.example"), None).await, 403);
+    assert_eq!(list_with(&server.url, &token, Some("mcp.example.com:8443"), None).await, 403);
+    assert_eq!(
+        list_with(&server.url, &token, None, Some("https://evil.example")).await,
+        403
+    );
+    drop(server);
+
+    // Without GUARD_ALLOWED_HOSTS only the resource URI's host is answered:
+    // the replica's own address is refused, the metadata route included.
+    let port = free_port();
+    let _refusing = Server {
+        child: Command::new(binary())
+            .env_clear()
+            .env("GUARD_ISSUER", issuer.issuer())
+            .env("GUARD_BIND", format!("127.0.0.1:{port}"))
+            .env("GUARD_RESOURCE", resource)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        url: format!("http://127.0.0.1:{port}/mcp"),
+    };
+    let metadata = format!("http://127.0.0.1:{port}/.well-known/oauth-protected-resource/mcp");
+    let mut status = None;
+    for _ in 0..100 {
+        if let Ok(response) = reqwest::get(&metadata).await {
+            status = Some(response.status().as_u16());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, Some(403), "the replica's own address is not an allowed host");
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    assert_eq!(list_with(&url, &token, Some("mcp.example.com"), None).await, 200);
+}
+
+#[test]
+fn a_request_state_key_file_must_hold_32_bytes() {
+    let dir = std::env::temp_dir().join(format!("secure-server-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let short = dir.join("short.key");
+    std::fs::write(&short, "c2hvcnQ=\n").unwrap();
+    let output = Command::new(binary())
+        .env_clear()
+        .env("GUARD_ISSUER", "https://idp.example.com")
+        .env("GUARD_REQUEST_STATE_KEY_FILE", &short)
+        .output()
+        .expect("run secure_server");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("32 bytes in base64"), "{stderr}");
+    assert!(!stderr.contains("c2hvcnQ"), "no key material in the message: {stderr}");
 }
