@@ -91,9 +91,7 @@ use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{ServerCapabilities, ServerConfig};
 use rmcp::{ErrorData, ServerHandler, schemars, tool, tool_handler, tool_router};
 use rmcp_guard::limit::{Rate, RequestLimits};
-use rmcp_guard::oauth::{
-    ClientAuth, DownstreamTokens, HostPolicy, Issuer, ResourceServer, TokenExchange, TokenRules,
-};
+use rmcp_guard::oauth::{ClientAuth, DownstreamTokens, HostPolicy, Issuer, ResourceServer, TokenExchange, TokenRules};
 use rmcp_guard::policy::PolicyEngine;
 use rmcp_guard::revoke::{Revocation, Revocations, RevokeError};
 use rmcp_guard::secrets::{

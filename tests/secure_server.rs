@@ -311,7 +311,10 @@ fn bad_configuration_is_one_line_and_exit_status_2() {
             "GUARD_REDIS_PREFIX needs GUARD_REDIS_URL",
         ),
         (
-            vec![("GUARD_ISSUER", "https://idp.example.com"), ("GUARD_ALLOWED_HOSTS", ",")],
+            vec![
+                ("GUARD_ISSUER", "https://idp.example.com"),
+                ("GUARD_ALLOWED_HOSTS", ","),
+            ],
             "allowed hosts",
         ),
         (
@@ -609,7 +612,10 @@ async fn allowed_hosts_and_origins_admit_a_load_balancers_names() {
         &[
             ("GUARD_RESOURCE", resource),
             ("GUARD_ALLOWED_HOSTS", &hosts),
-            ("GUARD_ALLOWED_ORIGINS", "https://app.example.com,https://mcp.example.com"),
+            (
+                "GUARD_ALLOWED_ORIGINS",
+                "https://app.example.com,https://mcp.example.com",
+            ),
         ],
     )
     .await;
@@ -625,11 +631,18 @@ async fn allowed_hosts_and_origins_admit_a_load_balancers_names() {
         "the scheme's default port"
     );
     for origin in ["https://app.example.com", "https://mcp.example.com"] {
-        assert_eq!(list_with(&server.url, &token, None, Some(origin)).await, 200, "{origin}");
+        assert_eq!(
+            list_with(&server.url, &token, None, Some(origin)).await,
+            200,
+            "{origin}"
+        );
     }
     // Any other name, port or origin: refused.
     assert_eq!(list_with(&server.url, &token, Some("evil.example"), None).await, 403);
-    assert_eq!(list_with(&server.url, &token, Some("mcp.example.com:8443"), None).await, 403);
+    assert_eq!(
+        list_with(&server.url, &token, Some("mcp.example.com:8443"), None).await,
+        403
+    );
     assert_eq!(
         list_with(&server.url, &token, None, Some("https://evil.example")).await,
         403

@@ -1,0 +1,400 @@
+//! A fleet: three replicas of the `secure_server` binary sharing one real
+//! `redis-server`, as `docs/fleet.md` deploys them. Every replica gets the
+//! same environment: one public resource URI (`GUARD_RESOURCE`, the
+//! audience of every token), `GUARD_ALLOWED_HOSTS` naming the public host
+//! and each replica's own address (the test plays the load balancer and
+//! calls each replica directly, round-robin), `GUARD_REDIS_URL`, and the
+//! same sealing key (`GUARD_REQUEST_STATE_KEY_FILE`).
+//!
+//! The proofs: what one replica records binds every other (limits,
+//! revocations, confirmations); a stopped or hung Redis is answered 503 with
+//! `Retry-After` on every replica, quickly, and the replicas stay up and
+//! recover by themselves when it is back; a restarted replica forgets
+//! nothing that lives in Redis.
+//!
+//! Needs the example built (`cargo test` builds it; for this file alone,
+//! `cargo build --example secure_server` first) and `redis-server` on PATH.
+
+// Until the Redis-backed limits, revocations and bindings land, part of the
+// harness waits for the proofs that use it.
+#![allow(dead_code)]
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use reqwest::StatusCode;
+use rmcp_guard_testkit::TestIssuer;
+use rmcp_guard_testkit::client::{McpClient, McpError, Protocol};
+use serde_json::{Value, json};
+use support::redis::Redis;
+
+/// The public resource URI every replica serves (what a load balancer
+/// would answer at): the audience of every token.
+const RESOURCE: &str = "http://localhost/mcp";
+
+/// How long a request may take before the test calls it hung: far above
+/// the 50 ms Redis timeout, far below anything a client would wait.
+const REQUEST_BOUND: Duration = Duration::from_secs(3);
+
+/// `target/<profile>/examples/secure_server`, built by `cargo test`.
+fn binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>");
+    let binary = profile_dir.join("examples").join("secure_server");
+    assert!(
+        binary.exists(),
+        "{} is missing: `cargo test` builds the examples; for this test alone run \
+         `cargo build --example secure_server` first",
+        binary.display()
+    );
+    binary
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// One `secure_server` process; its stderr goes to a log file shown when it
+/// does not start.
+struct Replica {
+    name: String,
+    port: u16,
+    env: Vec<(String, String)>,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Replica {
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/mcp", self.port)
+    }
+
+    fn metadata_url(&self) -> String {
+        format!(
+            "http://127.0.0.1:{}/.well-known/oauth-protected-resource/mcp",
+            self.port
+        )
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(&self.log).expect("replica log file");
+        let child = Command::new(binary())
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("GUARD_BIND", format!("127.0.0.1:{}", self.port))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary().display()));
+        self.child = Some(child);
+    }
+
+    /// Ready when the metadata route answers 200 (the readiness probe of
+    /// `docs/fleet.md`).
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if reqwest::get(self.metadata_url()).await.is_ok_and(|r| r.status() == 200) {
+                return;
+            }
+            assert!(self.is_running(), "{} exited: {}", self.name, self.log_tail());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{} not ready within 15 s: {}", self.name, self.log_tail());
+    }
+
+    fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        log.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
+    }
+
+    /// SIGKILL, as a crash or an evicted pod.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start again with the same environment, on the same port.
+    async fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+        self.wait_ready().await;
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+struct Fleet {
+    replicas: Vec<Replica>,
+    issuer: TestIssuer,
+    redis: Redis,
+    http: reqwest::Client,
+    key_file: PathBuf,
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.key_file);
+    }
+}
+
+impl Fleet {
+    /// Redis, an issuer and three replicas in stateless mode, with `vars`
+    /// added to every replica's environment.
+    async fn start(vars: &[(&str, &str)]) -> Fleet {
+        let redis = Redis::start().await;
+        let issuer = TestIssuer::start().await.expect("issuer");
+        let ports = [free_port(), free_port(), free_port()];
+        // The public name and each replica's own address (a probe, or this
+        // test, reaches a replica by it).
+        let hosts = std::iter::once("localhost".to_owned())
+            .chain(ports.iter().map(|p| format!("127.0.0.1:{p}")))
+            .collect::<Vec<_>>()
+            .join(",");
+        // One sealing key for the fleet, as a secret mounted in every pod.
+        let key_file = std::env::temp_dir().join(format!("rmcp-guard-fleet-{}-{}.key", std::process::id(), ports[0]));
+        let mut key = [0u8; 32];
+        std::io::Read::read_exact(
+            &mut std::fs::File::open("/dev/urandom").expect("/dev/urandom"),
+            &mut key,
+        )
+        .expect("32 random bytes");
+        std::fs::write(&key_file, base64::engine::general_purpose::STANDARD.encode(key)).expect("key file");
+        let mut env: Vec<(String, String)> = [
+            ("GUARD_ISSUER", issuer.issuer()),
+            ("GUARD_RESOURCE", RESOURCE),
+            ("GUARD_ALLOWED_HOSTS", &hosts),
+            ("GUARD_REDIS_URL", &redis.url()),
+            ("GUARD_STATELESS", "1"),
+            (
+                "GUARD_REQUEST_STATE_KEY_FILE",
+                key_file.to_str().expect("UTF-8 temp dir"),
+            ),
+            ("RUST_LOG", "warn"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        for (k, v) in vars {
+            env.retain(|(name, _)| name != k);
+            env.push(((*k).to_owned(), (*v).to_owned()));
+        }
+        let mut replicas: Vec<Replica> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, &port)| Replica {
+                name: format!("replica {}", i + 1),
+                port,
+                env: env.clone(),
+                child: None,
+                log: std::env::temp_dir().join(format!("rmcp-guard-fleet-{}-{port}.log", std::process::id())),
+            })
+            .collect();
+        for replica in &mut replicas {
+            replica.spawn();
+        }
+        for replica in &mut replicas {
+            replica.wait_ready().await;
+        }
+        let http = reqwest::Client::builder()
+            .timeout(REQUEST_BOUND)
+            .build()
+            .expect("http client");
+        Fleet {
+            replicas,
+            issuer,
+            redis,
+            http,
+            key_file,
+        }
+    }
+
+    /// A token for `subject` (tenant acme) in `groups`, for the public
+    /// resource.
+    fn token(&self, subject: &str, groups: &[&str]) -> String {
+        self.issuer
+            .token()
+            .subject(subject)
+            .audience(RESOURCE)
+            .scope("mcp:tools")
+            .claim("groups", json!(groups))
+            .claim("tenant", json!("acme"))
+            .sign()
+    }
+
+    /// A 2026-07-28 client of replica `i` (0-based) with `token`.
+    async fn client(&self, i: usize, token: &str) -> McpClient {
+        self.client_with(i, token, json!({})).await
+    }
+
+    async fn client_with(&self, i: usize, token: &str, capabilities: Value) -> McpClient {
+        McpClient::connect(self.replicas[i].url(), Protocol::V2026_07_28)
+            .bearer(token)
+            .http_client(self.http.clone())
+            .capabilities(capabilities)
+            .await
+            .expect("a 2026-07-28 client sends nothing to connect")
+    }
+
+    /// `echo` on replica `i`: one request (no listing first).
+    async fn echo(&self, i: usize, token: &str) -> Result<(), McpError> {
+        let client = self.client(i, token).await;
+        let result = client
+            .request("tools/call", json!({"name": "echo", "arguments": {"text": "hi"}}))
+            .await?;
+        assert_eq!(result["content"][0]["text"], "hi", "{result}");
+        Ok(())
+    }
+
+    /// The metadata route of replica `i` (unauthenticated, no Redis): its
+    /// status.
+    async fn metadata(&self, i: usize) -> StatusCode {
+        self.http
+            .get(self.replicas[i].metadata_url())
+            .send()
+            .await
+            .map(|r| r.status())
+            .unwrap_or_else(|e| panic!("replica {} metadata: {e}", i + 1))
+    }
+}
+
+/// The status of a refusal (`None`: not an HTTP refusal).
+fn status(result: &Result<(), McpError>) -> Option<StatusCode> {
+    result.as_ref().err().and_then(McpError::status)
+}
+
+/// Call `echo` on replica `i` until `done` says so of the answer, for at
+/// most `within`; the time it took and the last answer.
+async fn until<F>(fleet: &Fleet, i: usize, token: &str, within: Duration, done: F) -> (Duration, Result<(), McpError>)
+where
+    F: Fn(&Result<(), McpError>) -> bool,
+{
+    let start = Instant::now();
+    loop {
+        let answer = fleet.echo(i, token).await;
+        if done(&answer) || start.elapsed() > within {
+            return (start.elapsed(), answer);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// While Redis is unusable every replica answers what needs it with 503 and
+/// `Retry-After`, within a bound (never waiting on Redis), and still answers
+/// its metadata route (a readiness probe keeps it in rotation, a liveness
+/// probe does not restart it).
+async fn every_replica_fails_closed(fleet: &mut Fleet, token: &str, what: &str) {
+    for i in 0..fleet.replicas.len() {
+        let (took, answer) = until(fleet, i, token, Duration::from_secs(5), |a| {
+            status(a) == Some(StatusCode::SERVICE_UNAVAILABLE)
+        })
+        .await;
+        assert_eq!(
+            status(&answer),
+            Some(StatusCode::SERVICE_UNAVAILABLE),
+            "replica {} with Redis {what}: {answer:?}",
+            i + 1
+        );
+        // Each refusal came quickly (a hung request fails REQUEST_BOUND).
+        let client = fleet.client(i, token).await;
+        let started = Instant::now();
+        let refused = client
+            .request("tools/call", json!({"name": "echo", "arguments": {"text": "hi"}}))
+            .await
+            .unwrap_err();
+        let one = started.elapsed();
+        let McpError::Http { status, ref body, .. } = refused else {
+            panic!("replica {}: {refused:?}", i + 1);
+        };
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(body.contains("-32000") || body.contains("unavailable"), "{body}");
+        eprintln!(
+            "redis {what}: replica {} answered 503 after {took:?} of polling; one refusal took {one:?}",
+            i + 1
+        );
+        assert_eq!(fleet.metadata(i).await, StatusCode::OK, "replica {} metadata", i + 1);
+        assert!(fleet.replicas[i].is_running(), "replica {} is still up", i + 1);
+    }
+    // The 503 says when to come back.
+    let response = fleet
+        .http
+        .post(fleet.replicas[0].url())
+        .bearer_auth(token)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/list")
+        .json(
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+                "io.modelcontextprotocol/clientCapabilities": {},
+            }}}),
+        )
+        .send()
+        .await
+        .expect("an answer within the bound");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok());
+    assert!(
+        retry_after
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|s| (1..=30).contains(&s)),
+        "Retry-After: {retry_after:?}"
+    );
+}
+
+/// Every replica serves again by itself once Redis is back.
+async fn every_replica_recovers(fleet: &Fleet, token: &str, what: &str) {
+    for i in 0..fleet.replicas.len() {
+        let (took, answer) = until(fleet, i, token, Duration::from_secs(20), Result::is_ok).await;
+        assert!(answer.is_ok(), "replica {} after Redis {what}: {answer:?}", i + 1);
+        eprintln!("redis {what}: replica {} serving again after {took:?}", i + 1);
+    }
+}
+
+/// A confirmation asked by one replica is answered on another: the same
+/// sealing key everywhere (`GUARD_REQUEST_STATE_KEY_FILE`).
+#[tokio::test]
+async fn a_confirmation_asked_by_one_replica_is_answered_on_another() {
+    let fleet = Fleet::start(&[]).await;
+    let engineer = fleet.token("eve", &["network-engineers"]);
+    let call = json!({"name": "deploy_template", "arguments": {"template_id": "t1", "device_id": "d1"}});
+    let elicitation = json!({"elicitation": {"form": {}}});
+
+    let first = fleet.client_with(0, &engineer, elicitation.clone()).await;
+    let asked = first
+        .request("tools/call", call.clone())
+        .await
+        .expect("asked to confirm");
+    assert_eq!(asked["resultType"], "input_required", "{asked}");
+    let mut retry = call.clone();
+    retry["requestState"] = asked["requestState"].clone();
+    retry["inputResponses"] = json!({"confirm": {"action": "accept", "content": {"confirm": true}}});
+
+    // The user's "yes" lands on replica 2.
+    let second = fleet.client_with(1, &engineer, elicitation.clone()).await;
+    let done = second.request("tools/call", retry.clone()).await.expect("deployed");
+    let text = done["content"][0]["text"].as_str().unwrap_or_default();
+    assert!(text.contains("acme-netops"), "{done}");
+}
