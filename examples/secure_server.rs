@@ -545,6 +545,28 @@ async fn settings() -> Result<Settings, String> {
     })
 }
 
+/// Ctrl-C, or SIGTERM (what a container runtime sends to stop a replica):
+/// requests in flight finish (at most 10 s), then the process exits.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(e) => {
+                tracing::warn!("cannot watch SIGTERM: {e}");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -615,9 +637,7 @@ async fn main() -> ExitCode {
     );
     if let Err(e) = rmcp_guard::serve(listener, app)
         .header_read_timeout(settings.header_timeout)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .with_graceful_shutdown(shutdown_signal())
         .await
     {
         eprintln!("secure_server: {e}");

@@ -699,3 +699,26 @@ fn a_request_state_key_file_must_hold_32_bytes() {
     assert!(stderr.contains("32 bytes in base64"), "{stderr}");
     assert!(!stderr.contains("c2hvcnQ"), "no key material in the message: {stderr}");
 }
+
+/// A container runtime stops a replica with SIGTERM: the server stops
+/// accepting, finishes what is in flight and exits 0 (a rolling update loses
+/// no answered request to a kill).
+#[tokio::test]
+async fn sigterm_stops_the_server_cleanly() {
+    let issuer = TestIssuer::start().await.unwrap();
+    let mut server = start(&issuer).await;
+    let status = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let exit = loop {
+        if let Some(exit) = server.child.try_wait().expect("try_wait") {
+            break exit;
+        }
+        assert!(std::time::Instant::now() < deadline, "still running 15 s after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(exit.code(), Some(0), "{exit}");
+}
