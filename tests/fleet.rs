@@ -221,13 +221,21 @@ impl Fleet {
             .timeout(REQUEST_BOUND)
             .build()
             .expect("http client");
-        Fleet {
+        let fleet = Fleet {
             replicas,
             issuer,
             redis,
             http,
             key_file,
+        };
+        // A replica refuses calls (503) until it has read the revocations
+        // from Redis, a few milliseconds after it starts.
+        let probe = fleet.token("probe", &["developers"]);
+        for i in 0..fleet.replicas.len() {
+            let (took, answer) = until(&fleet, i, &probe, Duration::from_secs(10), Result::is_ok).await;
+            assert!(answer.is_ok(), "replica {} not serving after {took:?}: {answer:?}", i + 1);
         }
+        fleet
     }
 
     /// A token for `subject` (tenant acme) in `groups`, for the public
