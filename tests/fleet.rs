@@ -484,10 +484,11 @@ async fn redis_down_is_503_on_every_replica_and_they_recover_by_themselves() {
     every_replica_recovers(&fleet, &alice, "resumed").await;
 }
 
-/// A confirmation asked by one replica is answered on another: the same
-/// sealing key everywhere (`GUARD_REQUEST_STATE_KEY_FILE`).
+/// A confirmation asked by one replica is answered on another (the same
+/// sealing key everywhere, `GUARD_REQUEST_STATE_KEY_FILE`), and only once in
+/// the whole fleet (the replay set lives in Redis).
 #[tokio::test]
-async fn a_confirmation_asked_by_one_replica_is_answered_on_another() {
+async fn a_confirmation_asked_by_one_replica_is_answered_on_another_once() {
     let fleet = Fleet::start(&[]).await;
     let engineer = fleet.token("eve", &["network-engineers"]);
     let call = json!({"name": "deploy_template", "arguments": {"template_id": "t1", "device_id": "d1"}});
@@ -508,6 +509,64 @@ async fn a_confirmation_asked_by_one_replica_is_answered_on_another() {
     let done = second.request("tools/call", retry.clone()).await.expect("deployed");
     let text = done["content"][0]["text"].as_str().unwrap_or_default();
     assert!(text.contains("acme-netops"), "{done}");
+
+    // The same answer replayed to replica 3: refused, nothing deployed twice.
+    let third = fleet.client_with(2, &engineer, elicitation).await;
+    let replayed = third.request("tools/call", retry).await;
+    assert!(
+        matches!(&replayed, Err(McpError::JsonRpc { data: Some(d), .. }) if d["error"] == "request_state_replayed"),
+        "{replayed:?}"
+    );
+}
+
+/// `GUARD_RATE_LIMIT=30/min` is one budget per caller for the whole fleet:
+/// 90 calls spread round-robin over three replicas get about 30 through
+/// (three replicas counting on their own would let all 90 through), and
+/// another caller keeps a budget of its own.
+#[tokio::test]
+async fn a_rate_limit_is_one_budget_for_the_whole_fleet() {
+    let fleet = Fleet::start(&[("GUARD_RATE_LIMIT", "30/min")]).await;
+    let alice = fleet.token("alice", &["developers"]);
+    let bob = fleet.token("bob", &["developers"]);
+
+    // In rounds of 5 at once, so that the 90 take well under the 2 s in
+    // which one more call is earned back, on a loaded machine too, while
+    // staying far under the 16 requests in flight a caller may have (a
+    // permit is given back just after its response).
+    let started = Instant::now();
+    let (mut allowed, mut per_replica) = (0, [0; 3]);
+    for round in 0..18 {
+        let calls = (0..5).map(|k| {
+            let i = (round * 5 + k) % 3;
+            let alice = &alice;
+            let fleet = &fleet;
+            async move { (i, fleet.echo(i, alice).await) }
+        });
+        for (i, answer) in futures_util::future::join_all(calls).await {
+            match answer {
+                Ok(()) => {
+                    allowed += 1;
+                    per_replica[i] += 1;
+                }
+                Err(e) if e.status() == Some(StatusCode::TOO_MANY_REQUESTS) => {}
+                Err(e) => panic!("a call on replica {}: {e:?}", i + 1),
+            }
+        }
+    }
+    let took = started.elapsed();
+    eprintln!("30/min over 3 replicas: {allowed} of 90 calls allowed in {took:?} (per replica: {per_replica:?})");
+    // 30 at once (the burst), plus what came back while the calls ran (one
+    // every 2 s).
+    assert!((30..=33).contains(&allowed), "{allowed} of 90 allowed");
+    assert!(
+        per_replica.iter().all(|&n| n > 0),
+        "every replica served: {per_replica:?}"
+    );
+
+    // Another caller is unaffected, on every replica.
+    for i in 0..3 {
+        fleet.echo(i, &bob).await.expect("bob's budget is his own");
+    }
 }
 
 /// Revoke `subject` with the `revoke` tool, called by an admin on replica `i`.
@@ -579,14 +638,65 @@ async fn a_revocation_on_one_replica_is_enforced_on_every_replica() {
     }
 }
 
+/// `tools/list` on replica `i` in the 2025-11-25 session `session`, as the
+/// holder of `token`: the status and body.
+async fn in_session(fleet: &Fleet, i: usize, token: &str, session: &str) -> (StatusCode, String) {
+    let response = fleet
+        .http
+        .post(fleet.replicas[i].url())
+        .bearer_auth(token)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", session)
+        .header("mcp-protocol-version", "2025-11-25")
+        .json(&json!({"jsonrpc": "2.0", "id": 7, "method": "tools/list"}))
+        .send()
+        .await
+        .expect("an answer within the bound");
+    let status = response.status();
+    (status, response.text().await.unwrap_or_default())
+}
+
+/// The session layer's refusal (the binding names someone else), told
+/// apart from rmcp's own "no such session" (plain text).
+fn refused_by_binding(body: &str) -> bool {
+    serde_json::from_str::<Value>(body).is_ok_and(|b| b["error"]["code"] == -32001)
+}
+
 /// Replica 2 is killed and started again with the same environment: the
-/// revocation recorded before is still enforced there (it lives in Redis;
-/// the restarted replica reads it before it serves).
+/// revocation recorded before is still enforced there, and the binding of a
+/// session opened there before still refuses another principal (the
+/// binding lives in Redis, the rmcp session itself in the dead process:
+/// its owner gets rmcp's 404 and starts a new session, as MCP says).
 #[tokio::test]
-async fn a_restarted_replica_keeps_revocations() {
-    let mut fleet = Fleet::start(&[]).await;
+async fn a_restarted_replica_keeps_revocations_and_session_bindings() {
+    let mut fleet = Fleet::start(&[("GUARD_STATELESS", "0")]).await;
+    let alice = fleet.token("alice", &["developers"]);
     let bob = fleet.token("bob", &["developers"]);
     let mallory = fleet.token("mallory", &["developers"]);
+
+    // Alice's session on replica 2; Bob cannot use it.
+    let session = McpClient::connect(fleet.replicas[1].url(), Protocol::V2025_11_25)
+        .bearer(&alice)
+        .http_client(fleet.http.clone())
+        .await
+        .expect("a 2025-11-25 session");
+    let id = session.session_id().expect("a session id").to_owned();
+    assert!(session.list_tools().await.is_ok());
+    let (code, body) = in_session(&fleet, 1, &bob, &id).await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    assert!(refused_by_binding(&body), "{body}");
+    // The binding is in Redis, not only in replica 2.
+    let mut redis = redis::Client::open(fleet.redis.url())
+        .and_then(|c| c.get_connection())
+        .expect("a connection to the test's Redis");
+    let binding = format!("rmcp-guard:{RESOURCE}:session:{id}");
+    let bytes: Option<u64> = redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg(&binding)
+        .query(&mut redis)
+        .expect("MEMORY USAGE");
+    assert!(bytes.is_some(), "no {binding} in Redis");
+    eprintln!("a session binding: {} bytes", bytes.unwrap_or(0));
 
     // Mallory is revoked (on replica 1) and refused on replica 2.
     fleet.echo(1, &mallory).await.expect("served before the revocation");
@@ -606,4 +716,60 @@ async fn a_restarted_replica_keeps_revocations() {
         "after {took:?}: {answer:?}"
     );
     fleet.echo(1, &bob).await.expect("others are served");
+
+    // The binding is known after the restart: Bob is refused by it, Alice
+    // passes it and meets rmcp's "no such session" (the session died with
+    // the process).
+    let (code, body) = in_session(&fleet, 1, &bob, &id).await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    assert!(refused_by_binding(&body), "bob: {body}");
+    let (code, body) = in_session(&fleet, 1, &alice, &id).await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    assert!(!refused_by_binding(&body), "alice passes the binding: {body}");
+}
+
+/// Every key the fleet writes is under the prefix derived from the resource
+/// URI (two servers sharing a Redis never meet) and expires (nothing stays
+/// forever): after limits, a confirmation, a revocation and a session.
+#[tokio::test]
+async fn every_key_in_redis_is_under_the_prefix_and_expires() {
+    // 30/min: a caller's rate key lives 2 s per call (at 20/s, 50 ms).
+    let fleet = Fleet::start(&[("GUARD_RATE_LIMIT", "30/min")]).await;
+    let engineer = fleet.token("eve", &["network-engineers"]);
+    fleet.echo(0, &engineer).await.expect("served");
+    let call = json!({"name": "deploy_template", "arguments": {"template_id": "t1", "device_id": "d1"}});
+    let client = fleet
+        .client_with(1, &engineer, json!({"elicitation": {"form": {}}}))
+        .await;
+    let asked = client.request("tools/call", call.clone()).await.expect("asked");
+    let mut retry = call;
+    retry["requestState"] = asked["requestState"].clone();
+    retry["inputResponses"] = json!({"confirm": {"action": "accept", "content": {"confirm": true}}});
+    client.request("tools/call", retry).await.expect("deployed");
+    revoke(&fleet, 2, "mallory").await;
+
+    let mut redis = redis::Client::open(fleet.redis.url())
+        .and_then(|c| c.get_connection())
+        .expect("a connection to the test's Redis");
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut redis).expect("KEYS");
+    let prefix = format!("rmcp-guard:{RESOURCE}:");
+    for kind in ["limit:", "replay:", "revocations:"] {
+        assert!(
+            keys.iter().any(|k| k.starts_with(&format!("{prefix}{kind}"))),
+            "no {kind} key in {keys:?}"
+        );
+    }
+    for key in &keys {
+        assert!(key.starts_with(&prefix), "{key} is outside the prefix");
+        let ttl: i64 = redis::cmd("PTTL").arg(key).query(&mut redis).expect("PTTL");
+        // -2: expired since KEYS; -1: no expiry.
+        assert_ne!(ttl, -1, "{key} never expires");
+        let bytes: Option<u64> = redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(key)
+            .query(&mut redis)
+            .expect("MEMORY USAGE");
+        eprintln!("{key}: {} bytes, expires in {ttl} ms", bytes.unwrap_or(0));
+    }
+    eprintln!("{} keys, all under {prefix}, all expiring", keys.len());
 }
