@@ -3,8 +3,10 @@
 //! same environment: one public resource URI (`GUARD_RESOURCE`, the
 //! audience of every token), `GUARD_ALLOWED_HOSTS` naming the public host
 //! and each replica's own address (the test plays the load balancer and
-//! calls each replica directly, round-robin), `GUARD_REDIS_URL`, and the
-//! same sealing key (`GUARD_REQUEST_STATE_KEY_FILE`).
+//! calls each replica directly, round-robin), `GUARD_REDIS_URL` with an ACL
+//! user confined to the server's keys and the commands the guard sends, and
+//! the same sealing key (`GUARD_REQUEST_STATE_KEY_FILE`). One fleet runs at
+//! a time.
 //!
 //! The proofs: what one replica records binds every other (limits,
 //! revocations, confirmations); a stopped or hung Redis is answered 503 with
