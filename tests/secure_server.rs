@@ -722,3 +722,18 @@ async fn sigterm_stops_the_server_cleanly() {
     };
     assert_eq!(exit.code(), Some(0), "{exit}");
 }
+
+#[test]
+fn a_bad_redis_url_is_refused_without_its_password() {
+    let output = Command::new(binary())
+        .env_clear()
+        .env("GUARD_ISSUER", "https://idp.example.com")
+        .env("GUARD_REDIS_URL", "redis://admin:hunter2@redis.internal:notaport/0")
+        .output()
+        .expect("run secure_server");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("GUARD_REDIS_URL"), "{stderr}");
+    assert!(!stderr.contains("hunter2") && !stderr.contains("admin"), "{stderr}");
+}
