@@ -278,6 +278,48 @@ async fn requests_in_flight_are_counted_fleet_wide() {
     fleet.until_served(1, "alice").await;
 }
 
+/// A request refused for the in-flight bound costs no rate: at 2/min (burst
+/// 2) a caller whose one permit is held, and whose next calls are refused in
+/// flight on both replicas, still has her second call once the first ends.
+#[tokio::test]
+async fn a_request_refused_in_flight_costs_no_rate() {
+    let redis = Redis::start().await;
+    let limits = RequestLimits::default()
+        .rate("2/min".parse().unwrap())
+        .burst(2)
+        .in_flight(1);
+    let fleet = Arc::new(Fleet::start(&redis, limits, None).await);
+    let held = {
+        let fleet = fleet.clone();
+        tokio::spawn(async move { fleet.call(0, "alice", "slow").await })
+    };
+    let deadline = Instant::now() + BOUND;
+    while fleet.gate.entered.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the slow call never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for i in 0..4 {
+        assert_too_many(&fleet.call(i % 2, "alice", "echo").await, "too_many_in_flight");
+    }
+    fleet.gate.release.add_permits(1);
+    let reply = tokio::time::timeout(BOUND, held).await.unwrap().unwrap();
+    assert!(ran(&reply, "slow"), "{reply:?}");
+    // Until the release reaches Redis the call is refused in flight (and
+    // that costs nothing); then it runs: the second unit of the burst.
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let reply = fleet.call(1, "alice", "echo").await;
+        if ran(&reply, "echo") {
+            break;
+        }
+        assert_too_many(&reply, "too_many_in_flight");
+        assert!(Instant::now() < deadline, "the permit was never released");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The burst is spent now.
+    assert_too_many(&fleet.call(0, "alice", "echo").await, "rate_limited");
+}
+
 /// A permit whose release never came (a replica killed mid-request) holds
 /// its slot until its lease expires, and no longer: here the lease is made
 /// to expire early by rewriting its score in Redis.

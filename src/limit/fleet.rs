@@ -23,7 +23,8 @@ use crate::store::{RedisStore, StoreError};
 /// 1. The GCRA rate (when `ARGV[1]`, the interval in microseconds, is not
 ///    0): the theoretical arrival time in `KEYS[1]`, which expires when the
 ///    burst has come back (`PX`). Over it: `{1, wait in microseconds}`, and
-///    nothing is written.
+///    nothing is written. It is written only when the request is admitted
+///    (step 2 too): a request refused in flight costs no rate.
 /// 2. The requests in flight (when `ARGV[3]`, the bound, is not 0): a sorted
 ///    set `KEYS[2]` of permit ids scored by the expiry of their lease;
 ///    at the bound expired ones are dropped, and with fewer than it the permit
@@ -37,6 +38,9 @@ const ADMIT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
+-- The rate unit is taken only once the request is admitted: a request
+-- refused for the in-flight (or stream) bound costs nothing.
+local take_rate = function() end
 if interval > 0 then
   local burst = tonumber(ARGV[2])
   local tat = now
@@ -49,10 +53,13 @@ if interval > 0 then
   if now < allow_at then
     return {1, math.ceil(allow_at - now)}
   end
-  redis.call('SET', KEYS[1], string.format('%.0f', next_tat), 'PX', math.max(1, math.ceil((next_tat - now) / 1000)))
+  take_rate = function()
+    redis.call('SET', KEYS[1], string.format('%.0f', next_tat), 'PX', math.max(1, math.ceil((next_tat - now) / 1000)))
+  end
 end
 local max = tonumber(ARGV[3])
 if max == 0 then
+  take_rate()
   return {0, 0}
 end
 local lease = tonumber(ARGV[4])
@@ -74,6 +81,7 @@ if ARGV[6] == '1' then
     return {3}
   end
 end
+take_rate()
 redis.call('ZADD', set, string.format('%.0f', now + lease), ARGV[5])
 redis.call('PEXPIRE', set, math.ceil(lease / 1000))
 return {0, 1}

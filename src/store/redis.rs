@@ -2,8 +2,9 @@
 //! background with backoff, a timeout on every command and a breaker.
 
 use std::fmt;
+use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, FromRedisValue, ScriptInvocation};
@@ -107,7 +108,10 @@ fn redacted(url: &str) -> String {
 /// A connected (or reconnecting) Redis.
 pub(crate) struct RedisStore {
     client: redis::Client,
-    connection: ConnectionManager,
+    /// The connection manager, re-made when a login is refused (see
+    /// [`RedisStore::remake_after`]).
+    connection: RwLock<Connection>,
+    manager: ConnectionManagerConfig,
     timeout: Duration,
     #[allow(dead_code)] // read through `key`
     prefix: Vec<u8>,
@@ -151,21 +155,58 @@ impl RedisStore {
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_secs(2))
             .set_number_of_retries(2);
-        let connection =
-            ConnectionManager::new_lazy_with_config(client.clone(), manager).map_err(|_| ConfigError::InvalidUrl {
+        let connection = ConnectionManager::new_lazy_with_config(client.clone(), manager.clone()).map_err(|_| {
+            ConfigError::InvalidUrl {
                 what: "redis",
                 url: server.clone(),
                 reason: "not a connection this build can make",
-            })?;
+            }
+        })?;
         Ok(RedisStore {
             client,
-            connection,
+            connection: RwLock::new(Connection {
+                manager: connection,
+                made: Instant::now(),
+            }),
+            manager,
             timeout: config.timeout,
             prefix: config.key_prefix.into_bytes(),
             breaker: Breaker::new(Upstream::Redis, server.clone(), config.breaker),
             round_trips: AtomicU64::new(0),
             server,
         })
+    }
+
+    /// The current connection manager (a cheap clone).
+    fn connection(&self) -> ConnectionManager {
+        read(&self.connection).manager.clone()
+    }
+
+    /// Replace the connection manager with a new one, unless it was made
+    /// less than `after` ago. redis-rs re-connects after an I/O error only: a
+    /// connection whose login was refused once (`WRONGPASS`, `NOPERM`: a
+    /// Redis restarted before its ACL users were loaded, a rotated password)
+    /// would answer that refusal to every later command, for good.
+    fn remake_after(&self, after: Duration) {
+        let mut connection = self
+            .connection
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if connection.made.elapsed() < after {
+            return;
+        }
+        match ConnectionManager::new_lazy_with_config(self.client.clone(), self.manager.clone()) {
+            Ok(manager) => {
+                tracing::warn!(target: "rmcp_guard::store", server = %self.server, "redis refused the login; connecting anew");
+                *connection = Connection {
+                    manager,
+                    made: Instant::now(),
+                };
+            }
+            Err(error) => {
+                tracing::warn!(target: "rmcp_guard::store", server = %self.server, kind = ?error.kind(), "cannot connect anew");
+            }
+        }
     }
 
     /// Commands sent so far.
@@ -200,7 +241,7 @@ impl RedisStore {
     #[allow(dead_code)] // each shared feature uses some of these
     pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
         self.guarded(|| {
-            let mut connection = self.connection.clone();
+            let mut connection = self.connection();
             async move { cmd.query_async::<T>(&mut connection).await }
         })
         .await
@@ -212,7 +253,7 @@ impl RedisStore {
     pub(crate) async fn invoke<T: FromRedisValue>(&self, script: ScriptInvocation<'_>) -> Result<T, StoreError> {
         let script = &script;
         self.guarded(|| {
-            let mut connection = self.connection.clone();
+            let mut connection = self.connection();
             async move { script.invoke_async::<T>(&mut connection).await }
         })
         .await
@@ -259,6 +300,9 @@ impl RedisStore {
                     || error.is_connection_refusal()
                     || error.is_unrecoverable_error();
                 tracing::warn!(target: "rmcp_guard::store", server = %self.server, kind = ?error.kind(), "redis command failed");
+                if refused_login(&error) {
+                    self.remake_after(REMAKE_AFTER);
+                }
                 attempt.settle(!down);
                 Err(StoreError::Unavailable)
             }
@@ -269,6 +313,24 @@ impl RedisStore {
             }
         }
     }
+}
+
+/// A connection manager and when it was made.
+struct Connection {
+    manager: ConnectionManager,
+    made: Instant,
+}
+
+/// A refused login is retried with a new connection at most this often.
+const REMAKE_AFTER: Duration = Duration::from_secs(1);
+
+fn read(lock: &RwLock<Connection>) -> std::sync::RwLockReadGuard<'_, Connection> {
+    lock.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Whether `error` says the server refused this connection's login.
+fn refused_login(error: &redis::RedisError) -> bool {
+    error.kind() == redis::ErrorKind::AuthenticationFailed || matches!(error.code(), Some("WRONGPASS" | "NOPERM"))
 }
 
 #[cfg(test)]
