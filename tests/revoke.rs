@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use rmcp_guard::Guard;
+use rmcp_guard::limit::RequestLimits;
 use rmcp_guard::oauth::{Issuer, ResourceServer};
 use rmcp_guard::revoke::{Revocation, RevokeError};
 use rmcp_guard::store::{RedisConfig, SharedStore};
@@ -46,8 +47,11 @@ async fn replica_of(issuer: Issuer, store: SharedStore, audience: Option<&str>) 
         builder = builder.audiences([audience]);
     }
     let rs = builder.build().unwrap();
+    // These tests are about revocations: no request limits, so that with a
+    // Redis store every 503 is the revocations' (tests/limits_redis.rs
+    // covers limits over Redis).
     let app = Guard::new(rs)
-        .limits(generous_limits())
+        .limits(RequestLimits::default().dangerous().unlimited())
         .stateless()
         .shared_store(store)
         .router(|| Ok(Tools::new()));
