@@ -13,7 +13,7 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Reply, Tools, client, echo_call, generous_limits, mcp_post};
+use common::{Reply, Tools, client, echo_call, mcp_post};
 use rmcp_guard::Guard;
 use rmcp_guard::Principal;
 use rmcp_guard::oauth::{Issuer, ResourceServer};
@@ -68,7 +68,10 @@ async fn replica_with(issuer: &TestIssuer, redis: &Redis, configure: impl FnOnce
     .unwrap();
     let guard = Guard::new(rs)
         .http_config(config)
-        .limits(generous_limits())
+        // These tests are about sessions: no request limits, so that with a
+        // Redis store every 503 is the bindings' (tests/limits_redis.rs
+        // covers limits over Redis).
+        .limits(rmcp_guard::limit::RequestLimits::default().dangerous().unlimited())
         .shared_store(store.clone());
     let app = configure(guard).router(|| Ok(Tools::new()));
     // These tests are about sessions: revocation checks keep serving on the
