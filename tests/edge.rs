@@ -5,6 +5,7 @@
 //! `Transfer-Encoding`, and rmcp's body limit, on a guarded server.
 
 mod common;
+mod support;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -214,16 +215,7 @@ async fn a_body_over_the_limit_is_refused_with_413() {
 
 /// `target/<profile>/examples/secure_server`, built by `cargo test`.
 fn binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>");
-    let binary = profile_dir.join("examples").join("secure_server");
-    assert!(
-        binary.exists(),
-        "{} is missing: `cargo test` builds the examples; for this test alone run \
-         `cargo build --example secure_server` first",
-        binary.display()
-    );
-    binary
+    support::example::example_binary("secure_server")
 }
 
 /// `binary` run with an open-files limit of 256 (soft and hard).

@@ -90,16 +90,7 @@ fn confine(redis: &Redis) {
 
 /// `target/<profile>/examples/secure_server`, built by `cargo test`.
 fn binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>");
-    let binary = profile_dir.join("examples").join("secure_server");
-    assert!(
-        binary.exists(),
-        "{} is missing: `cargo test` builds the examples; for this test alone run \
-         `cargo build --example secure_server` first",
-        binary.display()
-    );
-    binary
+    support::example::example_binary("secure_server")
 }
 
 fn free_port() -> u16 {

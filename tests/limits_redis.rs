@@ -131,11 +131,7 @@ impl Fleet {
             // they fail closed by default). A replica on Redis still refuses
             // requests until its revocations have synced once: wait for it.
             let revocations = store.revocations().dangerous().allow_when_stale();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while !revocations.is_fresh() {
-                assert!(Instant::now() < deadline, "revocations never synced from Redis");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            support::redis::synced(&revocations).await;
             let mut guard = Guard::new(rs).limits(limits.clone()).shared_store(store.clone());
             if stateless {
                 guard = guard.stateless();

@@ -8,6 +8,8 @@
 //! their caller, while 2026-07-28 clients are served statelessly) and the
 //! confirmation `deploy_template` needs (`GUARD_REQUEST_STATE_TTL_SECS`).
 
+mod support;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -26,16 +28,7 @@ use serde_json::{Value, json};
 
 /// `target/<profile>/examples/secure_server`, built by `cargo test`.
 fn binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>");
-    let binary = profile_dir.join("examples").join("secure_server");
-    assert!(
-        binary.exists(),
-        "{} is missing: `cargo test` builds the examples; for this test alone run \
-         `cargo build --example secure_server` first",
-        binary.display()
-    );
-    binary
+    support::example::example_binary("secure_server")
 }
 
 struct Server {

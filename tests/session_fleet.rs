@@ -79,14 +79,7 @@ async fn replica_with(issuer: &TestIssuer, redis: &Redis, configure: impl FnOnce
     // closed by default). A replica on Redis still refuses requests (503)
     // until its copy of the revocations has synced once: serve when it has.
     let revocations = store.revocations().dangerous().allow_when_stale();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !revocations.is_fresh() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "revocations never synced from Redis"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    support::redis::synced(&revocations).await;
     let task = tokio::spawn(async move {
         let _ = rmcp_guard::serve(listener, app).await;
     });

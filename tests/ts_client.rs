@@ -29,6 +29,8 @@
 //! Node: `NODE24` (set by `.ci/run`), else `node` on PATH. Missing node,
 //! npm dependencies or `openssl` fail the test with what to run.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -51,16 +53,7 @@ fn node() -> String {
 
 /// `target/<profile>/examples/quickstart`, built by `cargo test`.
 fn quickstart_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>");
-    let binary = profile_dir.join("examples").join("quickstart");
-    assert!(
-        binary.exists(),
-        "{} is missing: `cargo test` builds the examples; for this test alone run \
-         `cargo build --example quickstart` first",
-        binary.display()
-    );
-    binary
+    support::example::example_binary("quickstart")
 }
 
 /// Checks that node and the pinned SDK are there; panics saying what to run.

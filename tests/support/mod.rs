@@ -1,2 +1,3 @@
 pub mod bao;
+pub mod example;
 pub mod redis;

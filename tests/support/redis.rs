@@ -175,3 +175,13 @@ impl Drop for Redis {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Wait (at most 10 s) until `revocations` has synced from Redis once: a
+/// replica on Redis answers 503 until then.
+pub async fn synced(revocations: &rmcp_guard::revoke::Revocations) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !revocations.is_fresh() {
+        assert!(Instant::now() < deadline, "revocations never synced from Redis");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
