@@ -33,6 +33,8 @@
 //! | `GUARD_REQUEST_STATE_KEY_FILE` | file holding the key that seals those states: 32 random bytes in base64 (`openssl rand -base64 32`); give every replica the same file | a key generated at start (one replica; lost on restart) |
 //! | `GUARD_ALLOWED_HOSTS` | `Host` values answered (`host` or `host:port`, comma-separated): the public name and every name a load balancer or probe sends | the host of `GUARD_RESOURCE` |
 //! | `GUARD_ALLOWED_ORIGINS` | browser `Origin` values accepted (`scheme://host[:port]`, comma-separated) | the origin of `GUARD_RESOURCE` |
+//! | `GUARD_DPOP` | DPoP (RFC 9449): `off`, `allowed` (bound tokens must come with a proof by their key; bearer tokens still accepted) or `required` (every token DPoP-bound) | `allowed` |
+//! | `GUARD_DPOP_NONCE_KEY_FILE` | require server nonces in DPoP proofs, derived from this key (32 bytes in base64); give every replica the same file | unset: no nonces |
 //! | `GUARD_REDIS_URL` | `redis://[user:password@]host:port[/db]`: rate limits, session bindings, single-use confirmations and revocations shared by every replica ([docs/fleet.md](../docs/fleet.md)) | unset: this process's memory (one replica) |
 //! | `GUARD_REDIS_PREFIX` | prefix of every Redis key: replicas of one server share it, two servers sharing a Redis must not | `rmcp-guard:{GUARD_RESOURCE}:` |
 //! | `GUARD_REDIS_TIMEOUT_MS` | the longest a request waits for one Redis command (1 to 10000); past it, or while Redis is down, what needs Redis is refused with 503 | `50` |
@@ -91,7 +93,10 @@ use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{ServerCapabilities, ServerConfig};
 use rmcp::{ErrorData, ServerHandler, schemars, tool, tool_handler, tool_router};
 use rmcp_guard::limit::{Rate, RequestLimits};
-use rmcp_guard::oauth::{ClientAuth, DownstreamTokens, HostPolicy, Issuer, ResourceServer, TokenExchange, TokenRules};
+use rmcp_guard::oauth::{
+    ClientAuth, DownstreamTokens, DpopConfig, DpopMode, DpopNonces, HostPolicy, Issuer, ResourceServer, TokenExchange,
+    TokenRules,
+};
 use rmcp_guard::policy::PolicyEngine;
 use rmcp_guard::revoke::{Revocation, Revocations, RevokeError};
 use rmcp_guard::secrets::{
@@ -154,7 +159,9 @@ impl Tools {
         }
     }
 
-    #[tool(description = "Who is calling: subject, tenant, groups and scopes of the token")]
+    #[tool(
+        description = "Who is calling: subject, tenant, groups and scopes of the token, and the DPoP key it is bound to"
+    )]
     async fn whoami(&self, caller: Principal) -> Result<String, ErrorData> {
         Ok(serde_json::json!({
             "subject": caller.subject(),
@@ -163,6 +170,7 @@ impl Tools {
             "tenant": caller.tenant(),
             "groups": caller.groups(),
             "scopes": caller.scopes().collect::<Vec<_>>(),
+            "dpop_jkt": caller.dpop_thumbprint(),
         })
         .to_string())
     }
@@ -353,26 +361,55 @@ fn env_list(name: &str) -> Option<Vec<String>> {
 fn state_keys() -> Result<StateKeys, String> {
     use base64::Engine;
     use sha2::Digest;
-    use zeroize::Zeroizing;
 
-    let Some(path) = env("GUARD_REQUEST_STATE_KEY_FILE") else {
+    let Some(key) = key_file("GUARD_REQUEST_STATE_KEY_FILE")? else {
         return Ok(StateKeys::generate());
     };
-    let text = Zeroizing::new(
-        std::fs::read_to_string(&path).map_err(|e| format!("GUARD_REQUEST_STATE_KEY_FILE: cannot read {path}: {e}"))?,
-    );
+    let digest = sha2::Sha256::new_with_prefix(b"rmcp-guard request-state key id\0")
+        .chain_update(key.as_slice())
+        .finalize();
+    let kid = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..9]);
+    StateKeys::new(kid, zeroize::Zeroizing::new(key.to_vec())).map_err(|e| format!("GUARD_REQUEST_STATE_KEY_FILE: {e}"))
+}
+
+/// The 32-byte key in the file named by `var` (base64), if `var` is set.
+fn key_file(var: &str) -> Result<Option<zeroize::Zeroizing<[u8; 32]>>, String> {
+    use base64::Engine;
+    use zeroize::Zeroizing;
+
+    let Some(path) = env(var) else {
+        return Ok(None);
+    };
+    let text = Zeroizing::new(std::fs::read_to_string(&path).map_err(|e| format!("{var}: cannot read {path}: {e}"))?);
     let key = base64::engine::general_purpose::STANDARD
         .decode(text.trim())
         .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text.trim()))
         .map(Zeroizing::new)
         .ok()
-        .filter(|key| key.len() == 32)
-        .ok_or("GUARD_REQUEST_STATE_KEY_FILE must hold 32 bytes in base64 (`openssl rand -base64 32`)")?;
-    let digest = sha2::Sha256::new_with_prefix(b"rmcp-guard request-state key id\0")
-        .chain_update(key.as_slice())
-        .finalize();
-    let kid = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..9]);
-    StateKeys::new(kid, key).map_err(|e| format!("GUARD_REQUEST_STATE_KEY_FILE: {e}"))
+        .and_then(|key| <[u8; 32]>::try_from(key.as_slice()).ok())
+        .ok_or(format!(
+            "{var} must hold 32 bytes in base64 (`openssl rand -base64 32`)"
+        ))?;
+    Ok(Some(Zeroizing::new(key)))
+}
+
+/// DPoP: `GUARD_DPOP` (default `allowed`) and `GUARD_DPOP_NONCE_KEY_FILE`.
+fn dpop_config() -> Result<DpopConfig, String> {
+    let mode: DpopMode = match env("GUARD_DPOP") {
+        None => DpopMode::Allowed,
+        Some(mode) => mode
+            .parse()
+            .map_err(|_| format!("GUARD_DPOP must be off, allowed or required: {mode}"))?,
+    };
+    let mut config = match mode {
+        DpopMode::Off => DpopConfig::off(),
+        DpopMode::Required => DpopConfig::required(),
+        _ => DpopConfig::allowed(),
+    };
+    if let Some(key) = key_file("GUARD_DPOP_NONCE_KEY_FILE")? {
+        config = config.nonces(DpopNonces::with_key(*key));
+    }
+    Ok(config)
 }
 
 /// Where the state every replica must agree on lives: `GUARD_REDIS_URL`
@@ -447,7 +484,8 @@ async fn settings() -> Result<Settings, String> {
                 .groups_claim(env("GUARD_GROUPS_CLAIM").unwrap_or_else(|| "groups".to_owned()))
                 .tenant_claim(env("GUARD_TENANT_CLAIM").unwrap_or_else(|| "tenant".to_owned())),
         )
-        .resource_name("rmcp-guard secure_server example");
+        .resource_name("rmcp-guard secure_server example")
+        .dpop(dpop_config()?);
     if let Some(audience) = env("GUARD_AUDIENCE") {
         builder = builder.audiences([audience]);
     }

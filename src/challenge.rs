@@ -1,4 +1,5 @@
-//! `WWW-Authenticate` challenges (RFC 6750 section 3, MCP 2025-11-25) and the
+//! `WWW-Authenticate` challenges (RFC 6750 section 3, RFC 9449 section 7.1,
+//! MCP 2025-11-25) and the rejection responses that carry them.
 
 use std::sync::Arc;
 
@@ -13,8 +14,6 @@ use crate::scope::advertised;
 /// ([`ResourceServer::challenges`](crate::oauth::ResourceServer::challenges)); cheap
 /// to clone.
 ///
-/// rejection responses that carry them.
-///
 /// | situation | status | challenge |
 /// |---|---|---|
 /// | no credentials | 401 | `Bearer resource_metadata="…", scope="…"` (no error code) |
@@ -24,6 +23,16 @@ use crate::scope::advertised;
 /// | keys unavailable | 503 | none; `Retry-After` |
 /// | upstream's circuit breaker open | 503 | none; `Retry-After`: the breaker's remaining open time |
 /// | revocations unknown (stale copy, full table) | 503 | none; `Retry-After` |
+/// | bad DPoP proof | 401 | `DPoP error="invalid_dpop_proof", error_description="…", algs="…", …` |
+/// | DPoP nonce needed | 401 | `DPoP error="use_dpop_nonce", …`; `DPoP-Nonce: <nonce>` |
+/// | DPoP replay set full or unreachable | 503 | none; `Retry-After` |
+///
+/// When DPoP is on ([`DpopMode`](crate::oauth::DpopMode) `allowed` or
+/// `required`), every 401 and 403 carries a `DPoP` challenge with `algs`
+/// (RFC 9449 section 7.1) in its own `WWW-Authenticate` field, after the
+/// `Bearer` one (none under `required`). An error about the proof or the
+/// binding is named on the `DPoP` challenge only; an error about the token
+/// itself, on both.
 ///
 /// The body is a short JSON object `{"error": …, "error_description": …}`.
 /// Nothing in a rejection is copied from the request, so a token can never
@@ -53,6 +62,27 @@ pub struct Challenges {
 struct Inner {
     metadata_url: String,
     required_scopes: Vec<String>,
+    dpop: Option<DpopChallenge>,
+}
+
+/// The `DPoP` challenge of a resource that takes DPoP.
+#[derive(Debug)]
+struct DpopChallenge {
+    /// The accepted proof algorithms, space-separated.
+    algs: String,
+    /// Whether the `Bearer` scheme is still accepted (and challenged).
+    bearer: bool,
+}
+
+/// Which challenge an error is about.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum About {
+    /// No error: credentials are asked for.
+    Nothing,
+    /// The token or the request: named on every challenge.
+    Token,
+    /// The DPoP proof or binding: named on the `DPoP` challenge only.
+    Dpop,
 }
 
 impl Challenges {
@@ -62,6 +92,23 @@ impl Challenges {
             inner: Arc::new(Inner {
                 metadata_url,
                 required_scopes,
+                dpop: None,
+            }),
+        }
+    }
+
+    /// Add the `DPoP` challenge (`algs`), and keep the `Bearer` one only if
+    /// bearer tokens are still accepted.
+    #[cfg(feature = "jwt")]
+    pub(crate) fn with_dpop(self, algs: &[String], bearer_accepted: bool) -> Self {
+        Challenges {
+            inner: Arc::new(Inner {
+                metadata_url: self.inner.metadata_url.clone(),
+                required_scopes: self.inner.required_scopes.clone(),
+                dpop: Some(DpopChallenge {
+                    algs: algs.join(" "),
+                    bearer: bearer_accepted,
+                }),
             }),
         }
     }
@@ -71,9 +118,44 @@ impl Challenges {
         &self.inner.required_scopes
     }
 
-    /// The `WWW-Authenticate` value for `error`, or `None` when the answer
-    /// carries no challenge (503).
+    /// The first `WWW-Authenticate` value for `error` (the `Bearer` one
+    /// when bearer tokens are accepted), or `None` when the answer carries
+    /// no challenge (503). [`headers`](Self::headers) has them all.
     pub fn header(&self, error: &AuthError) -> Option<String> {
+        self.headers(error).into_iter().next()
+    }
+
+    /// Every `WWW-Authenticate` value for `error`, in order (`Bearer`, then
+    /// `DPoP`); empty when the answer carries no challenge (503).
+    pub fn headers(&self, error: &AuthError) -> Vec<String> {
+        let Some(params) = self.params(error) else {
+            return Vec::new();
+        };
+        let about = about(error);
+        let mut out = Vec::with_capacity(2);
+        let bearer = self.inner.dpop.as_ref().is_none_or(|d| d.bearer);
+        if bearer {
+            // Without a DPoP challenge (DPoP off), the Bearer one names every error.
+            let named = if about == About::Dpop && self.inner.dpop.is_some() {
+                self.params(&AuthError::MissingToken).unwrap_or_default()
+            } else {
+                params.clone()
+            };
+            out.push(format!("Bearer {}", join(named)));
+        }
+        if let Some(dpop) = &self.inner.dpop {
+            let mut named = params;
+            // `algs` after the error (if any), before the rest.
+            let at = named.iter().take_while(|(k, _)| k.starts_with("error")).count();
+            named.insert(at, ("algs", quote(&dpop.algs)));
+            out.push(format!("DPoP {}", join(named)));
+        }
+        out
+    }
+
+    /// The parameters of the challenge for `error`, or `None` for no
+    /// challenge.
+    fn params(&self, error: &AuthError) -> Option<Vec<(&'static str, String)>> {
         let metadata = quote(&self.inner.metadata_url);
         // One `scope=` naming every scope needed, deduplicated, in order,
         // never `offline_access` (not a resource requirement).
@@ -86,12 +168,13 @@ impl Challenges {
             }
             (!named.is_empty()).then(|| quote(&named.join(" ")))
         };
-        let mut params: Vec<(&str, String)> = Vec::with_capacity(4);
+        let mut params: Vec<(&'static str, String)> = Vec::with_capacity(4);
         match error {
             AuthError::KeysUnavailable
             | AuthError::IntrospectionUnavailable
             | AuthError::CircuitOpen { .. }
-            | AuthError::RevocationsUnavailable { .. } => {
+            | AuthError::RevocationsUnavailable { .. }
+            | AuthError::DpopReplayUnavailable { .. } => {
                 return None;
             }
             AuthError::MissingToken => {
@@ -108,7 +191,10 @@ impl Challenges {
                 params.push(("resource_metadata", metadata));
                 params.push(("error_description", quote(&error.to_string())));
             }
-            AuthError::InvalidRequest(_) | AuthError::InvalidToken(_) => {
+            AuthError::InvalidRequest(_)
+            | AuthError::InvalidToken(_)
+            | AuthError::InvalidDpopProof(_)
+            | AuthError::UseDpopNonce { .. } => {
                 params.push(("error", quote(error.error_code().unwrap_or("invalid_token"))));
                 params.push(("error_description", quote(&error.to_string())));
                 params.push(("resource_metadata", metadata));
@@ -117,8 +203,7 @@ impl Challenges {
                 }
             }
         }
-        let joined: Vec<String> = params.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
-        Some(format!("Bearer {}", joined.join(", ")))
+        Some(params)
     }
 
     /// The whole rejection: status, challenge, `Cache-Control: no-store`,
@@ -133,10 +218,20 @@ impl Challenges {
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if let Some(value) = self.header(error).and_then(|c| HeaderValue::from_str(&c).ok()) {
-            headers.insert(header::WWW_AUTHENTICATE, value);
+        for value in self.headers(error) {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.append(header::WWW_AUTHENTICATE, value);
+            }
         }
         match error {
+            AuthError::UseDpopNonce { nonce } => {
+                if let Ok(value) = HeaderValue::from_str(nonce) {
+                    headers.insert(DPOP_NONCE, value);
+                }
+            }
+            AuthError::DpopReplayUnavailable { retry_after_secs } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
             AuthError::KeysUnavailable | AuthError::IntrospectionUnavailable => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             }
@@ -148,6 +243,28 @@ impl Challenges {
         }
         response
     }
+}
+
+/// The `DPoP-Nonce` response header (RFC 9449 section 8).
+pub(crate) const DPOP_NONCE: header::HeaderName = header::HeaderName::from_static("dpop-nonce");
+
+/// Which challenge `error` is about.
+fn about(error: &AuthError) -> About {
+    use crate::error::TokenRejection;
+    match error {
+        AuthError::MissingToken => About::Nothing,
+        AuthError::InvalidDpopProof(_)
+        | AuthError::UseDpopNonce { .. }
+        | AuthError::InvalidToken(
+            TokenRejection::DpopBound | TokenRejection::NotDpopBound | TokenRejection::DpopKeyMismatch,
+        ) => About::Dpop,
+        _ => About::Token,
+    }
+}
+
+fn join(params: Vec<(&'static str, String)>) -> String {
+    let joined: Vec<String> = params.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+    joined.join(", ")
 }
 
 fn quote(value: &str) -> String {
@@ -250,6 +367,68 @@ mod tests {
             c.starts_with("Bearer error=\"invalid_token\", error_description=\"token revoked\""),
             "{c}"
         );
+    }
+
+    fn dpop(bearer: bool) -> Challenges {
+        rs().with_dpop(&["ES256".into(), "EdDSA".into()], bearer)
+    }
+
+    #[test]
+    fn dpop_challenges_follow_the_bearer_one() {
+        let all = dpop(true).headers(&AuthError::MissingToken);
+        assert_eq!(all.len(), 2);
+        assert!(all[0].starts_with("Bearer resource_metadata="), "{all:?}");
+        assert!(
+            all[1].starts_with("DPoP algs=\"ES256 EdDSA\", resource_metadata="),
+            "{all:?}"
+        );
+        assert!(all[1].ends_with("scope=\"mcp:tools\""), "{all:?}");
+        let required = dpop(false).headers(&AuthError::MissingToken);
+        assert_eq!(required.len(), 1);
+        assert!(required[0].starts_with("DPoP algs="), "{required:?}");
+    }
+
+    #[test]
+    fn a_proof_error_is_named_on_the_dpop_challenge_only() {
+        let bad = AuthError::InvalidDpopProof(crate::error::DpopRejection::Replayed);
+        let response = dpop(true).reject(&bad);
+        assert_eq!(response.status(), 401);
+        let values: Vec<&str> = response
+            .headers()
+            .get_all("www-authenticate")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(values.len(), 2, "{values:?}");
+        assert!(!values[0].contains("error="), "{values:?}");
+        assert!(
+            values[1].starts_with(
+                "DPoP error=\"invalid_dpop_proof\", error_description=\"DPoP proof already used\", algs=\"ES256 EdDSA\""
+            ),
+            "{values:?}"
+        );
+        let bound = dpop(true).headers(&TokenRejection::DpopBound.into());
+        assert!(!bound[0].contains("error="), "{bound:?}");
+        assert!(bound[1].starts_with("DPoP error=\"invalid_token\""), "{bound:?}");
+        // A bad token is named on both.
+        let expired = dpop(true).headers(&TokenRejection::Expired.into());
+        assert!(
+            expired.iter().all(|c| c.contains("error=\"invalid_token\"")),
+            "{expired:?}"
+        );
+    }
+
+    #[test]
+    fn a_nonce_error_carries_the_nonce() {
+        let response = dpop(false).reject(&AuthError::UseDpopNonce { nonce: "n-1".into() });
+        assert_eq!(response.status(), 401);
+        assert_eq!(response.headers()["dpop-nonce"], "n-1");
+        let c = response.headers()["www-authenticate"].to_str().unwrap();
+        assert!(c.starts_with("DPoP error=\"use_dpop_nonce\""), "{c}");
+        let busy = dpop(true).reject(&AuthError::DpopReplayUnavailable { retry_after_secs: 1 });
+        assert_eq!(busy.status(), 503);
+        assert!(busy.headers().get("www-authenticate").is_none());
+        assert_eq!(busy.headers()["retry-after"], "1");
     }
 
     #[test]

@@ -168,19 +168,45 @@ pub enum AuthError {
         /// Seconds to wait before trying again (`Retry-After`).
         retry_after_secs: u64,
     },
+    /// The `DPoP` proof of the request is missing or not acceptable
+    /// (RFC 9449 section 4.3): 401 `invalid_dpop_proof` with the `DPoP`
+    /// challenge.
+    #[error("{}", .0.description())]
+    InvalidDpopProof(DpopRejection),
+    /// The proof lacks the server's current nonce, or carries an old one
+    /// (RFC 9449 section 8): 401 `use_dpop_nonce`, with the nonce to use in
+    /// the `DPoP-Nonce` response header.
+    #[error("a fresh DPoP nonce is required")]
+    UseDpopNonce {
+        /// The nonce the next proof must carry.
+        nonce: String,
+    },
+    /// The proof's `jti` cannot be recorded (the replay set is full for
+    /// this caller or in total, or the fleet's store is unreachable), so
+    /// whether it is replayed is unknown: 503 with `Retry-After`, never
+    /// allow.
+    #[error("DPoP proofs cannot be checked for replay right now")]
+    DpopReplayUnavailable {
+        /// Seconds to wait before trying again (`Retry-After`).
+        retry_after_secs: u64,
+    },
 }
 
 impl AuthError {
     /// The HTTP status of the rejection.
     pub fn status(&self) -> StatusCode {
         match self {
-            AuthError::MissingToken | AuthError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
+            AuthError::MissingToken
+            | AuthError::InvalidToken(_)
+            | AuthError::InvalidDpopProof(_)
+            | AuthError::UseDpopNonce { .. } => StatusCode::UNAUTHORIZED,
             AuthError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             AuthError::InsufficientScope { .. } => StatusCode::FORBIDDEN,
             AuthError::KeysUnavailable
             | AuthError::IntrospectionUnavailable
             | AuthError::CircuitOpen { .. }
-            | AuthError::RevocationsUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | AuthError::RevocationsUnavailable { .. }
+            | AuthError::DpopReplayUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -191,10 +217,13 @@ impl AuthError {
             AuthError::InvalidRequest(_) => Some("invalid_request"),
             AuthError::InvalidToken(_) => Some("invalid_token"),
             AuthError::InsufficientScope { .. } => Some("insufficient_scope"),
+            AuthError::InvalidDpopProof(_) => Some("invalid_dpop_proof"),
+            AuthError::UseDpopNonce { .. } => Some("use_dpop_nonce"),
             AuthError::KeysUnavailable
             | AuthError::IntrospectionUnavailable
             | AuthError::CircuitOpen { .. }
-            | AuthError::RevocationsUnavailable { .. } => Some("temporarily_unavailable"),
+            | AuthError::RevocationsUnavailable { .. }
+            | AuthError::DpopReplayUnavailable { .. } => Some("temporarily_unavailable"),
         }
     }
 
@@ -209,6 +238,9 @@ impl AuthError {
             AuthError::IntrospectionUnavailable => "introspection_unavailable",
             AuthError::CircuitOpen { .. } => "circuit_open",
             AuthError::RevocationsUnavailable { .. } => "revocations_unavailable",
+            AuthError::InvalidDpopProof(r) => r.code(),
+            AuthError::UseDpopNonce { .. } => "use_dpop_nonce",
+            AuthError::DpopReplayUnavailable { .. } => "dpop_replay_unavailable",
         }
     }
 }
@@ -401,6 +433,19 @@ pub enum TokenRejection {
     /// this server accepts
     /// ([`max_token_lifetime`](crate::oauth::ResourceServerBuilder::max_token_lifetime)).
     LifetimeTooLong,
+    /// A DPoP-bound token (`cnf.jkt`) presented without proving possession:
+    /// as `Bearer`, or to a server with DPoP [off](crate::oauth::DpopMode::Off).
+    DpopBound,
+    /// A token without a DPoP binding presented with the `DPoP` scheme, or
+    /// to a server that [requires](crate::oauth::DpopMode::Required) bound
+    /// tokens.
+    NotDpopBound,
+    /// The DPoP proof is signed by another key than the one the token is
+    /// bound to.
+    DpopKeyMismatch,
+    /// The token's `cnf` is of a kind this server cannot check (such as an
+    /// mTLS certificate thumbprint), or malformed.
+    UnsupportedBinding,
 }
 
 impl TokenRejection {
@@ -426,6 +471,10 @@ impl TokenRejection {
             TokenRejection::ClientCredentials => "client_credentials_not_accepted",
             TokenRejection::Revoked => "revoked",
             TokenRejection::LifetimeTooLong => "lifetime_too_long",
+            TokenRejection::DpopBound => "dpop_bound_token",
+            TokenRejection::NotDpopBound => "not_dpop_bound",
+            TokenRejection::DpopKeyMismatch => "dpop_key_mismatch",
+            TokenRejection::UnsupportedBinding => "unsupported_confirmation",
         }
     }
 
@@ -451,6 +500,104 @@ impl TokenRejection {
             TokenRejection::ClientCredentials => "tokens of clients acting for themselves are not accepted",
             TokenRejection::Revoked => "token revoked",
             TokenRejection::LifetimeTooLong => "token lifetime too long",
+            TokenRejection::DpopBound => "DPoP-bound token: present it with the DPoP scheme and a proof",
+            TokenRejection::NotDpopBound => "a DPoP-bound token is required",
+            TokenRejection::DpopKeyMismatch => "the DPoP proof is not signed by the token's key",
+            TokenRejection::UnsupportedBinding => "unsupported token confirmation method",
+        }
+    }
+}
+
+/// Why a `DPoP` proof was refused (401 `invalid_dpop_proof`, RFC 9449
+/// section 4.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DpopRejection {
+    /// The `DPoP` scheme was used without a `DPoP` header.
+    Missing,
+    /// More than one `DPoP` header.
+    Multiple,
+    /// The proof is longer than 8 KiB.
+    TooLarge,
+    /// Not a compact JWS of three base64url segments with JSON header and
+    /// claims, or a claim of the wrong type.
+    Malformed,
+    /// `typ` is not `dpop+jwt`.
+    WrongType,
+    /// `alg` is missing, `none`, symmetric or not in the allow-list.
+    AlgorithmNotAllowed,
+    /// The header carries `crit` or `b64`.
+    CriticalHeader,
+    /// The `jwk` header is missing, not a key of `alg`'s type, or invalid.
+    InvalidKey,
+    /// The `jwk` header carries private key material.
+    PrivateKey,
+    /// The `jwk` is an RSA key shorter than 2048 bits.
+    WeakKey,
+    /// The signature does not verify with the `jwk`.
+    BadSignature,
+    /// `jti`, `htm`, `htu` or `iat` is missing, or `ath` is.
+    MissingClaim,
+    /// `htm` is not the request's method.
+    WrongMethod,
+    /// `htu` is not this resource's URI.
+    WrongUri,
+    /// `iat` is older than the accepted proof age.
+    Stale,
+    /// `iat` is in the future (beyond the leeway).
+    IssuedInFuture,
+    /// `ath` is not the SHA-256 of the presented token.
+    WrongAccessTokenHash,
+    /// The proof (its key and `jti`) was used before.
+    Replayed,
+}
+
+impl DpopRejection {
+    /// A stable, machine-readable reason code.
+    pub fn code(self) -> &'static str {
+        match self {
+            DpopRejection::Missing => "dpop_proof_missing",
+            DpopRejection::Multiple => "dpop_proof_multiple",
+            DpopRejection::TooLarge => "dpop_proof_too_large",
+            DpopRejection::Malformed => "dpop_proof_malformed",
+            DpopRejection::WrongType => "dpop_proof_wrong_type",
+            DpopRejection::AlgorithmNotAllowed => "dpop_algorithm_not_allowed",
+            DpopRejection::CriticalHeader => "dpop_critical_header",
+            DpopRejection::InvalidKey => "dpop_invalid_key",
+            DpopRejection::PrivateKey => "dpop_private_key",
+            DpopRejection::WeakKey => "dpop_weak_key",
+            DpopRejection::BadSignature => "dpop_bad_signature",
+            DpopRejection::MissingClaim => "dpop_missing_claim",
+            DpopRejection::WrongMethod => "dpop_wrong_method",
+            DpopRejection::WrongUri => "dpop_wrong_uri",
+            DpopRejection::Stale => "dpop_proof_stale",
+            DpopRejection::IssuedInFuture => "dpop_issued_in_future",
+            DpopRejection::WrongAccessTokenHash => "dpop_wrong_ath",
+            DpopRejection::Replayed => "dpop_proof_replayed",
+        }
+    }
+
+    /// The short text sent as `error_description`.
+    pub fn description(self) -> &'static str {
+        match self {
+            DpopRejection::Missing => "DPoP proof required",
+            DpopRejection::Multiple => "more than one DPoP header",
+            DpopRejection::TooLarge => "DPoP proof too large",
+            DpopRejection::Malformed => "malformed DPoP proof",
+            DpopRejection::WrongType => "DPoP proof typ must be dpop+jwt",
+            DpopRejection::AlgorithmNotAllowed => "DPoP proof algorithm not allowed",
+            DpopRejection::CriticalHeader => "unsupported critical header in DPoP proof",
+            DpopRejection::InvalidKey => "invalid DPoP proof key",
+            DpopRejection::PrivateKey => "DPoP proof key must be a public key",
+            DpopRejection::WeakKey => "DPoP proof key too weak",
+            DpopRejection::BadSignature => "invalid DPoP proof signature",
+            DpopRejection::MissingClaim => "DPoP proof lacks a required claim",
+            DpopRejection::WrongMethod => "DPoP proof htm does not match the request method",
+            DpopRejection::WrongUri => "DPoP proof htu does not match this resource",
+            DpopRejection::Stale => "DPoP proof too old",
+            DpopRejection::IssuedInFuture => "DPoP proof issued in the future",
+            DpopRejection::WrongAccessTokenHash => "DPoP proof ath does not match the access token",
+            DpopRejection::Replayed => "DPoP proof already used",
         }
     }
 }

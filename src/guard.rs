@@ -35,7 +35,7 @@ use crate::session::SessionBindingLayer;
 /// |---|---|---|
 /// | [`EdgeLayer`](crate::edge::EdgeLayer) | one well-formed, allowed `Host` (ports matched exactly), a well-formed `Origin` | always |
 /// | RFC 9728 metadata routes | `/.well-known/oauth-protected-resource[/mcp]`, unauthenticated | always |
-/// | [`BearerAuthLayer`](crate::oauth::BearerAuthLayer) | authenticates every request to the MCP endpoint; refuses revoked tokens ([`SharedStore::revocations`](crate::store::SharedStore::revocations)) | always |
+/// | [`BearerAuthLayer`](crate::oauth::BearerAuthLayer) | authenticates every request to the MCP endpoint (bearer and DPoP, [`DpopConfig`](crate::oauth::DpopConfig)); refuses revoked tokens ([`SharedStore::revocations`](crate::store::SharedStore::revocations)); with a Redis store, DPoP proofs are remembered fleet-wide | always |
 /// | [`RequestLimitLayer`](crate::limit::RequestLimitLayer) | per-caller request rate and requests in flight (429); per-tool rates; fleet-wide in Redis with [`Guard::shared_store`] (503 when it fails) | always ([`Guard::limits`]) |
 /// | request context | the [`Credentials`] and [`TokenExchange`](crate::oauth::TokenExchange) for the extractors | when configured |
 /// | [`SessionBindingLayer`] | a session belongs to the caller that opened it | with sessions |
@@ -256,6 +256,15 @@ impl Guard {
         }
         #[allow(unused_mut)]
         let mut bearer = crate::oauth::BearerAuthLayer::new(self.rs.clone()).revocations(self.store.revocations());
+        #[cfg(feature = "redis")]
+        if self.rs.dpop().mode() != crate::oauth::DpopMode::Off
+            && self.rs.dpop().replay.is_none()
+            && let Some(replay) = crate::state::RedisReplaySet::new(&self.store)
+        {
+            // DPoP proofs used on one replica are refused on every other.
+            let replay = replay.max_per_principal(crate::oauth::DEFAULT_REPLAY_PER_CALLER);
+            bearer = bearer.dpop_replay_set(Arc::new(replay));
+        }
         #[cfg(feature = "exchange")]
         if let Some(exchange) = self.exchange {
             mcp = mcp.layer(axum::Extension(exchange));

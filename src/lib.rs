@@ -51,7 +51,7 @@ mod serve;
 pub use challenge::Challenges;
 #[cfg(feature = "policy")]
 pub use error::PolicyError;
-pub use error::{AuthError, ConfigError, PERMISSION_DENIED, Rejection, TokenRejection};
+pub use error::{AuthError, ConfigError, DpopRejection, PERMISSION_DENIED, Rejection, TokenRejection};
 #[cfg(feature = "jwt")]
 pub use guard::Guard;
 pub use principal::{Principal, PrincipalBuilder, PrincipalKind};

@@ -79,6 +79,17 @@ impl Principal {
         self.inner.client_id.as_deref()
     }
 
+    /// The RFC 7638 thumbprint of the key the token is bound to (its
+    /// `cnf.jkt`, RFC 9449), if it is DPoP-bound. A bound token is accepted
+    /// only with a proof of possession by that key, so this is also "the
+    /// request proved possession of this key".
+    pub fn dpop_thumbprint(&self) -> Option<&str> {
+        match self.claims().get("cnf")?.get("jkt")? {
+            serde_json::Value::String(jkt) if !jkt.is_empty() => Some(jkt),
+            _ => None,
+        }
+    }
+
     /// Whether the token speaks for a user or for the client itself; see
     /// [`PrincipalKind`].
     pub fn kind(&self) -> PrincipalKind {

@@ -12,11 +12,10 @@
 //! RFC 8693 token endpoint written below, next to a fake downstream API that
 //! records every request it receives.
 
+mod support;
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,6 +32,7 @@ use rmcp_guard::oauth::{
 use rmcp_guard::{ConfigError, Principal};
 use rmcp_guard_testkit::TestIssuer;
 use serde_json::{Value, json};
+use support::oidc::OidcProvider;
 use tower::{Layer, ServiceExt, service_fn};
 
 const RESOURCE: &str = "http://127.0.0.1:9/mcp";
@@ -41,18 +41,11 @@ const CLIENT_ID: &str = "rmcp-guard";
 // ---------------------------------------------------------------------------
 // The real authorization server.
 
-/// `node tests/oidc-provider/server.js`, killed on drop.
+/// `node tests/oidc-provider/server.js`, stopped on drop.
 struct Provider {
-    child: Child,
+    oidc: OidcProvider,
     issuer: String,
     secret: String,
-}
-
-impl Drop for Provider {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn random_secret() -> String {
@@ -68,33 +61,10 @@ fn random_secret() -> String {
 
 impl Provider {
     fn start() -> Provider {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/oidc-provider");
-        assert!(
-            dir.join("node_modules/oidc-provider/package.json").exists(),
-            "oidc-provider is not installed: run `npm ci --prefix tests/oidc-provider` (needs Node 20+ and npm)"
-        );
         let secret = random_secret();
-        let mut child = Command::new("node")
-            .arg(dir.join("server.js"))
-            .env("CLIENT_ID", CLIENT_ID)
-            .env("CLIENT_SECRET", &secret)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run `node` ({e}): install Node 20+ to run the introspection tests"));
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut reader = BufReader::new(stdout);
-        let mut line = String::new();
-        reader.read_line(&mut line).expect("read the provider's first line");
-        // Keep draining: a closed pipe would kill node at its next write.
-        std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-        let issuer = line
-            .trim()
-            .strip_prefix("listening ")
-            .unwrap_or_else(|| panic!("oidc-provider did not start: {line:?}"))
-            .to_owned();
-        Provider { child, issuer, secret }
+        let oidc = OidcProvider::start(CLIENT_ID, &secret, &[]);
+        let issuer = oidc.issuer.clone();
+        Provider { oidc, issuer, secret }
     }
 
     fn auth(&self) -> ClientAuth {
@@ -361,8 +331,7 @@ async fn provider_down_is_503_and_cached_tokens_keep_working() {
     let unknown = provider.mint(RESOURCE, "mcp:tools").await;
     assert_eq!(call(&rs, &known).await.status, 200);
 
-    provider.child.kill().unwrap();
-    provider.child.wait().unwrap();
+    provider.oidc.stop();
 
     let answer = call(&rs, &unknown).await;
     assert_eq!(answer.status, 503, "{}", answer.body);
@@ -577,12 +546,36 @@ async fn answer_from_another_issuer_is_rejected() {
 
 #[tokio::test]
 async fn sender_constrained_token_is_not_a_bearer_token() {
+    // DPoP-bound (RFC 9449 section 6.2): only with the DPoP scheme and a proof by its key.
     let rs = fake_rs(
         json!({"active": true, "sub": "alice", "aud": RESOURCE, "exp": now() + 60,
         "token_type": "DPoP", "cnf": {"jkt": "x"}}),
     )
     .await;
-    assert_invalid_token(&call(&rs, "t4").await, "not an access token");
+    let answer = call(&rs, "t4").await;
+    assert_eq!(answer.status, 401, "{}", answer.body);
+    assert!(
+        answer
+            .body
+            .contains("DPoP-bound token: present it with the DPoP scheme and a proof"),
+        "{}",
+        answer.body
+    );
+    // Another kind of token, or a DPoP one without its binding: not an access token here.
+    for answer in [
+        json!({"active": true, "sub": "alice", "aud": RESOURCE, "exp": now() + 60, "token_type": "N_A"}),
+        json!({"active": true, "sub": "alice", "aud": RESOURCE, "exp": now() + 60, "token_type": "DPoP"}),
+    ] {
+        let rs = fake_rs(answer).await;
+        assert_invalid_token(&call(&rs, "t5").await, "not an access token");
+    }
+    // An mTLS-bound token (RFC 8705): this server cannot check its binding.
+    let rs = fake_rs(
+        json!({"active": true, "sub": "alice", "aud": RESOURCE, "exp": now() + 60,
+        "cnf": {"x5t#S256": "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2"}}),
+    )
+    .await;
+    assert_invalid_token(&call(&rs, "t6").await, "unsupported token confirmation method");
 }
 
 #[tokio::test]

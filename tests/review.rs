@@ -36,10 +36,14 @@ mod introspection {
         (format!("http://{addr}"), hits)
     }
 
-    fn bearer(token: &str) -> http::HeaderMap {
-        let mut headers = http::HeaderMap::new();
-        headers.insert(http::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
-        headers
+    /// A `POST /mcp` with `Authorization: Bearer {token}`.
+    fn bearer(token: &str) -> http::request::Parts {
+        http::Request::post("/mcp")
+            .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0
     }
 
     /// SECURITY.md: "The provider down, timing out, answering 5xx ... is 503,
@@ -64,9 +68,8 @@ mod introspection {
             )
             .build()
             .unwrap();
-            let uri: http::Uri = "/mcp".parse().unwrap();
             for round in 1..=2 {
-                let err = rs.authenticate(&bearer("opaque-token"), &uri).await.unwrap_err();
+                let err = rs.authenticate(&bearer("opaque-token")).await.unwrap_err();
                 assert_eq!(err, AuthError::IntrospectionUnavailable, "{status}: {err:?}");
                 assert_eq!(rs.challenges().reject(&err).status(), 503);
                 // Not cached: the second request asks again.

@@ -219,14 +219,18 @@ impl Server {
     }
 }
 
-/// The `scope=` of the one `insufficient_scope` challenge of a 403.
+/// The `scope=` of the `insufficient_scope` challenge of a 403: the
+/// `Bearer` one, and the `DPoP` one (DPoP is on by default) names the same.
 fn step_up_scope(reply: &Reply) -> String {
     assert_eq!(reply.status, 403, "{}", reply.body);
-    assert_eq!(reply.headers.get_all("www-authenticate").iter().count(), 1);
     let challenge = reply.challenge().expect("challenge");
     assert_eq!(challenge.scheme, "Bearer");
     assert_eq!(challenge.get("error"), Some("insufficient_scope"));
-    challenge.get("scope").expect("scope").to_owned()
+    let scope = challenge.get("scope").expect("scope").to_owned();
+    let dpop = reply.dpop_challenge().expect("the DPoP challenge");
+    assert_eq!(dpop.get("error"), Some("insufficient_scope"));
+    assert_eq!(dpop.get("scope"), Some(scope.as_str()));
+    scope
 }
 
 /// Larger than the 256 KiB the body path reads.

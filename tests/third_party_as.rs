@@ -13,62 +13,29 @@
 //! both); without them the test fails and says what to run.
 
 mod common;
-
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod support;
 
 use base64::Engine as _;
 use common::{Mode, call_echo, start_guarded_with};
 use rmcp_guard::oauth::Issuer;
+use support::oidc::OidcProvider;
 
 const CLIENT_ID: &str = "rmcp-guard-third-party";
 const CLIENT_SECRET: &str = "third-party-test-secret-not-used-anywhere-else";
 
 /// `node tests/oidc-provider/server.js` minting JWT access tokens; killed on drop.
 struct Provider {
-    child: Child,
+    _oidc: OidcProvider,
     issuer: String,
-}
-
-impl Drop for Provider {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Provider {
     fn start() -> Provider {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/oidc-provider");
-        assert!(
-            dir.join("node_modules/oidc-provider/package.json").exists(),
-            "oidc-provider is not installed: run `npm ci --prefix tests/oidc-provider` (needs Node 20+ and npm)"
-        );
-        let mut child = Command::new("node")
-            .arg(dir.join("server.js"))
-            .env("CLIENT_ID", CLIENT_ID)
-            .env("CLIENT_SECRET", CLIENT_SECRET)
-            .env("ACCESS_TOKEN_FORMAT", "jwt")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run `node` ({e}): install Node 20+"));
-        let mut reader = BufReader::new(child.stdout.take().expect("piped stdout"));
-        let mut line = String::new();
-        reader.read_line(&mut line).expect("the provider's first line");
-        // Keep draining: a closed pipe would kill node at its next write.
-        std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-        let issuer = line
-            .trim()
-            .strip_prefix("listening ")
-            .unwrap_or_else(|| panic!("oidc-provider did not start: {line:?}"))
-            .to_owned();
-        Provider { child, issuer }
+        let oidc = OidcProvider::start(CLIENT_ID, CLIENT_SECRET, &[("ACCESS_TOKEN_FORMAT", "jwt")]);
+        let issuer = oidc.issuer.clone();
+        Provider { _oidc: oidc, issuer }
     }
 
-    /// A client-credentials access token for `resource`.
     async fn token_for(&self, resource: &str, scope: &str) -> String {
         let response = common::client()
             .post(format!("{}/token", self.issuer))

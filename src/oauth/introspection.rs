@@ -270,10 +270,17 @@ impl Introspector {
             return Err(fail(TokenRejection::UntrustedIssuer));
         }
         let members = &answer.extra_fields().members;
-        let bearer = answer
-            .token_type()
-            .is_none_or(|t| matches!(t, oauth2::basic::BasicTokenType::Bearer));
-        if !bearer || members.contains_key("cnf") {
+        // A bearer token, or a DPoP-bound one (RFC 9449 section 6.2:
+        // `token_type` DPoP with `cnf.jkt`); the binding itself is checked
+        // against the request's proof like a JWT's `cnf`.
+        let known_type = match answer.token_type() {
+            None | Some(oauth2::basic::BasicTokenType::Bearer) => true,
+            Some(oauth2::basic::BasicTokenType::Extension(t)) => {
+                t.eq_ignore_ascii_case("dpop") && members.contains_key("cnf")
+            }
+            Some(_) => false,
+        };
+        if !known_type {
             return Err(fail(TokenRejection::WrongType));
         }
         let leeway = rules.leeway as i64;

@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
 
@@ -17,6 +18,7 @@ use crate::body::RejectOr;
 use crate::error::AuthError;
 use crate::principal::Principal;
 use crate::revoke::Revocations;
+use crate::state::ReplaySet;
 
 /// Applies [`BearerAuth`] to a service. Build it with
 /// [`BearerAuthLayer::new`].
@@ -39,8 +41,12 @@ use crate::revoke::Revocations;
 /// it gets a stream that ends at once (the client's next request after the
 /// leeway is refused with 401, and it refreshes).
 ///
-/// The `Authorization` header is removed from an accepted request, so tools
-/// that read `http::request::Parts` never see the caller's token. With
+/// `Authorization: DPoP <token>` with a `DPoP` proof header is read too,
+/// unless DPoP is [off](super::DpopMode::Off); see [`super::DpopConfig`].
+///
+/// The `Authorization` and `DPoP` headers are removed from an accepted
+/// request, so tools that read `http::request::Parts` never see the
+/// caller's token or proof. With
 /// [`BearerAuthLayer::keep_inbound_token`] (for token exchange) a redacted,
 /// zeroizing [`InboundToken`] is kept in its place.
 ///
@@ -71,11 +77,23 @@ use crate::revoke::Revocations;
 /// assert_eq!(response.status(), 401);
 /// # }
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct BearerAuthLayer {
     rs: ResourceServer,
     keep_inbound_token: bool,
     revocations: Option<Revocations>,
+    dpop_replay: Option<Arc<dyn ReplaySet>>,
+}
+
+impl std::fmt::Debug for BearerAuthLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BearerAuthLayer")
+            .field("rs", &self.rs)
+            .field("keep_inbound_token", &self.keep_inbound_token)
+            .field("revocations", &self.revocations)
+            .field("shared_dpop_replay_set", &self.dpop_replay.is_some())
+            .finish()
+    }
 }
 
 impl BearerAuthLayer {
@@ -85,7 +103,18 @@ impl BearerAuthLayer {
             rs,
             keep_inbound_token: false,
             revocations: None,
+            dpop_replay: None,
         }
+    }
+
+    /// Remember DPoP proofs in `replay` instead of the resource server's
+    /// set ([`DpopConfig::replay_set`](super::DpopConfig::replay_set)):
+    /// [`Guard`](crate::Guard) passes the fleet's
+    /// ([`RedisReplaySet`](crate::state::RedisReplaySet)) when its store is
+    /// Redis, so that a proof used on one replica is refused on every other.
+    pub fn dpop_replay_set(mut self, replay: Arc<dyn ReplaySet>) -> Self {
+        self.dpop_replay = Some(replay);
+        self
     }
 
     /// Refuse tokens `revocations` revoked (401 `invalid_token`), on every
@@ -138,6 +167,7 @@ impl<S> BearerAuth<S> {
 /// see, log or forward the caller's bearer token.
 fn accept<B>(request: &mut Request<B>, principal: Principal, token: Option<InboundToken>) {
     request.headers_mut().remove(header::AUTHORIZATION);
+    request.headers_mut().remove(DPOP);
     request.extensions_mut().insert(principal);
     if let Some(token) = token {
         request.extensions_mut().insert(token);
@@ -160,7 +190,12 @@ where
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let keep = self.layer.keep_inbound_token;
         let revocations = self.layer.revocations.as_ref();
-        let state = match self.layer.rs.begin(req.headers(), req.uri(), keep, revocations) {
+        let mut nonce = None;
+        let state = match self
+            .layer
+            .rs
+            .begin(req.method(), req.headers(), req.uri(), keep, revocations)
+        {
             Begin::Accept(principal, token) => {
                 let expires_at = principal.expires_at();
                 accept(&mut req, principal, token.map(InboundToken::new));
@@ -172,16 +207,21 @@ where
             Begin::Reject(error) => State::Rejected {
                 response: Some(self.layer.rs.challenges().reject(&error)),
             },
-            Begin::Verify { token, hash } => {
+            Begin::Verify(pending) => {
                 // The ready service goes with the request; a fresh clone stays.
                 let clone = self.inner.clone();
                 let service = std::mem::replace(&mut self.inner, clone);
                 let rs = self.layer.rs.clone();
                 let revocations = self.layer.revocations.clone();
+                let replay = self.layer.dpop_replay.clone();
+                if pending.is_dpop() {
+                    nonce = rs.dpop_nonce();
+                }
                 State::Verifying {
                     verify: Box::pin(async move {
-                        let principal = rs.finish(&token, hash, revocations.as_ref()).await?;
-                        Ok((principal, keep.then(|| InboundToken::new(token))))
+                        let token = keep.then(|| pending.token.clone());
+                        let principal = rs.finish(pending, revocations.as_ref(), replay.as_deref()).await?;
+                        Ok((principal, token.map(InboundToken::new)))
                     }),
                     service: Some(service),
                     request: Some(req),
@@ -191,6 +231,7 @@ where
         ResponseFuture {
             state,
             rs: self.layer.rs.clone(),
+            nonce,
         }
     }
 }
@@ -206,6 +247,8 @@ pin_project! {
         #[pin]
         state: State<S, ReqBody>,
         rs: ResourceServer,
+        // The `DPoP-Nonce` to send with the answer to a DPoP request.
+        nonce: Option<String>,
     }
 }
 
@@ -268,7 +311,10 @@ where
                     this.state.set(next);
                 }
                 StateProj::Inner { future, expires_at } => {
-                    let response = ready!(future.poll(cx))?;
+                    let mut response = ready!(future.poll(cx))?;
+                    if let Some(nonce) = this.nonce.take().and_then(|n| http::HeaderValue::from_str(&n).ok()) {
+                        response.headers_mut().insert(crate::challenge::DPOP_NONCE, nonce);
+                    }
                     let expires_at = *expires_at;
                     if is_event_stream(&response) {
                         return Poll::Ready(Ok(response.map(|body| BearerBody::until(body, expires_at))));
@@ -285,6 +331,9 @@ where
         }
     }
 }
+
+/// The `DPoP` proof header (RFC 9449 section 4.1).
+const DPOP: header::HeaderName = header::HeaderName::from_static("dpop");
 
 /// Whether `response` is an event stream (`text/event-stream`).
 fn is_event_stream<B>(response: &Response<B>) -> bool {

@@ -56,6 +56,14 @@ pub struct ProtectedResourceMetadata {
     /// A URL of human-readable documentation.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub resource_documentation: Option<String>,
+    /// The DPoP proof algorithms accepted (RFC 9449 section 5.1); absent
+    /// when DPoP is [off](super::DpopMode::Off).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub dpop_signing_alg_values_supported: Option<Vec<String>>,
+    /// `true` when every token must be DPoP-bound
+    /// ([`DpopMode::Required`](super::DpopMode::Required)); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub dpop_bound_access_tokens_required: Option<bool>,
 }
 
 /// The well-known path prefix of RFC 9728.

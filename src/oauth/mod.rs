@@ -13,6 +13,7 @@
 //! | `issuer` | [`Issuer`]: a trusted authorization server |
 //! | `validator` | the token validator: issuers, key caches, verified-token cache, introspection |
 //! | `jwt`, `jwks` | JWT checks and the issuer key cache |
+//! | `dpop` | DPoP (RFC 9449): [`DpopConfig`], [`DpopMode`], [`DpopNonces`]; proofs, nonces, the binding rules |
 //! | `introspection` | RFC 7662, the validator for opaque tokens (feature `introspection`) |
 //! | `metadata` | the RFC 9728 document and routes |
 //! | `layer` | [`BearerAuthLayer`], tower glue over [`ResourceServer::authenticate`] |
@@ -28,6 +29,7 @@ mod cache;
 #[cfg(any(feature = "introspection", feature = "exchange"))]
 mod client;
 mod config;
+mod dpop;
 #[cfg(feature = "exchange")]
 mod exchange;
 mod hosts;
@@ -51,6 +53,9 @@ pub use client::ClientAuth;
 #[cfg_attr(docsrs, doc(cfg(feature = "introspection")))]
 pub use config::IntrospectionConfig;
 pub use config::{DEFAULT_ALGORITHMS, KeyRefresh, TokenCacheConfig, TokenRules};
+pub use dpop::{
+    DEFAULT_DPOP_ALGORITHMS, DEFAULT_REPLAY_PER_CALLER, DEFAULT_REPLAY_TOTAL, DpopConfig, DpopMode, DpopNonces,
+};
 #[cfg(feature = "exchange")]
 #[cfg_attr(docsrs, doc(cfg(feature = "exchange")))]
 pub use exchange::{

@@ -10,6 +10,7 @@ use jsonwebtoken::Algorithm;
 
 use super::cache::{TokenHash, hash_token};
 use super::config::{KeyRefresh, TokenCacheConfig, TokenRules};
+use super::dpop::{self, DpopConfig, DpopMode, Scheme, VerifiedProof};
 use super::hosts::HostPolicy;
 use super::issuer::Issuer;
 use super::jwt::Failure;
@@ -22,6 +23,7 @@ use crate::error::{AuthError, ConfigError, TokenRejection};
 use crate::principal::Principal;
 use crate::revoke::Revocations;
 use crate::scope::{ScopeImplications, advertised, valid_scope};
+use crate::state::{ReplayEntry, ReplaySet, StateError};
 
 /// The OAuth 2.1 resource server configuration; see the [type docs](Self).
 ///
@@ -70,7 +72,14 @@ struct Inner {
     max_token_lifetime: Duration,
     leeway: Duration,
     validator: TokenValidator,
+    dpop: DpopConfig,
+    /// The resource URI as a proof's `htu` must name it (normalized).
+    dpop_htu: String,
+    dpop_replay: Arc<dyn ReplaySet>,
 }
+
+/// The longest `DPoP` header accepted, in bytes.
+const MAX_PROOF_BYTES: usize = 8 * 1024;
 
 impl fmt::Debug for ResourceServer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -88,11 +97,26 @@ pub(crate) enum Begin {
     /// was asked for (token exchange).
     Accept(Principal, Option<zeroize::Zeroizing<String>>),
     Reject(AuthError),
-    /// A new token: verify it with [`ResourceServer::finish`].
-    Verify {
-        token: zeroize::Zeroizing<String>,
-        hash: TokenHash,
-    },
+    /// A new token, or any token with a DPoP proof: finish with
+    /// [`ResourceServer::finish`].
+    Verify(Pending),
+}
+
+/// A request whose credentials need the async path: the token, its hash,
+/// the verified DPoP proof if it came with one, and the caller if the
+/// token was verified before.
+pub(crate) struct Pending {
+    pub(crate) token: zeroize::Zeroizing<String>,
+    hash: TokenHash,
+    proof: Option<VerifiedProof>,
+    cached: Option<Principal>,
+}
+
+impl Pending {
+    /// Whether the token came with a DPoP proof.
+    pub(crate) fn is_dpop(&self) -> bool {
+        self.proof.is_some()
+    }
 }
 
 fn now_unix() -> u64 {
@@ -127,6 +151,7 @@ impl ResourceServer {
             wildcard_origins: false,
             client_credentials: true,
             max_token_lifetime: DEFAULT_MAX_TOKEN_LIFETIME,
+            dpop: DpopConfig::default(),
         }
     }
 
@@ -227,112 +252,235 @@ impl ResourceServer {
         self.inner.max_token_lifetime + self.inner.leeway
     }
 
+    /// How this resource server treats DPoP; see
+    /// [`ResourceServerBuilder::dpop`].
+    pub fn dpop(&self) -> &DpopConfig {
+        &self.inner.dpop
+    }
+
+    /// The `DPoP-Nonce` to send on a response to a request with a DPoP
+    /// proof, when nonces are required.
+    pub(crate) fn dpop_nonce(&self) -> Option<String> {
+        self.inner.dpop.nonces.as_ref().map(super::DpopNonces::current)
+    }
+
     /// Fetch every issuer's signing keys now, so the first request does not
     /// wait and a misconfigured issuer is noticed at start-up.
     pub async fn warm_up(&self) -> Result<(), AuthError> {
         self.inner.validator.warm_up().await
     }
 
-    /// Authenticate a request's headers exactly as [`BearerAuthLayer`](super::BearerAuthLayer) does
-    /// without revocations, for servers that are not built on tower; answer
-    /// a refusal with [`challenges().reject(&error)`](Challenges::reject).
+    /// Authenticate a request (its method, URI and headers: a DPoP proof
+    /// names the method) exactly as [`BearerAuthLayer`](super::BearerAuthLayer)
+    /// does without revocations, for servers that are not built on tower;
+    /// answer a refusal with [`challenges().reject(&error)`](Challenges::reject).
     /// [`authenticate_with`](Self::authenticate_with) checks revocations too.
-    pub async fn authenticate(&self, headers: &http::HeaderMap, uri: &http::Uri) -> Result<Principal, AuthError> {
-        self.authenticate_inner(headers, uri, None).await
+    pub async fn authenticate(&self, request: &http::request::Parts) -> Result<Principal, AuthError> {
+        self.authenticate_inner(request, None).await
     }
 
     /// [`authenticate`](Self::authenticate), refusing tokens `revocations`
     /// revoked as [`BearerAuthLayer::revocations`](super::BearerAuthLayer::revocations) does.
     pub async fn authenticate_with(
         &self,
-        headers: &http::HeaderMap,
-        uri: &http::Uri,
+        request: &http::request::Parts,
         revocations: &Revocations,
     ) -> Result<Principal, AuthError> {
-        self.authenticate_inner(headers, uri, Some(revocations)).await
+        self.authenticate_inner(request, Some(revocations)).await
     }
 
     async fn authenticate_inner(
         &self,
-        headers: &http::HeaderMap,
-        uri: &http::Uri,
+        request: &http::request::Parts,
         revocations: Option<&Revocations>,
     ) -> Result<Principal, AuthError> {
-        match self.begin(headers, uri, false, revocations) {
+        match self.begin(&request.method, &request.headers, &request.uri, false, revocations) {
             Begin::Accept(principal, _) => Ok(principal),
             Begin::Reject(error) => Err(error),
-            Begin::Verify { token, hash } => self.finish(&token, hash, revocations).await,
+            Begin::Verify(pending) => self.finish(pending, revocations, None).await,
         }
     }
 
-    /// Read the credentials of a request; answer from the cache when
-    /// possible. Every refusal is audited here. The token is copied out of
-    /// the request only when `keep_token` (or when it must be verified).
+    /// Read the credentials of a request and check its DPoP proof, if any;
+    /// answer from the cache when possible (never for a request with a
+    /// proof: its `jti` must be recorded). Every refusal is audited here.
+    /// The token is copied out of the request only when `keep_token` (or
+    /// when it must be verified).
     pub(crate) fn begin(
         &self,
+        method: &http::Method,
         headers: &http::HeaderMap,
         uri: &http::Uri,
         keep_token: bool,
         revocations: Option<&Revocations>,
     ) -> Begin {
-        let token = match bearer_token(headers, uri, self.inner.max_token_bytes) {
-            Ok(token) => token,
+        let (scheme, token) = match credentials(headers, uri, self.inner.max_token_bytes, self.inner.dpop.mode) {
+            Ok(found) => found,
             Err(error) => {
                 authn_refused(&error, Caller::default());
                 return Begin::Reject(error);
             }
         };
         let hash = hash_token(token);
-        match self.inner.validator.cached(&hash, now_unix()) {
-            Some(principal) => match self.check_principal(&principal, revocations) {
+        let now = now_unix();
+        let proof = match scheme {
+            Scheme::Bearer => None,
+            Scheme::Dpop => match self.check_proof(method, headers, &hash, now) {
+                Ok(proof) => Some(proof),
+                Err(error) => {
+                    authn_refused(&error, Caller::default());
+                    return Begin::Reject(error);
+                }
+            },
+        };
+        match (proof, self.inner.validator.cached(&hash, now)) {
+            (None, Some(principal)) => match self.check_principal(&principal, None, revocations) {
                 Ok(()) => {
                     authn_accepted(&principal, true);
                     Begin::Accept(principal, keep_token.then(|| zeroize::Zeroizing::new(token.to_owned())))
                 }
                 Err(error) => Begin::Reject(error),
             },
-            None => Begin::Verify {
+            (proof, cached) => Begin::Verify(Pending {
                 token: zeroize::Zeroizing::new(token.to_owned()),
                 hash,
-            },
+                proof,
+                cached,
+            }),
         }
     }
 
-    /// Verify a token the cache did not know. Every outcome is audited here.
+    /// The request's one `DPoP` header, checked (RFC 9449 section 4.3)
+    /// against this request and token.
+    fn check_proof(
+        &self,
+        method: &http::Method,
+        headers: &http::HeaderMap,
+        token_hash: &TokenHash,
+        now: u64,
+    ) -> Result<VerifiedProof, AuthError> {
+        use crate::error::DpopRejection;
+        let mut values = headers.get_all("dpop").iter();
+        let (Some(value), None) = (values.next(), values.next()) else {
+            let multiple = headers.get_all("dpop").iter().nth(1).is_some();
+            return Err(AuthError::InvalidDpopProof(if multiple {
+                DpopRejection::Multiple
+            } else {
+                DpopRejection::Missing
+            }));
+        };
+        if value.len() > MAX_PROOF_BYTES {
+            return Err(AuthError::InvalidDpopProof(DpopRejection::TooLarge));
+        }
+        let proof = value
+            .to_str()
+            .map_err(|_| AuthError::InvalidDpopProof(DpopRejection::Malformed))?;
+        let config = &self.inner.dpop;
+        dpop::verify(
+            proof,
+            &dpop::Expected {
+                method: method.as_str(),
+                htu: &self.inner.dpop_htu,
+                token_hash,
+                algorithms: &config.algorithms,
+                not_before: now.saturating_sub(config.proof_max_age.as_secs()),
+                not_after: now.saturating_add(config.leeway.as_secs()),
+                nonces: config.nonces.as_ref(),
+            },
+        )
+    }
+
+    /// Finish what [`begin`](Self::begin) could not: verify a new token,
+    /// check the binding and record the proof's `jti` (in `replay`, else
+    /// this server's replay set). Every outcome is audited here.
     pub(crate) async fn finish(
         &self,
-        token: &str,
-        hash: TokenHash,
+        pending: Pending,
         revocations: Option<&Revocations>,
+        replay: Option<&dyn ReplaySet>,
     ) -> Result<Principal, AuthError> {
-        let principal = match self.inner.validator.verify(token, hash, now_unix()).await {
-            Ok(principal) => principal,
-            Err(Failure {
-                error,
-                issuer,
-                subject,
-                client_id,
-            }) => {
-                let caller = Caller {
-                    issuer: issuer.as_deref(),
-                    subject: subject.as_deref(),
-                    client_id: client_id.as_deref(),
-                    tenant: None,
-                };
-                authn_refused(&error, caller);
+        let Pending {
+            token,
+            hash,
+            proof,
+            cached,
+        } = pending;
+        let from_cache = cached.is_some();
+        let principal = match cached {
+            Some(principal) => principal,
+            None => match self.inner.validator.verify(&token, hash, now_unix()).await {
+                Ok(principal) => principal,
+                Err(Failure {
+                    error,
+                    issuer,
+                    subject,
+                    client_id,
+                }) => {
+                    let caller = Caller {
+                        issuer: issuer.as_deref(),
+                        subject: subject.as_deref(),
+                        client_id: client_id.as_deref(),
+                        tenant: None,
+                    };
+                    authn_refused(&error, caller);
+                    return Err(error);
+                }
+            },
+        };
+        self.check_principal(&principal, proof.as_ref(), revocations)?;
+        if let Some(proof) = &proof {
+            let replay = replay.unwrap_or(&*self.inner.dpop_replay);
+            if let Err(error) = self.record_proof(&principal, proof, replay).await {
+                authn_refused(&error, Caller::from(&principal));
                 return Err(error);
             }
-        };
-        self.check_principal(&principal, revocations)?;
-        authn_accepted(&principal, false);
+        }
+        authn_accepted(&principal, from_cache);
         Ok(principal)
     }
 
+    /// Record the proof's key and `jti` for as long as its `iat` is
+    /// accepted (plus the leeway, for replicas whose clocks differ), under
+    /// its caller: one caller cannot fill another's share. A full or
+    /// unreachable set refuses (503): a replay it cannot rule out is never
+    /// let through.
+    async fn record_proof(
+        &self,
+        principal: &Principal,
+        proof: &VerifiedProof,
+        replay: &dyn ReplaySet,
+    ) -> Result<(), AuthError> {
+        let config = &self.inner.dpop;
+        let until = proof
+            .iat
+            .saturating_add(config.proof_max_age.as_secs())
+            .saturating_add(config.leeway.as_secs())
+            .saturating_add(1);
+        let entry = ReplayEntry::new(
+            dpop::replay_owner(principal),
+            proof.id,
+            crate::cache::Timestamp::from_unix_secs(until),
+        );
+        match replay.first_use(entry).await {
+            Ok(()) => Ok(()),
+            Err(StateError::Replayed) => Err(AuthError::InvalidDpopProof(crate::error::DpopRejection::Replayed)),
+            Err(_) => Err(AuthError::DpopReplayUnavailable { retry_after_secs: 1 }),
+        }
+    }
+
     /// The checks after validation, on every request (cached tokens too):
-    /// the caller's kind, the token's lifetime, the revocations, then the
-    /// required scopes.
-    fn check_principal(&self, principal: &Principal, revocations: Option<&Revocations>) -> Result<(), AuthError> {
-        let refused = if !self.inner.client_credentials && principal.kind() == crate::PrincipalKind::Client {
+    /// the DPoP binding, the caller's kind, the token's lifetime, the
+    /// revocations, then the required scopes.
+    fn check_principal(
+        &self,
+        principal: &Principal,
+        proof: Option<&VerifiedProof>,
+        revocations: Option<&Revocations>,
+    ) -> Result<(), AuthError> {
+        let scheme = if proof.is_some() { Scheme::Dpop } else { Scheme::Bearer };
+        let refused = if let Err(error) = dpop::check_binding(principal, self.inner.dpop.mode, scheme, proof) {
+            Err(error)
+        } else if !self.inner.client_credentials && principal.kind() == crate::PrincipalKind::Client {
             Err(AuthError::from(TokenRejection::ClientCredentials))
         } else if self.lifetime_too_long(principal, now_unix()) {
             Err(AuthError::from(TokenRejection::LifetimeTooLong))
@@ -402,9 +550,15 @@ fn authn_refused(error: &AuthError, caller: Caller<'_>) {
     .emit();
 }
 
-/// The bearer token of a request: only from `Authorization: Bearer` (scheme
-/// case-insensitive), never from the query string.
-fn bearer_token<'h>(headers: &'h http::HeaderMap, uri: &http::Uri, max_bytes: usize) -> Result<&'h str, AuthError> {
+/// The access token of a request and how it was presented: only from
+/// `Authorization: Bearer`, or `Authorization: DPoP` unless DPoP is off
+/// (schemes case-insensitive), never from the query string.
+fn credentials<'h>(
+    headers: &'h http::HeaderMap,
+    uri: &http::Uri,
+    max_bytes: usize,
+    mode: DpopMode,
+) -> Result<(Scheme, &'h str), AuthError> {
     if uri
         .query()
         .is_some_and(|q| q.split('&').any(|pair| pair.split('=').next() == Some("access_token")))
@@ -424,10 +578,14 @@ fn bearer_token<'h>(headers: &'h http::HeaderMap, uri: &http::Uri, max_bytes: us
         return Err(AuthError::InvalidRequest("malformed Authorization header"));
     };
     let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        // Another scheme is not bearer credentials: challenge for them.
+    let scheme = if scheme.eq_ignore_ascii_case("bearer") {
+        Scheme::Bearer
+    } else if scheme.eq_ignore_ascii_case("dpop") && mode != DpopMode::Off {
+        Scheme::Dpop
+    } else {
+        // Another scheme is not credentials this server takes: challenge for them.
         return Err(AuthError::MissingToken);
-    }
+    };
     let token = rest.trim_matches(' ');
     if token.is_empty() {
         return Err(AuthError::InvalidRequest("empty bearer token"));
@@ -438,7 +596,7 @@ fn bearer_token<'h>(headers: &'h http::HeaderMap, uri: &http::Uri, max_bytes: us
     if token.contains(' ') {
         return Err(TokenRejection::Malformed.into());
     }
-    Ok(token)
+    Ok((scheme, token))
 }
 
 /// Builds a [`ResourceServer`]. Start with [`ResourceServer::builder`].
@@ -465,6 +623,7 @@ pub struct ResourceServerBuilder {
     wildcard_origins: bool,
     client_credentials: bool,
     max_token_lifetime: Duration,
+    dpop: DpopConfig,
 }
 
 /// The longest token lifetime accepted unless configured otherwise: 24 hours.
@@ -493,6 +652,16 @@ impl ResourceServerBuilder {
     /// and the extension is not advertised. Defaults to `true`.
     pub fn accept_client_credentials(mut self, accept: bool) -> Self {
         self.client_credentials = accept;
+        self
+    }
+
+    /// How DPoP-bound tokens (RFC 9449) are treated: [`DpopMode::Allowed`]
+    /// by default (bound tokens must come with a proof by their key;
+    /// bearer tokens are still accepted), [`DpopMode::Required`] or
+    /// [`DpopMode::Off`]; see [`DpopConfig`] for the proof rules, the
+    /// replay set and server nonces. The metadata and the challenges follow.
+    pub fn dpop(mut self, dpop: DpopConfig) -> Self {
+        self.dpop = dpop;
         self
     }
 
@@ -643,8 +812,14 @@ impl ResourceServerBuilder {
             });
         }
         let leeway = self.rules.leeway_duration();
+        self.dpop.check()?;
         self.resource = normalize_case(&self.resource).into_owned();
         let resource_url = parse_identifier("resource", &self.resource)?;
+        let dpop_htu = dpop::normalize_htu(&self.resource).ok_or_else(|| ConfigError::InvalidUrl {
+            what: "resource",
+            url: self.resource.clone(),
+            reason: "a DPoP proof's htu cannot name it (query or userinfo)",
+        })?;
         let resource_path = match resource_url.path() {
             "" => "/".to_owned(),
             p => p.to_owned(),
@@ -707,15 +882,21 @@ impl ResourceServerBuilder {
             resource_signing_alg_values_supported: None,
             resource_name: self.resource_name,
             resource_documentation: self.resource_documentation,
+            dpop_signing_alg_values_supported: (self.dpop.mode != DpopMode::Off).then(|| self.dpop.algorithm_names()),
+            dpop_bound_access_tokens_required: (self.dpop.mode == DpopMode::Required).then_some(true),
         };
         let metadata_json =
             bytes::Bytes::from(serde_json::to_vec(&metadata).map_err(|e| ConfigError::HttpClient(e.to_string()))?);
 
+        let mut challenges = Challenges::new(metadata_url.clone(), self.required_scopes);
+        if self.dpop.mode != DpopMode::Off {
+            challenges = challenges.with_dpop(&self.dpop.algorithm_names(), self.dpop.mode == DpopMode::Allowed);
+        }
         Ok(ResourceServer {
             inner: Arc::new(Inner {
                 resource: self.resource,
                 resource_path,
-                challenges: Challenges::new(metadata_url.clone(), self.required_scopes),
+                challenges,
                 metadata_url,
                 metadata,
                 metadata_json,
@@ -726,6 +907,9 @@ impl ResourceServerBuilder {
                 max_token_lifetime: self.max_token_lifetime,
                 leeway,
                 validator,
+                dpop_replay: self.dpop.replay_set_or_default(),
+                dpop: self.dpop,
+                dpop_htu,
             }),
         })
     }

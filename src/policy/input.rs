@@ -9,7 +9,7 @@ use crate::Principal;
 pub const INPUT_VERSION: u32 = 1;
 
 /// The fields of the input document, in their serialized order.
-pub(crate) const FIELDS: [&str; 13] = [
+pub(crate) const FIELDS: [&str; 14] = [
     "version",
     "subject",
     "issuer",
@@ -23,6 +23,7 @@ pub(crate) const FIELDS: [&str; 13] = [
     "arguments",
     "session_id",
     "kind",
+    "dpop",
 ];
 
 /// One decision's input: who asks to do what on which resource.
@@ -63,7 +64,8 @@ pub(crate) const FIELDS: [&str; 13] = [
 ///   "resource": "deploy_template",
 ///   "arguments": { "template_id": "t-1", "device_id": "d-9" },
 ///   "session_id": "6b0c...",
-///   "kind": "user"
+///   "kind": "user",
+///   "dpop": true
 /// }
 /// ```
 ///
@@ -82,6 +84,7 @@ pub(crate) const FIELDS: [&str; 13] = [
 /// | `arguments`  | object or null    | the tool call's or prompt's arguments, as the client sent them |
 /// | `session_id` | string or null    | the `Mcp-Session-Id` of the request, when there is one |
 /// | `kind`       | string            | `"user"`, or `"client"` for a client acting for itself ([`PrincipalKind`](crate::PrincipalKind)) |
+/// | `dpop`       | boolean           | whether the token is DPoP-bound (`cnf.jkt`), and so came with a proof of possession by its key (RFC 9449); a policy can require it for some tools only |
 ///
 /// Everything under `input` comes from the caller's verified token or from
 /// the request; `arguments` in particular is whatever the client sent and a
@@ -182,6 +185,7 @@ impl PolicyInput {
             "arguments" => self.arguments.clone().unwrap_or(Value::Null),
             "session_id" => opt(self.session_id.as_deref()),
             "kind" => Value::String(p.kind().as_str().to_owned()),
+            "dpop" => Value::Bool(p.dpop_thumbprint().is_some()),
             _ => Value::Null,
         }
     }
@@ -224,6 +228,7 @@ impl PolicyInput {
             "resource" => string(&self.resource, key),
             "session_id" => opt(self.session_id.as_deref(), key),
             "kind" => string(p.kind().as_str(), key),
+            "dpop" => key.push(if p.dpop_thumbprint().is_some() { b'1' } else { b'0' }),
             // claims and arguments: the full JSON value. serde_json writes an
             // object's keys in the map's order, so equal maps built in a
             // different order at worst miss the cache, never collide.
@@ -261,6 +266,17 @@ mod tests {
         assert_eq!(doc["session_id"], Value::Null);
         assert_eq!(doc["client_id"], Value::Null);
         assert_eq!(doc["kind"], "user");
+        assert_eq!(doc["dpop"], false);
+        let mut cnf = Map::new();
+        cnf.insert(
+            "cnf".into(),
+            serde_json::json!({"jkt": "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"}),
+        );
+        let bound = Principal::unverified("https://idp", "alice").claims(cnf).build();
+        assert_eq!(
+            PolicyInput::new(&bound, "echo", Action::CallTool).to_json()["dpop"],
+            true
+        );
         let robot = Principal::unverified("https://idp", "bot")
             .client_id("bot")
             .kind(crate::PrincipalKind::Client)

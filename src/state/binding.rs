@@ -89,7 +89,7 @@ impl<'a> StateBinding<'a> {
 
 /// A fixed-size key for the caller: SHA-256 of issuer, kind, subject and
 /// client id. Two principals share it only if all four are equal.
-pub(super) fn owner_key(principal: &Principal) -> [u8; 32] {
+pub(crate) fn owner_key(principal: &Principal) -> [u8; 32] {
     let mut out = Vec::with_capacity(96);
     field(&mut out, b"rmcp-guard state owner");
     write_principal(principal, &mut out);

@@ -111,6 +111,8 @@ mod sealer;
 mod tests;
 
 pub use binding::StateBinding;
+#[cfg(feature = "jwt")]
+pub(crate) use binding::owner_key;
 pub use handles::StateHandles;
 pub use keys::StateKeys;
 #[cfg(feature = "redis")]

@@ -22,7 +22,7 @@ pub struct ReplayEntry {
 }
 
 impl ReplayEntry {
-    pub(super) fn new(owner: [u8; 32], id: [u8; 16], expires_at: Timestamp) -> Self {
+    pub(crate) fn new(owner: [u8; 32], id: [u8; 16], expires_at: Timestamp) -> Self {
         ReplayEntry { owner, id, expires_at }
     }
 

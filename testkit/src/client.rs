@@ -24,6 +24,16 @@
 //! `WWW-Authenticate` challenge, which is what a test of an authorization
 //! layer asserts on.
 //!
+//! # DPoP
+//!
+//! With [`Connect::dpop`] (or [`McpClient::set_dpop`]) every request carries
+//! `Authorization: DPoP <token>` and a fresh `DPoP` proof (RFC 9449) for its
+//! method and URL (without query or fragment), with `ath` (the token's hash)
+//! and the latest nonce the server sent. The client remembers the
+//! `DPoP-Nonce` of every answer that carries one; when the server answers
+//! 401 with `DPoP-Nonce` and a `WWW-Authenticate` naming `use_dpop_nonce`,
+//! the request is sent once more with a new proof carrying that nonce.
+//!
 //! ```
 //! use rmcp_guard_testkit::client::{McpClient, McpError, Protocol};
 //! use rmcp_guard_testkit::TestServer;
@@ -54,10 +64,12 @@ use std::sync::{Mutex, PoisonError};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, WWW_AUTHENTICATE};
+use reqwest::{Method, RequestBuilder, StatusCode};
 use rmcp::model::{CallToolResult, DiscoverResult, Tool};
 use serde_json::{Map, Value, json};
+
+use crate::dpop::DpopKey;
 
 /// `MCP-Protocol-Version`.
 const HEADER_PROTOCOL_VERSION: &str = "mcp-protocol-version";
@@ -69,6 +81,10 @@ const HEADER_METHOD: &str = "mcp-method";
 const HEADER_NAME: &str = "mcp-name";
 /// Prefix of the headers mirroring annotated tool arguments.
 const HEADER_PARAM_PREFIX: &str = "mcp-param-";
+/// `DPoP` (RFC 9449): the proof.
+const HEADER_DPOP: &str = "dpop";
+/// `DPoP-Nonce` (RFC 9449 section 8): a nonce the server wants in proofs.
+const HEADER_DPOP_NONCE: &str = "dpop-nonce";
 /// The `Accept` every POST sends (both answer types, as the specification requires).
 const ACCEPT_BOTH: &str = "application/json, text/event-stream";
 
@@ -172,13 +188,32 @@ impl McpError {
     }
 }
 
+/// The credentials a client sends with every request.
+#[derive(Clone)]
+enum Auth {
+    /// `Authorization: Bearer <token>`.
+    Bearer(String),
+    /// `Authorization: DPoP <token>` and a `DPoP` proof made with the key.
+    Dpop(String, DpopKey),
+}
+
+impl fmt::Debug for Auth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the token.
+        match self {
+            Auth::Bearer(_) => f.write_str("Bearer <redacted>"),
+            Auth::Dpop(_, key) => write!(f, "DPoP <redacted> ({key:?})"),
+        }
+    }
+}
+
 /// Configures a connection; `.await` it (or call [`Connect::send`]) to get
 /// the [`McpClient`]. Start one with [`McpClient::connect`].
 #[must_use = "a Connect does nothing until awaited"]
 pub struct Connect {
     url: String,
     protocol: Protocol,
-    bearer: Option<String>,
+    auth: Option<Auth>,
     http: Option<reqwest::Client>,
     client_info: Value,
     capabilities: Value,
@@ -190,17 +225,26 @@ impl fmt::Debug for Connect {
         f.debug_struct("Connect")
             .field("url", &self.url)
             .field("protocol", &self.protocol)
-            .field("bearer", &self.bearer.as_ref().map(|_| "<redacted>"))
+            .field("auth", &self.auth)
             .field("client_info", &self.client_info)
             .finish_non_exhaustive()
     }
 }
 
 impl Connect {
-    /// Sends `Authorization: Bearer {token}` on every request. Defaults to
-    /// no `Authorization` header.
+    /// Sends `Authorization: Bearer {token}` on every request (replacing
+    /// [`Connect::dpop`]). Defaults to no `Authorization` header.
     pub fn bearer(mut self, token: impl Into<String>) -> Self {
-        self.bearer = Some(token.into());
+        self.auth = Some(Auth::Bearer(token.into()));
+        self
+    }
+
+    /// Sends `Authorization: DPoP {token}` and a fresh `DPoP` proof signed
+    /// with `key` on every request, answering `use_dpop_nonce` challenges
+    /// (see [DPoP](self#dpop)); replaces [`Connect::bearer`]. Defaults to no
+    /// `Authorization` header.
+    pub fn dpop(mut self, token: impl Into<String>, key: &DpopKey) -> Self {
+        self.auth = Some(Auth::Dpop(token.into(), key.clone()));
         self
     }
 
@@ -244,7 +288,7 @@ impl Connect {
             http: self.http.unwrap_or_default(),
             url: self.url,
             protocol: self.protocol,
-            bearer: self.bearer,
+            auth: self.auth,
             client_info: self.client_info,
             capabilities: self.capabilities,
             headers: self.headers,
@@ -253,6 +297,7 @@ impl Connect {
             initialize_result: None,
             next_id: AtomicU64::new(1),
             tool_schemas: Mutex::new(HashMap::new()),
+            dpop_nonce: Mutex::new(None),
         };
         if client.protocol == Protocol::V2025_11_25 {
             client.initialize().await?;
@@ -278,7 +323,7 @@ pub struct McpClient {
     http: reqwest::Client,
     url: String,
     protocol: Protocol,
-    bearer: Option<String>,
+    auth: Option<Auth>,
     client_info: Value,
     capabilities: Value,
     headers: HeaderMap,
@@ -289,6 +334,8 @@ pub struct McpClient {
     next_id: AtomicU64,
     /// Input schemas of the tools seen by `list_tools`, for `Mcp-Param-*`.
     tool_schemas: Mutex<HashMap<String, Map<String, Value>>>,
+    /// The latest `DPoP-Nonce` the server sent.
+    dpop_nonce: Mutex<Option<String>>,
 }
 
 impl fmt::Debug for McpClient {
@@ -296,7 +343,7 @@ impl fmt::Debug for McpClient {
         f.debug_struct("McpClient")
             .field("url", &self.url)
             .field("protocol", &self.protocol)
-            .field("bearer", &self.bearer.as_ref().map(|_| "<redacted>"))
+            .field("auth", &self.auth)
             .field("session_id", &self.session_id)
             .field("negotiated", &self.negotiated)
             .finish_non_exhaustive()
@@ -310,7 +357,7 @@ impl McpClient {
         Connect {
             url: url.into(),
             protocol,
-            bearer: None,
+            auth: None,
             http: None,
             client_info: json!({"name": "rmcp-guard-testkit", "version": env!("CARGO_PKG_VERSION")}),
             capabilities: json!({}),
@@ -339,10 +386,23 @@ impl McpClient {
         self.initialize_result.as_ref()
     }
 
-    /// Replaces the bearer token sent from now on (`None`: no
-    /// `Authorization` header), e.g. after a step-up.
+    /// Replaces the credentials sent from now on with a bearer token
+    /// (`None`: no `Authorization` header), e.g. after a step-up.
     pub fn set_bearer(&mut self, token: Option<String>) {
-        self.bearer = token;
+        self.auth = token.map(Auth::Bearer);
+    }
+
+    /// Replaces the credentials sent from now on with a DPoP-bound token and
+    /// its key (`None`: no `Authorization` header); see [DPoP](self#dpop).
+    /// A nonce already received is kept.
+    pub fn set_dpop(&mut self, credentials: Option<(String, DpopKey)>) {
+        self.auth = credentials.map(|(token, key)| Auth::Dpop(token, key));
+    }
+
+    /// The latest `DPoP-Nonce` the server sent (with DPoP credentials only),
+    /// which the next proof carries.
+    pub fn dpop_nonce(&self) -> Option<String> {
+        self.dpop_nonce.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// Every tool, following `nextCursor` pages. Remembers each tool's input
@@ -468,16 +528,13 @@ impl McpClient {
         let Some(session) = &self.session_id else {
             return Ok(());
         };
-        let mut request = self
+        let request = self
             .http
             .delete(&self.url)
             .headers(self.headers.clone())
             .header(HEADER_SESSION_ID, session)
             .header(HEADER_PROTOCOL_VERSION, &self.negotiated);
-        if let Some(token) = &self.bearer {
-            request = request.header(AUTHORIZATION, format!("Bearer {token}"));
-        }
-        let response = request.send().await?;
+        let response = self.send(&Method::DELETE, request).await?;
         if response.status() == StatusCode::METHOD_NOT_ALLOWED {
             return Ok(());
         }
@@ -590,11 +647,77 @@ impl McpClient {
         if let Some(session) = &self.session_id {
             request = request.header(HEADER_SESSION_ID, session);
         }
-        if let Some(token) = &self.bearer {
-            request = request.header(AUTHORIZATION, format!("Bearer {token}"));
-        }
         let body = serde_json::to_vec(body).map_err(|e| McpError::Protocol(e.to_string()))?;
-        Ok(request.body(body).send().await?)
+        self.send(&Method::POST, request.body(body)).await
+    }
+
+    /// Sends `request` (HTTP `method` to this client's URL) with the
+    /// client's credentials. With DPoP: a fresh proof, the nonce of every
+    /// answer remembered, and one retry when the server asks for a nonce.
+    async fn send(&self, method: &Method, request: RequestBuilder) -> Result<reqwest::Response, McpError> {
+        // The body is bytes, so the request can always be cloned.
+        let retry = request.try_clone();
+        let response = self.authorize(method, request).send().await?;
+        match retry {
+            Some(retry) if self.note_nonce(&response) => {
+                let response = self.authorize(method, retry).send().await?;
+                self.note_nonce(&response);
+                Ok(response)
+            }
+            _ => Ok(response),
+        }
+    }
+
+    /// `request` with the `Authorization` header and, for DPoP, a new proof.
+    fn authorize(&self, method: &Method, request: RequestBuilder) -> RequestBuilder {
+        match &self.auth {
+            None => request,
+            Some(Auth::Bearer(token)) => request.header(AUTHORIZATION, format!("Bearer {token}")),
+            Some(Auth::Dpop(token, key)) => {
+                let mut proof = key.proof(method.as_str(), &htu(&self.url)).access_token(token);
+                if let Some(nonce) = self.dpop_nonce() {
+                    proof = proof.nonce(nonce);
+                }
+                request
+                    .header(AUTHORIZATION, format!("DPoP {token}"))
+                    .header(HEADER_DPOP, proof.sign())
+            }
+        }
+    }
+
+    /// With DPoP credentials, remembers the answer's `DPoP-Nonce`; whether
+    /// the answer is a `use_dpop_nonce` challenge (401 with a nonce).
+    fn note_nonce(&self, response: &reqwest::Response) -> bool {
+        if !matches!(self.auth, Some(Auth::Dpop(..))) {
+            return false;
+        }
+        let Some(nonce) = response
+            .headers()
+            .get(HEADER_DPOP_NONCE)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+        else {
+            return false;
+        };
+        *self.dpop_nonce.lock().unwrap_or_else(PoisonError::into_inner) = Some(nonce.to_owned());
+        response.status() == StatusCode::UNAUTHORIZED
+            && response
+                .headers()
+                .get_all(WWW_AUTHENTICATE)
+                .iter()
+                .any(|v| v.to_str().is_ok_and(|v| v.contains("use_dpop_nonce")))
+    }
+}
+
+/// A proof's `htu`: `url` without query and fragment.
+fn htu(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut url) => {
+            url.set_query(None);
+            url.set_fragment(None);
+            url.into()
+        }
+        Err(_) => url.split(['?', '#']).next().unwrap_or(url).to_owned(),
     }
 }
 
@@ -794,7 +917,7 @@ mod tests {
     #[test]
     fn connect_defaults() {
         let c = McpClient::connect("http://127.0.0.1:1/mcp", Protocol::V2026_07_28);
-        assert!(c.bearer.is_none());
+        assert!(c.auth.is_none());
         assert!(c.http.is_none());
         assert!(c.headers.is_empty());
         assert_eq!(c.client_info["name"], "rmcp-guard-testkit");
@@ -802,6 +925,14 @@ mod tests {
         assert!(
             !format!("{:?}", c.bearer("secret")).contains("secret"),
             "Debug redacts the token"
+        );
+        let key = DpopKey::es256();
+        assert!(
+            !format!(
+                "{:?}",
+                McpClient::connect("http://127.0.0.1:1/mcp", Protocol::V2026_07_28).dpop("secret", &key)
+            )
+            .contains("secret")
         );
     }
 
@@ -811,7 +942,7 @@ mod tests {
             http: reqwest::Client::new(),
             url: "http://127.0.0.1:1/mcp".into(),
             protocol: Protocol::V2026_07_28,
-            bearer: None,
+            auth: None,
             client_info: json!({"name": "t", "version": "1"}),
             capabilities: json!({}),
             headers: HeaderMap::new(),
@@ -820,6 +951,7 @@ mod tests {
             initialize_result: None,
             next_id: AtomicU64::new(1),
             tool_schemas: Mutex::new(HashMap::new()),
+            dpop_nonce: Mutex::new(None),
         };
         let params = client
             .with_meta(json!({"name": "get_weather", "_meta": {"progressToken": 7}}))
@@ -840,6 +972,13 @@ mod tests {
         let headers = client.request_headers("resources/read", Some(&json!({"uri": "file:///a b"})));
         assert_eq!(headers["mcp-name"], "file:///a b");
         assert!(client.with_meta(json!([1])).is_err(), "params must be an object");
+    }
+
+    #[test]
+    fn htu_drops_query_and_fragment() {
+        assert_eq!(htu("http://127.0.0.1:8080/mcp?a=1#f"), "http://127.0.0.1:8080/mcp");
+        assert_eq!(htu("http://127.0.0.1:8080/mcp"), "http://127.0.0.1:8080/mcp");
+        assert_eq!(htu("not a url?x"), "not a url");
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! - [`McpClient`]: an MCP client for Streamable HTTP that speaks both
 //!   protocol generations (2025-11-25 sessions, 2026-07-28 stateless) and
 //!   reports rejections with their status and challenge ([`client`]);
-//! - [`dev`]: a development OAuth 2.1 authorization server.
+//! - [`dev`]: a development OAuth 2.1 authorization server;
+//! - [`dpop`]: DPoP (RFC 9449) keys and proofs, for sender-constrained
+//!   tokens ([`TokenBuilder::bound_to`], [`client::Connect::dpop`]).
 //!
 //! Use it as a dev-dependency: `rmcp-guard-testkit = "0.1"` under
 //! `[dev-dependencies]`.
@@ -134,6 +136,7 @@
 
 pub mod client;
 pub mod dev;
+pub mod dpop;
 mod issuer;
 mod keys;
 mod persona;
@@ -144,6 +147,7 @@ mod token;
 mod tests;
 
 pub use client::{McpClient, McpError, Protocol};
+pub use dpop::DpopKey;
 pub use issuer::TestIssuer;
 pub use keys::{KeyAlg, TestKey};
 pub use persona::Persona;

@@ -39,6 +39,7 @@ use std::sync::{Mutex, PoisonError};
 
 use serde_json::Value;
 
+use crate::dpop::DpopKey;
 use crate::issuer::TestIssuer;
 use crate::token::TokenBuilder;
 
@@ -87,6 +88,7 @@ impl Personas {
 /// | [`Persona::scopes`] | `scope`, space-separated (absent while empty) |
 /// | [`Persona::client_id`] | `client_id` (absent until set) |
 /// | [`Persona::audience`] or the argument of [`Persona::token`] | `aud` |
+/// | [`Persona::bound_to`] | `cnf: {"jkt": ...}` (absent until set) |
 /// | [`Persona::claim`] | written last, verbatim: it can override any of the above |
 ///
 /// `groups` and `tenant` are the claim names rmcp-guard reads by default; for
@@ -191,6 +193,14 @@ impl Persona {
         self.update(|s| {
             s.claims.insert(name, value);
         })
+    }
+
+    /// Binds the persona's tokens from now on to a DPoP key (RFC 9449
+    /// section 6.1): claim `cnf: {"jkt": <the key's thumbprint>}`, kept like
+    /// any [`Persona::claim`] (so it can be replaced, e.g. by another key).
+    /// Defaults to none (no `cnf` claim: bearer tokens).
+    pub fn bound_to(self, key: &DpopKey) -> Self {
+        self.claim("cnf", serde_json::json!({"jkt": key.thumbprint()}))
     }
 
     /// The remembered groups (empty when none were set).

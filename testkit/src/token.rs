@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
 
+use crate::dpop::DpopKey;
 use crate::issuer::TestIssuer;
 use crate::keys::{KeyAlg, KeyMaterial, TestKey, compact_jws, json_bytes};
 
@@ -104,6 +105,13 @@ impl TokenBuilder<'_> {
     /// Sets `client_id` (RFC 9068). Defaults to `None` (no `client_id` claim).
     pub fn client_id(self, id: impl Into<String>) -> Self {
         self.claim("client_id", Value::String(id.into()))
+    }
+
+    /// Binds the token to a DPoP key (RFC 9449 section 6.1): claim
+    /// `cnf: {"jkt": <the key's thumbprint>}`. Defaults to `None` (no `cnf`
+    /// claim: a bearer token).
+    pub fn bound_to(self, key: &DpopKey) -> Self {
+        self.claim("cnf", json!({"jkt": key.thumbprint()}))
     }
 
     /// Sets or replaces any claim with any JSON value (`exp` as a string,

@@ -384,12 +384,30 @@ impl Reply {
         Reply { status, headers, body }
     }
 
-    /// The parsed `WWW-Authenticate` challenge, if any.
+    /// The parsed first `WWW-Authenticate` challenge, if any: `Bearer`
+    /// (then the `DPoP` one when DPoP is on, see
+    /// [`dpop_challenge`](Self::dpop_challenge); nothing else).
     pub fn challenge(&self) -> Option<Challenge> {
-        let mut values = self.headers.get_all("www-authenticate").iter();
-        let value = values.next()?;
-        assert!(values.next().is_none(), "one WWW-Authenticate header");
-        Some(Challenge::parse(value.to_str().expect("ASCII challenge")))
+        let all = self.challenges();
+        assert!(all.len() <= 2, "at most two challenges: {all:?}");
+        if let Some(second) = all.get(1) {
+            assert_eq!(second.scheme, "DPoP", "the second challenge is DPoP's: {all:?}");
+        }
+        all.into_iter().next()
+    }
+
+    /// Every `WWW-Authenticate` challenge, in order.
+    pub fn challenges(&self) -> Vec<Challenge> {
+        self.headers
+            .get_all("www-authenticate")
+            .iter()
+            .map(|v| Challenge::parse(v.to_str().expect("ASCII challenge")))
+            .collect()
+    }
+
+    /// The `DPoP` challenge, if any.
+    pub fn dpop_challenge(&self) -> Option<Challenge> {
+        self.challenges().into_iter().find(|c| c.scheme == "DPoP")
     }
 
     /// The `text` of the first content block of a JSON-RPC tool result.

@@ -18,6 +18,14 @@
 // ACCESS_TOKEN_FORMAT=jwt makes it mint RFC 9068 JWT access tokens (signed
 // with its own keys, published at its jwks_uri) instead of opaque ones: that
 // is what tests/third_party_as.rs validates with the JWT path.
+//
+// DPoP (RFC 9449): a token request carrying a `DPoP` proof gets a DPoP-bound
+// token (token_type "DPoP"; `cnf.jkt` in a JWT access token, and in the
+// introspection answer of an opaque one); a request without a proof keeps
+// getting a Bearer token. DPOP_NONCE=1 makes the token endpoint require a
+// server-issued nonce in every proof (`use_dpop_nonce` + a `DPoP-Nonce` header
+// first). tests/dpop-client is the client side.
+import crypto from 'node:crypto';
 import http from 'node:http';
 import Provider from 'oidc-provider';
 
@@ -51,6 +59,12 @@ server.listen(0, '127.0.0.1', () => {
       clientCredentials: { enabled: true },
       introspection: { enabled: true },
       revocation: { enabled: true },
+      dPoP: {
+        enabled: true,
+        ...(process.env.DPOP_NONCE === '1'
+          ? { nonceSecret: crypto.randomBytes(32), requireNonce: () => true }
+          : {}),
+      },
       resourceIndicators: {
         enabled: true,
         defaultResource: async (_ctx, _client, oneOf) => oneOf,

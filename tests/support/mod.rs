@@ -1,3 +1,4 @@
 pub mod bao;
 pub mod example;
+pub mod oidc;
 pub mod redis;

@@ -26,6 +26,7 @@ use url::{Url, form_urlencoded};
 
 use super::cimd::{self, Refusal};
 use super::clients::{Client, ClientMetadata, GRANT_TYPES, MetadataError, parse_metadata};
+use super::dpop;
 use super::store::Store;
 use super::{AUTHORIZE_PATH, DemoUser, JWKS_PATH, METADATA_PATH, REGISTER_PATH, Shared, TOKEN_PATH};
 
@@ -51,6 +52,8 @@ struct RefreshGrant {
     client_id: String,
     scopes: Vec<String>,
     family: u64,
+    /// The thumbprint of the DPoP key it is bound to (issued with a proof).
+    jkt: Option<String>,
 }
 
 /// Everything the server remembers, each bounded and expiring.
@@ -62,6 +65,8 @@ pub(super) struct Stores {
     refresh_tokens: Store<Digest, RefreshGrant>,
     /// Rotated-out refresh tokens, to revoke the family on reuse.
     retired_refresh_tokens: Store<Digest, u64>,
+    /// `jti`s of accepted DPoP proofs, to refuse a replayed proof.
+    dpop_jtis: Store<Digest, ()>,
 }
 
 impl Stores {
@@ -72,6 +77,7 @@ impl Stores {
             used_codes: Store::new(capacity),
             refresh_tokens: Store::new(capacity),
             retired_refresh_tokens: Store::new(capacity),
+            dpop_jtis: Store::new(capacity),
         }
     }
 
@@ -215,9 +221,16 @@ pub(super) fn jwks_document(shared: &Shared) -> Value {
     json!({ "keys": [shared.key.public_jwk()] })
 }
 
-/// Signs an RFC 9068 access token for the demo user and the protected resource.
-pub(super) fn sign_access_token(shared: &Shared, client_id: &str, scopes: &[String], lifetime: Duration) -> String {
-    sign_access_token_as(shared, &shared.user, client_id, scopes, lifetime)
+/// Signs an RFC 9068 access token for the demo user and the protected
+/// resource; bound to the DPoP key `jkt` (claim `cnf`) if given.
+pub(super) fn sign_access_token(
+    shared: &Shared,
+    client_id: &str,
+    scopes: &[String],
+    lifetime: Duration,
+    jkt: Option<&str>,
+) -> String {
+    sign_access_token_as(shared, &shared.user, client_id, scopes, lifetime, jkt)
 }
 
 /// [`sign_access_token`] for `user` instead of the demo user.
@@ -227,6 +240,7 @@ pub(super) fn sign_access_token_as(
     client_id: &str,
     scopes: &[String],
     lifetime: Duration,
+    jkt: Option<&str>,
 ) -> String {
     let now = now_unix();
     let mut claims = Map::new();
@@ -248,18 +262,34 @@ pub(super) fn sign_access_token_as(
     if let Some(tenant) = &user.tenant {
         claims.insert("tenant".into(), json!(tenant));
     }
+    if let Some(jkt) = jkt {
+        claims.insert("cnf".into(), json!({"jkt": jkt}));
+    }
     let header = json!({"alg": shared.key.alg().name(), "typ": "at+jwt", "kid": shared.key.kid()});
     shared.key.sign_raw(&header, &Value::Object(claims))
 }
 
+/// `token_type` of a token response: `DPoP` for a token bound to a key.
+fn token_type(jkt: Option<&str>) -> &'static str {
+    if jkt.is_some() { "DPoP" } else { "Bearer" }
+}
+
 /// The token response: a fresh access token, and a fresh refresh token of
-/// `family` when the client may refresh.
-fn token_response(shared: &Shared, client_id: &str, client: &Client, scopes: Vec<String>, family: u64) -> Response {
+/// `family` when the client may refresh; both bound to the DPoP key `jkt`
+/// if given.
+fn token_response(
+    shared: &Shared,
+    client_id: &str,
+    client: &Client,
+    scopes: Vec<String>,
+    family: u64,
+    jkt: Option<&str>,
+) -> Response {
     let lifetime = shared.lifetimes.access_token;
-    let access_token = sign_access_token(shared, client_id, &scopes, lifetime);
+    let access_token = sign_access_token(shared, client_id, &scopes, lifetime, jkt);
     let mut body = json!({
         "access_token": access_token,
-        "token_type": "Bearer",
+        "token_type": token_type(jkt),
         "expires_in": lifetime.as_secs().max(1),
     });
     if !scopes.is_empty() {
@@ -273,6 +303,7 @@ fn token_response(shared: &Shared, client_id: &str, client: &Client, scopes: Vec
             client_id: client_id.to_owned(),
             scopes,
             family,
+            jkt: jkt.map(str::to_owned),
         };
         shared
             .stores()
@@ -330,6 +361,7 @@ async fn metadata(State(shared): State<Arc<Shared>>) -> Response {
         "token_endpoint_auth_methods_supported": ["none"],
         "code_challenge_methods_supported": ["S256"],
         "authorization_response_iss_parameter_supported": true,
+        "dpop_signing_alg_values_supported": dpop::SIGNING_ALGS,
         "service_documentation": "https://docs.rs/rmcp-guard-testkit/latest/rmcp_guard_testkit/dev/",
     });
     if shared.cimd.is_some() {
@@ -546,7 +578,8 @@ fn token_client_id(headers: &HeaderMap, params: &HashMap<String, String>) -> Res
 async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     let outcome = match token_client(&headers, &body) {
         Ok((params, client_id)) => match find_client(&shared, &client_id).await {
-            Ok(client) => token_inner(&shared, &client_id, &client, &params),
+            Ok(client) => dpop_key(&shared, &headers)
+                .and_then(|jkt| token_inner(&shared, &client_id, &client, &params, jkt.as_deref())),
             // RFC 6749 section 5.2: a client that fails authentication is a 401.
             Err(err) if err.code == "invalid_client" => Err(OAuthError {
                 status: StatusCode::UNAUTHORIZED,
@@ -560,6 +593,25 @@ async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byte
         Ok(response) => response,
         Err(err) => err.into_response(),
     }
+}
+
+/// The thumbprint of the key the request's DPoP proof proves, `None`
+/// without a proof; a bad or replayed proof is `invalid_dpop_proof`.
+fn dpop_key(shared: &Shared, headers: &HeaderMap) -> Result<Option<String>, OAuthError> {
+    let invalid = |description| bad_request("invalid_dpop_proof", description);
+    let token_endpoint = format!("{}{TOKEN_PATH}", shared.issuer);
+    let Some(proof) = dpop::check(headers, &token_endpoint, now_unix()).map_err(invalid)? else {
+        return Ok(None);
+    };
+    let mut stores = shared.stores();
+    let jti = digest(&proof.jti);
+    if stores.dpop_jtis.get(&jti).is_some() {
+        return Err(invalid("the DPoP proof was already used"));
+    }
+    // A proof is acceptable for at most twice the allowed skew.
+    let ttl = Duration::from_secs(2 * dpop::MAX_SKEW_SECS + 1);
+    stores.dpop_jtis.insert(jti, (), ttl);
+    Ok(Some(proof.jkt))
 }
 
 /// The parameters and the client id of a token request.
@@ -580,6 +632,7 @@ fn token_inner(
     client_id: &str,
     client: &Client,
     params: &HashMap<String, String>,
+    jkt: Option<&str>,
 ) -> Result<Response, OAuthError> {
     if params.get("resource").is_some_and(|r| *r != shared.resource) {
         return Err(bad_request(
@@ -588,8 +641,8 @@ fn token_inner(
         ));
     }
     match params.get("grant_type").map(String::as_str) {
-        Some("authorization_code") => code_grant(shared, client_id, client, params),
-        Some("refresh_token") => refresh_grant(shared, client_id, client, params),
+        Some("authorization_code") => code_grant(shared, client_id, client, params, jkt),
+        Some("refresh_token") => refresh_grant(shared, client_id, client, params, jkt),
         Some(_) => Err(bad_request("unsupported_grant_type", "grant_type is not supported")),
         None => Err(bad_request("invalid_request", "grant_type is required")),
     }
@@ -600,6 +653,7 @@ fn code_grant(
     client_id: &str,
     client: &Client,
     params: &HashMap<String, String>,
+    jkt: Option<&str>,
 ) -> Result<Response, OAuthError> {
     let (Some(code), Some(verifier), Some(redirect_uri)) = (
         params.get("code"),
@@ -645,7 +699,14 @@ fn code_grant(
     if !is_pkce_string(verifier) || !constant_time_eq(computed.as_bytes(), grant.challenge.as_bytes()) {
         return Err(invalid_grant("PKCE verification failed"));
     }
-    Ok(token_response(shared, client_id, client, grant.scopes, grant.family))
+    Ok(token_response(
+        shared,
+        client_id,
+        client,
+        grant.scopes,
+        grant.family,
+        jkt,
+    ))
 }
 
 fn refresh_grant(
@@ -653,6 +714,7 @@ fn refresh_grant(
     client_id: &str,
     client: &Client,
     params: &HashMap<String, String>,
+    jkt: Option<&str>,
 ) -> Result<Response, OAuthError> {
     let Some(refresh_token) = params.get("refresh_token") else {
         return Err(bad_request("invalid_request", "refresh_token is required"));
@@ -667,6 +729,26 @@ fn refresh_grant(
     let hash = digest(refresh_token);
     let grant = {
         let mut stores = shared.stores();
+        // RFC 9449 section 5: a bound refresh token needs a proof with its
+        // key. Checked before rotation, so a thief without the key cannot
+        // spend the token.
+        if let Some(bound) = stores.refresh_tokens.get(&hash).and_then(|g| g.jkt.as_deref()) {
+            match jkt {
+                None => {
+                    return Err(bad_request(
+                        "invalid_dpop_proof",
+                        "the refresh token is bound to a DPoP key; a DPoP proof is required",
+                    ));
+                }
+                Some(jkt) if jkt != bound => {
+                    return Err(bad_request(
+                        "invalid_dpop_proof",
+                        "the refresh token is bound to another DPoP key",
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
         match stores.refresh_tokens.remove(&hash) {
             Some(grant) => {
                 // Rotation: this refresh token is spent.
@@ -704,7 +786,7 @@ fn refresh_grant(
     };
     // The new refresh token keeps the original grant; only the access token narrows.
     let lifetime = shared.lifetimes.access_token;
-    let access_token = sign_access_token(shared, client_id, &scopes, lifetime);
+    let access_token = sign_access_token(shared, client_id, &scopes, lifetime, jkt);
     let Some(new_refresh) = random_token() else {
         return Ok(server_error());
     };
@@ -714,12 +796,15 @@ fn refresh_grant(
             client_id: client_id.to_owned(),
             scopes: grant.scopes,
             family: grant.family,
+            // The binding never changes: an unbound refresh token stays
+            // unbound even when presented with a proof.
+            jkt: grant.jkt,
         },
         shared.lifetimes.refresh_token,
     );
     let mut body = json!({
         "access_token": access_token,
-        "token_type": "Bearer",
+        "token_type": token_type(jkt),
         "expires_in": lifetime.as_secs().max(1),
         "refresh_token": new_refresh,
     });

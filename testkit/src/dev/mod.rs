@@ -10,10 +10,10 @@
 //!
 //! | path | what |
 //! |------|------|
-//! | `/.well-known/oauth-authorization-server` | RFC 8414 metadata, with `client_id_metadata_document_supported: true` |
+//! | `/.well-known/oauth-authorization-server` | RFC 8414 metadata, with `client_id_metadata_document_supported: true` and `dpop_signing_alg_values_supported` |
 //! | `/register` | RFC 7591 dynamic registration of public clients (`token_endpoint_auth_method: none`) |
 //! | `/authorize` | authorization code with PKCE **S256 only**, approved at once as the demo user; RFC 9207 `iss` in the redirect |
-//! | `/token` | `authorization_code` and `refresh_token` (rotating) grants |
+//! | `/token` | `authorization_code` and `refresh_token` (rotating) grants; DPoP-bound tokens (RFC 9449) for a request with a `DPoP` proof |
 //! | `/jwks.json` | the public key that signs the access tokens |
 //!
 //! Access tokens are RFC 9068 JWTs (`typ: at+jwt`, ES256) with `iss`, `sub`,
@@ -31,6 +31,24 @@
 //! does not support. Clients, codes and refresh tokens live in bounded
 //! in-memory stores with expiry; codes and refresh tokens are stored only as
 //! SHA-256 hashes. Keys are generated at start and never leave the process.
+//!
+//! ## DPoP
+//!
+//! A token request with a `DPoP` header (RFC 9449) gets an access token
+//! bound to the proof's key (claim `cnf: {"jkt": <RFC 7638 thumbprint>}`,
+//! `"token_type": "DPoP"`), and a refresh token bound to the same key: a
+//! refresh without a proof, or with a proof by another key, is refused with
+//! `invalid_dpop_proof` (400) and leaves the refresh token unspent. A refresh
+//! token issued without a proof stays unbound. The proof must be a compact
+//! JWS with `typ: dpop+jwt`, an `alg` from `dpop_signing_alg_values_supported`
+//! (`ES256`, `ES384`, `EdDSA`, `RS256`, `PS256`; RSA keys of 2048 bits or
+//! more), a `jwk` header with public members only that verifies the
+//! signature, `htm: POST`, `htu` equal to the token endpoint (query and
+//! fragment ignored), an `iat` within 5 minutes of now and a `jti` not seen
+//! before (remembered for 10 minutes); anything else is `invalid_dpop_proof`
+//! (400). `ath` is not checked (no access token is presented here), no
+//! nonce is demanded (`DPoP-Nonce` is never sent), and `dpop_jkt` at
+//! `/authorize` is not supported.
 //!
 //! ## Client ID Metadata Documents
 //!
@@ -146,6 +164,7 @@
 
 mod cimd;
 mod clients;
+mod dpop;
 mod endpoints;
 mod store;
 
@@ -379,7 +398,7 @@ impl DevAuthServer {
     /// verbatim (space-separated); `client_id` is `rmcp-guard-dev`.
     pub fn issue_access_token(&self, scope: &str, lifetime: Duration) -> String {
         let scopes: Vec<String> = scope.split_whitespace().map(str::to_owned).collect();
-        endpoints::sign_access_token(self.shared(), "rmcp-guard-dev", &scopes, lifetime)
+        endpoints::sign_access_token(self.shared(), "rmcp-guard-dev", &scopes, lifetime, None)
     }
 
     /// Like [`DevAuthServer::issue_access_token`], for another caller than
@@ -404,7 +423,7 @@ impl DevAuthServer {
             tenant: tenant.map(str::to_owned),
         };
         let scopes: Vec<String> = scope.split_whitespace().map(str::to_owned).collect();
-        endpoints::sign_access_token_as(self.shared(), &user, "rmcp-guard-dev", &scopes, lifetime)
+        endpoints::sign_access_token_as(self.shared(), &user, "rmcp-guard-dev", &scopes, lifetime, None)
     }
 }
 
