@@ -19,10 +19,13 @@
 //! - inserts only a key that is not there yet, in the same lock as the check
 //!   (a replay set needs "first use" to be one step).
 //!
-//! One lock for the table, held for a map operation only; an insert into a
-//! full table scans for expired entries only when one may exist.
+//! One lock for the table, held for a map operation only. Each owner's
+//! entries are indexed by deadline, so expired entries are dropped from the
+//! front, each once (an insert costs O(log n) however full the share is;
+//! it never scans a share of live entries); an insert into a full table
+//! looks at the other owners only when one of their entries may be dead.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 use std::sync::Mutex;
 
@@ -57,22 +60,69 @@ pub(crate) struct OwnedTable<O, K, V> {
 }
 
 struct Inner<O, K, V> {
-    owners: HashMap<O, HashMap<K, Slot<V>>>,
-    /// Entries in all owners' maps, expired ones not yet dropped included.
+    owners: HashMap<O, Share<K, V>>,
+    /// Entries in all owners' shares.
     len: usize,
-    /// The last use stamp handed out; stamps are unique in the table.
+    /// The last stamp handed out (ids and uses); stamps are unique in the table.
     tick: u64,
     /// No entry expires before this (a lower bound, not always the minimum).
     earliest: Timestamp,
 }
 
+/// One owner's entries, and the same entries by deadline.
+struct Share<K, V> {
+    slots: HashMap<K, Slot<V>>,
+    /// `(deadline, id)` of every slot: the first expires first.
+    expiry: BTreeMap<(Timestamp, u64), K>,
+}
+
+impl<K, V> Default for Share<K, V> {
+    fn default() -> Self {
+        Share {
+            slots: HashMap::new(),
+            expiry: BTreeMap::new(),
+        }
+    }
+}
+
 struct Slot<V> {
     value: V,
     deadline: Timestamp,
+    /// Fixed at insert: the slot's place in `expiry`.
+    id: u64,
+    /// The last use (for [`OwnerFull::EvictOwnLeastRecentlyUsed`]).
     used: u64,
 }
 
-impl<O: Hash + Eq + Clone, K: Hash + Eq, V> OwnedTable<O, K, V> {
+impl<K: Hash + Eq + Clone, V> Share<K, V> {
+    /// Drop every entry whose deadline is at or before `now`; how many.
+    fn drop_expired(&mut self, now: Timestamp) -> usize {
+        let mut dropped = 0;
+        while let Some(entry) = self.expiry.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let key = entry.remove();
+            self.slots.remove(&key);
+            dropped += 1;
+        }
+        dropped
+    }
+
+    /// Remove the slot under `key` (and its place by deadline).
+    fn take(&mut self, key: &K) -> Option<Slot<V>> {
+        let slot = self.slots.remove(key)?;
+        self.expiry.remove(&(slot.deadline, slot.id));
+        Some(slot)
+    }
+
+    /// The deadline of the first entry to expire.
+    fn earliest(&self) -> Option<Timestamp> {
+        self.expiry.keys().next().map(|(deadline, _)| *deadline)
+    }
+}
+
+impl<O: Hash + Eq + Clone, K: Hash + Eq + Clone, V> OwnedTable<O, K, V> {
     /// An empty table of at most `total` entries, at most `per_owner` of them
     /// for one owner.
     pub(crate) fn new(total: usize, per_owner: usize) -> Self {
@@ -105,26 +155,24 @@ impl<O: Hash + Eq + Clone, K: Hash + Eq, V> OwnedTable<O, K, V> {
         }
         let mut inner = lock(&self.inner);
         let inner = &mut *inner;
-        let mut len = inner.len;
-        let mut earliest = inner.earliest;
-        let entries = inner.owners.entry(owner.clone()).or_default();
-        // The owner's own expired entries go first (a scan of one share).
-        let before = entries.len();
-        entries.retain(|_, slot| slot.deadline > now);
-        len -= before - entries.len();
-        let outcome = if entries.contains_key(&key) {
+        let share = inner.owners.entry(owner.clone()).or_default();
+        // The owner's own expired entries go first (from the front of its index).
+        inner.len -= share.drop_expired(now);
+        let outcome = if share.slots.contains_key(&key) {
             Err(Refused::Present)
-        } else if entries.len() >= self.per_owner {
+        } else if share.slots.len() >= self.per_owner {
             match when_full {
                 OwnerFull::Refuse => Err(Refused::Full),
                 OwnerFull::EvictOwnLeastRecentlyUsed => {
-                    let oldest = entries
+                    let oldest = share
+                        .slots
                         .iter()
                         .min_by_key(|(_, slot)| slot.used)
-                        .map(|(_, slot)| slot.used);
-                    // Use stamps are unique: this drops exactly one entry.
-                    entries.retain(|_, slot| Some(slot.used) != oldest);
-                    len -= 1;
+                        .map(|(key, _)| key.clone());
+                    if let Some(oldest) = oldest {
+                        share.take(&oldest);
+                        inner.len -= 1;
+                    }
                     Ok(())
                 }
             }
@@ -132,43 +180,43 @@ impl<O: Hash + Eq + Clone, K: Hash + Eq, V> OwnedTable<O, K, V> {
             Ok(())
         };
         let outcome = outcome.and_then(|()| {
-            if len < self.total {
+            if inner.len < self.total {
                 return Ok(());
             }
-            // Full: only dead entries (anyone's) may make room.
-            if earliest <= now {
-                let mut new_earliest = Timestamp::MAX;
-                for entries in inner.owners.values_mut() {
-                    let before = entries.len();
-                    entries.retain(|_, slot| {
-                        let live = slot.deadline > now;
-                        if live {
-                            new_earliest = new_earliest.min(slot.deadline);
-                        }
-                        live
-                    });
-                    len -= before - entries.len();
+            // Full: only dead entries (anyone's) may make room; the owners
+            // are looked at only when one of their entries may be dead.
+            if inner.earliest <= now {
+                let mut earliest = Timestamp::MAX;
+                for share in inner.owners.values_mut() {
+                    inner.len -= share.drop_expired(now);
+                    earliest = earliest.min(share.earliest().unwrap_or(Timestamp::MAX));
                 }
-                inner.owners.retain(|_, entries| !entries.is_empty());
-                earliest = new_earliest;
+                inner.earliest = earliest;
             }
-            if len < self.total { Ok(()) } else { Err(Refused::Full) }
+            if inner.len < self.total {
+                Ok(())
+            } else {
+                Err(Refused::Full)
+            }
         });
         if outcome.is_ok() {
             inner.tick += 1;
-            let used = inner.tick;
-            earliest = earliest.min(deadline);
-            len += 1;
-            inner
-                .owners
-                .entry(owner.clone())
-                .or_default()
-                .insert(key, Slot { value, deadline, used });
-        } else if inner.owners.get(owner).is_some_and(HashMap::is_empty) {
-            inner.owners.remove(owner);
+            let id = inner.tick;
+            inner.len += 1;
+            inner.earliest = inner.earliest.min(deadline);
+            let share = inner.owners.entry(owner.clone()).or_default();
+            share.expiry.insert((deadline, id), key.clone());
+            share.slots.insert(
+                key,
+                Slot {
+                    value,
+                    deadline,
+                    id,
+                    used: id,
+                },
+            );
         }
-        inner.len = len;
-        inner.earliest = earliest;
+        inner.owners.retain(|_, share| !share.slots.is_empty());
         outcome
     }
 
@@ -181,21 +229,28 @@ impl<O: Hash + Eq + Clone, K: Hash + Eq, V> OwnedTable<O, K, V> {
     {
         let mut inner = lock(&self.inner);
         let inner = &mut *inner;
-        let entries = inner.owners.get_mut(owner)?;
-        let slot = entries.get_mut(key)?;
+        let share = inner.owners.get_mut(owner)?;
+        let slot = share.slots.get(key)?;
         if slot.deadline <= now {
-            entries.remove(key);
+            share.take(key);
             inner.len -= 1;
-            if entries.is_empty() {
+            if share.slots.is_empty() {
                 inner.owners.remove(owner);
             }
             return None;
         }
         inner.tick += 1;
-        slot.used = inner.tick;
+        let used = inner.tick;
+        let (old, id) = (slot.deadline, slot.id);
+        if let Some(deadline) = extend_to {
+            share.expiry.remove(&(old, id));
+            share.expiry.insert((deadline, id), key.clone());
+            inner.earliest = inner.earliest.min(deadline);
+        }
+        let slot = share.slots.get_mut(key)?;
+        slot.used = used;
         if let Some(deadline) = extend_to {
             slot.deadline = deadline;
-            inner.earliest = inner.earliest.min(deadline);
         }
         Some(slot.value.clone())
     }
@@ -204,10 +259,10 @@ impl<O: Hash + Eq + Clone, K: Hash + Eq, V> OwnedTable<O, K, V> {
     pub(crate) fn remove(&self, owner: &O, key: &K, now: Timestamp) -> Option<V> {
         let mut inner = lock(&self.inner);
         let inner = &mut *inner;
-        let entries = inner.owners.get_mut(owner)?;
-        let slot = entries.remove(key)?;
+        let share = inner.owners.get_mut(owner)?;
+        let slot = share.take(key)?;
         inner.len -= 1;
-        if entries.is_empty() {
+        if share.slots.is_empty() {
             inner.owners.remove(owner);
         }
         (slot.deadline > now).then_some(slot.value)
@@ -287,6 +342,39 @@ mod tests {
         table.insert(&"c", 1, 1, at(2000), at(1600), OwnerFull::Refuse).unwrap();
         assert_eq!(table.get(&"b", &1, at(1600), None), Some(1));
         assert_eq!(table.len(), 2);
+    }
+
+    #[test]
+    fn expired_entries_leave_from_the_front_as_time_passes() {
+        // A share of 50,000 live entries, renewed as they expire: every
+        // insert drops only what expired (no scan of the live ones).
+        let table = OwnedTable::new(100_000, 50_000);
+        for i in 0..50_000u64 {
+            table
+                .insert(&"a", i, (), at(2000 + i), at(1000), OwnerFull::Refuse)
+                .unwrap();
+        }
+        assert_eq!(
+            table.insert(&"a", 50_000, (), at(9000), at(1000), OwnerFull::Refuse),
+            Err(Refused::Full)
+        );
+        // At 2000 + 9, ten entries (0..=9) are dead: ten more fit, not eleven.
+        for i in 0..10u64 {
+            table
+                .insert(&"a", 100_000 + i, (), at(9000), at(2009), OwnerFull::Refuse)
+                .unwrap();
+        }
+        assert_eq!(
+            table.insert(&"a", 200_000, (), at(9000), at(2009), OwnerFull::Refuse),
+            Err(Refused::Full)
+        );
+        assert_eq!(table.len(), 50_000);
+        // A dead key may be used again; a live one not.
+        assert_eq!(table.get(&"a", &5, at(2009), None), None);
+        assert_eq!(
+            table.insert(&"a", 10, (), at(9000), at(2009), OwnerFull::Refuse),
+            Err(Refused::Present)
+        );
     }
 
     #[test]
