@@ -94,8 +94,8 @@ use rmcp::model::{ServerCapabilities, ServerConfig};
 use rmcp::{ErrorData, ServerHandler, schemars, tool, tool_handler, tool_router};
 use rmcp_guard::limit::{Rate, RequestLimits};
 use rmcp_guard::oauth::{
-    ClientAuth, DownstreamTokens, DpopConfig, DpopMode, DpopNonces, HostPolicy, Issuer, ResourceServer, TokenExchange,
-    TokenRules,
+    ClientAuth, DownstreamTokens, DpopConfig, DpopMode, DpopNonces, DpopSigner, HostPolicy, Issuer, ResourceServer,
+    TokenExchange, TokenRules,
 };
 use rmcp_guard::policy::PolicyEngine;
 use rmcp_guard::revoke::{Revocation, Revocations, RevokeError};
@@ -188,11 +188,13 @@ impl Tools {
         };
         // Never forward the caller's token: exchange it for one minted for `audience`.
         let token = tokens.get(audience).await?;
-        // Call the downstream API here with `.header(AUTHORIZATION, token.authorization_header()?)`.
+        // Call the downstream API here with `.header(AUTHORIZATION, token.authorization_header()?)`,
+        // and for a DPoP-bound token `.header("dpop", token.dpop_proof(&method, &url))` on each call.
         Ok(serde_json::json!({
             "aud": token.audience(),
             "scope": token.scopes().join(" "),
             "issued_token_type": token.issued_token_type(),
+            "dpop_bound": token.is_dpop_bound(),
         })
         .to_string())
     }
@@ -473,7 +475,15 @@ async fn settings() -> Result<Settings, String> {
                     .await
                     .map_err(|e| format!("{e} (or set GUARD_TOKEN_ENDPOINT)"))?,
             };
-            Some(builder.build().map_err(|e| format!("configuration error: {e}"))?)
+            // A DPoP-bound caller's exchange proves this server's own key, where the
+            // authorization server takes DPoP: the downstream token is bound to it.
+            let signer = DpopSigner::generate().map_err(|e| format!("configuration error: {e}"))?;
+            Some(
+                builder
+                    .dpop(signer)
+                    .build()
+                    .map_err(|e| format!("configuration error: {e}"))?,
+            )
         }
     };
     let scopes = env("GUARD_REQUIRED_SCOPES").unwrap_or_else(|| "mcp:tools".to_owned());

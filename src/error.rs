@@ -110,6 +110,9 @@ pub enum ConfigError {
     /// wrong length, an empty or odd key id, or a key id used twice.
     #[error("invalid request-state key: {0}")]
     StateKey(&'static str),
+    /// A DPoP key for this server (feature `exchange`) is unusable.
+    #[error("invalid DPoP key: {0}")]
+    DpopKey(&'static str),
     /// The policy does not load (feature `policy`).
     #[cfg(feature = "policy")]
     #[error(transparent)]

@@ -7,6 +7,7 @@
 mod common;
 mod support;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -615,5 +616,215 @@ async fn the_test_client_speaks_dpop_with_nonces_in_both_protocols() {
         } else if let Err(error) = bearer {
             assert_eq!(error.status().map(|s| s.as_u16()), Some(401), "{protocol:?}: {error}");
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Token exchange for a DPoP-bound caller: the downstream token is bound to
+// this server's own key.
+
+/// One token request: the `DPoP` proof's key thumbprint and nonce (`None`:
+/// no proof).
+type SeenProof = Option<(String, Option<String>)>;
+
+/// What the token endpoint saw, request by request.
+#[derive(Clone, Default)]
+struct TokenEndpointLog(Arc<Mutex<Vec<SeenProof>>>);
+
+/// A proof's key thumbprint, after checking its signature, `typ`, `htm`
+/// and `htu` (and `ath` for `token`): what an authorization server or a
+/// downstream API does.
+fn check_proof(proof: &str, method: &str, htu: &str, token: Option<&str>) -> (String, Value) {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let parts: Vec<&str> = proof.split('.').collect();
+    assert_eq!(parts.len(), 3, "{proof}");
+    let header: Value = serde_json::from_slice(&b64.decode(parts[0]).unwrap()).unwrap();
+    let claims: Value = serde_json::from_slice(&b64.decode(parts[1]).unwrap()).unwrap();
+    assert_eq!(header["typ"], "dpop+jwt");
+    assert_eq!(header["alg"], "ES256");
+    assert!(header["jwk"].get("d").is_none(), "a public key only");
+    let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(header["jwk"].clone()).unwrap();
+    let key = jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap();
+    let message = format!("{}.{}", parts[0], parts[1]);
+    assert!(
+        jsonwebtoken::crypto::verify(parts[2], message.as_bytes(), &key, jsonwebtoken::Algorithm::ES256).unwrap(),
+        "the proof's signature verifies"
+    );
+    assert_eq!(claims["htm"], method);
+    assert_eq!(claims["htu"], htu);
+    if let Some(token) = token {
+        let ath = b64.encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
+        assert_eq!(claims["ath"], ath);
+    }
+    (
+        rmcp_guard_testkit::dpop::jwk_thumbprint(&header["jwk"]).unwrap(),
+        claims,
+    )
+}
+
+/// An RFC 8693 token endpoint that takes DPoP proofs with a nonce (RFC 9449
+/// sections 5 and 8): a proof without the nonce gets `use_dpop_nonce`; a
+/// good one a `DPoP` token; no proof a `Bearer` token.
+async fn dpop_token_endpoint(log: TokenEndpointLog, url: String, headers: http::HeaderMap) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let Some(proof) = headers.get("dpop").map(|p| p.to_str().unwrap().to_owned()) else {
+        log.0.lock().unwrap().push(None);
+        return axum::Json(json!({"access_token": "bearer-downstream", "token_type": "Bearer", "expires_in": 300}))
+            .into_response();
+    };
+    let (jkt, claims) = check_proof(&proof, "POST", &url, None);
+    let nonce = claims["nonce"].as_str().map(str::to_owned);
+    log.0.lock().unwrap().push(Some((jkt, nonce.clone())));
+    if nonce.as_deref() != Some("as-nonce-1") {
+        return (
+            http::StatusCode::BAD_REQUEST,
+            [("dpop-nonce", "as-nonce-1")],
+            axum::Json(json!({"error": "use_dpop_nonce"})),
+        )
+            .into_response();
+    }
+    axum::Json(json!({"access_token": "dpop-downstream", "token_type": "DPoP", "expires_in": 300})).into_response()
+}
+
+async fn json_body<B: http_body::Body>(response: http::Response<B>) -> Value
+where
+    B::Error: std::fmt::Debug,
+{
+    use http_body_util::BodyExt;
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+#[tokio::test]
+async fn a_dpop_bound_caller_gets_a_downstream_token_bound_to_the_servers_key() {
+    use rmcp_guard::oauth::{BearerAuthLayer, ClientAuth, DownstreamRequest, DpopSigner, InboundToken, TokenExchange};
+    use tower::{Layer, ServiceExt, service_fn};
+
+    let log = TokenEndpointLog::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let token_url = format!("http://{addr}/token");
+    let app = axum::Router::new().route(
+        "/token",
+        axum::routing::post({
+            let (log, url) = (log.clone(), token_url.clone());
+            move |headers: http::HeaderMap| dpop_token_endpoint(log.clone(), url.clone(), headers)
+        }),
+    );
+    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let signer = DpopSigner::generate().unwrap();
+    let exchange = TokenExchange::builder(&token_url, ClientAuth::client_secret("mcp", "secret").unwrap())
+        .dpop(signer.clone())
+        .build()
+        .unwrap();
+    let issuer = TestIssuer::start().await.unwrap();
+    let resource = "http://127.0.0.1:9/mcp";
+    let rs = ResourceServer::builder(resource, jwks(&issuer)).build().unwrap();
+    // The tool: exchange the caller's token, report how the downstream token is presented.
+    let tool = service_fn(move |request: http::Request<()>| {
+        let exchange = exchange.clone();
+        async move {
+            let ext = request.extensions();
+            let (principal, inbound) = (
+                ext.get::<Principal>().unwrap().clone(),
+                ext.get::<InboundToken>().unwrap().clone(),
+            );
+            let token = exchange
+                .exchange(&principal, &inbound, &DownstreamRequest::audience("api"))
+                .await
+                .unwrap();
+            let proof = token.dpop_proof(&http::Method::GET, "https://api.example.com/items?page=2");
+            let answer = json!({
+                "authorization": token.authorization_header().unwrap().to_str().unwrap(),
+                "bound": token.is_dpop_bound(),
+                "proof": proof.map(|p| p.to_str().unwrap().to_owned()),
+            });
+            Ok::<_, std::convert::Infallible>(http::Response::new(answer.to_string()))
+        }
+    });
+    let service = BearerAuthLayer::new(rs).keep_inbound_token().layer(tool);
+    let call = |authorization: String, proof: Option<String>| {
+        let mut request = http::Request::post("/mcp").header("authorization", authorization);
+        if let Some(proof) = proof {
+            request = request.header("dpop", proof);
+        }
+        service.clone().oneshot(request.body(()).unwrap())
+    };
+
+    // A DPoP-bound caller: the exchange carries a proof by the server's key
+    // (a second one with the endpoint's nonce), and the downstream token is DPoP.
+    let key = DpopKey::es256();
+    let bound = issuer.token().audience(resource).bound_to(&key).sign();
+    let response = call(
+        format!("DPoP {bound}"),
+        Some(key.proof("POST", resource).access_token(&bound).sign()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    let answer = json_body(response).await;
+    assert_eq!(answer["authorization"], "DPoP dpop-downstream");
+    assert_eq!(answer["bound"], true);
+    let (jkt, _) = check_proof(
+        answer["proof"].as_str().unwrap(),
+        "GET",
+        "https://api.example.com/items",
+        Some("dpop-downstream"),
+    );
+    assert_eq!(
+        jkt,
+        signer.thumbprint(),
+        "downstream calls prove the server's key, not the caller's"
+    );
+    assert_ne!(jkt, key.thumbprint());
+    assert_eq!(
+        *log.0.lock().unwrap(),
+        vec![
+            Some((signer.thumbprint().to_owned(), None)),
+            Some((signer.thumbprint().to_owned(), Some("as-nonce-1".to_owned()))),
+        ]
+    );
+
+    // A bearer caller: no proof at the token endpoint, a bearer token downstream.
+    let plain = issuer.token().audience(resource).sign();
+    let response = call(format!("Bearer {plain}"), None).await.unwrap();
+    let answer = json_body(response).await;
+    assert_eq!(answer["authorization"], "Bearer bearer-downstream");
+    assert_eq!(answer["bound"], false);
+    assert!(answer["proof"].is_null());
+    assert_eq!(log.0.lock().unwrap().last(), Some(&None));
+    server.abort();
+}
+
+#[tokio::test]
+async fn the_servers_key_is_used_only_where_the_authorization_server_takes_dpop() {
+    use rmcp_guard::oauth::{ClientAuth, DpopSigner, TokenExchange};
+    for (algs, used) in [
+        (Some(json!(["ES256", "EdDSA"])), true),
+        (Some(json!(["EdDSA"])), false),
+        (None, false),
+    ] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let issuer = format!("http://{}", listener.local_addr().unwrap());
+        let mut doc = json!({"issuer": issuer, "token_endpoint": format!("{issuer}/token")});
+        if let Some(algs) = &algs {
+            doc["dpop_signing_alg_values_supported"] = algs.clone();
+        }
+        let app = axum::Router::new().route(
+            "/.well-known/oauth-authorization-server",
+            axum::routing::get(move || async move { axum::Json(doc) }),
+        );
+        let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let exchange = TokenExchange::discover(&issuer, ClientAuth::client_secret("mcp", "secret").unwrap())
+            .await
+            .unwrap()
+            .dpop(DpopSigner::generate().unwrap())
+            .build()
+            .unwrap();
+        let shown = format!("{exchange:?}");
+        assert_eq!(shown.contains("dpop: Some(DpopSigner"), used, "{algs:?}: {shown}");
+        server.abort();
     }
 }

@@ -198,6 +198,10 @@ pub(crate) async fn send(client: reqwest::Client, request: HttpRequest) -> Resul
     if let Some(content_type) = response.headers().get(http::header::CONTENT_TYPE) {
         builder = builder.header(http::header::CONTENT_TYPE, content_type.clone());
     }
+    // A token endpoint's DPoP nonce (RFC 9449 section 8).
+    if let Some(nonce) = response.headers().get("dpop-nonce") {
+        builder = builder.header("dpop-nonce", nonce.clone());
+    }
     let mut body = Vec::new();
     while let Some(chunk) = response
         .chunk()
@@ -221,7 +225,7 @@ pub(crate) async fn discover_endpoint(
     http: &reqwest::Client,
     issuer: &str,
     field: &'static str,
-) -> Result<String, ConfigError> {
+) -> Result<(String, serde_json::Map<String, serde_json::Value>), ConfigError> {
     let fail = |reason: String| ConfigError::Discovery {
         issuer: issuer.to_owned(),
         reason,
@@ -255,7 +259,7 @@ pub(crate) async fn discover_endpoint(
             return Err(fail(format!("{candidate} has no {field}")));
         };
         super::url::parse_url(field, endpoint)?;
-        return Ok(endpoint.to_owned());
+        return Ok((endpoint.to_owned(), doc.clone()));
     }
     Err(fail(last))
 }

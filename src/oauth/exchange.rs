@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::client::{ClientAuth, default_http_client, send};
+use super::dpop::DpopSigner;
 use super::inbound::InboundToken;
 use crate::breaker::{Attempt, Breaker, BreakerConfig, Upstream};
 use crate::cache::{Flight, Limits, SingleFlight, Timestamp, TtlCache};
@@ -90,6 +91,9 @@ pub struct DownstreamToken {
 
 struct TokenInner {
     access_token: Zeroizing<String>,
+    /// The key the token is bound to (RFC 9449), when the authorization
+    /// server issued it as `DPoP`.
+    dpop: Option<DpopSigner>,
     audience: String,
     scopes: Vec<String>,
     issued_token_type: Option<String>,
@@ -113,12 +117,31 @@ impl DownstreamToken {
         &self.inner.access_token
     }
 
-    /// `Bearer <token>`, marked sensitive so that HTTP libraries do not log it.
+    /// `Bearer <token>`, or `DPoP <token>` for a DPoP-bound token (send
+    /// [`dpop_proof`](Self::dpop_proof) with it), marked sensitive so that
+    /// HTTP libraries do not log it.
     pub fn authorization_header(&self) -> Result<http::HeaderValue, http::header::InvalidHeaderValue> {
-        let value = Zeroizing::new(format!("Bearer {}", self.secret()));
+        let scheme = if self.inner.dpop.is_some() { "DPoP" } else { "Bearer" };
+        let value = Zeroizing::new(format!("{scheme} {}", self.secret()));
         let mut header = http::HeaderValue::from_str(&value)?;
         header.set_sensitive(true);
         Ok(header)
+    }
+
+    /// Whether the token is bound to this server's DPoP key (the
+    /// authorization server answered `token_type` `DPoP`).
+    pub fn is_dpop_bound(&self) -> bool {
+        self.inner.dpop.is_some()
+    }
+
+    /// For a DPoP-bound token, the `DPoP` header of one downstream request
+    /// (`method` and `url`; its query and fragment are not part of the
+    /// proof), with `ath` for this token and a fresh `jti`: a new proof for
+    /// every request. `None` for a bearer token.
+    pub fn dpop_proof(&self, method: &http::Method, url: &str) -> Option<http::HeaderValue> {
+        let signer = self.inner.dpop.as_ref()?;
+        let proof = signer.proof(method.as_str(), url, Some(self.secret()), None);
+        http::HeaderValue::from_str(&proof).ok()
     }
 
     /// What the token was asked for: the requested audience, or else the
@@ -327,6 +350,8 @@ struct Inner {
     auth: ClientAuth,
     http: reqwest::Client,
     actor: Option<(Zeroizing<String>, String)>,
+    /// This server's DPoP key, when the token endpoint takes DPoP proofs.
+    dpop: Option<DpopSigner>,
     refresh_margin: Duration,
     max_cache_ttl: Duration,
     cache: TtlCache<CacheKey, DownstreamToken>,
@@ -341,6 +366,7 @@ impl fmt::Debug for TokenExchange {
             .field("token_endpoint", &self.inner.client.token_uri().as_str())
             .field("client", &self.inner.auth)
             .field("actor_token", &self.inner.actor.as_ref().map(|_| "[REDACTED]"))
+            .field("dpop", &self.inner.dpop)
             .finish_non_exhaustive()
     }
 }
@@ -351,6 +377,10 @@ pub struct TokenExchangeBuilder {
     token_endpoint: String,
     auth: ClientAuth,
     actor: Option<(Zeroizing<String>, String)>,
+    dpop: Option<DpopSigner>,
+    /// The DPoP algorithms the discovered metadata advertises (`None`: not
+    /// discovered, the endpoint was given).
+    dpop_algorithms: Option<Vec<String>>,
     refresh_margin: Duration,
     max_cache_ttl: Duration,
     cache_capacity: usize,
@@ -378,6 +408,23 @@ impl TokenExchangeBuilder {
     /// Defaults to none (impersonation, as most providers implement it).
     pub fn actor_token(mut self, token: impl Into<String>, token_type: impl Into<String>) -> Self {
         self.actor = Some((Zeroizing::new(token.into()), token_type.into()));
+        self
+    }
+
+    /// Sender-constrain what this server obtains for DPoP-bound callers: when
+    /// the caller's token was DPoP-bound, the exchange request carries a
+    /// proof by `signer` (RFC 9449 section 5, `use_dpop_nonce` answered
+    /// once), so the authorization server can bind the downstream token to
+    /// this server's key instead of issuing a bearer token; a token it
+    /// issues as `DPoP` is then used with a fresh proof per downstream call
+    /// ([`DownstreamToken::dpop_proof`]). Used only where the authorization
+    /// server supports it: with [`TokenExchange::discover`], when its
+    /// metadata lists ES256 in `dpop_signing_alg_values_supported`; with
+    /// [`TokenExchange::builder`], as you say by calling this. Exchanges for
+    /// bearer callers, and client credentials, send no proof. Defaults to
+    /// none.
+    pub fn dpop(mut self, signer: DpopSigner) -> Self {
+        self.dpop = Some(signer);
         self
     }
 
@@ -453,6 +500,18 @@ impl TokenExchangeBuilder {
                 auth: self.auth,
                 http,
                 actor: self.actor,
+                dpop: match (self.dpop, &self.dpop_algorithms) {
+                    (Some(signer), Some(algs)) if !algs.iter().any(|a| a == "ES256") => {
+                        tracing::info!(
+                            token_endpoint = %self.token_endpoint,
+                            "the authorization server does not take ES256 DPoP proofs: downstream tokens are not \
+                             sender-constrained"
+                        );
+                        let _ = signer;
+                        None
+                    }
+                    (signer, _) => signer,
+                },
                 refresh_margin: self.refresh_margin,
                 max_cache_ttl: self.max_cache_ttl,
                 cache: TtlCache::new(Limits::entries(self.cache_capacity)),
@@ -479,6 +538,8 @@ impl TokenExchange {
             token_endpoint: token_endpoint.into(),
             auth: client,
             actor: None,
+            dpop: None,
+            dpop_algorithms: None,
             refresh_margin: Duration::from_secs(30),
             max_cache_ttl: Duration::from_secs(300),
             cache_capacity: 10_000,
@@ -495,9 +556,14 @@ impl TokenExchange {
     pub async fn discover(issuer: &str, client: ClientAuth) -> Result<TokenExchangeBuilder, ConfigError> {
         let builder = Self::builder(String::new(), client);
         let http = default_http_client(builder.http_timeout)?;
-        let endpoint = super::client::discover_endpoint(&http, issuer, "token_endpoint").await?;
+        let (endpoint, metadata) = super::client::discover_endpoint(&http, issuer, "token_endpoint").await?;
+        let dpop_algorithms = match metadata.get("dpop_signing_alg_values_supported") {
+            Some(serde_json::Value::Array(algs)) => algs.iter().filter_map(|a| a.as_str().map(str::to_owned)).collect(),
+            _ => Vec::new(),
+        };
         Ok(TokenExchangeBuilder {
             token_endpoint: endpoint,
+            dpop_algorithms: Some(dpop_algorithms),
             ..builder
         })
     }
@@ -553,7 +619,10 @@ impl TokenExchange {
                     Grant::Exchange {
                         principal,
                         subject_token,
-                    } => (this.request_exchange(subject_token, request).await, Some(*principal)),
+                    } => (
+                        this.request_exchange(principal, subject_token, request).await,
+                        Some(*principal),
+                    ),
                     Grant::ClientCredentials => (this.request_client_credentials(request).await, None),
                 };
                 if let Ok(token) = &result {
@@ -597,27 +666,54 @@ impl TokenExchange {
 
     async fn request_exchange(
         &self,
+        principal: &Principal,
         subject_token: &InboundToken,
         request: &DownstreamRequest,
     ) -> Result<DownstreamToken, ExchangeError> {
-        let http_request = self.exchange_request(subject_token, request)?;
+        // A DPoP-bound caller gets a downstream token bound to this server's key.
+        let signer = self
+            .inner
+            .dpop
+            .as_ref()
+            .filter(|_| principal.dpop_thumbprint().is_some());
+        let endpoint = self.inner.client.token_uri().as_str();
+        let mut nonce: Option<String> = None;
         let attempt = self.admit()?;
-        let response = match send(self.inner.http.clone(), http_request).await {
-            Ok(response) => response,
-            Err(e) => {
-                attempt.settle(false);
-                tracing::warn!(error = %e, "token exchange request failed");
-                return Err(ExchangeError::Unavailable);
+        // At most two requests: the second only to answer `use_dpop_nonce`.
+        for _ in 0..2 {
+            let proof = signer.map(|s| s.proof("POST", endpoint, None, nonce.as_deref()));
+            let http_request = self.exchange_request(subject_token, request, proof.as_deref())?;
+            let response = match send(self.inner.http.clone(), http_request).await {
+                Ok(response) => response,
+                Err(e) => {
+                    attempt.settle(false);
+                    tracing::warn!(error = %e, "token exchange request failed");
+                    return Err(ExchangeError::Unavailable);
+                }
+            };
+            if response.status() != http::StatusCode::OK {
+                let fresh = response
+                    .headers()
+                    .get("dpop-nonce")
+                    .and_then(|v| v.to_str().ok())
+                    .filter(|n| !n.is_empty() && n.len() <= 256 && nonce.as_deref() != Some(*n));
+                if let (Some(_), Some(fresh), ExchangeError::Refused(code)) =
+                    (signer, fresh, refusal(response.status(), response.body()))
+                    && code == "use_dpop_nonce"
+                {
+                    nonce = Some(fresh.to_owned());
+                    continue;
+                }
+                // A 4xx (`send` turned a 5xx into an error): the endpoint works.
+                attempt.settle(true);
+                return Err(refusal(response.status(), response.body()));
             }
-        };
-        if response.status() != http::StatusCode::OK {
-            // A 4xx (`send` turned a 5xx into an error): the endpoint works.
-            attempt.settle(true);
-            return Err(refusal(response.status(), response.body()));
+            let answer = serde_json::from_slice::<Answer>(response.body());
+            attempt.settle(answer.is_ok());
+            return downstream(&answer.map_err(|_| ExchangeError::InvalidResponse)?, request, signer);
         }
-        let answer = serde_json::from_slice::<Answer>(response.body());
-        attempt.settle(answer.is_ok());
-        downstream(&answer.map_err(|_| ExchangeError::InvalidResponse)?, request)
+        attempt.settle(true);
+        Err(ExchangeError::Refused("use_dpop_nonce".to_owned()))
     }
 
     /// The RFC 8693 request: a form POST to the token endpoint, client
@@ -627,6 +723,7 @@ impl TokenExchange {
         &self,
         subject_token: &InboundToken,
         request: &DownstreamRequest,
+        dpop_proof: Option<&str>,
     ) -> Result<oauth2::HttpRequest, ExchangeError> {
         let mut form = url::form_urlencoded::Serializer::new(String::new());
         form.append_pair("grant_type", TOKEN_EXCHANGE_GRANT);
@@ -651,6 +748,10 @@ impl TokenExchange {
             .uri(self.inner.client.token_uri().as_str())
             .header(http::header::ACCEPT, "application/json")
             .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        let builder = match dpop_proof {
+            Some(proof) => builder.header("dpop", proof),
+            None => builder,
+        };
         let builder = self
             .inner
             .auth
@@ -686,7 +787,7 @@ impl TokenExchange {
         let result = call.request_async(&|r| send(http.clone(), r)).await;
         attempt.settle(matches!(result, Ok(_) | Err(RequestTokenError::ServerResponse(_))));
         match result {
-            Ok(answer) => downstream(&answer, request),
+            Ok(answer) => downstream(&answer, request, None),
             Err(RequestTokenError::ServerResponse(e)) => Err(refused_code(e.error().as_ref())),
             Err(RequestTokenError::Request(e)) => {
                 tracing::warn!(error = %e, "client credentials request failed");
@@ -721,8 +822,19 @@ fn refused_code(code: &str) -> ExchangeError {
     ExchangeError::Refused(if safe { code.to_owned() } else { "unknown".to_owned() })
 }
 
-fn downstream(answer: &Answer, request: &DownstreamRequest) -> Result<DownstreamToken, ExchangeError> {
-    if !matches!(answer.token_type(), BasicTokenType::Bearer) || answer.access_token().secret().is_empty() {
+/// The token of a 200 answer: a bearer token, or (when the request carried
+/// a proof by `signer`) a DPoP-bound one.
+fn downstream(
+    answer: &Answer,
+    request: &DownstreamRequest,
+    signer: Option<&DpopSigner>,
+) -> Result<DownstreamToken, ExchangeError> {
+    let dpop = match answer.token_type() {
+        BasicTokenType::Bearer => None,
+        BasicTokenType::Extension(t) if t.eq_ignore_ascii_case("dpop") && signer.is_some() => signer.cloned(),
+        _ => return Err(ExchangeError::InvalidResponse),
+    };
+    if answer.access_token().secret().is_empty() {
         return Err(ExchangeError::InvalidResponse);
     }
     let scopes = match answer.scopes() {
@@ -732,6 +844,7 @@ fn downstream(answer: &Answer, request: &DownstreamRequest) -> Result<Downstream
     Ok(DownstreamToken {
         inner: Arc::new(TokenInner {
             access_token: Zeroizing::new(answer.access_token().secret().clone()),
+            dpop,
             audience: request.target().to_owned(),
             scopes,
             issued_token_type: answer.extra_fields().issued_token_type.clone(),
@@ -874,6 +987,7 @@ mod tests {
         let t = DownstreamToken {
             inner: Arc::new(TokenInner {
                 access_token: Zeroizing::new("downstream-secret".into()),
+                dpop: None,
                 audience: "a".into(),
                 scopes: vec![],
                 issued_token_type: None,
@@ -933,9 +1047,33 @@ mod tests {
             "expires_in": u64::MAX,
         }))
         .unwrap();
-        let token = downstream(&answer, &DownstreamRequest::audience("x")).unwrap();
+        let token = downstream(&answer, &DownstreamRequest::audience("x"), None).unwrap();
         // Unknown, so never cached.
         assert_eq!(token.expires_at(), None);
+    }
+
+    #[test]
+    fn a_dpop_token_is_taken_only_after_sending_a_proof() {
+        let answer: Answer = serde_json::from_value(serde_json::json!({
+            "access_token": "downstream",
+            "token_type": "DPoP",
+            "expires_in": 60,
+        }))
+        .unwrap();
+        let request = DownstreamRequest::audience("x");
+        assert_eq!(
+            downstream(&answer, &request, None).unwrap_err(),
+            ExchangeError::InvalidResponse
+        );
+        let signer = DpopSigner::generate().unwrap();
+        let token = downstream(&answer, &request, Some(&signer)).unwrap();
+        assert!(token.is_dpop_bound());
+        assert_eq!(token.authorization_header().unwrap(), "DPoP downstream");
+        assert!(
+            token
+                .dpop_proof(&http::Method::GET, "https://api.example.com/x")
+                .is_some()
+        );
     }
 
     #[test]

@@ -53,6 +53,9 @@ pub use client::ClientAuth;
 #[cfg_attr(docsrs, doc(cfg(feature = "introspection")))]
 pub use config::IntrospectionConfig;
 pub use config::{DEFAULT_ALGORITHMS, KeyRefresh, TokenCacheConfig, TokenRules};
+#[cfg(feature = "exchange")]
+#[cfg_attr(docsrs, doc(cfg(feature = "exchange")))]
+pub use dpop::DpopSigner;
 pub use dpop::{
     DEFAULT_DPOP_ALGORITHMS, DEFAULT_REPLAY_PER_CALLER, DEFAULT_REPLAY_TOTAL, DpopConfig, DpopMode, DpopNonces,
 };

@@ -12,6 +12,7 @@
 //! | `mod` | [`DpopConfig`], [`DpopMode`]: what this resource server demands; the binding rules |
 //! | `proof` | checking one proof JWT (RFC 9449 section 4.3) |
 //! | `nonce` | [`DpopNonces`]: server-provided nonces (section 8) |
+//! | `signer` | `DpopSigner`: this server's own key, for downstream tokens (feature `exchange`) |
 //!
 //! What is checked, in order, on every request that presents a token
 //! (cached tokens included: the verified-token cache never lets a bound
@@ -45,6 +46,8 @@
 
 mod nonce;
 mod proof;
+#[cfg(feature = "exchange")]
+mod signer;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,6 +57,8 @@ use serde_json::Value;
 
 pub use nonce::DpopNonces;
 pub(crate) use proof::{Expected, VerifiedProof, normalize_htu, verify};
+#[cfg(feature = "exchange")]
+pub use signer::DpopSigner;
 
 use crate::error::{AuthError, ConfigError, TokenRejection};
 use crate::principal::Principal;
