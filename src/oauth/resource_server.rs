@@ -464,6 +464,8 @@ impl ResourceServer {
         match replay.first_use(entry).await {
             Ok(()) => Ok(()),
             Err(StateError::Replayed) => Err(AuthError::InvalidDpopProof(crate::error::DpopRejection::Replayed)),
+            // Past its window by the store's clock (a replica's clock ahead of this one's).
+            Err(StateError::Expired) => Err(AuthError::InvalidDpopProof(crate::error::DpopRejection::Stale)),
             Err(_) => Err(AuthError::DpopReplayUnavailable { retry_after_secs: 1 }),
         }
     }
