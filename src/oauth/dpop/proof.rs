@@ -45,7 +45,7 @@ const PRIVATE_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"]
 
 /// The RSA modulus sizes accepted, in bits.
 const RSA_MIN_BITS: usize = 2048;
-const RSA_MAX_BITS: usize = 8192;
+const RSA_MAX_BITS: usize = 4096;
 
 fn reject(r: DpopRejection) -> AuthError {
     AuthError::InvalidDpopProof(r)
@@ -170,7 +170,7 @@ pub(crate) fn verify(proof: &str, expected: &Expected<'_>) -> Result<VerifiedPro
 }
 
 /// The verification key of a proof's `jwk` header for `alg`, and its RFC
-/// 7638 thumbprint. Public keys only; RSA of 2048 to 8192 bits; the key
+/// 7638 thumbprint. Public keys only; RSA of 2048 to 4096 bits; the key
 /// type and curve must be those of `alg`.
 fn public_key(jwk: &Map<String, Value>, alg: Algorithm) -> Result<(DecodingKey, String), AuthError> {
     if PRIVATE_MEMBERS.iter().any(|m| jwk.contains_key(*m)) {
