@@ -92,6 +92,7 @@ use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{ServerCapabilities, ServerConfig};
 use rmcp::{ErrorData, ServerHandler, schemars, tool, tool_handler, tool_router};
+use rmcp_guard::integrity::ScanPolicy;
 use rmcp_guard::limit::{Rate, RequestLimits};
 use rmcp_guard::oauth::{
     ClientAuth, DownstreamTokens, DpopConfig, DpopMode, DpopNonces, DpopSigner, HostPolicy, Issuer, ResourceServer,
@@ -441,6 +442,15 @@ fn shared_store(resource: &str) -> Result<SharedStore, String> {
 }
 
 async fn settings() -> Result<Settings, String> {
+    // What this server tells the model about its tools is checked before it
+    // serves: a poisoned definition (hidden instructions, local secrets,
+    // rules for other tools...) refuses to start (rmcp_guard::integrity).
+    let warnings = ScanPolicy::default()
+        .check(&Tools::tool_router().list_all())
+        .map_err(|refused| refused.to_string())?;
+    for finding in warnings {
+        tracing::warn!(tool = %finding.tool, rule = %finding.rule, "tool definition finding");
+    }
     let bind = env("GUARD_BIND").unwrap_or_else(|| "127.0.0.1:8080".to_owned());
     bind.parse::<std::net::SocketAddr>()
         .map_err(|_| format!("GUARD_BIND is not a socket address: {bind}"))?;

@@ -30,6 +30,8 @@ pub mod oauth;
 #[cfg(feature = "jwt")]
 pub mod session;
 
+#[cfg(feature = "integrity")]
+pub mod integrity;
 #[cfg(feature = "policy")]
 pub mod policy;
 

@@ -1,0 +1,23 @@
+//! Tool integrity (feature `integrity`): what a server's tool definitions
+//! say to the model.
+//!
+//! MCP clients put every tool's name, description and schema into the
+//! model's context. A definition can carry instructions the user never sees
+//! (tool poisoning), give rules for another tool (shadowing), or point the
+//! model at local secrets and an address to send them to. The definitions
+//! are the server author's, so this is where they can be checked before
+//! anyone connects: [`scan`] them, and let a [`ScanPolicy`] decide at
+//! start-up what refuses to serve (`secure_server` does), or call it from a
+//! test. `examples/scan_tools.rs` scans a `tools/list` result from a file.
+//!
+//! | file | concept |
+//! |---|---|
+//! | `scan` | [`scan`], [`Rule`], [`Severity`], [`Finding`], [`ScanPolicy`] |
+//!
+//! The rules are heuristics with documented severities ([`Rule`]); their
+//! rates on a corpus of poisoned definitions and of definitions of widely
+//! used public MCP servers are measured by `tests/integrity_scan.rs`.
+
+mod scan;
+
+pub use scan::{Action, Finding, Rule, ScanPolicy, ScanRefused, Severity, scan, scan_json};
