@@ -35,6 +35,7 @@
 //! | `GUARD_ALLOWED_ORIGINS` | browser `Origin` values accepted (`scheme://host[:port]`, comma-separated) | the origin of `GUARD_RESOURCE` |
 //! | `GUARD_DPOP` | DPoP (RFC 9449): `off`, `allowed` (bound tokens must come with a proof by their key; bearer tokens still accepted) or `required` (every token DPoP-bound) | `allowed` |
 //! | `GUARD_DPOP_NONCE_KEY_FILE` | require server nonces in DPoP proofs, derived from this key (32 bytes in base64); give every replica the same file | unset: no nonces |
+//! | `GUARD_TOOLS_LOCK` | refuse to start unless the tool definitions are those pinned in this lock file (`secure_server --write-tools-lock PATH` writes it and exits) | unset: not checked (the digest is published either way) |
 //! | `GUARD_REDIS_URL` | `redis://[user:password@]host:port[/db]`: rate limits, session bindings, single-use confirmations and revocations shared by every replica ([docs/fleet.md](../docs/fleet.md)) | unset: this process's memory (one replica) |
 //! | `GUARD_REDIS_PREFIX` | prefix of every Redis key: replicas of one server share it, two servers sharing a Redis must not | `rmcp-guard:{GUARD_RESOURCE}:` |
 //! | `GUARD_REDIS_TIMEOUT_MS` | the longest a request waits for one Redis command (1 to 10000); past it, or while Redis is down, what needs Redis is refused with 503 | `50` |
@@ -92,7 +93,7 @@ use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{ServerCapabilities, ServerConfig};
 use rmcp::{ErrorData, ServerHandler, schemars, tool, tool_handler, tool_router};
-use rmcp_guard::integrity::ScanPolicy;
+use rmcp_guard::integrity::{DefinitionsLock, ScanPolicy};
 use rmcp_guard::limit::{Rate, RequestLimits};
 use rmcp_guard::oauth::{
     ClientAuth, DownstreamTokens, DpopConfig, DpopMode, DpopNonces, DpopSigner, HostPolicy, Issuer, ResourceServer,
@@ -333,6 +334,7 @@ struct Settings {
     request_state_ttl: std::time::Duration,
     state_keys: StateKeys,
     store: SharedStore,
+    definitions: DefinitionsLock,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -441,6 +443,11 @@ fn shared_store(resource: &str) -> Result<SharedStore, String> {
     SharedStore::redis(config).map_err(|e| format!("GUARD_REDIS_URL: {e}"))
 }
 
+/// The lock of the definitions this server lists.
+fn definitions_lock() -> DefinitionsLock {
+    DefinitionsLock::new(&Tools::tool_router().list_all(), &[], &[])
+}
+
 async fn settings() -> Result<Settings, String> {
     // What this server tells the model about its tools is checked before it
     // serves: a poisoned definition (hidden instructions, local secrets,
@@ -450,6 +457,15 @@ async fn settings() -> Result<Settings, String> {
         .map_err(|refused| refused.to_string())?;
     for finding in warnings {
         tracing::warn!(tool = %finding.tool, rule = %finding.rule, "tool definition finding");
+    }
+    // Against rug pulls: the definitions served are the ones reviewed and pinned.
+    let definitions = definitions_lock();
+    if let Some(path) = env("GUARD_TOOLS_LOCK") {
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("GUARD_TOOLS_LOCK: cannot read {path}: {e}"))?;
+        let pinned = DefinitionsLock::parse(&text).map_err(|e| format!("GUARD_TOOLS_LOCK: {path}: {e}"))?;
+        pinned.verify(&definitions).map_err(|e| {
+            format!("GUARD_TOOLS_LOCK: {e} (review them, then `secure_server --write-tools-lock {path}`)")
+        })?;
     }
     let bind = env("GUARD_BIND").unwrap_or_else(|| "127.0.0.1:8080".to_owned());
     bind.parse::<std::net::SocketAddr>()
@@ -600,6 +616,7 @@ async fn settings() -> Result<Settings, String> {
         secret_template,
         max_sessions_per_principal,
         limits,
+        definitions,
     })
 }
 
@@ -627,6 +644,24 @@ async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // `--write-tools-lock PATH`: pin the reviewed definitions and exit.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.as_slice() {
+        [] => {}
+        [flag, path] if flag == "--write-tools-lock" => {
+            return match std::fs::write(path, definitions_lock().to_json()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("secure_server: cannot write {path}: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        _ => {
+            eprintln!("usage: secure_server [--write-tools-lock PATH] (configured from GUARD_* variables)");
+            return ExitCode::from(2);
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
@@ -665,7 +700,8 @@ async fn main() -> ExitCode {
         .credentials(credentials)
         .limits(settings.limits)
         // Replicas seal with the same key (`GUARD_REQUEST_STATE_KEY_FILE`).
-        .request_state(RequestStateSealer::new(settings.state_keys).ttl(settings.request_state_ttl));
+        .request_state(RequestStateSealer::new(settings.state_keys).ttl(settings.request_state_ttl))
+        .definitions_lock(&settings.definitions);
     guard = if settings.stateless {
         guard.stateless()
     } else {

@@ -61,6 +61,9 @@ pub struct Guard {
     #[cfg(feature = "policy")]
     request_state: Option<crate::state::RequestStateSealer>,
     store: crate::store::SharedStore,
+    /// The digest of the pinned definitions, published as an extension.
+    #[cfg(feature = "integrity")]
+    definitions_digest: Option<String>,
 }
 
 impl Guard {
@@ -78,8 +81,23 @@ impl Guard {
             #[cfg(feature = "policy")]
             request_state: None,
             store: crate::store::SharedStore::memory(),
+            #[cfg(feature = "integrity")]
+            definitions_digest: None,
             rs,
         }
+    }
+
+    /// Publish the digest of the server's pinned definitions (feature
+    /// `integrity`): `server/discover` and `initialize` list the extension
+    /// [`DEFINITIONS_LOCK_EXTENSION`](crate::integrity::DEFINITIONS_LOCK_EXTENSION)
+    /// with `{"sha256": "<hex>"}`, so a client can pin what it was shown.
+    /// Verify the definitions against the lock before serving
+    /// ([`DefinitionsLock::verify`](crate::integrity::DefinitionsLock::verify)).
+    /// Defaults to none.
+    #[cfg(feature = "integrity")]
+    pub fn definitions_lock(mut self, lock: &crate::integrity::DefinitionsLock) -> Self {
+        self.definitions_digest = Some(lock.digest().to_owned());
+        self
     }
 
     /// Decide every call, read, get and listing with `engine`, and answer
@@ -217,7 +235,15 @@ impl Guard {
         #[cfg(not(feature = "policy"))]
         let policy = None;
         let limits = self.limits.with_policy(policy).with_store(&self.store);
-        let extensions = Arc::new(supported_extensions(&self.rs));
+        #[allow(unused_mut)]
+        let mut extensions = supported_extensions(&self.rs);
+        #[cfg(feature = "integrity")]
+        if let Some(digest) = &self.definitions_digest {
+            let mut settings = rmcp::model::JsonObject::new();
+            settings.insert("sha256".to_owned(), serde_json::Value::String(digest.clone()));
+            extensions.insert(crate::integrity::DEFINITIONS_LOCK_EXTENSION.to_owned(), settings);
+        }
+        let extensions = Arc::new(extensions);
         #[cfg(feature = "policy")]
         let mut mcp = match self.policy.clone() {
             Some(engine) => {

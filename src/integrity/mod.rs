@@ -10,14 +10,23 @@
 //! start-up what refuses to serve (`secure_server` does), or call it from a
 //! test. `examples/scan_tools.rs` scans a `tools/list` result from a file.
 //!
+//! A definition that changes after it was reviewed (a rug pull) is caught
+//! by pinning: a [`DefinitionsLock`] written when the definitions are
+//! reviewed, committed, and verified at start-up; its digest is published
+//! ([`Guard::definitions_lock`](crate::Guard::definitions_lock)) so clients
+//! can pin it too.
+//!
 //! | file | concept |
 //! |---|---|
 //! | `scan` | [`scan`], [`Rule`], [`Severity`], [`Finding`], [`ScanPolicy`] |
+//! | `lock` | [`DefinitionsLock`]: the definitions pinned by digest (rug pulls) |
 //!
 //! The rules are heuristics with documented severities ([`Rule`]); their
 //! rates on a corpus of poisoned definitions and of definitions of widely
 //! used public MCP servers are measured by `tests/integrity_scan.rs`.
 
+mod lock;
 mod scan;
 
+pub use lock::{DEFINITIONS_LOCK_EXTENSION, DefinitionsLock, LOCK_VERSION, LockFileError, LockMismatch};
 pub use scan::{Action, Finding, Rule, ScanPolicy, ScanRefused, Severity, scan, scan_json};
