@@ -219,6 +219,19 @@ pub enum AuditEvent<'a> {
         /// The `Retry-After` given, in seconds.
         retry_after_secs: u64,
     },
+    /// A tool call refused before its tool ran for its arguments (feature
+    /// `integrity`, [`ArgumentGuard`](crate::integrity::ArgumentGuard)):
+    /// never the values.
+    Arguments {
+        /// The caller, when the request has one.
+        principal: Option<&'a Principal>,
+        /// Deny.
+        outcome: Outcome,
+        /// `arguments_too_large` or `arguments_invalid`.
+        reason: &'a str,
+        /// The tool.
+        resource: &'a str,
+    },
     /// A revocation was made (see the `revoke` module): identifiers only,
     /// never token material.
     Revocation {
@@ -277,6 +290,7 @@ impl AuditEvent<'_> {
             AuditEvent::TokenExchange { .. } => "token_exchange",
             AuditEvent::Confirmation { .. } => "confirmation",
             AuditEvent::Limit { .. } => "limit",
+            AuditEvent::Arguments { .. } => "arguments",
             AuditEvent::Revocation { .. } => "revocation",
             AuditEvent::Circuit { .. } => "circuit",
         }
@@ -438,6 +452,22 @@ impl AuditEvent<'_> {
                 tenant = principal.tenant(),
                 resource,
                 retry_after_secs,
+            ),
+            AuditEvent::Arguments {
+                principal,
+                outcome,
+                reason,
+                resource,
+            } => tracing::info!(
+                target: TARGET,
+                event,
+                outcome = outcome.as_str(),
+                reason,
+                subject = principal.map(Principal::subject),
+                client_id = principal.and_then(Principal::client_id),
+                issuer = principal.map(Principal::issuer),
+                tenant = principal.and_then(Principal::tenant),
+                resource,
             ),
             AuditEvent::Revocation {
                 outcome,

@@ -42,6 +42,7 @@ use crate::session::SessionBindingLayer;
 /// | [`StepUpLayer`](crate::policy::StepUpLayer) | 403 `insufficient_scope` before rmcp when the policy names missing scopes | with a policy |
 /// | rmcp's `StreamableHttpService` | Host/Origin checks from the resource URI ([`HostPolicy`](crate::oauth::HostPolicy)) | always |
 /// | [`Guarded`](crate::policy::Guarded) | every call, read, get and listing decided by the policy; the user's confirmation where the policy asks for it | with a policy |
+/// | [`ArgumentGuard`](crate::integrity::ArgumentGuard) | a call's arguments at most 1 MiB and valid against the tool's `inputSchema` ([`Guard::arguments`]) | feature `integrity` |
 /// | [`Advertised`] | adds the extensions the resource server supports (client credentials) to `server/discover` and `initialize` | always |
 /// | your handler | tools take [`Principal`](crate::Principal), [`CallerCredentials`](crate::secrets::CallerCredentials), [`DownstreamTokens`](crate::oauth::DownstreamTokens) | always |
 ///
@@ -64,6 +65,8 @@ pub struct Guard {
     /// The digest of the pinned definitions, published as an extension.
     #[cfg(feature = "integrity")]
     definitions_digest: Option<String>,
+    #[cfg(feature = "integrity")]
+    arguments: crate::integrity::ArgumentLimits,
 }
 
 impl Guard {
@@ -83,8 +86,21 @@ impl Guard {
             store: crate::store::SharedStore::memory(),
             #[cfg(feature = "integrity")]
             definitions_digest: None,
+            #[cfg(feature = "integrity")]
+            arguments: crate::integrity::ArgumentLimits::default(),
             rs,
         }
+    }
+
+    /// How tool arguments are checked before the tool runs (feature
+    /// `integrity`, [`ArgumentGuard`](crate::integrity::ArgumentGuard),
+    /// inside the policy). Defaults to
+    /// [`ArgumentLimits::default`](crate::integrity::ArgumentLimits::default):
+    /// at most 1 MiB, valid against the tool's `inputSchema`.
+    #[cfg(feature = "integrity")]
+    pub fn arguments(mut self, limits: crate::integrity::ArgumentLimits) -> Self {
+        self.arguments = limits;
+        self
     }
 
     /// Publish the digest of the server's pinned definitions (feature
@@ -244,6 +260,10 @@ impl Guard {
             extensions.insert(crate::integrity::DEFINITIONS_LOCK_EXTENSION.to_owned(), settings);
         }
         let extensions = Arc::new(extensions);
+        #[cfg(feature = "integrity")]
+        let arguments = self.arguments;
+        #[cfg(not(feature = "integrity"))]
+        let arguments = ();
         #[cfg(feature = "policy")]
         let mut mcp = match self.policy.clone() {
             Some(engine) => {
@@ -252,7 +272,7 @@ impl Guard {
                 let bound = stateful.is_some();
                 let factory = move || {
                     factory().map(|h| {
-                        let mut guarded = crate::policy::Guarded::new(h, engine.clone());
+                        let mut guarded = crate::policy::Guarded::new(checked(h, arguments), engine.clone());
                         if let Some(sealer) = &sealer {
                             guarded = guarded.request_state(sealer.clone());
                         }
@@ -265,13 +285,15 @@ impl Guard {
                 mcp_router(&path, factory, stateful, config, Some(step_up))
             }
             None => {
-                let factory = move || factory().map(|h| Advertised::with_extensions(h, extensions.clone()));
+                let factory =
+                    move || factory().map(|h| Advertised::with_extensions(checked(h, arguments), extensions.clone()));
                 mcp_router(&path, factory, stateful, config, None)
             }
         };
         #[cfg(not(feature = "policy"))]
         let mut mcp = {
-            let factory = move || factory().map(|h| Advertised::with_extensions(h, extensions.clone()));
+            let factory =
+                move || factory().map(|h| Advertised::with_extensions(checked(h, arguments), extensions.clone()));
             mcp_router(&path, factory, stateful, config, None)
         };
         if let Some(sessions) = sessions {
@@ -327,6 +349,22 @@ fn fleet_sealer(
     }
     let _ = store;
     sealer
+}
+
+/// The handler with its tool arguments checked (feature `integrity`).
+#[cfg(feature = "integrity")]
+type Checked<H> = crate::integrity::ArgumentGuard<H>;
+#[cfg(not(feature = "integrity"))]
+type Checked<H> = H;
+
+#[cfg(feature = "integrity")]
+fn checked<H>(handler: H, limits: crate::integrity::ArgumentLimits) -> Checked<H> {
+    crate::integrity::ArgumentGuard::new(handler, limits)
+}
+
+#[cfg(not(feature = "integrity"))]
+fn checked<H>(handler: H, _: ()) -> Checked<H> {
+    handler
 }
 
 /// The MCP extensions `rs` supports, for [`Advertised`]: client credentials

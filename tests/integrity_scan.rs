@@ -7,6 +7,7 @@
 //! medium or high, <= 5 % of the clean. Also runs `examples/scan_tools`
 //! as a user does.
 
+mod common;
 mod support;
 
 use std::collections::BTreeMap;
@@ -211,4 +212,38 @@ fn the_start_up_check_refuses_a_poisoned_server_unless_reviewed() {
     assert!(reviewed.check(&tools).is_ok());
     let warn_only = ScanPolicy::default().severity(Severity::High, Action::Warn);
     assert_eq!(warn_only.check(&tools).unwrap().len(), refused.findings.len());
+}
+
+/// Issue 14, the argument guard: over HTTP, through `Guard` (the tests'
+/// echo server), a call's arguments are bounded and valid against the
+/// tool's schema before the tool runs; the refusal is a tool error the
+/// model can act on.
+#[tokio::test]
+async fn arguments_are_bounded_and_checked_against_the_schema_before_the_tool_runs() {
+    use common::*;
+    let issuer = rmcp_guard_testkit::TestIssuer::start().await.unwrap();
+    let server = start_guarded(&issuer).await;
+    let token = token_for(&issuer, &server).sign();
+    let call = |arguments: Value| {
+        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                          "params": {"name": "echo", "arguments": arguments}});
+        let request = mcp_post(&client(), &server.url, &body).bearer_auth(&token);
+        async move {
+            let reply = Reply::read(request.send().await.unwrap()).await;
+            assert_eq!(reply.status, 200, "{reply:?}");
+            let v: Value = serde_json::from_str(&reply.body).unwrap();
+            (v["result"]["isError"] == json!(true), reply.tool_text())
+        }
+    };
+    assert_eq!(call(json!({"text": "fine"})).await, (false, "fine".to_owned()));
+    let (error, text) = call(json!({"text": 42})).await;
+    assert!(
+        error && text.starts_with("invalid arguments at /text: 42 is not of type"),
+        "{text}"
+    );
+    let (error, text) = call(json!({})).await;
+    assert!(error && text.contains("\"text\" is a required property"), "{text}");
+    let (error, text) = call(json!({"text": "x".repeat(1100 * 1024)})).await;
+    assert!(error && text.starts_with("arguments too large: "), "{text}");
+    assert!(text.len() < 200, "nothing of the arguments is echoed: {text}");
 }

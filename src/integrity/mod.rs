@@ -20,13 +20,16 @@
 //! |---|---|
 //! | `scan` | [`scan`], [`Rule`], [`Severity`], [`Finding`], [`ScanPolicy`] |
 //! | `lock` | [`DefinitionsLock`]: the definitions pinned by digest (rug pulls) |
+//! | `arguments` | [`ArgumentGuard`]: arguments bounded and valid against the tool's schema before it runs |
 //!
 //! The rules are heuristics with documented severities ([`Rule`]); their
 //! rates on a corpus of poisoned definitions and of definitions of widely
 //! used public MCP servers are measured by `tests/integrity_scan.rs`.
 
+mod arguments;
 mod lock;
 mod scan;
 
+pub use arguments::{ArgumentGuard, ArgumentLimits, DEFAULT_MAX_ARGUMENT_BYTES};
 pub use lock::{DEFINITIONS_LOCK_EXTENSION, DefinitionsLock, LOCK_VERSION, LockFileError, LockMismatch};
 pub use scan::{Action, Finding, Rule, ScanPolicy, ScanRefused, Severity, scan, scan_json};

@@ -1,0 +1,450 @@
+//! [`ArgumentGuard`]: a tool call's arguments are bounded in size and valid
+//! against the tool's input schema before the tool runs.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use rmcp::ServerHandler;
+use rmcp::model::*;
+use rmcp::service::{MaybeSendFuture, NotificationContext, RequestContext, RoleServer, SubscriptionContext};
+
+use crate::audit::{AuditEvent, Outcome};
+use crate::principal::Principal;
+
+type McpError = rmcp::ErrorData;
+
+/// The size bound and schema check of [`ArgumentGuard`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub struct ArgumentLimits {
+    max_bytes: usize,
+    schema: bool,
+}
+
+/// The default bound of a tool call's arguments: 1 MiB of JSON.
+pub const DEFAULT_MAX_ARGUMENT_BYTES: usize = 1024 * 1024;
+
+impl Default for ArgumentLimits {
+    /// At most [`DEFAULT_MAX_ARGUMENT_BYTES`], checked against the schema.
+    fn default() -> Self {
+        ArgumentLimits {
+            max_bytes: DEFAULT_MAX_ARGUMENT_BYTES,
+            schema: true,
+        }
+    }
+}
+
+impl ArgumentLimits {
+    /// The largest arguments accepted, as JSON (1 byte to 4 MiB, rmcp's
+    /// request bound). Defaults to [`DEFAULT_MAX_ARGUMENT_BYTES`].
+    pub fn max_bytes(mut self, bytes: usize) -> Self {
+        self.max_bytes = bytes.clamp(1, 4 * 1024 * 1024);
+        self
+    }
+
+    /// Whether arguments are checked against the tool's `inputSchema`.
+    /// Defaults to `true`.
+    pub fn schema(mut self, check: bool) -> Self {
+        self.schema = check;
+        self
+    }
+}
+
+/// How many tools' compiled schemas are kept.
+const MAX_VALIDATORS: usize = 1024;
+
+/// An rmcp handler that refuses a `tools/call` whose arguments are larger
+/// than [`ArgumentLimits::max_bytes`] or not valid against the tool's
+/// `inputSchema` (as the inner handler's
+/// [`get_tool`](ServerHandler::get_tool) gives it, as rmcp's tool router
+/// does), before the tool runs. The refusal is a tool error (`isError`, as
+/// MCP asks for input errors, so the model can correct itself) naming the
+/// first invalid place (`/path: message`, at most 200 characters), and an
+/// audit event `arguments` (reason `arguments_too_large` or
+/// `arguments_invalid`, never the values). Every other method goes to the
+/// inner handler unchanged.
+///
+/// Schemas are compiled once per tool (at most 1024 kept); a `pattern` is
+/// matched by the `regex` crate (linear time: a schema's pattern cannot be
+/// made to backtrack on a caller's input); a schema that does not compile
+/// that way (or names a remote `$ref`) refuses every call of its tool (fail
+/// closed), with an error log naming the tool. A tool the inner handler
+/// does not describe through `get_tool` gets the size check only.
+///
+/// [`Guard`](crate::Guard) installs it inside the policy (a caller who may
+/// not call a tool learns nothing of its schema) with
+/// [`ArgumentLimits::default`]; see [`Guard::arguments`](crate::Guard::arguments).
+#[derive(Clone)]
+pub struct ArgumentGuard<S> {
+    inner: S,
+    limits: ArgumentLimits,
+    validators: Arc<Mutex<HashMap<String, Compiled>>>,
+}
+
+/// A tool's compiled schema, with the schema it was compiled from (a tool
+/// whose schema changes is compiled again).
+#[derive(Clone)]
+struct Compiled {
+    schema: Arc<JsonObject>,
+    validator: Option<Arc<jsonschema::Validator>>,
+}
+
+impl<S> std::fmt::Debug for ArgumentGuard<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArgumentGuard")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> ArgumentGuard<S> {
+    /// Guard `inner`'s tool calls with `limits`.
+    pub fn new(inner: S, limits: ArgumentLimits) -> Self {
+        ArgumentGuard {
+            inner,
+            limits,
+            validators: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// The compiled schema of `tool`, compiled now if new or changed.
+    fn validator(&self, tool: &Tool) -> Option<Arc<jsonschema::Validator>> {
+        let mut validators = crate::cache::lock(&self.validators);
+        if let Some(compiled) = validators.get(tool.name.as_ref())
+            && (Arc::ptr_eq(&compiled.schema, &tool.input_schema) || compiled.schema == tool.input_schema)
+        {
+            return compiled.validator.clone();
+        }
+        let schema = serde_json::Value::Object((*tool.input_schema).clone());
+        let validator = jsonschema::options()
+            .with_pattern_options(jsonschema::PatternOptions::regex())
+            .build(&schema)
+            .map(Arc::new)
+            .map_err(|e| {
+                tracing::error!(tool = %tool.name, error = %e, "the tool's input schema does not compile: every call is refused");
+            })
+            .ok();
+        if validators.len() >= MAX_VALIDATORS {
+            validators.clear();
+        }
+        validators.insert(
+            tool.name.to_string(),
+            Compiled {
+                schema: tool.input_schema.clone(),
+                validator: validator.clone(),
+            },
+        );
+        validator
+    }
+}
+
+impl<S: ServerHandler> ArgumentGuard<S> {
+    /// Why `request` may not reach its tool, if it may not.
+    fn refusal(&self, request: &CallToolRequestParams) -> Option<(&'static str, String)> {
+        let arguments = serde_json::Value::Object(request.arguments.clone().unwrap_or_default());
+        let bytes = serde_json::to_vec(&arguments).map_or(usize::MAX, |b| b.len());
+        if bytes > self.limits.max_bytes {
+            return Some((
+                "arguments_too_large",
+                format!(
+                    "arguments too large: {bytes} bytes, at most {} for a tool call",
+                    self.limits.max_bytes
+                ),
+            ));
+        }
+        if !self.limits.schema {
+            return None;
+        }
+        let tool = self.inner.get_tool(&request.name)?;
+        let Some(validator) = self.validator(&tool) else {
+            return Some((
+                "arguments_invalid",
+                "this tool's input schema cannot be checked; the call is refused".to_owned(),
+            ));
+        };
+        let error = validator.iter_errors(&arguments).next()?;
+        let path = error.instance_path.to_string();
+        let mut message = format!(
+            "invalid arguments at {}: {error}",
+            if path.is_empty() { "/" } else { &path }
+        );
+        if message.chars().count() > 200 {
+            message = message.chars().take(199).collect::<String>() + "…";
+        }
+        Some(("arguments_invalid", message))
+    }
+}
+
+fn audit(context: &RequestContext<RoleServer>, tool: &str, reason: &str) {
+    let principal = context
+        .extensions
+        .get::<http::request::Parts>()
+        .and_then(|p| p.extensions.get::<Principal>())
+        .or_else(|| context.extensions.get::<Principal>());
+    AuditEvent::Arguments {
+        principal,
+        outcome: Outcome::Deny,
+        reason,
+        resource: tool,
+    }
+    .emit();
+}
+
+#[allow(deprecated)] // every other method goes to the inner handler, the deprecated ones too
+impl<S: ServerHandler> ServerHandler for ArgumentGuard<S> {
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        if let Some((reason, message)) = self.refusal(&request) {
+            audit(&context, &request.name, reason);
+            return Ok(CallToolResponse::Complete(CallToolResult::error(vec![
+                ContentBlock::text(message),
+            ])));
+        }
+        self.inner.call_tool(request, context).await
+    }
+
+    fn ping(
+        &self,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<(), McpError>> + MaybeSendFuture + '_ {
+        self.inner.ping(context)
+    }
+
+    fn initialize(
+        &self,
+        request: InitializeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<InitializeResult, McpError>> + MaybeSendFuture + '_ {
+        self.inner.initialize(request, context)
+    }
+
+    fn negotiate_initialize(&self, request: &InitializeRequestParams) -> Result<InitializeResult, McpError> {
+        self.inner.negotiate_initialize(request)
+    }
+
+    fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {
+        self.inner.supported_protocol_versions()
+    }
+
+    fn discover(
+        &self,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<DiscoverResult, McpError>> + MaybeSendFuture + '_ {
+        self.inner.discover(context)
+    }
+
+    fn complete(
+        &self,
+        request: CompleteRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<CompleteResult, McpError>> + MaybeSendFuture + '_ {
+        self.inner.complete(request, context)
+    }
+
+    fn set_level(
+        &self,
+        request: SetLevelRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<(), McpError>> + MaybeSendFuture + '_ {
+        self.inner.set_level(request, context)
+    }
+
+    fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<GetPromptResponse, McpError>> + MaybeSendFuture + '_ {
+        self.inner.get_prompt(request, context)
+    }
+
+    fn list_prompts(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<ListPromptsResult, McpError>> + MaybeSendFuture + '_ {
+        self.inner.list_prompts(request, context)
+    }
+
+    fn list_resources(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<ListResourcesResult, McpError>> + MaybeSendFuture + '_ {
+        self.inner.list_resources(request, context)
+    }
+
+    fn list_resource_templates(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<ListResourceTemplatesResult, McpError>> + MaybeSendFuture + '_ {
+        self.inner.list_resource_templates(request, context)
+    }
+
+    fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<ReadResourceResponse, McpError>> + MaybeSendFuture + '_ {
+        self.inner.read_resource(request, context)
+    }
+
+    fn accepted_subscription_filter(&self, requested: &SubscriptionFilter) -> Option<SubscriptionFilter> {
+        self.inner.accepted_subscription_filter(requested)
+    }
+
+    fn listen(
+        &self,
+        context: SubscriptionContext,
+    ) -> impl Future<Output = Result<(), McpError>> + MaybeSendFuture + '_ {
+        self.inner.listen(context)
+    }
+
+    fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<(), McpError>> + MaybeSendFuture + '_ {
+        self.inner.subscribe(request, context)
+    }
+
+    fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<(), McpError>> + MaybeSendFuture + '_ {
+        self.inner.unsubscribe(request, context)
+    }
+
+    fn list_tools(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<ListToolsResult, McpError>> + MaybeSendFuture + '_ {
+        self.inner.list_tools(request, context)
+    }
+
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        self.inner.get_tool(name)
+    }
+
+    fn on_custom_request(
+        &self,
+        request: CustomRequest,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<CustomResult, McpError>> + MaybeSendFuture + '_ {
+        self.inner.on_custom_request(request, context)
+    }
+
+    fn on_cancelled(
+        &self,
+        notification: CancelledNotificationParam,
+        context: NotificationContext<RoleServer>,
+    ) -> impl Future<Output = ()> + MaybeSendFuture + '_ {
+        self.inner.on_cancelled(notification, context)
+    }
+
+    fn on_progress(
+        &self,
+        notification: ProgressNotificationParam,
+        context: NotificationContext<RoleServer>,
+    ) -> impl Future<Output = ()> + MaybeSendFuture + '_ {
+        self.inner.on_progress(notification, context)
+    }
+
+    fn on_initialized(
+        &self,
+        context: NotificationContext<RoleServer>,
+    ) -> impl Future<Output = ()> + MaybeSendFuture + '_ {
+        self.inner.on_initialized(context)
+    }
+
+    fn on_roots_list_changed(
+        &self,
+        context: NotificationContext<RoleServer>,
+    ) -> impl Future<Output = ()> + MaybeSendFuture + '_ {
+        self.inner.on_roots_list_changed(context)
+    }
+
+    fn on_custom_notification(
+        &self,
+        notification: CustomNotification,
+        context: NotificationContext<RoleServer>,
+    ) -> impl Future<Output = ()> + MaybeSendFuture + '_ {
+        self.inner.on_custom_notification(notification, context)
+    }
+
+    fn get_info(&self) -> ServerConfig {
+        self.inner.get_info()
+    }
+
+    fn get_task(
+        &self,
+        request: GetTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<GetTaskResult, McpError>> + MaybeSendFuture + '_ {
+        self.inner.get_task(request, context)
+    }
+
+    fn update_task(
+        &self,
+        request: UpdateTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<(), McpError>> + MaybeSendFuture + '_ {
+        self.inner.update_task(request, context)
+    }
+
+    fn cancel_task(
+        &self,
+        request: CancelTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<(), McpError>> + MaybeSendFuture + '_ {
+        self.inner.cancel_task(request, context)
+    }
+
+    fn list_skills(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<ListSkillsResult, McpError>> + MaybeSendFuture + '_ {
+        self.inner.list_skills(request, context)
+    }
+
+    fn get_skill(
+        &self,
+        request: GetSkillRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<GetSkillResult, McpError>> + MaybeSendFuture + '_ {
+        self.inner.get_skill(request, context)
+    }
+
+    fn read_resource_directory(
+        &self,
+        request: ReadResourceDirectoryRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<ReadResourceDirectoryResult, McpError>> + MaybeSendFuture + '_ {
+        self.inner.read_resource_directory(request, context)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_pinned() {
+        let limits = ArgumentLimits::default();
+        assert_eq!(limits.max_bytes, DEFAULT_MAX_ARGUMENT_BYTES);
+        assert_eq!(DEFAULT_MAX_ARGUMENT_BYTES, 1024 * 1024);
+        assert!(limits.schema);
+        assert_eq!(ArgumentLimits::default().max_bytes(0).max_bytes, 1);
+        assert_eq!(
+            ArgumentLimits::default().max_bytes(usize::MAX).max_bytes,
+            4 * 1024 * 1024
+        );
+    }
+}
