@@ -35,7 +35,7 @@
 //! | `GUARD_ALLOWED_ORIGINS` | browser `Origin` values accepted (`scheme://host[:port]`, comma-separated) | the origin of `GUARD_RESOURCE` |
 //! | `GUARD_DPOP` | DPoP (RFC 9449): `off`, `allowed` (bound tokens must come with a proof by their key; bearer tokens still accepted) or `required` (every token DPoP-bound) | `allowed` |
 //! | `GUARD_DPOP_NONCE_KEY_FILE` | require server nonces in DPoP proofs, derived from this key (32 bytes in base64); give every replica the same file | unset: no nonces |
-//! | `GUARD_TOOLS_LOCK` | refuse to start unless the tool definitions are those pinned in this lock file (`secure_server --write-tools-lock PATH` writes it and exits) | unset: not checked (the digest is published either way) |
+//! | `GUARD_TOOLS_LOCK` | refuse to start unless the tool definitions are those pinned in this lock file (`secure_server --write-tools-lock PATH` writes it and exits), and hide and refuse a tool that drifts while serving | unset: not checked (the digest is published either way) |
 //! | `GUARD_REDIS_URL` | `redis://[user:password@]host:port[/db]`: rate limits, session bindings, single-use confirmations and revocations shared by every replica ([docs/fleet.md](../docs/fleet.md)) | unset: this process's memory (one replica) |
 //! | `GUARD_REDIS_PREFIX` | prefix of every Redis key: replicas of one server share it, two servers sharing a Redis must not | `rmcp-guard:{GUARD_RESOURCE}:` |
 //! | `GUARD_REDIS_TIMEOUT_MS` | the longest a request waits for one Redis command (1 to 10000); past it, or while Redis is down, what needs Redis is refused with 503 | `50` |
@@ -335,6 +335,8 @@ struct Settings {
     state_keys: StateKeys,
     store: SharedStore,
     definitions: DefinitionsLock,
+    /// `GUARD_TOOLS_LOCK` is set: the definitions are enforced while serving too.
+    pinned: bool,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -460,6 +462,7 @@ async fn settings() -> Result<Settings, String> {
     }
     // Against rug pulls: the definitions served are the ones reviewed and pinned.
     let definitions = definitions_lock();
+    let pinned = env("GUARD_TOOLS_LOCK").is_some();
     if let Some(path) = env("GUARD_TOOLS_LOCK") {
         let text = std::fs::read_to_string(&path).map_err(|e| format!("GUARD_TOOLS_LOCK: cannot read {path}: {e}"))?;
         let pinned = DefinitionsLock::parse(&text).map_err(|e| format!("GUARD_TOOLS_LOCK: {path}: {e}"))?;
@@ -617,6 +620,7 @@ async fn settings() -> Result<Settings, String> {
         max_sessions_per_principal,
         limits,
         definitions,
+        pinned,
     })
 }
 
@@ -700,8 +704,14 @@ async fn main() -> ExitCode {
         .credentials(credentials)
         .limits(settings.limits)
         // Replicas seal with the same key (`GUARD_REQUEST_STATE_KEY_FILE`).
-        .request_state(RequestStateSealer::new(settings.state_keys).ttl(settings.request_state_ttl))
-        .definitions_lock(&settings.definitions);
+        .request_state(RequestStateSealer::new(settings.state_keys).ttl(settings.request_state_ttl));
+    // The digest is published either way; with `GUARD_TOOLS_LOCK` a tool
+    // whose definition drifts while serving is hidden and refused too.
+    guard = if settings.pinned {
+        guard.pin_definitions(settings.definitions)
+    } else {
+        guard.definitions_lock(&settings.definitions)
+    };
     guard = if settings.stateless {
         guard.stateless()
     } else {

@@ -232,6 +232,19 @@ pub enum AuditEvent<'a> {
         /// The tool.
         resource: &'a str,
     },
+    /// A tool hidden or refused at runtime because its definition is not
+    /// the pinned one (feature `integrity`,
+    /// [`Pinned`](crate::integrity::Pinned)).
+    Definitions {
+        /// The caller, when the request has one.
+        principal: Option<&'a Principal>,
+        /// Deny.
+        outcome: Outcome,
+        /// `definition_not_pinned`.
+        reason: &'a str,
+        /// The tool.
+        resource: &'a str,
+    },
     /// A revocation was made (see the `revoke` module): identifiers only,
     /// never token material.
     Revocation {
@@ -291,6 +304,7 @@ impl AuditEvent<'_> {
             AuditEvent::Confirmation { .. } => "confirmation",
             AuditEvent::Limit { .. } => "limit",
             AuditEvent::Arguments { .. } => "arguments",
+            AuditEvent::Definitions { .. } => "definitions",
             AuditEvent::Revocation { .. } => "revocation",
             AuditEvent::Circuit { .. } => "circuit",
         }
@@ -454,6 +468,12 @@ impl AuditEvent<'_> {
                 retry_after_secs,
             ),
             AuditEvent::Arguments {
+                principal,
+                outcome,
+                reason,
+                resource,
+            }
+            | AuditEvent::Definitions {
                 principal,
                 outcome,
                 reason,

@@ -62,9 +62,10 @@ pub struct Guard {
     #[cfg(feature = "policy")]
     request_state: Option<crate::state::RequestStateSealer>,
     store: crate::store::SharedStore,
-    /// The digest of the pinned definitions, published as an extension.
+    /// The pinned definitions: published as an extension, and enforced at
+    /// runtime when the flag says so.
     #[cfg(feature = "integrity")]
-    definitions_digest: Option<String>,
+    definitions: Option<(Arc<crate::integrity::DefinitionsLock>, bool)>,
     #[cfg(feature = "integrity")]
     arguments: crate::integrity::ArgumentLimits,
 }
@@ -85,7 +86,7 @@ impl Guard {
             request_state: None,
             store: crate::store::SharedStore::memory(),
             #[cfg(feature = "integrity")]
-            definitions_digest: None,
+            definitions: None,
             #[cfg(feature = "integrity")]
             arguments: crate::integrity::ArgumentLimits::default(),
             rs,
@@ -112,7 +113,18 @@ impl Guard {
     /// Defaults to none.
     #[cfg(feature = "integrity")]
     pub fn definitions_lock(mut self, lock: &crate::integrity::DefinitionsLock) -> Self {
-        self.definitions_digest = Some(lock.digest().to_owned());
+        self.definitions = Some((Arc::new(lock.clone()), false));
+        self
+    }
+
+    /// [`definitions_lock`](Self::definitions_lock), and enforce it while
+    /// serving (feature `integrity`, [`Pinned`](crate::integrity::Pinned),
+    /// inside the policy): a tool whose definition is not the pinned one is
+    /// hidden from `tools/list` and refused as unknown, however it changed
+    /// at runtime, and audited. Defaults to none.
+    #[cfg(feature = "integrity")]
+    pub fn pin_definitions(mut self, lock: crate::integrity::DefinitionsLock) -> Self {
+        self.definitions = Some((Arc::new(lock), true));
         self
     }
 
@@ -254,16 +266,22 @@ impl Guard {
         #[allow(unused_mut)]
         let mut extensions = supported_extensions(&self.rs);
         #[cfg(feature = "integrity")]
-        if let Some(digest) = &self.definitions_digest {
+        if let Some((lock, _)) = &self.definitions {
             let mut settings = rmcp::model::JsonObject::new();
-            settings.insert("sha256".to_owned(), serde_json::Value::String(digest.clone()));
+            settings.insert("sha256".to_owned(), serde_json::Value::String(lock.digest().to_owned()));
             extensions.insert(crate::integrity::DEFINITIONS_LOCK_EXTENSION.to_owned(), settings);
         }
         let extensions = Arc::new(extensions);
         #[cfg(feature = "integrity")]
-        let arguments = self.arguments;
+        let arguments = (
+            self.arguments,
+            self.definitions
+                .clone()
+                .filter(|(_, enforce)| *enforce)
+                .map(|(lock, _)| lock),
+        );
         #[cfg(not(feature = "integrity"))]
-        let arguments = ();
+        let arguments = NoChecks;
         #[cfg(feature = "policy")]
         let mut mcp = match self.policy.clone() {
             Some(engine) => {
@@ -272,7 +290,7 @@ impl Guard {
                 let bound = stateful.is_some();
                 let factory = move || {
                     factory().map(|h| {
-                        let mut guarded = crate::policy::Guarded::new(checked(h, arguments), engine.clone());
+                        let mut guarded = crate::policy::Guarded::new(checked(h, arguments.clone()), engine.clone());
                         if let Some(sealer) = &sealer {
                             guarded = guarded.request_state(sealer.clone());
                         }
@@ -285,15 +303,17 @@ impl Guard {
                 mcp_router(&path, factory, stateful, config, Some(step_up))
             }
             None => {
-                let factory =
-                    move || factory().map(|h| Advertised::with_extensions(checked(h, arguments), extensions.clone()));
+                let factory = move || {
+                    factory().map(|h| Advertised::with_extensions(checked(h, arguments.clone()), extensions.clone()))
+                };
                 mcp_router(&path, factory, stateful, config, None)
             }
         };
         #[cfg(not(feature = "policy"))]
         let mut mcp = {
-            let factory =
-                move || factory().map(|h| Advertised::with_extensions(checked(h, arguments), extensions.clone()));
+            let factory = move || {
+                factory().map(|h| Advertised::with_extensions(checked(h, arguments.clone()), extensions.clone()))
+            };
             mcp_router(&path, factory, stateful, config, None)
         };
         if let Some(sessions) = sessions {
@@ -351,19 +371,31 @@ fn fleet_sealer(
     sealer
 }
 
-/// The handler with its tool arguments checked (feature `integrity`).
+/// The handler with its tools served only as pinned and its arguments
+/// checked (feature `integrity`).
 #[cfg(feature = "integrity")]
-type Checked<H> = crate::integrity::ArgumentGuard<H>;
+type Checked<H> = crate::integrity::Pinned<crate::integrity::ArgumentGuard<H>>;
 #[cfg(not(feature = "integrity"))]
 type Checked<H> = H;
 
 #[cfg(feature = "integrity")]
-fn checked<H>(handler: H, limits: crate::integrity::ArgumentLimits) -> Checked<H> {
-    crate::integrity::ArgumentGuard::new(handler, limits)
+fn checked<H>(
+    handler: H,
+    (limits, pinned): (
+        crate::integrity::ArgumentLimits,
+        Option<Arc<crate::integrity::DefinitionsLock>>,
+    ),
+) -> Checked<H> {
+    crate::integrity::Pinned::maybe(crate::integrity::ArgumentGuard::new(handler, limits), pinned)
 }
 
+/// Without the `integrity` feature: nothing to check.
 #[cfg(not(feature = "integrity"))]
-fn checked<H>(handler: H, _: ()) -> Checked<H> {
+#[derive(Clone)]
+struct NoChecks;
+
+#[cfg(not(feature = "integrity"))]
+fn checked<H>(handler: H, _: NoChecks) -> Checked<H> {
     handler
 }
 

@@ -86,11 +86,54 @@ macro_rules! opaque_body {
 /// The methods of an rmcp `ServerHandler` wrapper that go to its `inner`
 /// handler unchanged: all but `initialize`, `negotiate_initialize`,
 /// `discover`, `get_info` and `call_tool`, which each wrapper writes (the
-/// places where wrappers differ). Expands inside
+/// places where wrappers differ); `(except_tools)` leaves out `list_tools`
+/// and `get_tool` too. Expands inside
 /// `impl<S: ServerHandler> ServerHandler for Wrapper<S>`, with `McpError`
 /// and `rmcp::model::*` in scope.
 macro_rules! forward_server_handler {
     () => {
+        fn list_tools(
+            &self,
+            request: Option<PaginatedRequestParams>,
+            context: RequestContext<RoleServer>,
+        ) -> impl Future<Output = Result<ListToolsResult, McpError>> + MaybeSendFuture + '_ {
+            self.inner.list_tools(request, context)
+        }
+
+        fn get_tool(&self, name: &str) -> Option<Tool> {
+            self.inner.get_tool(name)
+        }
+
+        forward_server_handler!(except_tools);
+    };
+    // `initialize`, `negotiate_initialize`, `discover` and `get_info`
+    // unchanged too, for a wrapper that changes none of them.
+    (info) => {
+        fn initialize(
+            &self,
+            request: InitializeRequestParams,
+            context: RequestContext<RoleServer>,
+        ) -> impl Future<Output = Result<InitializeResult, McpError>> + MaybeSendFuture + '_ {
+            self.inner.initialize(request, context)
+        }
+
+        fn negotiate_initialize(&self, request: &InitializeRequestParams) -> Result<InitializeResult, McpError> {
+            self.inner.negotiate_initialize(request)
+        }
+
+        fn discover(
+            &self,
+            context: RequestContext<RoleServer>,
+        ) -> impl Future<Output = Result<DiscoverResult, McpError>> + MaybeSendFuture + '_ {
+            self.inner.discover(context)
+        }
+
+        fn get_info(&self) -> ServerConfig {
+            self.inner.get_info()
+        }
+    };
+    // Without `list_tools` and `get_tool`, for a wrapper that writes them.
+    (except_tools) => {
         fn ping(
             &self,
             context: RequestContext<RoleServer>,
@@ -183,18 +226,6 @@ macro_rules! forward_server_handler {
             context: RequestContext<RoleServer>,
         ) -> impl Future<Output = Result<(), McpError>> + MaybeSendFuture + '_ {
             self.inner.unsubscribe(request, context)
-        }
-
-        fn list_tools(
-            &self,
-            request: Option<PaginatedRequestParams>,
-            context: RequestContext<RoleServer>,
-        ) -> impl Future<Output = Result<ListToolsResult, McpError>> + MaybeSendFuture + '_ {
-            self.inner.list_tools(request, context)
-        }
-
-        fn get_tool(&self, name: &str) -> Option<Tool> {
-            self.inner.get_tool(name)
         }
 
         fn on_custom_request(

@@ -10,7 +10,6 @@ use rmcp::model::*;
 use rmcp::service::{MaybeSendFuture, NotificationContext, RequestContext, RoleServer, SubscriptionContext};
 
 use crate::audit::{AuditEvent, Outcome};
-use crate::principal::Principal;
 
 type McpError = rmcp::ErrorData;
 
@@ -142,8 +141,11 @@ impl<S> ArgumentGuard<S> {
 impl<S: ServerHandler> ArgumentGuard<S> {
     /// Why `request` may not reach its tool, if it may not.
     fn refusal(&self, request: &CallToolRequestParams) -> Option<(&'static str, String)> {
-        let arguments = serde_json::Value::Object(request.arguments.clone().unwrap_or_default());
-        let bytes = serde_json::to_vec(&arguments).map_or(usize::MAX, |b| b.len());
+        // Measured before anything is copied.
+        let bytes = match &request.arguments {
+            Some(arguments) => serde_json::to_vec(arguments).map_or(usize::MAX, |b| b.len()),
+            None => 0,
+        };
         if bytes > self.limits.max_bytes {
             return Some((
                 "arguments_too_large",
@@ -163,6 +165,7 @@ impl<S: ServerHandler> ArgumentGuard<S> {
                 "this tool's input schema cannot be checked; the call is refused".to_owned(),
             ));
         };
+        let arguments = serde_json::Value::Object(request.arguments.clone().unwrap_or_default());
         let error = validator.iter_errors(&arguments).next()?;
         let path = error.instance_path.to_string();
         let mut message = format!(
@@ -177,11 +180,7 @@ impl<S: ServerHandler> ArgumentGuard<S> {
 }
 
 fn audit(context: &RequestContext<RoleServer>, tool: &str, reason: &str) {
-    let principal = context
-        .extensions
-        .get::<http::request::Parts>()
-        .and_then(|p| p.extensions.get::<Principal>())
-        .or_else(|| context.extensions.get::<Principal>());
+    let principal = super::caller(context);
     AuditEvent::Arguments {
         principal,
         outcome: Outcome::Deny,
@@ -207,29 +206,7 @@ impl<S: ServerHandler> ServerHandler for ArgumentGuard<S> {
         self.inner.call_tool(request, context).await
     }
 
-    fn initialize(
-        &self,
-        request: InitializeRequestParams,
-        context: RequestContext<RoleServer>,
-    ) -> impl Future<Output = Result<InitializeResult, McpError>> + MaybeSendFuture + '_ {
-        self.inner.initialize(request, context)
-    }
-
-    fn negotiate_initialize(&self, request: &InitializeRequestParams) -> Result<InitializeResult, McpError> {
-        self.inner.negotiate_initialize(request)
-    }
-
-    fn discover(
-        &self,
-        context: RequestContext<RoleServer>,
-    ) -> impl Future<Output = Result<DiscoverResult, McpError>> + MaybeSendFuture + '_ {
-        self.inner.discover(context)
-    }
-
-    fn get_info(&self) -> ServerConfig {
-        self.inner.get_info()
-    }
-
+    forward_server_handler!(info);
     forward_server_handler!();
 }
 

@@ -190,6 +190,16 @@ impl DefinitionsLock {
         Ok(lock)
     }
 
+    /// Whether `tool` is pinned, as it is now.
+    pub fn pins_tool(&self, tool: &rmcp::model::Tool) -> bool {
+        let Ok(json) = serde_json::to_value(tool) else {
+            return false;
+        };
+        self.items
+            .get(&format!("tool:{}", tool.name))
+            .is_some_and(|pinned| *pinned == definition_digest(&json, &TOOL_MEMBERS))
+    }
+
     /// Whether `running` lists exactly the pinned definitions.
     pub fn verify(&self, running: &DefinitionsLock) -> Result<(), LockMismatch> {
         let mut mismatch = LockMismatch {
@@ -233,16 +243,8 @@ impl LockBuilder {
             })
             .and_then(Value::as_str)
             .unwrap_or("");
-        let mut kept = Map::new();
-        for member in members {
-            if let Some(value) = definition.get(*member).filter(|v| !v.is_null()) {
-                kept.insert((*member).to_owned(), value.clone());
-            }
-        }
-        let mut canonical = String::new();
-        write_canonical(&Value::Object(kept), &mut canonical);
         self.items
-            .insert(format!("{kind}:{name}"), hex(&Sha256::digest(canonical.as_bytes())));
+            .insert(format!("{kind}:{name}"), definition_digest(definition, members));
     }
 
     fn build(self) -> DefinitionsLock {
@@ -256,6 +258,19 @@ impl LockBuilder {
             items: self.items,
         }
     }
+}
+
+/// The hex SHA-256 of the canonical JSON of `definition`'s `members`.
+fn definition_digest(definition: &Value, members: &[&str]) -> String {
+    let mut kept = Map::new();
+    for member in members {
+        if let Some(value) = definition.get(*member).filter(|v| !v.is_null()) {
+            kept.insert((*member).to_owned(), value.clone());
+        }
+    }
+    let mut canonical = String::new();
+    write_canonical(&Value::Object(kept), &mut canonical);
+    hex(&Sha256::digest(canonical.as_bytes()))
 }
 
 /// Canonical JSON: object keys sorted, no whitespace, strings and numbers

@@ -20,6 +20,7 @@
 //! |---|---|
 //! | `scan` | [`scan`], [`Rule`], [`Severity`], [`Finding`], [`ScanPolicy`] |
 //! | `lock` | [`DefinitionsLock`]: the definitions pinned by digest (rug pulls) |
+//! | `pinned` | [`Pinned`]: at runtime, only the tools the lock pins |
 //! | `arguments` | [`ArgumentGuard`]: arguments bounded and valid against the tool's schema before it runs |
 //!
 //! The rules are heuristics with documented severities ([`Rule`]); their
@@ -28,8 +29,19 @@
 
 mod arguments;
 mod lock;
+mod pinned;
 mod scan;
 
 pub use arguments::{ArgumentGuard, ArgumentLimits, DEFAULT_MAX_ARGUMENT_BYTES};
 pub use lock::{DEFINITIONS_LOCK_EXTENSION, DefinitionsLock, LOCK_VERSION, LockFileError, LockMismatch};
+pub use pinned::Pinned;
 pub use scan::{Action, Finding, Rule, ScanPolicy, ScanRefused, Severity, scan, scan_json};
+
+/// The authenticated caller of an rmcp request, for audit events.
+fn caller(context: &rmcp::service::RequestContext<rmcp::RoleServer>) -> Option<&crate::principal::Principal> {
+    context
+        .extensions
+        .get::<http::request::Parts>()
+        .and_then(|p| p.extensions.get::<crate::principal::Principal>())
+        .or_else(|| context.extensions.get::<crate::principal::Principal>())
+}
