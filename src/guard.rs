@@ -274,7 +274,8 @@ impl Guard {
         let extensions = Arc::new(extensions);
         #[cfg(feature = "integrity")]
         let arguments = (
-            self.arguments,
+            // One guard, its compiled schemas shared by every handler made.
+            crate::integrity::ArgumentGuard::new((), self.arguments),
             self.definitions
                 .clone()
                 .filter(|(_, enforce)| *enforce)
@@ -381,12 +382,12 @@ type Checked<H> = H;
 #[cfg(feature = "integrity")]
 fn checked<H>(
     handler: H,
-    (limits, pinned): (
-        crate::integrity::ArgumentLimits,
+    (arguments, pinned): (
+        crate::integrity::ArgumentGuard<()>,
         Option<Arc<crate::integrity::DefinitionsLock>>,
     ),
 ) -> Checked<H> {
-    crate::integrity::Pinned::maybe(crate::integrity::ArgumentGuard::new(handler, limits), pinned)
+    crate::integrity::Pinned::maybe(arguments.around(handler), pinned)
 }
 
 /// Without the `integrity` feature: nothing to check.

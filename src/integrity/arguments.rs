@@ -64,7 +64,8 @@ const MAX_VALIDATORS: usize = 1024;
 /// `arguments_invalid`, never the values). Every other method goes to the
 /// inner handler unchanged.
 ///
-/// Schemas are compiled once per tool (at most 1024 kept); a `pattern` is
+/// Schemas are compiled once per tool (at most 1024 kept), shared by the
+/// guards made with [`around`](Self::around); a `pattern` is
 /// matched by the `regex` crate (linear time: a schema's pattern cannot be
 /// made to backtrack on a caller's input); a schema that does not compile
 /// that way (or names a remote `$ref`) refuses every call of its tool (fail
@@ -78,13 +79,17 @@ const MAX_VALIDATORS: usize = 1024;
 pub struct ArgumentGuard<S> {
     inner: S,
     limits: ArgumentLimits,
-    validators: Arc<Mutex<HashMap<String, Compiled>>>,
+    validators: Validators,
 }
+
+/// The compiled schemas, by tool name: shared by every handler a server
+/// makes (in stateless mode rmcp makes one per request).
+pub(crate) type Validators = Arc<Mutex<HashMap<String, Compiled>>>;
 
 /// A tool's compiled schema, with the schema it was compiled from (a tool
 /// whose schema changes is compiled again).
 #[derive(Clone)]
-struct Compiled {
+pub(crate) struct Compiled {
     schema: Arc<JsonObject>,
     validator: Option<Arc<jsonschema::Validator>>,
 }
@@ -103,7 +108,18 @@ impl<S> ArgumentGuard<S> {
         ArgumentGuard {
             inner,
             limits,
-            validators: Arc::new(Mutex::new(HashMap::new())),
+            validators: Validators::default(),
+        }
+    }
+
+    /// The same guard (its limits and its compiled schemas) around another
+    /// handler: for a server that makes a handler per session or per
+    /// request, so that each tool's schema is compiled once.
+    pub fn around<T>(&self, inner: T) -> ArgumentGuard<T> {
+        ArgumentGuard {
+            inner,
+            limits: self.limits,
+            validators: self.validators.clone(),
         }
     }
 
@@ -140,10 +156,13 @@ impl<S> ArgumentGuard<S> {
 
 impl<S: ServerHandler> ArgumentGuard<S> {
     /// Why `request` may not reach its tool, if it may not.
-    fn refusal(&self, request: &CallToolRequestParams) -> Option<(&'static str, String)> {
-        // Measured before anything is copied.
+    fn refusal(&self, request: &mut CallToolRequestParams) -> Option<(&'static str, String)> {
+        // Measured as JSON, without writing it anywhere.
         let bytes = match &request.arguments {
-            Some(arguments) => serde_json::to_vec(arguments).map_or(usize::MAX, |b| b.len()),
+            Some(arguments) => {
+                let mut counter = Counter(0);
+                serde_json::to_writer(&mut counter, arguments).map_or(usize::MAX, |()| counter.0)
+            }
             None => 0,
         };
         if bytes > self.limits.max_bytes {
@@ -165,9 +184,24 @@ impl<S: ServerHandler> ArgumentGuard<S> {
                 "this tool's input schema cannot be checked; the call is refused".to_owned(),
             ));
         };
-        let arguments = serde_json::Value::Object(request.arguments.clone().unwrap_or_default());
-        let error = validator.iter_errors(&arguments).next()?;
-        let path = error.instance_path.to_string();
+        // Validated in place (moved into a `Value` and back, not copied);
+        // the error is looked for only when the arguments are invalid.
+        let given = request.arguments.is_some();
+        let arguments = serde_json::Value::Object(request.arguments.take().unwrap_or_default());
+        let refused = if validator.is_valid(&arguments) {
+            None
+        } else {
+            validator.iter_errors(&arguments).next().map(|error| {
+                let path = error.instance_path.to_string();
+                (path, error.to_string())
+            })
+        };
+        if let serde_json::Value::Object(map) = arguments
+            && given
+        {
+            request.arguments = Some(map);
+        }
+        let (path, error) = refused?;
         let mut message = format!(
             "invalid arguments at {}: {error}",
             if path.is_empty() { "/" } else { &path }
@@ -176,6 +210,20 @@ impl<S: ServerHandler> ArgumentGuard<S> {
             message = message.chars().take(199).collect::<String>() + "…";
         }
         Some(("arguments_invalid", message))
+    }
+}
+
+/// Counts the bytes written to it.
+struct Counter(usize);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -197,7 +245,8 @@ impl<S: ServerHandler> ServerHandler for ArgumentGuard<S> {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
-        if let Some((reason, message)) = self.refusal(&request) {
+        let mut request = request;
+        if let Some((reason, message)) = self.refusal(&mut request) {
             audit(&context, &request.name, reason);
             return Ok(CallToolResponse::Complete(CallToolResult::error(vec![
                 ContentBlock::text(message),
