@@ -501,13 +501,12 @@ impl TokenExchangeBuilder {
                 http,
                 actor: self.actor,
                 dpop: match (self.dpop, &self.dpop_algorithms) {
-                    (Some(signer), Some(algs)) if !algs.iter().any(|a| a == "ES256") => {
+                    (Some(_), Some(algs)) if !algs.iter().any(|a| a == "ES256") => {
                         tracing::info!(
                             token_endpoint = %self.token_endpoint,
                             "the authorization server does not take ES256 DPoP proofs: downstream tokens are not \
                              sender-constrained"
                         );
-                        let _ = signer;
                         None
                     }
                     (signer, _) => signer,

@@ -361,13 +361,10 @@ impl ResourceServer {
     ) -> Result<VerifiedProof, AuthError> {
         use crate::error::DpopRejection;
         let mut values = headers.get_all("dpop").iter();
-        let (Some(value), None) = (values.next(), values.next()) else {
-            let multiple = headers.get_all("dpop").iter().nth(1).is_some();
-            return Err(AuthError::InvalidDpopProof(if multiple {
-                DpopRejection::Multiple
-            } else {
-                DpopRejection::Missing
-            }));
+        let value = match (values.next(), values.next()) {
+            (Some(value), None) => value,
+            (Some(_), Some(_)) => return Err(AuthError::InvalidDpopProof(DpopRejection::Multiple)),
+            (None, _) => return Err(AuthError::InvalidDpopProof(DpopRejection::Missing)),
         };
         if value.len() > MAX_PROOF_BYTES {
             return Err(AuthError::InvalidDpopProof(DpopRejection::TooLarge));
