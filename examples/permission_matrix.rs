@@ -18,10 +18,11 @@ use std::process::ExitCode;
 use rmcp_guard::Principal;
 use rmcp_guard::policy::{Action, PolicyEngine, PolicyInput};
 
-const DEFAULT_TOOLS: [&str; 6] = [
+const DEFAULT_TOOLS: [&str; 7] = [
     "whoami",
     "echo",
     "get_all_templates",
+    "diagnose_connection",
     "deploy_template",
     "create_ticket",
     "list_repositories",

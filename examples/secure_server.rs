@@ -44,6 +44,9 @@
 //! Tools and what the embedded RBAC policy needs for them (groups claim):
 //! `whoami`, `echo` (any caller with `mcp:tools`); `get_all_templates`
 //! (catalyst-center read: network-engineers, service-desk, admin);
+//! `diagnose_connection` (catalyst-center read, as `get_all_templates`: a
+//! diagnostic that, like a real buggy tool, writes the credential it read
+//! into its text; the guard removes the password before the answer leaves);
 //! `deploy_template` (catalyst-center write: network-engineers, admin; the
 //! user confirms each call, see below);
 //! `create_ticket` (servicenow write: service-desk, admin); `list_repositories`
@@ -93,7 +96,7 @@ use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{ServerCapabilities, ServerConfig};
 use rmcp::{ErrorData, ServerHandler, schemars, tool, tool_handler, tool_router};
-use rmcp_guard::integrity::{DefinitionsLock, ScanPolicy};
+use rmcp_guard::integrity::{DefinitionsLock, OutputPolicy, ScanPolicy};
 use rmcp_guard::limit::{Rate, RequestLimits};
 use rmcp_guard::oauth::{
     ClientAuth, DownstreamTokens, DpopConfig, DpopMode, DpopNonces, DpopSigner, HostPolicy, Issuer, ResourceServer,
@@ -125,6 +128,12 @@ struct Tools {
 struct EchoArgs {
     /// The text to send back.
     text: String,
+}
+
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+struct DiagnoseArgs {
+    /// The service whose connection to check, e.g. `catalyst-center`.
+    service: String,
 }
 
 #[derive(serde::Deserialize, schemars::JsonSchema)]
@@ -221,6 +230,28 @@ impl Tools {
             "templates": ["branch-router-baseline", "access-switch-vlan"],
         })
         .to_string())
+    }
+
+    // A tool with the bug real diagnostics have: it puts the credential it
+    // used into its text. The guard's output check removes the values the
+    // call read (here the password) before the answer leaves; `username` is
+    // declared public below (`OutputPolicy::public_field`), so it stays.
+    #[require_permission(resource = "catalyst-center", action = "read")]
+    #[tool(description = "Check the connection to a service and report what was tried")]
+    async fn diagnose_connection(
+        &self,
+        credentials: CallerCredentials,
+        Parameters(args): Parameters<DiagnoseArgs>,
+    ) -> Result<String, ErrorData> {
+        let credential = credentials.get(&args.service).await?;
+        let user = credential.expose_required("username")?;
+        let password = credential.expose_required("password")?;
+        let tenant = credentials.principal().tenant().unwrap_or("default");
+        Ok(format!(
+            "tried https://{user}:{password}@{service}.{tenant}.internal/api: connection timed out after 5 s \
+             (login {user} / {password})",
+            service = args.service,
+        ))
     }
 
     #[require_permission(resource = "catalyst-center", action = "write")]
@@ -702,6 +733,9 @@ async fn main() -> ExitCode {
         .shared_store(settings.store)
         .policy(policy.clone())
         .credentials(credentials)
+        // Tool results leave without the credential values the call read
+        // (the default); account names may be shown.
+        .output(OutputPolicy::default().public_field("username"))
         .limits(settings.limits)
         // Replicas seal with the same key (`GUARD_REQUEST_STATE_KEY_FILE`).
         .request_state(RequestStateSealer::new(settings.state_keys).ttl(settings.request_state_ttl));

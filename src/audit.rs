@@ -17,6 +17,9 @@
 //! | `token_exchange` | `subject`, `issuer`, `grant`, `audience`, `outcome` (`ok` or an `ExchangeError` code), `cache` |
 //! | `confirmation` | `step` (`asked`, `granted`, `refused`), `reason` (why refused: `declined`, `no_elicitation`, `unconfirmable`, or a request-state error code such as `request_state_expired`), `subject`, `client_id`, `issuer`, `resource`, `action` |
 //! | `limit` | `outcome` (`deny`; `error` when the shared store failed; `allow` when it failed and the limits fail open), `reason` (`rate`, `in_flight`, `streams`, or the store's `store_timeout`, `store_unavailable`, `store_circuit_open`), `subject`, `client_id`, `issuer`, `tenant`, `resource` (the tool of a per-tool limit, else empty), `retry_after_secs` |
+//! | `arguments` | `outcome` (`deny`), `reason` (`arguments_too_large`, `arguments_invalid`), `subject`, `client_id`, `issuer`, `tenant`, `resource` (the tool) |
+//! | `definitions` | `outcome` (`deny`), `reason` (`definition_not_pinned`), `subject`, `client_id`, `issuer`, `tenant`, `resource` (the tool, prompt or resource template) |
+//! | `output_redacted` | `outcome` (`allow`: the result left, without the values), `rule` (`secret_value`, `private_key`, `jwt`, `cloud_key`, `authorization`, `url_credentials`, `email`, `payment_card`), `count`, `subject`, `client_id`, `issuer`, `tenant`, `resource` (the tool) |
 //! | `revocation` | `outcome` (`allow`: in force; `error`: not shared with the fleet or the table is full), `reason` (`revoked`, a store reason such as `store_timeout`, `revocations_full`), `kind` (`subject`, `client_id`, `tenant`, `jti`), `value`, `issuer` (empty: every issuer), `by`, `revoked_at`, `expires_at` |
 //! | `circuit` | `upstream` (`jwks`, `introspection`, `token_endpoint`, `vault`, `redis`), `endpoint`, `state`, `previous` (`closed`, `open`, `half_open`), `failures`, `retry_after` (seconds, when opening); at `WARN` when a breaker opens |
 //!
@@ -245,6 +248,20 @@ pub enum AuditEvent<'a> {
         /// The tool.
         resource: &'a str,
     },
+    /// Values removed from a tool's result before it left the server
+    /// (feature `integrity`, [`OutputGuard`](crate::integrity::OutputGuard)):
+    /// one event per rule that matched, never the value.
+    OutputRedacted {
+        /// The caller, when the request has one.
+        principal: Option<&'a Principal>,
+        /// The rule (`RedactionRule::as_str`): `secret_value`,
+        /// `private_key`, `jwt`, ...
+        rule: &'a str,
+        /// How many values it removed from this result.
+        count: usize,
+        /// The tool.
+        resource: &'a str,
+    },
     /// A revocation was made (see the `revoke` module): identifiers only,
     /// never token material.
     Revocation {
@@ -305,6 +322,7 @@ impl AuditEvent<'_> {
             AuditEvent::Limit { .. } => "limit",
             AuditEvent::Arguments { .. } => "arguments",
             AuditEvent::Definitions { .. } => "definitions",
+            AuditEvent::OutputRedacted { .. } => "output_redacted",
             AuditEvent::Revocation { .. } => "revocation",
             AuditEvent::Circuit { .. } => "circuit",
         }
@@ -483,6 +501,23 @@ impl AuditEvent<'_> {
                 event,
                 outcome = outcome.as_str(),
                 reason,
+                subject = principal.map(Principal::subject),
+                client_id = principal.and_then(Principal::client_id),
+                issuer = principal.map(Principal::issuer),
+                tenant = principal.and_then(Principal::tenant),
+                resource,
+            ),
+            AuditEvent::OutputRedacted {
+                principal,
+                rule,
+                count,
+                resource,
+            } => tracing::info!(
+                target: TARGET,
+                event,
+                outcome = Outcome::Allow.as_str(),
+                rule,
+                count,
                 subject = principal.map(Principal::subject),
                 client_id = principal.and_then(Principal::client_id),
                 issuer = principal.map(Principal::issuer),

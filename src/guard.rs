@@ -42,6 +42,7 @@ use crate::session::SessionBindingLayer;
 /// | [`StepUpLayer`](crate::policy::StepUpLayer) | 403 `insufficient_scope` before rmcp when the policy names missing scopes | with a policy |
 /// | rmcp's `StreamableHttpService` | Host/Origin checks from the resource URI ([`HostPolicy`](crate::oauth::HostPolicy)) | always |
 /// | [`Guarded`](crate::policy::Guarded) | every call, read, get and listing decided by the policy; the user's confirmation where the policy asks for it | with a policy |
+/// | [`OutputGuard`](crate::integrity::OutputGuard) | removes from each tool result the values of the credentials and tokens the call read, and credential-shaped text ([`Guard::output`]) | feature `integrity` |
 /// | [`ArgumentGuard`](crate::integrity::ArgumentGuard) | a call's arguments at most 1 MiB and valid against the tool's `inputSchema` ([`Guard::arguments`]) | feature `integrity` |
 /// | [`Advertised`] | adds the extensions the resource server supports (client credentials) to `server/discover` and `initialize` | always |
 /// | your handler | tools take [`Principal`](crate::Principal), [`CallerCredentials`](crate::secrets::CallerCredentials), [`DownstreamTokens`](crate::oauth::DownstreamTokens) | always |
@@ -68,6 +69,8 @@ pub struct Guard {
     definitions: Option<(Arc<crate::integrity::DefinitionsLock>, bool)>,
     #[cfg(feature = "integrity")]
     arguments: crate::integrity::ArgumentLimits,
+    #[cfg(feature = "integrity")]
+    output: crate::integrity::OutputPolicy,
 }
 
 impl Guard {
@@ -89,6 +92,8 @@ impl Guard {
             definitions: None,
             #[cfg(feature = "integrity")]
             arguments: crate::integrity::ArgumentLimits::default(),
+            #[cfg(feature = "integrity")]
+            output: crate::integrity::OutputPolicy::default(),
             rs,
         }
     }
@@ -101,6 +106,18 @@ impl Guard {
     #[cfg(feature = "integrity")]
     pub fn arguments(mut self, limits: crate::integrity::ArgumentLimits) -> Self {
         self.arguments = limits;
+        self
+    }
+
+    /// What is removed from tool results before they leave (feature
+    /// `integrity`, [`OutputGuard`](crate::integrity::OutputGuard), inside
+    /// the policy). Defaults to
+    /// [`OutputPolicy::default`](crate::integrity::OutputPolicy::default):
+    /// every value of the credentials and downstream tokens the call read,
+    /// and the high-confidence credential patterns.
+    #[cfg(feature = "integrity")]
+    pub fn output(mut self, policy: crate::integrity::OutputPolicy) -> Self {
+        self.output = policy;
         self
     }
 
@@ -276,6 +293,7 @@ impl Guard {
         let arguments = (
             // One guard, its compiled schemas shared by every handler made.
             crate::integrity::ArgumentGuard::new((), self.arguments),
+            crate::integrity::OutputGuard::new((), self.output.clone()),
             self.definitions
                 .clone()
                 .filter(|(_, enforce)| *enforce)
@@ -372,22 +390,23 @@ fn fleet_sealer(
     sealer
 }
 
-/// The handler with its tools served only as pinned and its arguments
-/// checked (feature `integrity`).
+/// The handler with its tools served only as pinned, its results without
+/// secrets and its arguments checked (feature `integrity`).
 #[cfg(feature = "integrity")]
-type Checked<H> = crate::integrity::Pinned<crate::integrity::ArgumentGuard<H>>;
+type Checked<H> = crate::integrity::Pinned<crate::integrity::OutputGuard<crate::integrity::ArgumentGuard<H>>>;
 #[cfg(not(feature = "integrity"))]
 type Checked<H> = H;
 
 #[cfg(feature = "integrity")]
 fn checked<H>(
     handler: H,
-    (arguments, pinned): (
+    (arguments, output, pinned): (
         crate::integrity::ArgumentGuard<()>,
+        crate::integrity::OutputGuard<()>,
         Option<Arc<crate::integrity::DefinitionsLock>>,
     ),
 ) -> Checked<H> {
-    crate::integrity::Pinned::maybe(arguments.around(handler), pinned)
+    crate::integrity::Pinned::maybe(output.around(arguments.around(handler)), pinned)
 }
 
 /// Without the `integrity` feature: nothing to check.

@@ -177,6 +177,7 @@ async fn template_wires_policy_and_tenant_credentials() {
         [
             "call_downstream",
             "deploy_template",
+            "diagnose_connection",
             "echo",
             "get_all_templates",
             "whoami"

@@ -22,6 +22,13 @@
 //! | `lock` | [`DefinitionsLock`]: the definitions pinned by digest (rug pulls) |
 //! | `pinned` | [`Pinned`]: at runtime, only the tools the lock pins |
 //! | `arguments` | [`ArgumentGuard`]: arguments bounded and valid against the tool's schema before it runs |
+//! | `redact` | [`OutputPolicy`], [`RedactionRule`]: what is removed from a result, and how it is found |
+//! | `output` | [`OutputGuard`]: results leave without the secrets the tool read, nor credential-shaped text |
+//!
+//! What leaves is guarded too: an [`OutputGuard`] removes from each tool
+//! result the exact values of the credentials the tool read during the
+//! call (and their encodings), which no scanner outside the server can
+//! know, and text shaped like a credential ([`RedactionRule`]).
 //!
 //! The rules are heuristics with documented severities ([`Rule`]); their
 //! rates on a corpus of poisoned definitions and of definitions of widely
@@ -29,12 +36,16 @@
 
 mod arguments;
 mod lock;
+mod output;
 mod pinned;
+mod redact;
 mod scan;
 
 pub use arguments::{ArgumentGuard, ArgumentLimits, DEFAULT_MAX_ARGUMENT_BYTES};
 pub use lock::{DEFINITIONS_LOCK_EXTENSION, DefinitionsLock, LOCK_VERSION, LockFileError, LockMismatch};
+pub use output::OutputGuard;
 pub use pinned::Pinned;
+pub use redact::{DangerousOutputPolicy, MIN_SECRET_BYTES, OutputPolicy, RedactionRule};
 pub use scan::{Action, Finding, Rule, ScanPolicy, ScanRefused, Severity, scan, scan_json};
 
 /// The authenticated caller of an rmcp request, for audit events.

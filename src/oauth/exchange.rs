@@ -906,6 +906,9 @@ pub struct DownstreamTokens {
     principal: Principal,
     token: InboundToken,
     exchange: TokenExchange,
+    /// Where the tokens handed out are recorded, when an output guard
+    /// watches this call.
+    read: Option<crate::secrets::ReadSecrets>,
 }
 
 impl DownstreamTokens {
@@ -915,11 +918,20 @@ impl DownstreamTokens {
     }
 
     /// A token for `request` (audience, RFC 8707 resources, scopes).
+    ///
+    /// When the server has an output guard ([`OutputGuard`](crate::integrity::OutputGuard),
+    /// installed by `Guard`), the token is removed from this call's result,
+    /// should the tool put it there.
     pub async fn request(&self, request: &DownstreamRequest) -> Result<DownstreamToken, Rejection> {
-        self.exchange
+        let token = self
+            .exchange
             .exchange(&self.principal, &self.token, request)
             .await
-            .map_err(Rejection::from)
+            .map_err(Rejection::from)?;
+        if let Some(read) = &self.read {
+            read.record(&crate::secrets::Secret::new([("access_token", token.secret())]));
+        }
+        Ok(token)
     }
 }
 
@@ -933,6 +945,7 @@ impl<C: AsRequestContext> FromContextPart<C> for DownstreamTokens {
                 principal,
                 token,
                 exchange,
+                read: crate::extract::extension::<crate::secrets::ReadSecrets, C>(context),
             }),
             (principal, _, _) => {
                 // A caller without a kept token or exchange: the stack is wired

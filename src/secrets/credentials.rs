@@ -20,7 +20,7 @@ use crate::audit::AuditEvent;
 use crate::error::Rejection;
 
 use super::cache::{Cache, CacheConfig, CacheStatus};
-use super::{PathTemplate, Secret, SecretError, SecretStore};
+use super::{PathTemplate, ReadSecrets, Secret, SecretError, SecretStore};
 
 /// The policy action of a credential read, as an authorizer sees it.
 #[cfg_attr(not(feature = "policy"), allow(dead_code))] // read by the policy's `Action::ReadSecret`
@@ -175,16 +175,30 @@ impl fmt::Debug for Credentials {
 pub struct CallerCredentials {
     principal: Principal,
     credentials: Credentials,
+    /// Where the values handed out are recorded, when an output guard
+    /// watches this call.
+    read: Option<ReadSecrets>,
 }
 
 impl CallerCredentials {
     /// The caller's credential for `service`: authorized, resolved from the
     /// caller's claims, read through the cache; one audit event.
+    ///
+    /// When the server has an output guard ([`OutputGuard`], installed by
+    /// `Guard`), every value of the credential is removed from this call's
+    /// result, should the tool put it there.
+    ///
+    /// [`OutputGuard`]: crate::integrity::OutputGuard
     pub async fn get(&self, service: &str) -> Result<Secret, Rejection> {
-        self.credentials
+        let secret = self
+            .credentials
             .get(&self.principal, service)
             .await
-            .map_err(Rejection::from)
+            .map_err(Rejection::from)?;
+        if let Some(read) = &self.read {
+            read.record(&secret);
+        }
+        Ok(secret)
     }
 
     /// Whose credentials these are.
@@ -198,7 +212,11 @@ impl<C: AsRequestContext> FromContextPart<C> for CallerCredentials {
         let principal = crate::extract::extension::<Principal, C>(context);
         let credentials = crate::extract::extension::<Credentials, C>(context);
         match (principal, credentials) {
-            (Some(principal), Some(credentials)) => Ok(CallerCredentials { principal, credentials }),
+            (Some(principal), Some(credentials)) => Ok(CallerCredentials {
+                principal,
+                credentials,
+                read: crate::extract::extension::<ReadSecrets, C>(context),
+            }),
             (principal, credentials) => {
                 let e = if principal.is_none() {
                     SecretError::Unauthenticated
@@ -416,13 +434,19 @@ mod tests {
 
     #[tokio::test]
     async fn caller_credentials_read_the_callers_own_path() {
+        let read = ReadSecrets::default();
         let creds = CallerCredentials {
             principal: acme(),
             credentials: Credentials::builder(store()).build(),
+            read: Some(read.clone()),
         };
         let secret = creds.get("cc").await.unwrap();
         assert_eq!(secret.expose("username"), Some("acme-user"));
         assert_eq!(creds.get("nope").await.unwrap_err(), Rejection::NotFound("credential"));
+        // What was handed out is recorded for the output guard; a refusal is not.
+        let recorded = read.secrets().unwrap();
+        assert_eq!(recorded.len(), 1);
+        assert!(recorded[0].same_values(&secret));
     }
 
     #[test]

@@ -135,6 +135,7 @@
 mod cache;
 mod credentials;
 mod error;
+mod ledger;
 mod memory;
 mod secret;
 mod template;
@@ -152,6 +153,7 @@ pub use credentials::{
     CallerCredentials, Credentials, CredentialsBuilder, DangerousCredentialsBuilder, SecretAuthorizer,
 };
 pub use error::{SecretError, SecretsConfigError};
+pub(crate) use ledger::ReadSecrets;
 pub use memory::MemoryStore;
 pub use secret::{REDACTED, Secret};
 pub use template::{DEFAULT_TEMPLATE, PathTemplate, ScopeError};

@@ -132,6 +132,19 @@ impl Secret {
     pub fn version(&self) -> Option<u64> {
         self.inner.version
     }
+
+    /// Every field and its value, for the output guard that removes the
+    /// values from a tool's result.
+    #[cfg_attr(not(feature = "integrity"), allow(dead_code))]
+    pub(crate) fn fields(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        self.inner.fields.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// Whether both hold the same fields and values (one shared copy, or
+    /// two reads of one credential).
+    pub(crate) fn same_values(&self, other: &Secret) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner) || self.inner.fields == other.inner.fields
+    }
 }
 
 impl fmt::Debug for Secret {
