@@ -328,8 +328,11 @@ impl AuditEvent<'_> {
         }
     }
 
-    /// Emit the event on [`TARGET`].
+    /// Emit the event on [`TARGET`] (and count it, with the feature
+    /// `telemetry`).
     pub(crate) fn emit(&self) {
+        #[cfg(feature = "telemetry")]
+        record_metrics(self);
         let event = self.name();
         match *self {
             AuditEvent::Authn {
@@ -556,6 +559,156 @@ impl AuditEvent<'_> {
                     tracing::info!(target: TARGET, event, upstream, endpoint, state, previous, failures, retry_after)
                 }
             }
+        }
+    }
+}
+
+/// Count the event in the metrics (feature `telemetry`).
+#[cfg(feature = "telemetry")]
+fn record_metrics(event: &AuditEvent<'_>) {
+    use crate::telemetry::{KeyValue, client, kv, record_cache};
+    let principal_client = |p: Option<&Principal>| client(p.and_then(Principal::client_id));
+    let m = crate::telemetry::instruments();
+    let name = KeyValue::new("event", event.name());
+    match *event {
+        AuditEvent::Authn {
+            outcome,
+            reason,
+            status,
+            caller,
+            cached,
+        } => {
+            let mut attrs = vec![
+                KeyValue::new("outcome", outcome.as_str()),
+                kv("reason", reason),
+                client(caller.client_id),
+            ];
+            if let Some(status) = status {
+                attrs.push(KeyValue::new("status", i64::from(status)));
+            }
+            m.requests.add(1, &attrs);
+            if outcome == Outcome::Allow {
+                record_cache("token", if cached { "hit" } else { "miss" });
+            }
+            m.audit_events
+                .add(1, &[name, KeyValue::new("outcome", outcome.as_str())]);
+        }
+        AuditEvent::Session { reason, .. } => {
+            m.requests.add(
+                1,
+                &[KeyValue::new("outcome", "deny"), kv("reason", reason), client(None)],
+            );
+            m.audit_events.add(1, &[name, KeyValue::new("outcome", "deny")]);
+        }
+        AuditEvent::StepUp { principal, .. } => {
+            let principal = Some(principal);
+            m.requests.add(
+                1,
+                &[
+                    KeyValue::new("outcome", "deny"),
+                    KeyValue::new("reason", "insufficient_scope"),
+                    KeyValue::new("status", 403_i64),
+                    principal_client(principal),
+                ],
+            );
+            m.audit_events.add(1, &[name, KeyValue::new("outcome", "deny")]);
+        }
+        AuditEvent::PolicyDecision {
+            principal,
+            resource,
+            action,
+            outcome,
+            duration_us,
+            cached,
+            ..
+        } => {
+            let outcome_kv = KeyValue::new("outcome", outcome.as_str());
+            m.decisions.add(
+                1,
+                &[outcome_kv.clone(), kv("action", action), principal_client(principal)],
+            );
+            m.decision_duration
+                .record(duration_us as f64 / 1_000_000.0, std::slice::from_ref(&outcome_kv));
+            if outcome != Outcome::Allow {
+                m.denials.add(
+                    1,
+                    &[
+                        kv("subject", principal.map_or("unknown", Principal::subject)),
+                        principal_client(principal),
+                        kv("resource", resource),
+                        kv("action", action),
+                    ],
+                );
+            }
+            record_cache("policy", if cached { "hit" } else { "miss" });
+            m.audit_events.add(1, &[name, outcome_kv]);
+        }
+        AuditEvent::Limit {
+            principal,
+            outcome,
+            reason,
+            ..
+        } => {
+            let principal = Some(principal);
+            let outcome_kv = KeyValue::new("outcome", outcome.as_str());
+            m.limit_hits.add(
+                1,
+                &[outcome_kv.clone(), kv("reason", reason), principal_client(principal)],
+            );
+            m.audit_events.add(1, &[name, outcome_kv]);
+        }
+        AuditEvent::SecretAccess {
+            service,
+            outcome,
+            cache,
+            ..
+        } => {
+            m.secret_reads.add(1, &[kv("outcome", outcome), kv("service", service)]);
+            if cache != "none" {
+                record_cache("secret", cache);
+            }
+            m.audit_events.add(1, &[name, kv("outcome", outcome)]);
+        }
+        AuditEvent::TokenExchange { outcome, cache, .. } => {
+            m.exchanges.add(1, &[kv("outcome", outcome)]);
+            if cache != "none" {
+                record_cache("exchange", cache);
+            }
+            m.audit_events.add(1, &[name, kv("outcome", outcome)]);
+        }
+        AuditEvent::Circuit {
+            upstream,
+            endpoint,
+            state,
+            ..
+        } => {
+            let level = match state {
+                "open" => 2,
+                "half_open" => 1,
+                _ => 0,
+            };
+            m.breaker_state
+                .record(level, &[kv("upstream", upstream), kv("endpoint", endpoint)]);
+            m.breaker_transitions
+                .add(1, &[kv("upstream", upstream), kv("state", state)]);
+            m.audit_events.add(1, &[name]);
+        }
+        AuditEvent::OutputRedacted {
+            rule, count, resource, ..
+        } => {
+            m.redactions
+                .add(count as u64, &[kv("rule", rule), kv("resource", resource)]);
+            m.audit_events.add(1, &[name, KeyValue::new("outcome", "allow")]);
+        }
+        AuditEvent::PolicyReload { outcome, .. }
+        | AuditEvent::Arguments { outcome, .. }
+        | AuditEvent::Definitions { outcome, .. }
+        | AuditEvent::Revocation { outcome, .. } => {
+            m.audit_events
+                .add(1, &[name, KeyValue::new("outcome", outcome.as_str())]);
+        }
+        AuditEvent::Confirmation { .. } => {
+            m.audit_events.add(1, &[name]);
         }
     }
 }

@@ -34,6 +34,9 @@ pub mod session;
 pub mod integrity;
 #[cfg(feature = "policy")]
 pub mod policy;
+#[cfg(feature = "telemetry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "telemetry")))]
+pub mod telemetry;
 
 pub mod secrets;
 
