@@ -136,9 +136,10 @@ impl Guard {
 
     /// [`definitions_lock`](Self::definitions_lock), and enforce it while
     /// serving (feature `integrity`, [`Pinned`](crate::integrity::Pinned),
-    /// inside the policy): a tool whose definition is not the pinned one is
-    /// hidden from `tools/list` and refused as unknown, however it changed
-    /// at runtime, and audited. Defaults to none.
+    /// inside the policy): a tool, prompt or resource template whose
+    /// definition is not the pinned one is hidden from its listing and (a
+    /// tool or prompt) refused as unknown, however it changed at runtime,
+    /// and audited. Defaults to none.
     #[cfg(feature = "integrity")]
     pub fn pin_definitions(mut self, lock: crate::integrity::DefinitionsLock) -> Self {
         self.definitions = Some((Arc::new(lock), true));

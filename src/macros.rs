@@ -87,7 +87,8 @@ macro_rules! opaque_body {
 /// handler unchanged: all but `initialize`, `negotiate_initialize`,
 /// `discover`, `get_info` and `call_tool`, which each wrapper writes (the
 /// places where wrappers differ); `(except_tools)` leaves out `list_tools`
-/// and `get_tool` too. Expands inside
+/// and `get_tool` too, `(except_definitions)` also `get_prompt`,
+/// `list_prompts` and `list_resource_templates`. Expands inside
 /// `impl<S: ServerHandler> ServerHandler for Wrapper<S>`, with `McpError`
 /// and `rmcp::model::*` in scope.
 macro_rules! forward_server_handler {
@@ -134,6 +135,35 @@ macro_rules! forward_server_handler {
     };
     // Without `list_tools` and `get_tool`, for a wrapper that writes them.
     (except_tools) => {
+        fn get_prompt(
+            &self,
+            request: GetPromptRequestParams,
+            context: RequestContext<RoleServer>,
+        ) -> impl Future<Output = Result<GetPromptResponse, McpError>> + MaybeSendFuture + '_ {
+            self.inner.get_prompt(request, context)
+        }
+
+        fn list_prompts(
+            &self,
+            request: Option<PaginatedRequestParams>,
+            context: RequestContext<RoleServer>,
+        ) -> impl Future<Output = Result<ListPromptsResult, McpError>> + MaybeSendFuture + '_ {
+            self.inner.list_prompts(request, context)
+        }
+
+        fn list_resource_templates(
+            &self,
+            request: Option<PaginatedRequestParams>,
+            context: RequestContext<RoleServer>,
+        ) -> impl Future<Output = Result<ListResourceTemplatesResult, McpError>> + MaybeSendFuture + '_ {
+            self.inner.list_resource_templates(request, context)
+        }
+
+        forward_server_handler!(except_definitions);
+    };
+    // Without `list_tools`, `get_tool`, `get_prompt`, `list_prompts` and
+    // `list_resource_templates`, for a wrapper that writes them (`Pinned`).
+    (except_definitions) => {
         fn ping(
             &self,
             context: RequestContext<RoleServer>,
@@ -161,36 +191,12 @@ macro_rules! forward_server_handler {
             self.inner.set_level(request, context)
         }
 
-        fn get_prompt(
-            &self,
-            request: GetPromptRequestParams,
-            context: RequestContext<RoleServer>,
-        ) -> impl Future<Output = Result<GetPromptResponse, McpError>> + MaybeSendFuture + '_ {
-            self.inner.get_prompt(request, context)
-        }
-
-        fn list_prompts(
-            &self,
-            request: Option<PaginatedRequestParams>,
-            context: RequestContext<RoleServer>,
-        ) -> impl Future<Output = Result<ListPromptsResult, McpError>> + MaybeSendFuture + '_ {
-            self.inner.list_prompts(request, context)
-        }
-
         fn list_resources(
             &self,
             request: Option<PaginatedRequestParams>,
             context: RequestContext<RoleServer>,
         ) -> impl Future<Output = Result<ListResourcesResult, McpError>> + MaybeSendFuture + '_ {
             self.inner.list_resources(request, context)
-        }
-
-        fn list_resource_templates(
-            &self,
-            request: Option<PaginatedRequestParams>,
-            context: RequestContext<RoleServer>,
-        ) -> impl Future<Output = Result<ListResourceTemplatesResult, McpError>> + MaybeSendFuture + '_ {
-            self.inner.list_resource_templates(request, context)
         }
 
         fn read_resource(

@@ -14,13 +14,14 @@
 //! by pinning: a [`DefinitionsLock`] written when the definitions are
 //! reviewed, committed, and verified at start-up; its digest is published
 //! ([`Guard::definitions_lock`](crate::Guard::definitions_lock)) so clients
-//! can pin it too.
+//! can pin it too; [`Pinned`] enforces it while serving, hiding or refusing
+//! a tool, prompt or resource template whose definition drifts at runtime.
 //!
 //! | file | concept |
 //! |---|---|
 //! | `scan` | [`scan`], [`Rule`], [`Severity`], [`Finding`], [`ScanPolicy`] |
 //! | `lock` | [`DefinitionsLock`]: the definitions pinned by digest (rug pulls) |
-//! | `pinned` | [`Pinned`]: at runtime, only the tools the lock pins |
+//! | `pinned` | [`Pinned`]: at runtime, only the tools, prompts and resource templates the lock pins, as they are pinned |
 //! | `arguments` | [`ArgumentGuard`]: arguments bounded and valid against the tool's schema before it runs |
 //! | `redact` | [`OutputPolicy`], [`RedactionRule`]: what is removed from a result, and how it is found |
 //! | `output` | [`OutputGuard`]: results leave without the secrets the tool read, nor credential-shaped text |

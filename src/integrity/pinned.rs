@@ -1,4 +1,5 @@
-//! [`Pinned`]: at runtime, only the tools the lock pins, as it pins them.
+//! [`Pinned`]: at runtime, only the tools, prompts and resource templates
+//! the lock pins, as they are pinned.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -12,19 +13,26 @@ use crate::audit::{AuditEvent, Outcome};
 
 type McpError = rmcp::ErrorData;
 
-/// An rmcp handler that serves only the tools a [`DefinitionsLock`] pins,
-/// as it pins them, however the inner handler's definitions change while it
-/// runs (a tool router updated at runtime, a rug pull): `tools/list`
-/// hides a tool whose definition is not the pinned one, and `tools/call`
-/// of such a tool is refused as an unknown tool (JSON-RPC -32602) before it
-/// runs. Each is audited (`definitions`, reason `definition_not_pinned`,
-/// the tool's name). Every other method goes to the inner handler.
+/// An rmcp handler that serves only the tools, prompts and resource
+/// templates a [`DefinitionsLock`] pins, as it pins them, however the inner
+/// handler's definitions change while it runs (a router updated at
+/// runtime, a rug pull): `tools/list`, `prompts/list` and
+/// `resources/templates/list` hide a definition that is not the pinned
+/// one, and `tools/call` or `prompts/get` of such a tool or prompt is
+/// refused as unknown (JSON-RPC -32602) before it runs. Each is audited
+/// (`definitions`, reason `definition_not_pinned`, the tool's or prompt's
+/// name or the template's `uriTemplate`). Every other method goes to the
+/// inner handler.
 ///
-/// The check is the definition's digest, computed when it is listed or
-/// called: a change is caught at the next listing or call, whether or not
-/// the server sends `notifications/tools/list_changed`. Prompts and
-/// resource templates are pinned at start-up only
-/// ([`DefinitionsLock::verify`]).
+/// The check is the definition's digest, computed when it is listed,
+/// called or got: a change is caught at the next listing, call or get,
+/// whether or not the server sends a `list_changed` notification. A tool
+/// is looked up with the inner handler's `get_tool`; rmcp has no such
+/// accessor for prompts, so `prompts/get` first reads the inner handler's
+/// `prompts/list` (every page, up to 100) for the prompt's definition. A
+/// tool or prompt the inner handler does not describe is refused.
+/// `resources/read` and `completion/complete` are not checked: they go to
+/// the inner handler whatever template or prompt they name.
 ///
 /// [`Guard::pin_definitions`](crate::Guard::pin_definitions) installs it
 /// (inside the policy) and publishes the digest.
@@ -44,7 +52,7 @@ impl<S> std::fmt::Debug for Pinned<S> {
 }
 
 impl<S> Pinned<S> {
-    /// Serve `inner`'s tools only as `lock` pins them.
+    /// Serve `inner`'s definitions only as `lock` pins them.
     pub fn new(inner: S, lock: Arc<DefinitionsLock>) -> Self {
         Pinned {
             inner,
@@ -59,19 +67,70 @@ impl<S> Pinned<S> {
         Pinned { inner, lock }
     }
 
-    /// Whether `tool` may be served: pinned as it is, or nothing pinned.
-    fn serves(&self, tool: &Tool) -> bool {
-        self.lock.as_ref().is_none_or(|lock| lock.pins_tool(tool))
+    /// Whether a definition may be served: nothing pinned, or `pins` says
+    /// the lock pins it as it is.
+    fn serves(&self, pins: impl FnOnce(&DefinitionsLock) -> bool) -> bool {
+        self.lock.as_deref().is_none_or(pins)
+    }
+
+    /// Keep in `items` only the definitions the lock pins as they are, and
+    /// audit each other one by `resource` (its name or `uriTemplate`).
+    fn retain_pinned<T>(
+        &self,
+        items: &mut Vec<T>,
+        context: &RequestContext<RoleServer>,
+        pins: impl Fn(&DefinitionsLock, &T) -> bool,
+        resource: impl Fn(&T) -> &str,
+    ) {
+        let Some(lock) = self.lock.as_deref() else {
+            return;
+        };
+        items.retain(|item| {
+            let pinned = pins(lock, item);
+            if !pinned {
+                audit(context, resource(item));
+            }
+            pinned
+        });
     }
 }
 
-fn audit(context: &RequestContext<RoleServer>, tool: &str) {
+/// How many pages of the inner handler's `prompts/list` a `prompts/get`
+/// reads to find the prompt: a handler whose cursors never end cannot hold
+/// a request.
+const MAX_PROMPT_PAGES: usize = 100;
+
+impl<S: ServerHandler> Pinned<S> {
+    /// The definition of the prompt `name` as the inner handler lists it
+    /// now, if it does (rmcp's `ServerHandler` describes prompts only in
+    /// their listing).
+    async fn listed_prompt(
+        &self,
+        name: &str,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<Option<Prompt>, McpError> {
+        let mut request = None;
+        for _ in 0..MAX_PROMPT_PAGES {
+            let page = self.inner.list_prompts(request, context.clone()).await?;
+            if let Some(prompt) = page.prompts.into_iter().find(|p| p.name == name) {
+                return Ok(Some(prompt));
+            }
+            let Some(cursor) = page.next_cursor else {
+                return Ok(None);
+            };
+            request = Some(PaginatedRequestParams::default().with_cursor(Some(cursor)));
+        }
+        Ok(None)
+    }
+}
+
+fn audit(context: &RequestContext<RoleServer>, resource: &str) {
     let principal = super::caller(context);
     AuditEvent::Definitions {
         principal,
         outcome: Outcome::Deny,
         reason: "definition_not_pinned",
-        resource: tool,
+        resource,
     }
     .emit();
 }
@@ -84,7 +143,11 @@ impl<S: ServerHandler> ServerHandler for Pinned<S> {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
         // A tool the handler does not describe cannot be checked: refused.
-        let pinned = self.lock.is_none() || self.inner.get_tool(&request.name).is_some_and(|t| self.serves(&t));
+        let pinned = self.lock.is_none()
+            || self
+                .inner
+                .get_tool(&request.name)
+                .is_some_and(|t| self.serves(|lock| lock.pins_tool(&t)));
         if !pinned {
             audit(&context, &request.name);
             return Err(McpError::invalid_params(
@@ -101,20 +164,60 @@ impl<S: ServerHandler> ServerHandler for Pinned<S> {
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
         let mut result = self.inner.list_tools(request, context.clone()).await?;
-        result.tools.retain(|tool| {
-            let pinned = self.serves(tool);
-            if !pinned {
-                audit(&context, &tool.name);
-            }
-            pinned
-        });
+        self.retain_pinned(&mut result.tools, &context, DefinitionsLock::pins_tool, |t| &t.name);
         Ok(result)
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {
-        self.inner.get_tool(name).filter(|t| self.serves(t))
+        self.inner
+            .get_tool(name)
+            .filter(|t| self.serves(|lock| lock.pins_tool(t)))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, McpError> {
+        if let Some(lock) = self.lock.as_deref() {
+            // A prompt the handler does not list cannot be checked: refused.
+            let listed = self.listed_prompt(&request.name, &context).await?;
+            if !listed.is_some_and(|p| lock.pins_prompt(&p)) {
+                audit(&context, &request.name);
+                return Err(McpError::invalid_params(
+                    format!("prompt not found: {}", request.name),
+                    None,
+                ));
+            }
+        }
+        self.inner.get_prompt(request, context).await
+    }
+
+    async fn list_prompts(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, McpError> {
+        let mut result = self.inner.list_prompts(request, context.clone()).await?;
+        self.retain_pinned(&mut result.prompts, &context, DefinitionsLock::pins_prompt, |p| &p.name);
+        Ok(result)
+    }
+
+    async fn list_resource_templates(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, McpError> {
+        let mut result = self.inner.list_resource_templates(request, context.clone()).await?;
+        self.retain_pinned(
+            &mut result.resource_templates,
+            &context,
+            DefinitionsLock::pins_resource_template,
+            |t| &t.uri_template,
+        );
+        Ok(result)
     }
 
     forward_server_handler!(info);
-    forward_server_handler!(except_tools);
+    forward_server_handler!(except_definitions);
 }

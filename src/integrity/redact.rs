@@ -606,11 +606,11 @@ mod tests {
         for text in [
             format!("connecting with {password} as svc-acme"),
             format!("dsn=postgres://svc-acme:{url}@db:5432/app"),
-            format!("mixed p%40ss%20w%2frd\"%C3%A9:1234 end"),
+            "mixed p%40ss%20w%2frd\"%C3%A9:1234 end".to_owned(),
             format!("{{\"password\":{json}}}"),
             format!("blob {b64} end"),
             format!("Authorization: Basic {basic}"),
-            format!("form p%40ss+w%2Frd%22%c3%a9%3A1234"),
+            "form p%40ss+w%2Frd%22%c3%a9%3A1234".to_owned(),
         ] {
             let (out, counts) = redacted(&policy, std::slice::from_ref(&secret), &text);
             assert!(!out.contains(password), "{out}");
