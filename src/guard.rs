@@ -295,10 +295,14 @@ impl Guard {
             // One guard, its compiled schemas shared by every handler made.
             crate::integrity::ArgumentGuard::new((), self.arguments),
             crate::integrity::OutputGuard::new((), self.output.clone()),
-            self.definitions
-                .clone()
-                .filter(|(_, enforce)| *enforce)
-                .map(|(lock, _)| lock),
+            // One set of pins, the definitions found pinned shared too.
+            crate::integrity::Pinned::maybe(
+                (),
+                self.definitions
+                    .clone()
+                    .filter(|(_, enforce)| *enforce)
+                    .map(|(lock, _)| lock),
+            ),
         );
         #[cfg(not(feature = "integrity"))]
         let arguments = NoChecks;
@@ -404,10 +408,10 @@ fn checked<H>(
     (arguments, output, pinned): (
         crate::integrity::ArgumentGuard<()>,
         crate::integrity::OutputGuard<()>,
-        Option<Arc<crate::integrity::DefinitionsLock>>,
+        crate::integrity::Pinned<()>,
     ),
 ) -> Checked<H> {
-    crate::integrity::Pinned::maybe(output.around(arguments.around(handler)), pinned)
+    pinned.around(output.around(arguments.around(handler)))
 }
 
 /// Without the `integrity` feature: nothing to check.

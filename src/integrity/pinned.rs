@@ -2,7 +2,8 @@
 //! the lock pins, as they are pinned.
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use rmcp::ServerHandler;
 use rmcp::model::*;
@@ -34,19 +35,31 @@ type McpError = rmcp::ErrorData;
 /// `resources/read` and `completion/complete` are not checked: they go to
 /// the inner handler whatever template or prompt they name.
 ///
+/// A tool definition found pinned is remembered (one per pinned tool,
+/// shared by the handlers made with [`around`](Self::around)): the same
+/// definition seen again is served without computing its digest; any
+/// difference is hashed again.
+///
 /// [`Guard::pin_definitions`](crate::Guard::pin_definitions) installs it
 /// (inside the policy) and publishes the digest.
 #[derive(Clone)]
 pub struct Pinned<S> {
     inner: S,
     /// `None`: nothing pinned, every method passes through.
-    lock: Option<Arc<DefinitionsLock>>,
+    pins: Option<Arc<Pins>>,
+}
+
+/// The lock, and the tool definitions last found pinned, by name (at most
+/// one per tool the lock names).
+struct Pins {
+    lock: Arc<DefinitionsLock>,
+    verified: Mutex<HashMap<String, Tool>>,
 }
 
 impl<S> std::fmt::Debug for Pinned<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pinned")
-            .field("lock", &self.lock)
+            .field("lock", &self.pins.as_ref().map(|p| &p.lock))
             .finish_non_exhaustive()
     }
 }
@@ -54,23 +67,56 @@ impl<S> std::fmt::Debug for Pinned<S> {
 impl<S> Pinned<S> {
     /// Serve `inner`'s definitions only as `lock` pins them.
     pub fn new(inner: S, lock: Arc<DefinitionsLock>) -> Self {
-        Pinned {
-            inner,
-            lock: Some(lock),
-        }
+        Self::maybe(inner, Some(lock))
     }
 
     /// [`new`](Self::new), or a pass-through without a lock (as `Guard`
     /// installs it when no definitions are pinned).
     #[cfg_attr(not(feature = "jwt"), allow(dead_code))] // installed by Guard
     pub(crate) fn maybe(inner: S, lock: Option<Arc<DefinitionsLock>>) -> Self {
-        Pinned { inner, lock }
+        Pinned {
+            inner,
+            pins: lock.map(|lock| {
+                Arc::new(Pins {
+                    lock,
+                    verified: Mutex::new(HashMap::new()),
+                })
+            }),
+        }
     }
 
-    /// Whether a definition may be served: nothing pinned, or `pins` says
-    /// the lock pins it as it is.
-    fn serves(&self, pins: impl FnOnce(&DefinitionsLock) -> bool) -> bool {
-        self.lock.as_deref().is_none_or(pins)
+    /// The same pins (the lock and the definitions found pinned) around
+    /// another handler: for a server that makes a handler per session or
+    /// per request.
+    pub fn around<T>(&self, inner: T) -> Pinned<T> {
+        Pinned {
+            inner,
+            pins: self.pins.clone(),
+        }
+    }
+
+    fn lock(&self) -> Option<&DefinitionsLock> {
+        self.pins.as_deref().map(|p| &*p.lock)
+    }
+
+    /// Whether `tool` may be served: nothing pinned, or pinned as it is
+    /// (the same definition as last found pinned, or its digest agrees).
+    fn serves_tool(&self, tool: &Tool) -> bool {
+        let Some(pins) = self.pins.as_deref() else {
+            return true;
+        };
+        if crate::cache::lock(&pins.verified)
+            .get(tool.name.as_ref())
+            .is_some_and(|seen| seen == tool)
+        {
+            return true;
+        }
+        let pinned = pins.lock.pins_tool(tool);
+        if pinned {
+            // Only names the lock pins get here: bounded by the lock.
+            crate::cache::lock(&pins.verified).insert(tool.name.to_string(), tool.clone());
+        }
+        pinned
     }
 
     /// Keep in `items` only the definitions the lock pins as they are, and
@@ -82,7 +128,7 @@ impl<S> Pinned<S> {
         pins: impl Fn(&DefinitionsLock, &T) -> bool,
         resource: impl Fn(&T) -> &str,
     ) {
-        let Some(lock) = self.lock.as_deref() else {
+        let Some(lock) = self.lock() else {
             return;
         };
         items.retain(|item| {
@@ -143,11 +189,7 @@ impl<S: ServerHandler> ServerHandler for Pinned<S> {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
         // A tool the handler does not describe cannot be checked: refused.
-        let pinned = self.lock.is_none()
-            || self
-                .inner
-                .get_tool(&request.name)
-                .is_some_and(|t| self.serves(|lock| lock.pins_tool(&t)));
+        let pinned = self.pins.is_none() || self.inner.get_tool(&request.name).is_some_and(|t| self.serves_tool(&t));
         if !pinned {
             audit(&context, &request.name);
             return Err(McpError::invalid_params(
@@ -164,14 +206,20 @@ impl<S: ServerHandler> ServerHandler for Pinned<S> {
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
         let mut result = self.inner.list_tools(request, context.clone()).await?;
-        self.retain_pinned(&mut result.tools, &context, DefinitionsLock::pins_tool, |t| &t.name);
+        if self.pins.is_some() {
+            result.tools.retain(|tool| {
+                let pinned = self.serves_tool(tool);
+                if !pinned {
+                    audit(&context, &tool.name);
+                }
+                pinned
+            });
+        }
         Ok(result)
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {
-        self.inner
-            .get_tool(name)
-            .filter(|t| self.serves(|lock| lock.pins_tool(t)))
+        self.inner.get_tool(name).filter(|t| self.serves_tool(t))
     }
 
     async fn get_prompt(
@@ -179,7 +227,7 @@ impl<S: ServerHandler> ServerHandler for Pinned<S> {
         request: GetPromptRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, McpError> {
-        if let Some(lock) = self.lock.as_deref() {
+        if let Some(lock) = self.lock() {
             // A prompt the handler does not list cannot be checked: refused.
             let listed = self.listed_prompt(&request.name, &context).await?;
             if !listed.is_some_and(|p| lock.pins_prompt(&p)) {
