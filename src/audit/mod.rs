@@ -23,12 +23,38 @@
 //! | `revocation` | `outcome` (`allow`: in force; `error`: not shared with the fleet or the table is full), `reason` (`revoked`, a store reason such as `store_timeout`, `revocations_full`), `kind` (`subject`, `client_id`, `tenant`, `jti`), `value`, `issuer` (empty: every issuer), `by`, `revoked_at`, `expires_at` |
 //! | `circuit` | `upstream` (`jwks`, `introspection`, `token_endpoint`, `vault`, `redis`), `endpoint`, `state`, `previous` (`closed`, `open`, `half_open`), `failures`, `retry_after` (seconds, when opening); at `WARN` when a breaker opens |
 //!
+//! # The ECS view
+//!
+//! With the feature `telemetry`, [`EcsJsonLayer`] (a `tracing-subscriber`
+//! layer) writes each of these events as one [Elastic Common Schema]
+//! document per line (`event.action`, `event.outcome`, `user.id`,
+//! `organization.id`, `rule.name`, ... and our own fields under
+//! `rmcp_guard.*`), so they land in Elasticsearch without an ingest
+//! pipeline. The fields above stay as they are; the layer maps them. The
+//! schema reference, versioned ([`SCHEMA_VERSION`], ECS [`ECS_VERSION`]),
+//! with every event's keys and example documents, is
+//! [`docs/audit-schema.md`](https://github.com/rmcp-guard/rmcp-guard/blob/main/docs/audit-schema.md);
+//! `examples/audit_json.rs` is a server that writes them to stdout.
+//!
+//! | file | concept |
+//! |---|---|
+//! | `ecs` | [`EcsJsonLayer`]: the mapping to ECS and the JSON-lines writer (feature `telemetry`) |
+//!
 //! This module depends on nothing of the crate but [`Principal`]: each
 //! module passes its own vocabulary in as codes.
+//!
+//! [Elastic Common Schema]: https://www.elastic.co/docs/reference/ecs
 
 use std::fmt;
 
 use crate::principal::Principal;
+
+#[cfg(feature = "telemetry")]
+mod ecs;
+
+#[cfg(feature = "telemetry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "telemetry")))]
+pub use ecs::{ECS_VERSION, EcsJsonLayer, SCHEMA_VERSION};
 
 /// The `tracing` target of every audit event.
 pub const TARGET: &str = "rmcp_guard::audit";
@@ -716,6 +742,144 @@ fn record_metrics(event: &AuditEvent<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One event of each kind. The match has no wildcard: a new variant
+    /// fails to compile here until it has a sample (then `ecs::EVENTS` and
+    /// docs/audit-schema.md are checked for it).
+    pub(super) fn every_event_name() -> Vec<&'static str> {
+        let p = Principal::unverified("i", "s").build();
+        let samples = [
+            AuditEvent::Authn {
+                outcome: Outcome::Allow,
+                reason: "valid_token",
+                status: None,
+                caller: Caller::from(&p),
+                cached: false,
+            },
+            AuditEvent::Session {
+                reason: "session_not_owned",
+                subject: None,
+            },
+            AuditEvent::StepUp {
+                principal: &p,
+                resource: "t",
+                action: "tools/call",
+                required_scopes: &[],
+            },
+            AuditEvent::PolicyDecision {
+                principal: None,
+                resource: "",
+                action: "tools/list",
+                outcome: Outcome::Allow,
+                reason: "",
+                policy_version: "",
+                duration_us: 0,
+                cached: false,
+            },
+            AuditEvent::PolicyReload {
+                outcome: Outcome::Allow,
+                previous_version: "a",
+                policy_version: "b",
+                error: None,
+            },
+            AuditEvent::SecretAccess {
+                principal: None,
+                service: "s",
+                template: "t",
+                path: None,
+                outcome: "ok",
+                cache: "none",
+            },
+            AuditEvent::TokenExchange {
+                principal: None,
+                grant: "client_credentials",
+                audience: "a",
+                outcome: "ok",
+                cache: "none",
+            },
+            AuditEvent::Confirmation {
+                principal: &p,
+                resource: "t",
+                action: "tools/call",
+                step: "asked",
+                reason: "",
+            },
+            AuditEvent::Limit {
+                principal: &p,
+                outcome: Outcome::Deny,
+                reason: "rate",
+                resource: "",
+                retry_after_secs: 1,
+            },
+            AuditEvent::Arguments {
+                principal: None,
+                outcome: Outcome::Deny,
+                reason: "arguments_invalid",
+                resource: "t",
+            },
+            AuditEvent::Definitions {
+                principal: None,
+                outcome: Outcome::Deny,
+                reason: "definition_not_pinned",
+                resource: "t",
+            },
+            AuditEvent::OutputRedacted {
+                principal: None,
+                rule: "jwt",
+                count: 1,
+                resource: "t",
+            },
+            AuditEvent::Revocation {
+                outcome: Outcome::Allow,
+                reason: "revoked",
+                kind: "subject",
+                value: "v",
+                issuer: None,
+                by: None,
+                revoked_at: 1,
+                expires_at: 2,
+            },
+            AuditEvent::Circuit {
+                upstream: "redis",
+                endpoint: "e",
+                state: "open",
+                previous: "closed",
+                failures: 1,
+                retry_after: None,
+            },
+        ];
+        let mut seen = [false; 14];
+        for event in &samples {
+            let i = match event {
+                AuditEvent::Authn { .. } => 0,
+                AuditEvent::Session { .. } => 1,
+                AuditEvent::StepUp { .. } => 2,
+                AuditEvent::PolicyDecision { .. } => 3,
+                AuditEvent::PolicyReload { .. } => 4,
+                AuditEvent::SecretAccess { .. } => 5,
+                AuditEvent::TokenExchange { .. } => 6,
+                AuditEvent::Confirmation { .. } => 7,
+                AuditEvent::Limit { .. } => 8,
+                AuditEvent::Arguments { .. } => 9,
+                AuditEvent::Definitions { .. } => 10,
+                AuditEvent::OutputRedacted { .. } => 11,
+                AuditEvent::Revocation { .. } => 12,
+                AuditEvent::Circuit { .. } => 13,
+            };
+            seen[i] = true;
+        }
+        assert!(seen.iter().all(|s| *s), "a sample of every event");
+        samples.iter().map(AuditEvent::name).collect()
+    }
+
+    #[test]
+    fn every_event_has_a_distinct_name() {
+        let mut names = every_event_name();
+        let n = names.len();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), n);
+    }
 
     #[test]
     fn names_are_stable() {
