@@ -237,9 +237,6 @@ impl<S: ServerHandler> ServerHandler for OutputGuard<S> {
             return withheld(principal.as_ref(), &tool);
         };
         let mut redactor = Redactor::new(&self.policy, &secrets);
-        if redactor.failed() {
-            return withheld(principal.as_ref(), &tool);
-        }
         match &mut outcome {
             Ok(CallToolResponse::Complete(result)) => redact_result(&mut redactor, result),
             Ok(CallToolResponse::InputRequired(input)) => {

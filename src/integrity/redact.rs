@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::ops::Range;
 use std::sync::LazyLock;
 
-use aho_corasick::{AhoCorasick, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use base64::Engine as _;
 use regex::Regex;
 
@@ -332,11 +332,7 @@ impl Counts {
 pub(crate) struct Redactor<'p> {
     policy: &'p OutputPolicy,
     /// The values and their encodings, when the call read any.
-    values: Option<AhoCorasick>,
-    /// The shortest of them.
-    min_value: usize,
-    /// There were values, and they could not be made searchable.
-    failed: bool,
+    values: Option<Values>,
     pub(crate) counts: Counts,
 }
 
@@ -353,52 +349,32 @@ impl<'p> Redactor<'p> {
                 }
             }
         }
-        needles.sort_unstable();
-        needles.dedup();
-        let min_value = needles.iter().map(Vec::len).min().unwrap_or(usize::MAX);
-        let values = (!needles.is_empty())
-            .then(|| {
-                AhoCorasick::builder()
-                    .match_kind(MatchKind::LeftmostLongest)
-                    .build(&needles)
-                    .map_err(|e| tracing::error!(error = %e, "output guard: the values read cannot be searched for"))
-                    .ok()
-            })
-            .flatten();
-        let failed = !needles.is_empty() && values.is_none();
-        // Zeroize the copies of the values made here.
-        for needle in &mut needles {
-            zeroize::Zeroize::zeroize(needle);
-        }
         Redactor {
             policy,
-            values,
-            min_value,
-            failed,
+            values: Values::new(needles),
             counts: Counts::default(),
         }
-    }
-
-    /// Whether the values could not be made searchable (the result must be
-    /// withheld: fail closed).
-    pub(crate) fn failed(&self) -> bool {
-        self.failed
     }
 
     /// Remove what the policy removes from `text`; whether anything was.
     pub(crate) fn redact(&mut self, text: &mut String) -> bool {
         let mut found: Vec<(Range<usize>, RedactionRule)> = Vec::new();
         if let Some(values) = &self.values
-            && text.len() >= self.min_value
+            && text.len() >= values.shortest
         {
-            found.extend(
-                values
-                    .find_iter(text.as_bytes())
-                    .map(|m| (m.range(), RedactionRule::SecretValue)),
-            );
-            if text.contains('%') {
-                percent_encoded(text, values, &mut found);
+            let raw = text.as_bytes();
+            let mut ranges = Vec::new();
+            values.find(raw, &mut ranges);
+            // The same text with its percent escapes decoded (any mix of
+            // escaped and literal characters, either hex case), and with
+            // its JSON string escapes decoded (`\"`, `\/`, `\uXXXX` in
+            // either case, surrogate pairs: any JSON library's output).
+            for decoded in [Decoded::percent(raw), Decoded::json(raw)].into_iter().flatten() {
+                let mut inner = Vec::new();
+                values.find(&decoded.bytes, &mut inner);
+                ranges.extend(inner.into_iter().map(|r| decoded.original(r)));
             }
+            found.extend(ranges.into_iter().map(|r| (r, RedactionRule::SecretValue)));
         }
         for pattern in PATTERNS.iter() {
             if text.len() < pattern.min_len || !self.policy.applies(pattern.rule) {
@@ -463,7 +439,17 @@ impl<'p> Redactor<'p> {
         let Some(values) = &self.values else {
             return false;
         };
-        let found: Vec<Range<usize>> = values.find_iter(bytes.as_slice()).map(|m| m.range()).collect();
+        let mut found = Vec::new();
+        values.find(bytes, &mut found);
+        found.sort_by_key(|r| r.start);
+        let mut merged: Vec<Range<usize>> = Vec::with_capacity(found.len());
+        for range in found {
+            match merged.last_mut() {
+                Some(last) if range.start < last.end => last.end = last.end.max(range.end),
+                _ => merged.push(range),
+            }
+        }
+        let found = merged;
         if found.is_empty() {
             return false;
         }
@@ -483,34 +469,19 @@ impl<'p> Redactor<'p> {
     }
 }
 
-/// `value` and the forms it takes in results: JSON-escaped (as serde
-/// writes it, ASCII-only with `\uXXXX`, with `\/`), form-encoded spaces,
-/// and base64 (both alphabets, at each of the three alignments inside a
-/// longer encoded text, where at least 8 characters are the value's
-/// alone). Percent-encoding is matched by decoding the text instead.
+/// `value` and the forms it takes in results: as serde writes it in a
+/// JSON string (searched in a text whose JSON escapes are decoded, it finds
+/// a value escaped twice), with `+` for its spaces (form encoding), and in
+/// base64 (both alphabets, at each of the three alignments inside a longer
+/// encoded text, where at least 8 characters are the value's alone).
+/// Percent and JSON escapes are matched by decoding the text instead.
 fn encodings(value: &str, needles: &mut Vec<Vec<u8>>) {
     needles.push(value.as_bytes().to_vec());
-    if let Ok(json) = serde_json::to_string(value) {
-        let inner = &json[1..json.len() - 1];
-        needles.push(inner.as_bytes().to_vec());
-        if inner.contains('/') {
-            needles.push(inner.replace('/', "\\/").into_bytes());
+    if let Ok(mut json) = serde_json::to_string(value) {
+        if json.len() != value.len() + 2 {
+            needles.push(json.as_bytes()[1..json.len() - 1].to_vec());
         }
-        if !value.is_ascii() {
-            let mut ascii = String::with_capacity(inner.len() * 2);
-            for c in inner.chars() {
-                if c.is_ascii() {
-                    ascii.push(c);
-                } else {
-                    let mut units = [0u16; 2];
-                    for unit in c.encode_utf16(&mut units) {
-                        ascii.push_str(&format!("\\u{unit:04x}"));
-                    }
-                }
-            }
-            needles.push(ascii.to_ascii_lowercase().into_bytes());
-            needles.push(ascii.into_bytes());
-        }
+        zeroize::Zeroize::zeroize(&mut json);
     }
     if value.contains(' ') {
         needles.push(value.replace(' ', "+").into_bytes());
@@ -535,38 +506,202 @@ fn encodings(value: &str, needles: &mut Vec<Vec<u8>>) {
     }
 }
 
-/// Find the values in `text`'s percent-decoded view (any mix of escaped
-/// and literal characters, either hex case) and record the ranges of the
-/// original text they came from.
-fn percent_encoded(text: &str, values: &AhoCorasick, found: &mut Vec<(Range<usize>, RedactionRule)>) {
-    let raw = text.as_bytes();
-    let mut decoded = Vec::with_capacity(raw.len());
-    // The start, in `text`, of each decoded byte.
-    let mut origin = Vec::with_capacity(raw.len() + 1);
-    let mut i = 0;
-    while i < raw.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        if raw[i] == b'%'
-            && i + 2 < raw.len()
-            && let (Some(h), Some(l)) = (hex(raw[i + 1]), hex(raw[i + 2]))
-        {
-            decoded.push((h * 16 + l) as u8);
-            origin.push(i);
-            i += 3;
-        } else {
-            decoded.push(raw[i]);
-            origin.push(i);
-            i += 1;
+/// A haystack up to this long is searched needle by needle (`memmem`);
+/// a longer one with one automaton, built at the first such text.
+const SMALL_TEXT: usize = 4096;
+
+/// The values a call read, in the forms searched for (zeroized on drop).
+struct Values {
+    needles: Vec<Vec<u8>>,
+    shortest: usize,
+    automaton: std::sync::OnceLock<Option<AhoCorasick>>,
+}
+
+impl Values {
+    fn new(mut needles: Vec<Vec<u8>>) -> Option<Values> {
+        needles.sort_unstable();
+        needles.dedup();
+        let shortest = needles.iter().map(Vec::len).min()?;
+        Some(Values {
+            needles,
+            shortest,
+            automaton: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Every place a value is in `haystack` (ranges may overlap).
+    fn find(&self, haystack: &[u8], found: &mut Vec<Range<usize>>) {
+        if haystack.len() < self.shortest {
+            return;
+        }
+        if haystack.len() > SMALL_TEXT {
+            let automaton = self.automaton.get_or_init(|| {
+                AhoCorasick::builder()
+                    .match_kind(MatchKind::LeftmostLongest)
+                    // Quick to build for a few short needles, fast to scan.
+                    .kind(Some(AhoCorasickKind::ContiguousNFA))
+                    .build(&self.needles)
+                    .map_err(|e| tracing::warn!(error = %e, "output guard: searching needle by needle"))
+                    .ok()
+            });
+            if let Some(automaton) = automaton {
+                found.extend(automaton.find_iter(haystack).map(|m| m.range()));
+                return;
+            }
+        }
+        for needle in &self.needles {
+            found.extend(memchr::memmem::find_iter(haystack, needle).map(|at| at..at + needle.len()));
         }
     }
-    origin.push(raw.len());
-    if decoded.len() == raw.len() {
-        return; // nothing was escaped: the direct search saw it all
+}
+
+impl Drop for Values {
+    fn drop(&mut self) {
+        for needle in &mut self.needles {
+            zeroize::Zeroize::zeroize(needle);
+        }
     }
-    for m in values.find_iter(decoded.as_slice()) {
-        found.push((origin[m.start()]..origin[m.end()], RedactionRule::SecretValue));
+}
+
+/// A text with its escapes decoded, and where each escape came from.
+struct Decoded {
+    bytes: Vec<u8>,
+    escapes: Vec<Escape>,
+}
+
+/// One decoded escape: its bytes in the decoded text, in the original.
+struct Escape {
+    decoded: Range<usize>,
+    original: Range<usize>,
+}
+
+impl Decoded {
+    /// `%XX` decoded; `None` when there is none.
+    fn percent(raw: &[u8]) -> Option<Decoded> {
+        let hex = |b: u8| (b as char).to_digit(16);
+        let at = memchr::memchr_iter(b'%', raw)
+            .find(|&i| i + 2 < raw.len() && hex(raw[i + 1]).is_some() && hex(raw[i + 2]).is_some())?;
+        let mut decoded = Decoded {
+            bytes: Vec::with_capacity(raw.len()),
+            escapes: Vec::new(),
+        };
+        decoded.bytes.extend_from_slice(&raw[..at]);
+        let mut i = at;
+        while i < raw.len() {
+            if raw[i] == b'%'
+                && i + 2 < raw.len()
+                && let (Some(h), Some(l)) = (hex(raw[i + 1]), hex(raw[i + 2]))
+            {
+                decoded.push(&[(h * 16 + l) as u8], i..i + 3);
+                i += 3;
+            } else {
+                decoded.bytes.push(raw[i]);
+                i += 1;
+            }
+        }
+        Some(decoded)
     }
-    zeroize::Zeroize::zeroize(&mut decoded);
+
+    /// JSON string escapes decoded (`\"`, `\\`, `\/`, `\b`, `\f`, `\n`,
+    /// `\r`, `\t`, `\uXXXX` and surrogate pairs); `None` when there is none.
+    fn json(raw: &[u8]) -> Option<Decoded> {
+        let at = memchr::memchr(b'\\', raw)?;
+        let mut decoded = Decoded {
+            bytes: Vec::with_capacity(raw.len()),
+            escapes: Vec::new(),
+        };
+        decoded.bytes.extend_from_slice(&raw[..at]);
+        let mut i = at;
+        while i < raw.len() {
+            if raw[i] == b'\\'
+                && let Some((c, len)) = json_escape(&raw[i..])
+            {
+                let mut utf8 = [0u8; 4];
+                decoded.push(c.encode_utf8(&mut utf8).as_bytes(), i..i + len);
+                i += len;
+            } else {
+                decoded.bytes.push(raw[i]);
+                i += 1;
+            }
+        }
+        (!decoded.escapes.is_empty()).then_some(decoded)
+    }
+
+    fn push(&mut self, bytes: &[u8], original: Range<usize>) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(bytes);
+        self.escapes.push(Escape {
+            decoded: start..self.bytes.len(),
+            original,
+        });
+    }
+
+    /// Where a range of the decoded text came from in the original (a
+    /// range starting or ending inside an escape takes all of it).
+    fn original(&self, range: Range<usize>) -> Range<usize> {
+        // Between escapes, offsets move by what the escapes before saved.
+        let map = |d: usize, end: bool| -> usize {
+            let i = self.escapes.partition_point(|e| e.decoded.start <= d);
+            match i.checked_sub(1).map(|i| &self.escapes[i]) {
+                None => d,
+                Some(e) if d < e.decoded.end => {
+                    if end {
+                        e.original.end
+                    } else {
+                        e.original.start
+                    }
+                }
+                Some(e) => e.original.end + (d - e.decoded.end),
+            }
+        };
+        let start = map(range.start, false);
+        let end = if range.end > range.start {
+            map(range.end - 1, true).max(map(range.end - 1, false) + 1)
+        } else {
+            start
+        };
+        start..end
+    }
+}
+
+/// The character a JSON escape at the start of `text` stands for, and its
+/// length; `None` when `text` does not start with a valid one.
+fn json_escape(text: &[u8]) -> Option<(char, usize)> {
+    let simple = match text.get(1)? {
+        b'"' => '"',
+        b'\\' => '\\',
+        b'/' => '/',
+        b'b' => '\u{8}',
+        b'f' => '\u{c}',
+        b'n' => '\n',
+        b'r' => '\r',
+        b't' => '\t',
+        b'u' => {
+            let unit = |t: &[u8]| -> Option<u32> {
+                let hex = t.get(2..6)?;
+                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                    return None;
+                }
+                u32::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+            };
+            let high = unit(text)?;
+            if (0xD800..0xDC00).contains(&high) {
+                // A surrogate pair: `\uD83D\uDE00`.
+                if text.get(6) != Some(&b'\\') || text.get(7) != Some(&b'u') {
+                    return None;
+                }
+                let low = unit(&text[6..])?;
+                if !(0xDC00..0xE000).contains(&low) {
+                    return None;
+                }
+                let c = char::from_u32(0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00))?;
+                return Some((c, 12));
+            }
+            return char::from_u32(high).map(|c| (c, 6));
+        }
+        _ => return None,
+    };
+    Some((simple, 2))
 }
 
 #[cfg(test)]
@@ -621,6 +756,37 @@ mod tests {
         }
         let (out, _) = redacted(&policy, &[secret], "connected as svc-acme");
         assert_eq!(out, "connected as svc-acme", "a public field stays");
+    }
+
+    #[test]
+    fn json_escapes_of_any_library_and_long_texts_are_searched() {
+        let password = "Kx9 \"vélo\"/@Zq-4417";
+        let secret = Secret::new([("password", password)]);
+        let padding = "lorem ipsum dolor sit amet ".repeat(400); // past SMALL_TEXT: the automaton
+        for text in [
+            r#"{"password":"Kx9 \"v\u00e9lo\"\/@Zq-4417"}"#.to_owned(),
+            r#"{"password":"Kx9 \"v\u00E9lo\"/@Zq-4417"}"#.to_owned(),
+            r#"{"password":"Kx9 \u0022v\u00E9lo\u0022/@Zq-4417"}"#.to_owned(),
+            r#""{\"password\":\"Kx9 \\\"vélo\\\"/@Zq-4417\"}""#.to_owned(),
+            format!("{padding}{password}{padding}"),
+            format!("{padding}{}{padding}", r#"Kx9 \"v\u00e9lo\"\/@Zq-4417"#),
+        ] {
+            let (out, counts) = redacted(&OutputPolicy::default(), std::slice::from_ref(&secret), &text);
+            assert!(
+                out.contains("[REDACTED:secret_value]"),
+                "{}",
+                &out[..out.len().min(200)]
+            );
+            assert!(!out.contains("Zq-4417"), "{}", &out[..out.len().min(200)]);
+            assert_eq!(counts.total(), 1);
+        }
+        // Escapes elsewhere stay as they were.
+        let text = r#"{"note":"say \"hi\" \u00e9 \ud83d\ude00","password":"Kx9 \"v\u00e9lo\"\/@Zq-4417"}"#;
+        let (out, _) = redacted(&OutputPolicy::default(), &[secret], text);
+        assert_eq!(
+            out,
+            r#"{"note":"say \"hi\" \u00e9 \ud83d\ude00","password":"[REDACTED:secret_value]"}"#
+        );
     }
 
     #[test]
