@@ -39,6 +39,9 @@
 //! | `GUARD_REDIS_URL` | `redis://[user:password@]host:port[/db]`: rate limits, session bindings, single-use confirmations and revocations shared by every replica ([docs/fleet.md](../docs/fleet.md)) | unset: this process's memory (one replica) |
 //! | `GUARD_REDIS_PREFIX` | prefix of every Redis key: replicas of one server share it, two servers sharing a Redis must not | `rmcp-guard:{GUARD_RESOURCE}:` |
 //! | `GUARD_REDIS_TIMEOUT_MS` | the longest a request waits for one Redis command (1 to 10000); past it, or while Redis is down, what needs Redis is refused with 503 | `50` |
+//! | `GUARD_METRICS_BIND` | serve the metrics in Prometheus text format at `http://{GUARD_METRICS_BIND}/metrics`, a listener of its own (`ip:port`) | unset: no scrape endpoint |
+//! | `GUARD_METRICS_TOKEN_FILE` | file holding the bearer token a scrape must send (Prometheus: `authorization: {credentials_file: ...}`); required when `GUARD_METRICS_BIND` is not a loopback address | unset: loopback scrapes need no token |
+//! | `GUARD_OTLP_ENDPOINT` | an OTLP/HTTP receiver (`http://collector:4318`): metrics (every 60 s, `OTEL_METRIC_EXPORT_INTERVAL` in ms) and spans are sent there as protobuf; `OTEL_SERVICE_NAME` names this server | unset: nothing is sent |
 //! | `RUST_LOG` | log filter; audit events are on `rmcp_guard::audit` | `info` |
 //!
 //! Tools and what the embedded RBAC policy needs for them (groups claim):
@@ -697,9 +700,27 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
+    // Telemetry first: the guard's instruments are created at their first
+    // record, from the meter provider installed then. Dropped on every way
+    // out of `main`, it flushes what is left to export.
+    let telemetry = match telemetry::Telemetry::from_env().await {
+        Ok(t) => t,
+        Err(message) => {
+            eprintln!("secure_server: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    {
+        use tracing_subscriber::Layer;
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        let logs = tracing_subscriber::fmt::layer()
+            .with_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()));
+        tracing_subscriber::registry()
+            .with(logs)
+            .with(telemetry.spans_layer())
+            .init();
+    }
     let settings = match settings().await {
         Ok(s) => s,
         Err(message) => {
@@ -782,4 +803,229 @@ async fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+/// Metrics and traces: the OpenTelemetry SDK the guard records through,
+/// installed before anything records. With neither `GUARD_METRICS_BIND` nor
+/// `GUARD_OTLP_ENDPOINT` no SDK is installed and the guard's instruments are
+/// no-ops.
+mod telemetry {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::response::{IntoResponse, Response};
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::{MetricExporter, Protocol, SpanExporter, WithExportConfig};
+    use opentelemetry_sdk::Resource;
+    use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
+    use opentelemetry_sdk::propagation::TraceContextPropagator;
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use sha2::{Digest, Sha256};
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::registry::LookupSpan;
+
+    use super::env;
+
+    /// Crates whose own spans are not exported: the exporters and the HTTP
+    /// stack they send with (no telemetry about sending telemetry).
+    const NOT_TRACED: [&str; 10] = [
+        "opentelemetry",
+        "opentelemetry_sdk",
+        "opentelemetry_otlp",
+        "opentelemetry_http",
+        "hyper",
+        "hyper_util",
+        "h2",
+        "reqwest",
+        "tower",
+        "tonic",
+    ];
+
+    /// The installed providers; dropping it flushes and shuts them down.
+    pub(crate) struct Telemetry {
+        meters: Option<SdkMeterProvider>,
+        tracer: Option<SdkTracerProvider>,
+    }
+
+    impl Telemetry {
+        /// Read `GUARD_METRICS_BIND`, `GUARD_METRICS_TOKEN_FILE` and
+        /// `GUARD_OTLP_ENDPOINT`, install the global providers and the W3C
+        /// `traceparent` propagator, and start serving `/metrics`.
+        pub(crate) async fn from_env() -> Result<Telemetry, String> {
+            let scrape = scrape_settings()?;
+            let otlp = match env("GUARD_OTLP_ENDPOINT") {
+                None => None,
+                Some(endpoint) => match url::Url::parse(&endpoint) {
+                    Ok(url) if matches!(url.scheme(), "http" | "https") => {
+                        Some(endpoint.trim_end_matches('/').to_owned())
+                    }
+                    _ => return Err(format!("GUARD_OTLP_ENDPOINT is not an http(s) URL: {endpoint}")),
+                },
+            };
+            // The caller's trace continues through the guard, and on to the
+            // upstreams it calls.
+            opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+            if scrape.is_none() && otlp.is_none() {
+                return Ok(Telemetry {
+                    meters: None,
+                    tracer: None,
+                });
+            }
+            let mut resource = Resource::builder();
+            if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+                resource = resource.with_service_name("rmcp-guard-secure-server");
+            }
+            let resource = resource.build();
+            let mut meters = SdkMeterProvider::builder().with_resource(resource.clone());
+            let mut tracer = None;
+            if let Some((addr, token)) = scrape {
+                let registry = prometheus::Registry::new();
+                let exporter = opentelemetry_prometheus::exporter()
+                    .with_registry(registry.clone())
+                    .build()
+                    .map_err(|e| format!("GUARD_METRICS_BIND: {e}"))?;
+                meters = meters.with_reader(exporter);
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| format!("GUARD_METRICS_BIND: cannot listen on {addr}: {e}"))?;
+                let app = axum::Router::new()
+                    .route("/metrics", axum::routing::get(metrics))
+                    .with_state(Arc::new(Scrape { registry, token }));
+                tokio::spawn(async move {
+                    if let Err(e) = axum::serve(listener, app).await {
+                        tracing::error!("metrics endpoint stopped: {e}");
+                    }
+                });
+            }
+            if let Some(base) = otlp {
+                let failed = |e: opentelemetry_otlp::ExporterBuildError| format!("GUARD_OTLP_ENDPOINT: {e}");
+                let metrics = MetricExporter::builder()
+                    .with_http()
+                    .with_protocol(Protocol::HttpBinary)
+                    .with_endpoint(format!("{base}/v1/metrics"))
+                    .build()
+                    .map_err(failed)?;
+                meters = meters.with_reader(PeriodicReader::builder(metrics).build());
+                let spans = SpanExporter::builder()
+                    .with_http()
+                    .with_protocol(Protocol::HttpBinary)
+                    .with_endpoint(format!("{base}/v1/traces"))
+                    .build()
+                    .map_err(failed)?;
+                let provider = SdkTracerProvider::builder()
+                    .with_batch_exporter(spans)
+                    .with_resource(resource)
+                    .build();
+                opentelemetry::global::set_tracer_provider(provider.clone());
+                tracer = Some(provider);
+            }
+            let meters = meters.build();
+            opentelemetry::global::set_meter_provider(meters.clone());
+            Ok(Telemetry {
+                meters: Some(meters),
+                tracer,
+            })
+        }
+
+        /// The layer sending the guard's `tracing` spans over OTLP (with
+        /// `GUARD_OTLP_ENDPOINT`). Its filter is its own: `RUST_LOG` sets
+        /// what is logged, not what is traced; the HTTP clients and the
+        /// exporters themselves are never traced.
+        pub(crate) fn spans_layer<S>(&self) -> Option<impl Layer<S> + use<S>>
+        where
+            S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+        {
+            let tracer = self.tracer.as_ref()?.tracer("secure_server");
+            let filter = tracing_subscriber::filter::Targets::new()
+                .with_default(tracing::Level::INFO)
+                .with_targets(NOT_TRACED.map(|target| (target, tracing::level_filters::LevelFilter::OFF)));
+            Some(tracing_opentelemetry::layer().with_tracer(tracer).with_filter(filter))
+        }
+    }
+
+    impl Drop for Telemetry {
+        fn drop(&mut self) {
+            // The last batch of spans and the last metrics are sent now.
+            if let Some(tracer) = self.tracer.take()
+                && let Err(e) = tracer.shutdown()
+            {
+                eprintln!("secure_server: flushing spans: {e}");
+            }
+            if let Some(meters) = self.meters.take()
+                && let Err(e) = meters.shutdown()
+            {
+                eprintln!("secure_server: flushing metrics: {e}");
+            }
+        }
+    }
+
+    /// SHA-256 of the bearer token a scrape must send.
+    type TokenDigest = [u8; 32];
+
+    /// `GUARD_METRICS_BIND` and the digest of the token in
+    /// `GUARD_METRICS_TOKEN_FILE`. A scrape endpoint on an address other
+    /// machines reach is never left without a token.
+    fn scrape_settings() -> Result<Option<(SocketAddr, Option<TokenDigest>)>, String> {
+        let Some(bind) = env("GUARD_METRICS_BIND") else {
+            if env("GUARD_METRICS_TOKEN_FILE").is_some() {
+                return Err("GUARD_METRICS_TOKEN_FILE needs GUARD_METRICS_BIND".to_owned());
+            }
+            return Ok(None);
+        };
+        let addr: SocketAddr = bind
+            .parse()
+            .map_err(|_| format!("GUARD_METRICS_BIND is not a socket address (ip:port): {bind}"))?;
+        let token = match env("GUARD_METRICS_TOKEN_FILE") {
+            Some(path) => {
+                let text = zeroize::Zeroizing::new(
+                    std::fs::read_to_string(&path)
+                        .map_err(|e| format!("GUARD_METRICS_TOKEN_FILE: cannot read {path}: {e}"))?,
+                );
+                let token = text.trim();
+                if token.len() < 16 {
+                    return Err(
+                        "GUARD_METRICS_TOKEN_FILE must hold a token of 16 characters or more (`openssl rand -hex 32`)"
+                            .to_owned(),
+                    );
+                }
+                Some(Sha256::digest(token.as_bytes()).into())
+            }
+            None if addr.ip().is_loopback() => None,
+            None => {
+                return Err(format!(
+                    "GUARD_METRICS_BIND {addr} is not a loopback address: set GUARD_METRICS_TOKEN_FILE \
+                     (the bearer token the scraper sends)"
+                ));
+            }
+        };
+        Ok(Some((addr, token)))
+    }
+
+    struct Scrape {
+        registry: prometheus::Registry,
+        token: Option<TokenDigest>,
+    }
+
+    /// `GET /metrics`: the Prometheus text format.
+    async fn metrics(axum::extract::State(scrape): axum::extract::State<Arc<Scrape>>, headers: HeaderMap) -> Response {
+        if let Some(expected) = scrape.token {
+            let sent = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            // Digests compared, so the comparison's time says nothing of the token.
+            if sent.map(|t| TokenDigest::from(Sha256::digest(t.trim().as_bytes()))) != Some(expected) {
+                return (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")]).into_response();
+            }
+        }
+        let mut body = String::new();
+        match prometheus::TextEncoder::new().encode_utf8(&scrape.registry.gather(), &mut body) {
+            Ok(()) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body).into_response(),
+            Err(e) => {
+                tracing::error!("cannot encode the metrics: {e}");
+                StatusCode::INTERNAL_SERVER_ERROR.into_response()
+            }
+        }
+    }
 }

@@ -150,11 +150,13 @@ async fn spans_of_a_call_reach_the_otlp_receiver_as_one_tree_under_the_callers_t
     let result = client.call_tool("whoami", json!({})).await.expect("whoami");
     assert_ne!(result.is_error, Some(true));
     // A refused token is counted too.
+    // (A 2026-07-28 client sends nothing until its first request.)
     let refused = McpClient::connect(&server.url, Protocol::V2026_07_28)
         .bearer("not-a-token")
         .send()
-        .await;
-    assert!(refused.is_err());
+        .await
+        .expect("connect");
+    assert!(refused.call_tool("whoami", json!({})).await.is_err());
     server.stop();
     let arrived = receiver
         .wait_for(Duration::from_secs(15), |r| {
@@ -212,7 +214,7 @@ async fn spans_of_a_call_reach_the_otlp_receiver_as_one_tree_under_the_callers_t
         counter_sum(
             &metrics,
             "rmcp_guard.requests",
-            &[("outcome", "deny"), ("reason", "invalid_token")]
+            &[("outcome", "deny"), ("reason", "malformed_token")]
         ) >= 1,
         "the refused token is counted"
     );
@@ -360,13 +362,12 @@ async fn at_trace_level_no_token_proof_secret_or_client_secret_leaves_in_logs_sp
         let other = TestIssuer::start().await.unwrap();
         token(&other, &server.url, &["admin"])
     };
-    assert!(
-        McpClient::connect(&server.url, Protocol::V2026_07_28)
-            .bearer(forged.clone())
-            .send()
-            .await
-            .is_err()
-    );
+    let refused = McpClient::connect(&server.url, Protocol::V2026_07_28)
+        .bearer(forged.clone())
+        .send()
+        .await
+        .expect("connect");
+    assert!(refused.call_tool("whoami", json!({})).await.is_err());
 
     let scrape = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
         .await
