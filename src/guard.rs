@@ -11,6 +11,7 @@ use crate::advertise::{Advertised, CLIENT_CREDENTIALS_EXTENSION};
 use crate::oauth::ResourceServer;
 use crate::secrets::Credentials;
 use crate::session::SessionBindingLayer;
+use crate::telemetry::trace::{RequestSpanLayer, ToolSpans};
 
 /// Assembles the guarded MCP endpoint; see the [type docs](Self).
 ///
@@ -33,6 +34,7 @@ use crate::session::SessionBindingLayer;
 ///
 /// | piece | what it does | when |
 /// |---|---|---|
+/// | [`RequestSpanLayer`] | the span of each request (`rmcp_guard.request`), its parent the caller's `traceparent` (feature `telemetry`) | always ([`crate::telemetry`]) |
 /// | [`EdgeLayer`](crate::edge::EdgeLayer) | one well-formed, allowed `Host` (ports matched exactly), a well-formed `Origin` | always |
 /// | RFC 9728 metadata routes | `/.well-known/oauth-protected-resource[/mcp]`, unauthenticated | always |
 /// | [`BearerAuthLayer`](crate::oauth::BearerAuthLayer) | authenticates every request to the MCP endpoint (bearer and DPoP, [`DpopConfig`](crate::oauth::DpopConfig)); refuses revoked tokens ([`SharedStore::revocations`](crate::store::SharedStore::revocations)); with a Redis store, DPoP proofs are remembered fleet-wide | always |
@@ -42,6 +44,7 @@ use crate::session::SessionBindingLayer;
 /// | [`StepUpLayer`](crate::policy::StepUpLayer) | 403 `insufficient_scope` before rmcp when the policy names missing scopes | with a policy |
 /// | rmcp's `StreamableHttpService` | Host/Origin checks from the resource URI ([`HostPolicy`](crate::oauth::HostPolicy)) | always |
 /// | [`Guarded`](crate::policy::Guarded) | every call, read, get and listing decided by the policy; the user's confirmation where the policy asks for it | with a policy |
+/// | [`ToolSpans`] | the span of each tool call (`rmcp_guard.tool`), its parent the trace context in the request's `_meta` (feature `telemetry`) | always |
 /// | [`OutputGuard`](crate::integrity::OutputGuard) | removes from each tool result the values of the credentials and tokens the call read, and credential-shaped text ([`Guard::output`]) | feature `integrity` |
 /// | [`ArgumentGuard`](crate::integrity::ArgumentGuard) | a call's arguments at most 1 MiB and valid against the tool's `inputSchema` ([`Guard::arguments`]) | feature `integrity` |
 /// | [`Advertised`] | adds the extensions the resource server supports (client credentials) to `server/discover` and `initialize` | always |
@@ -366,6 +369,7 @@ impl Guard {
             .layer(bearer)
             .merge(self.rs.metadata_router())
             .layer(edge)
+            .layer(RequestSpanLayer::new())
     }
 }
 
@@ -395,12 +399,14 @@ fn fleet_sealer(
     sealer
 }
 
-/// The handler with its tools served only as pinned, its results without
-/// secrets and its arguments checked (feature `integrity`).
+/// The handler with a span around each tool call, its tools served only as
+/// pinned, its results without secrets and its arguments checked (feature
+/// `integrity`).
 #[cfg(feature = "integrity")]
-type Checked<H> = crate::integrity::Pinned<crate::integrity::OutputGuard<crate::integrity::ArgumentGuard<H>>>;
+type Checked<H> =
+    ToolSpans<crate::integrity::Pinned<crate::integrity::OutputGuard<crate::integrity::ArgumentGuard<H>>>>;
 #[cfg(not(feature = "integrity"))]
-type Checked<H> = H;
+type Checked<H> = ToolSpans<H>;
 
 #[cfg(feature = "integrity")]
 fn checked<H>(
@@ -411,7 +417,7 @@ fn checked<H>(
         crate::integrity::Pinned<()>,
     ),
 ) -> Checked<H> {
-    pinned.around(output.around(arguments.around(handler)))
+    ToolSpans::new(pinned.around(output.around(arguments.around(handler))))
 }
 
 /// Without the `integrity` feature: nothing to check.
@@ -421,7 +427,7 @@ struct NoChecks;
 
 #[cfg(not(feature = "integrity"))]
 fn checked<H>(handler: H, _: NoChecks) -> Checked<H> {
-    handler
+    ToolSpans::new(handler)
 }
 
 /// The MCP extensions `rs` supports, for [`Advertised`]: client credentials

@@ -34,8 +34,7 @@ pub mod session;
 pub mod integrity;
 #[cfg(feature = "policy")]
 pub mod policy;
-#[cfg(feature = "telemetry")]
-#[cfg_attr(docsrs, doc(cfg(feature = "telemetry")))]
+// Spans always; metrics and W3C trace context with feature `telemetry`.
 pub mod telemetry;
 
 pub mod secrets;

@@ -173,10 +173,13 @@ impl ClientAuth {
 pub(crate) struct HttpError(String);
 
 /// The async HTTP client handed to `oauth2`: one request through `client`,
+/// carrying the current span's W3C trace context (feature `telemetry`),
 /// the response body read up to [`MAX_RESPONSE_BYTES`]. A 5xx answer is an
 /// error, like a connection failure.
 pub(crate) async fn send(client: reqwest::Client, request: HttpRequest) -> Result<HttpResponse, HttpError> {
-    let request = reqwest::Request::try_from(request).map_err(|e| HttpError(format!("bad request: {e}")))?;
+    let mut request = reqwest::Request::try_from(request).map_err(|e| HttpError(format!("bad request: {e}")))?;
+    // The trace context of the caller's span (introspection, token endpoint).
+    crate::telemetry::trace::inject(request.headers_mut());
     let mut response = client.execute(request).await.map_err(|e| {
         let kind = if e.is_timeout() {
             "timed out"

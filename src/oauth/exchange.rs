@@ -12,6 +12,7 @@ use oauth2::{
     StandardTokenResponse, TokenResponse, TokenUrl,
 };
 use sha2::{Digest, Sha256};
+use tracing::Instrument as _;
 use zeroize::Zeroizing;
 
 use super::client::{ClientAuth, default_http_client, send};
@@ -21,6 +22,7 @@ use crate::breaker::{Attempt, Breaker, BreakerConfig, Upstream};
 use crate::cache::{Flight, Limits, SingleFlight, Timestamp, TtlCache};
 use crate::error::{ConfigError, Rejection};
 use crate::principal::Principal;
+use crate::telemetry::trace;
 use rmcp::handler::server::common::{AsRequestContext, FromContextPart};
 
 /// RFC 8693 grant type.
@@ -596,18 +598,36 @@ impl TokenExchange {
     }
 
     async fn obtain(&self, grant: Grant<'_>, request: &DownstreamRequest) -> Result<DownstreamToken, ExchangeError> {
+        let kind = match grant {
+            Grant::Exchange { .. } => "token_exchange",
+            Grant::ClientCredentials => "client_credentials",
+        };
+        let span = trace::exchange_span(kind, request.target());
+        let (result, cache) = self.obtain_in_span(grant, kind, request).instrument(span.clone()).await;
+        span.record("cache", cache);
+        match &result {
+            Ok(_) => trace::outcome(&span, "ok", false),
+            Err(e) => trace::outcome(&span, e.code(), !matches!(e, ExchangeError::Refused(_))),
+        }
+        result
+    }
+
+    /// [`obtain`](Self::obtain), inside its span: the token and how the
+    /// cache gave it (`hit`, `miss`, `joined`).
+    async fn obtain_in_span(
+        &self,
+        grant: Grant<'_>,
+        kind: &'static str,
+        request: &DownstreamRequest,
+    ) -> (Result<DownstreamToken, ExchangeError>, &'static str) {
         let key = cache_key(&grant, request);
         let principal = match &grant {
             Grant::Exchange { principal, .. } => Some(*principal),
             Grant::ClientCredentials => None,
         };
-        let kind = match grant {
-            Grant::Exchange { .. } => "token_exchange",
-            Grant::ClientCredentials => "client_credentials",
-        };
         if let Some(token) = self.inner.cache.get(&key, Timestamp::now()) {
             audit(principal, kind, request.target(), "ok", "hit");
-            return Ok(token);
+            return (Ok(token), "hit");
         }
         let (this, grant) = (self, &grant);
         let (result, flight) = self
@@ -634,14 +654,9 @@ impl TokenExchange {
             Ok(_) => "ok",
             Err(e) => e.code(),
         };
-        audit(
-            principal,
-            kind,
-            request.target(),
-            outcome,
-            if flight == Flight::Led { "miss" } else { "joined" },
-        );
-        result
+        let cache = if flight == Flight::Led { "miss" } else { "joined" };
+        audit(principal, kind, request.target(), outcome, cache);
+        (result, cache)
     }
 
     fn remember(&self, key: CacheKey, token: &DownstreamToken, principal: Option<&Principal>) {
@@ -682,7 +697,11 @@ impl TokenExchange {
         for _ in 0..2 {
             let proof = signer.map(|s| s.proof("POST", endpoint, None, nonce.as_deref()));
             let http_request = self.exchange_request(subject_token, request, proof.as_deref())?;
-            let response = match send(self.inner.http.clone(), http_request).await {
+            let call = trace::Call::start(trace::Fetch::TokenEndpoint, endpoint);
+            let sent = call.run(send(self.inner.http.clone(), http_request)).await;
+            // A 4xx is the endpoint working (`send` turned a 5xx into an error).
+            call.finish(sent.is_ok());
+            let response = match sent {
                 Ok(response) => response,
                 Err(e) => {
                     attempt.settle(false);
@@ -783,8 +802,11 @@ impl TokenExchange {
         }
         let http = &self.inner.http;
         let attempt = self.admit()?;
-        let result = call.request_async(&|r| send(http.clone(), r)).await;
-        attempt.settle(matches!(result, Ok(_) | Err(RequestTokenError::ServerResponse(_))));
+        let fetch = trace::Call::start(trace::Fetch::TokenEndpoint, self.inner.client.token_uri().as_str());
+        let result = fetch.run(call.request_async(&|r| send(http.clone(), r))).await;
+        let answered = matches!(result, Ok(_) | Err(RequestTokenError::ServerResponse(_)));
+        fetch.finish(answered);
+        attempt.settle(answered);
         match result {
             Ok(answer) => downstream(&answer, request, None),
             Err(RequestTokenError::ServerResponse(e)) => Err(refused_code(e.error().as_ref())),

@@ -18,6 +18,7 @@ use crate::breaker::{Breaker, BreakerConfig, Upstream};
 use crate::cache::{Limits, SingleFlight, Timestamp, TtlCache};
 use crate::error::{AuthError, ConfigError, TokenRejection};
 use crate::principal::{Principal, PrincipalKind};
+use crate::telemetry::trace;
 
 #[cfg(doc)]
 use super::Issuer;
@@ -193,15 +194,20 @@ impl Introspector {
         };
         let token = AccessToken::new(token.to_owned());
         let http = &self.http;
-        let answer = self
-            .client
-            .introspect(&token)
-            .set_token_type_hint("access_token")
-            .request_async(&|request| send(http.clone(), request))
+        let call = trace::Call::start(trace::Fetch::Introspection, self.client.introspection_url().as_str());
+        let answer = call
+            .run(
+                self.client
+                    .introspect(&token)
+                    .set_token_type_hint("access_token")
+                    .request_async(&|request| send(http.clone(), request)),
+            )
             .await;
         // Any answer, a refusal too, is the endpoint working; no answer, a
         // 5xx (`send` makes it a request error) or an unreadable one is not.
-        attempt.settle(matches!(answer, Ok(_) | Err(RequestTokenError::ServerResponse(_))));
+        let answered = matches!(answer, Ok(_) | Err(RequestTokenError::ServerResponse(_)));
+        call.finish(answered);
+        attempt.settle(answered);
         match answer {
             Ok(answer) => self.check(rules, &answer, now),
             Err(error) => Err(self.failed(error)),

@@ -42,6 +42,7 @@ use super::config::KeyRefresh;
 use crate::breaker::{Breaker, BreakerConfig, Open, Upstream};
 use crate::cache::{SingleFlight, lock};
 use crate::error::AuthError;
+use crate::telemetry::trace;
 
 /// Where an issuer's keys come from.
 pub(crate) enum KeySource {
@@ -266,13 +267,19 @@ impl KeyCache {
     /// The key that verifies a token with this `kid` and `alg`.
     pub(crate) async fn key_for(&self, kid: Option<&str>, alg: Algorithm) -> Result<Arc<VerifyKey>, AuthError> {
         let mut snapshot = self.snapshot();
-        if snapshot.generation == 0 {
+        let loaded = snapshot.generation != 0;
+        if !loaded {
+            record_lookup(false);
             self.refresh(Trigger::Initial, 0).await?;
             snapshot = self.snapshot();
         } else if snapshot.refresh_at.is_some_and(|at| Instant::now() >= at) {
             self.refresh_in_background(snapshot.generation);
         }
-        if let Some(key) = snapshot.find(kid, alg) {
+        let found = snapshot.find(kid, alg);
+        if loaded {
+            record_lookup(found.is_some());
+        }
+        if let Some(key) = found {
             return Ok(key);
         }
         if self.is_shared_secret() {
@@ -383,15 +390,25 @@ impl KeyCache {
             (KeySource::JwksUri(uri), _) => uri.clone(),
             (KeySource::Discover { .. }, Some(uri)) => uri.clone(),
             (KeySource::Discover { candidates }, None) => {
-                let uri = self.discover(candidates).await?;
+                let call = trace::Call::start(trace::Fetch::Discovery, &self.inner.issuer);
+                let discovered = call.run(self.discover(candidates)).await;
+                call.finish(discovered.is_ok());
+                let uri = discovered?;
                 *jwks_uri = Some(uri.clone());
                 uri
             }
             (KeySource::SharedSecret { .. }, _) => return Err(FetchError("a shared secret is never fetched".into())),
         };
-        let (body, cache_control) = get_limited(&self.inner.client, &uri, MAX_DOCUMENT_BYTES).await?;
-        let keys = parse_jwks(&body, &self.inner.issuer)?;
-        Ok((keys, cache_control.as_deref().and_then(max_age)))
+        let call = trace::Call::start(trace::Fetch::Jwks, &uri);
+        let fetched = call
+            .run(async {
+                let (body, cache_control) = get_limited(&self.inner.client, &uri, MAX_DOCUMENT_BYTES).await?;
+                let keys = parse_jwks(&body, &self.inner.issuer)?;
+                Ok((keys, cache_control.as_deref().and_then(max_age)))
+            })
+            .await;
+        call.finish(fetched.is_ok());
+        fetched
     }
 
     async fn discover(&self, candidates: &[String]) -> Result<String, FetchError> {
@@ -454,7 +471,17 @@ impl std::fmt::Display for FetchError {
     }
 }
 
-/// GET `url`, refusing non-2xx answers and bodies over `limit` bytes.
+/// Count a key lookup in the `key` cache metric (feature `telemetry`):
+/// found in the keys held, or not (fetched, or refused as unknown).
+fn record_lookup(hit: bool) {
+    #[cfg(feature = "telemetry")]
+    crate::telemetry::record_cache("key", if hit { "hit" } else { "miss" });
+    #[cfg(not(feature = "telemetry"))]
+    let _ = hit;
+}
+
+/// GET `url` with the current span's trace context, refusing non-2xx
+/// answers and bodies over `limit` bytes.
 async fn get_limited(
     client: &reqwest::Client,
     url: &str,
@@ -463,6 +490,7 @@ async fn get_limited(
     let mut response = client
         .get(url)
         .header(http::header::ACCEPT, "application/json")
+        .headers(trace::headers())
         .send()
         .await
         .map_err(|e| FetchError(format!("{url}: {}", without_url(&e))))?;

@@ -11,6 +11,7 @@ use http::{Request, Response, header};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
+use tracing::Instrument as _;
 
 use super::inbound::InboundToken;
 use super::resource_server::{Begin, ResourceServer};
@@ -19,6 +20,7 @@ use crate::error::AuthError;
 use crate::principal::Principal;
 use crate::revoke::Revocations;
 use crate::state::ReplaySet;
+use crate::telemetry::trace;
 
 /// Applies [`BearerAuth`] to a service. Build it with
 /// [`BearerAuthLayer::new`].
@@ -191,12 +193,15 @@ where
         let keep = self.layer.keep_inbound_token;
         let revocations = self.layer.revocations.as_ref();
         let mut nonce = None;
-        let state = match self
-            .layer
-            .rs
-            .begin(req.method(), req.headers(), req.uri(), keep, revocations)
-        {
+        let span = trace::authenticate_span();
+        let begun = span.in_scope(|| {
+            self.layer
+                .rs
+                .begin(req.method(), req.headers(), req.uri(), keep, revocations)
+        });
+        let state = match begun {
             Begin::Accept(principal, token) => {
+                trace::authenticated(&span, principal.client_id(), true);
                 let expires_at = principal.expires_at();
                 accept(&mut req, principal, token.map(InboundToken::new));
                 State::Inner {
@@ -204,9 +209,12 @@ where
                     expires_at,
                 }
             }
-            Begin::Reject(error) => State::Rejected {
-                response: Some(self.layer.rs.challenges().reject(&error)),
-            },
+            Begin::Reject(error) => {
+                trace::refused(&span, error.reason(), error.status().is_server_error());
+                State::Rejected {
+                    response: Some(self.layer.rs.challenges().reject(&error)),
+                }
+            }
             Begin::Verify(pending) => {
                 // The ready service goes with the request; a fresh clone stays.
                 let clone = self.inner.clone();
@@ -217,12 +225,23 @@ where
                 if pending.is_dpop() {
                     nonce = rs.dpop_nonce();
                 }
+                let verifying = span.clone();
+                let cached = pending.is_cached();
                 State::Verifying {
-                    verify: Box::pin(async move {
-                        let token = keep.then(|| pending.token.clone());
-                        let principal = rs.finish(pending, revocations.as_ref(), replay.as_deref()).await?;
-                        Ok((principal, token.map(InboundToken::new)))
-                    }),
+                    verify: Box::pin(
+                        async move {
+                            let token = keep.then(|| pending.token.clone());
+                            let verified = rs.finish(pending, revocations.as_ref(), replay.as_deref()).await;
+                            match &verified {
+                                Ok(principal) => trace::authenticated(&verifying, principal.client_id(), cached),
+                                Err(error) => {
+                                    trace::refused(&verifying, error.reason(), error.status().is_server_error())
+                                }
+                            }
+                            Ok((verified?, token.map(InboundToken::new)))
+                        }
+                        .instrument(span),
+                    ),
                     service: Some(service),
                     request: Some(req),
                 }

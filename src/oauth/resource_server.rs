@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::header;
 use jsonwebtoken::Algorithm;
+use tracing::Instrument as _;
 
 use super::cache::{TokenHash, hash_token};
 use super::config::{KeyRefresh, TokenCacheConfig, TokenRules};
@@ -24,6 +25,7 @@ use crate::principal::Principal;
 use crate::revoke::Revocations;
 use crate::scope::{ScopeImplications, advertised, valid_scope};
 use crate::state::{ReplayEntry, ReplaySet, StateError};
+use crate::telemetry::trace;
 
 /// The OAuth 2.1 resource server configuration; see the [type docs](Self).
 ///
@@ -116,6 +118,12 @@ impl Pending {
     /// Whether the token came with a DPoP proof.
     pub(crate) fn is_dpop(&self) -> bool {
         self.proof.is_some()
+    }
+
+    /// Whether the token was verified before (a DPoP request with a cached
+    /// token still comes this way, for its proof).
+    pub(crate) fn is_cached(&self) -> bool {
+        self.cached.is_some()
     }
 }
 
@@ -294,11 +302,22 @@ impl ResourceServer {
         request: &http::request::Parts,
         revocations: Option<&Revocations>,
     ) -> Result<Principal, AuthError> {
-        match self.begin(&request.method, &request.headers, &request.uri, false, revocations) {
-            Begin::Accept(principal, _) => Ok(principal),
-            Begin::Reject(error) => Err(error),
-            Begin::Verify(pending) => self.finish(pending, revocations, None).await,
+        let span = trace::authenticate_span();
+        let begun = span.in_scope(|| self.begin(&request.method, &request.headers, &request.uri, false, revocations));
+        let (result, cached) = match begun {
+            Begin::Accept(principal, _) => (Ok(principal), true),
+            Begin::Reject(error) => (Err(error), false),
+            Begin::Verify(pending) => {
+                let cached = pending.is_cached();
+                let verified = self.finish(pending, revocations, None).instrument(span.clone()).await;
+                (verified, cached)
+            }
+        };
+        match &result {
+            Ok(principal) => trace::authenticated(&span, principal.client_id(), cached),
+            Err(error) => trace::refused(&span, error.reason(), error.status().is_server_error()),
         }
+        result
     }
 
     /// Read the credentials of a request and check its DPoP proof, if any;

@@ -264,12 +264,22 @@ impl<H> Guarded<H> {
         resource: &str,
         arguments: Option<Value>,
     ) -> Result<(AuthzContext, bool), ErrorData> {
+        let span = crate::telemetry::trace::policy_span(extensions, action.as_str(), resource);
+        let _entered = span.enter(); // synchronous to the end of this function
         let Some(caller) = caller(extensions) else {
+            crate::telemetry::trace::outcome(&span, "error", true);
+            span.record("reason", reason::NO_PRINCIPAL);
             return Err(no_principal(action, resource));
         };
         let decision = self
             .engine
             .decide(&input(&caller, action, resource, arguments.as_ref()));
+        if !span.is_disabled() {
+            let outcome = decision.outcome();
+            span.record("reason", decision.reason().unwrap_or(""));
+            span.record("cached", decision.from_cache());
+            crate::telemetry::trace::outcome(&span, outcome.as_str(), outcome == crate::audit::Outcome::Error);
+        }
         if !decision.allowed() {
             return Err(denial_error(&decision));
         }

@@ -14,10 +14,12 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use rmcp::handler::server::common::{AsRequestContext, FromContextPart};
+use tracing::Instrument as _;
 
 use crate::Principal;
 use crate::audit::AuditEvent;
 use crate::error::Rejection;
+use crate::telemetry::trace;
 
 use super::cache::{Cache, CacheConfig, CacheStatus};
 use super::{PathTemplate, ReadSecrets, Secret, SecretError, SecretStore};
@@ -89,6 +91,21 @@ impl Credentials {
     /// Runs on a Tokio runtime (a cache miss is fetched in its own task, so
     /// that it completes and fills the cache even if this call is cancelled).
     pub async fn get(&self, principal: &Principal, service: &str) -> Result<Secret, SecretError> {
+        let span = trace::secret_span(service);
+        let (result, status) = self.read(principal, service).instrument(span.clone()).await;
+        let outcome = result.as_ref().map_or_else(SecretError::code, |_| "ok");
+        span.record("cache", status.as_str());
+        trace::outcome(
+            &span,
+            outcome,
+            result.as_ref().is_err_and(SecretError::is_infrastructure),
+        );
+        result
+    }
+
+    /// [`get`](Self::get), inside its span: the answer and how the cache
+    /// gave it.
+    async fn read(&self, principal: &Principal, service: &str) -> (Result<Secret, SecretError>, CacheStatus) {
         let inner = &*self.inner;
         let template = inner.template.as_str();
         let denied = inner
@@ -103,25 +120,24 @@ impl Credentials {
         let path = match resolved {
             Ok(path) => path,
             Err(e) => {
-                report(
-                    Some(principal),
-                    service,
-                    template,
-                    None,
-                    &Err(e.clone()),
-                    CacheStatus::None,
-                );
-                return Err(e);
+                let result = Err(e);
+                report(Some(principal), service, template, None, &result, CacheStatus::None);
+                return (result, CacheStatus::None);
             }
         };
         let store = Arc::clone(&inner.store);
         let key = path.clone();
+        // A miss is fetched in its own task: inside this read's span.
         let (result, status) = inner
             .cache
-            .get(&path, move || async move { store.get(&key).await }.boxed())
+            .get(&path, move || {
+                async move { store.get(&key).await }
+                    .instrument(tracing::Span::current())
+                    .boxed()
+            })
             .await;
         report(Some(principal), service, template, Some(&path), &result, status);
-        result
+        (result, status)
     }
 
     /// The path template in use.

@@ -12,6 +12,7 @@ use redis::{Cmd, FromRedisValue, ScriptInvocation};
 use super::StoreError;
 use crate::breaker::{Breaker, BreakerConfig, Upstream};
 use crate::error::ConfigError;
+use crate::telemetry::trace;
 
 /// The longest a request waits for one Redis command unless configured
 /// otherwise: 50 ms.
@@ -274,6 +275,7 @@ impl RedisStore {
         let attempt = self.breaker.admit().map_err(|open| StoreError::CircuitOpen {
             retry_after_secs: open.retry_after_secs(),
         })?;
+        let call = trace::Call::start(trace::Fetch::Redis, &self.server);
         let twice = async {
             self.round_trips.fetch_add(1, Ordering::Relaxed);
             match command().await {
@@ -285,8 +287,9 @@ impl RedisStore {
                 done => done,
             }
         };
-        match tokio::time::timeout(self.timeout, twice).await {
+        match call.run(tokio::time::timeout(self.timeout, twice)).await {
             Ok(Ok(value)) => {
+                call.finish(true);
                 attempt.settle(true);
                 Ok(value)
             }
@@ -303,11 +306,13 @@ impl RedisStore {
                 if refused_login(&error) {
                     self.remake_after(REMAKE_AFTER);
                 }
+                call.finish(!down);
                 attempt.settle(!down);
                 Err(StoreError::Unavailable)
             }
             Err(_) => {
                 tracing::warn!(target: "rmcp_guard::store", server = %self.server, timeout_ms = self.timeout.as_millis() as u64, "redis command timed out");
+                call.finish(false);
                 attempt.settle(false);
                 Err(StoreError::Timeout)
             }

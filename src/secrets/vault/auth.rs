@@ -183,6 +183,12 @@ impl VaultAuth {
         !matches!(self.method, Method::Token(_))
     }
 
+    /// Whether obtaining a token is a request to Vault (not a static token
+    /// or a token file).
+    pub(super) fn asks_vault(&self) -> bool {
+        !matches!(self.method, Method::Token(_) | Method::TokenFile(_))
+    }
+
     /// Check the credential files now (at build time), so a bad mode is a
     /// configuration error rather than a failed login later.
     pub(super) fn check_files(&self) -> Result<(), SecretsConfigError> {

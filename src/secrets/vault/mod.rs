@@ -1,6 +1,7 @@
 //! [`VaultStore`]: HashiCorp Vault / OpenBao KV (v2, or v1) through vaultrs,
 
 mod auth;
+mod exec;
 mod token;
 
 use std::fmt;
@@ -18,6 +19,7 @@ use super::secret::Fields;
 use super::template::{ScopeError, check_path};
 use super::{Secret, SecretError, SecretStore, SecretsConfigError, StoreFuture};
 use crate::breaker::{Breaker, BreakerConfig, Upstream};
+use crate::telemetry::trace;
 
 /// Which KV secrets engine, at which mount.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,8 +121,11 @@ pub struct TokenStatus {
 /// replaced), 404 to `NotFound`. Vault's error text goes to `debug` logs of
 /// vaultrs only; our errors and logs carry the kind and the path.
 ///
-/// vaultrs logs every Vault error response (a 404 included) at `ERROR` on
-/// the `vaultrs` target; the text is Vault's message (e.g. "permission
+/// Reads and token lookups are sent through rustify with vaultrs'
+/// middleware (so that each carries the caller's W3C trace context, feature
+/// `telemetry`) and log nothing of Vault's own; logins and renewals go
+/// through vaultrs, which logs every Vault error response at `ERROR` on the
+/// `vaultrs` target; the text is Vault's message (e.g. "permission
 /// denied"), never a value or a token. Filter it with `vaultrs=off` if it is
 /// noise: our own `warn!`/`debug!` and the audit event say the same thing.
 ///
@@ -295,10 +300,16 @@ impl Shared {
     }
 
     async fn read_with(&self, client: &VaultClient, path: &str) -> Result<Result<Secret, SecretError>, Forbidden> {
-        let outcome = match &self.conn.config.kv {
-            Kv::V2(mount) => read_kv2(client, mount, path).await,
-            Kv::V1(mount) => read_kv1(client, mount, path).await,
-        };
+        let call = trace::Call::start(trace::Fetch::VaultRead, &self.conn.config.address);
+        let outcome = call
+            .run(async {
+                match &self.conn.config.kv {
+                    Kv::V2(mount) => read_kv2(client, mount, path).await,
+                    Kv::V1(mount) => read_kv1(client, mount, path).await,
+                }
+            })
+            .await;
+        call.finish(answered(&outcome));
         match outcome {
             Err(e) if is_forbidden(&e) => Err(Forbidden),
             Err(e) => Ok(Err(classify(&e))),
@@ -308,7 +319,10 @@ impl Shared {
 
     /// Whether Vault refuses our token itself (revoked, expired).
     async fn token_is_dead(&self, client: &VaultClient) -> Result<bool, SecretError> {
-        match vaultrs::token::lookup_self(client).await {
+        let call = trace::Call::start(trace::Fetch::VaultLookup, &self.conn.config.address);
+        let looked_up = call.run(lookup_self(client)).await;
+        call.finish(answered(&looked_up));
+        match looked_up {
             Ok(_) => Ok(false),
             Err(e) if is_forbidden(&e) => Ok(true),
             Err(e) => Err(classify(&e)),
@@ -325,7 +339,7 @@ async fn read_kv2(client: &VaultClient, mount: &str, path: &str) -> Result<Resul
         Ok(e) => e,
         Err(_) => return Ok(Err(SecretError::Internal)),
     };
-    let resp = vaultrs::api::exec_with_result(client, endpoint).await?;
+    let resp = exec::exec_with_result(client, endpoint).await?;
     if resp.data.is_null() {
         // A deleted or destroyed version.
         return Ok(Err(SecretError::NotFound));
@@ -347,7 +361,15 @@ async fn read_kv2(client: &VaultClient, mount: &str, path: &str) -> Result<Resul
 }
 
 async fn read_kv1(client: &VaultClient, mount: &str, path: &str) -> Result<Result<Secret, SecretError>, ClientError> {
-    let resp = vaultrs::kv1::get_raw(client, mount, path).await?;
+    let endpoint = match vaultrs::api::kv1::requests::GetSecretRequest::builder()
+        .mount(mount)
+        .path(path)
+        .build()
+    {
+        Ok(e) => e,
+        Err(_) => return Ok(Err(SecretError::Internal)),
+    };
+    let resp = exec::exec_with_no_result(client, endpoint).await?;
     let Ok(Fields(fields)) = serde_json::from_value::<Fields>(resp.data) else {
         return Ok(Err(SecretError::Malformed));
     };
@@ -358,6 +380,20 @@ async fn read_kv1(client: &VaultClient, mount: &str, path: &str) -> Result<Resul
         secret = secret.with_lease(Duration::from_secs(lease));
     }
     Ok(Ok(secret))
+}
+
+/// `lookup-self` of the client's token, with the trace context.
+async fn lookup_self(client: &VaultClient) -> Result<vaultrs::api::token::responses::LookupTokenResponse, ClientError> {
+    exec::exec_with_result(client, vaultrs::api::token::requests::LookupTokenSelfRequest {}).await
+}
+
+/// Whether Vault gave an answer (a refusal is one), for the upstream span
+/// and metric: not when it gave none, a 5xx or "sealed".
+fn answered<T>(result: &Result<T, ClientError>) -> bool {
+    match result {
+        Ok(_) => true,
+        Err(e) => !matches!(classify(e), SecretError::Unreachable | SecretError::Sealed),
+    }
 }
 
 /// `30s`, `5m`, `1h`, `2d` or plain seconds.

@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use vaultrs::client::VaultClient;
 
-use super::{Connector, Shared, classify, is_forbidden};
+use super::{Connector, Shared, answered, classify, is_forbidden, lookup_self};
 use crate::secrets::SecretError;
+use crate::telemetry::trace;
 
 /// The shortest wait between two renewal attempts.
 const MIN_WAIT: Duration = Duration::from_millis(500);
@@ -63,9 +64,19 @@ impl Connector {
     /// static token), and what `lookup-self` says about it.
     pub(super) async fn fresh(&self) -> Result<(VaultClient, Lookup), SecretError> {
         let anon = self.client_or_internal("")?;
-        let login = self.auth.login(&anon).await?;
+        let login = if self.auth.asks_vault() {
+            let call = trace::Call::start(trace::Fetch::VaultLogin, &self.config.address);
+            let login = call.run(self.auth.login(&anon)).await;
+            call.finish(!matches!(login, Err(SecretError::Unreachable | SecretError::Sealed)));
+            login?
+        } else {
+            self.auth.login(&anon).await?
+        };
         let client = self.client_or_internal(&login.token)?;
-        let info = vaultrs::token::lookup_self(&client).await.map_err(|e| {
+        let call = trace::Call::start(trace::Fetch::VaultLookup, &self.config.address);
+        let info = call.run(lookup_self(&client)).await;
+        call.finish(answered(&info));
+        let info = info.map_err(|e| {
             if is_forbidden(&e) {
                 SecretError::AuthFailed
             } else {
@@ -130,9 +141,10 @@ impl Shared {
         if generation != seen {
             return Ok(Renewed::Done);
         }
-        let auth = vaultrs::token::renew_self(&*client, None)
-            .await
-            .map_err(|e| classify(&e))?;
+        let call = trace::Call::start(trace::Fetch::VaultRenew, &self.conn.config.address);
+        let renewed = call.run(vaultrs::token::renew_self(&*client, None)).await;
+        call.finish(answered(&renewed));
+        let auth = renewed.map_err(|e| classify(&e))?;
         let ttl = secs(auth.lease_duration);
         let mut s = self.lock_state();
         s.ttl = ttl;
