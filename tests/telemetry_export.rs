@@ -34,7 +34,8 @@ struct Server {
 }
 
 impl Server {
-    /// SIGTERM, and wait for the exit (the providers flush on the way out).
+    /// SIGTERM, and wait for the exit (the providers flush on the way out:
+    /// the receiver runs on another worker thread meanwhile).
     fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
@@ -73,19 +74,22 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// Start `secure_server` on a free port with `vars`; its stderr (every log
+/// Start `secure_server` on a free port with `vars`; its output (every log
 /// line, audit events included) goes to a file.
 async fn start(issuer: &TestIssuer, vars: &[(&str, String)], dir: &Path) -> Server {
     let port = free_port();
     let stderr = dir.join("secure_server.log");
+    let log = std::fs::File::create(&stderr).expect("log file");
     let child = Command::new(support::example::example_binary("secure_server"))
         .env_clear()
         .env("GUARD_ISSUER", issuer.issuer())
         .env("GUARD_BIND", format!("127.0.0.1:{port}"))
         .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr).expect("log file"))
+        // Log lines (audit events included) go to stdout, errors to stderr:
+        // both into one file.
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log)
         .spawn()
         .expect("run secure_server");
     let server = Server {
@@ -125,7 +129,7 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_of_a_call_reach_the_otlp_receiver_as_one_tree_under_the_callers_trace() {
     let issuer = TestIssuer::start().await.unwrap();
     let receiver = OtlpReceiver::start().await;
@@ -262,7 +266,7 @@ async fn token_endpoint(client_secret: String, issued: String) -> (String, tokio
     (format!("http://{addr}/token"), task)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_trace_level_no_token_proof_secret_or_client_secret_leaves_in_logs_spans_or_metrics() {
     let issuer = TestIssuer::start().await.unwrap();
     let receiver = OtlpReceiver::start().await;
@@ -386,7 +390,11 @@ async fn at_trace_level_no_token_proof_secret_or_client_secret_leaves_in_logs_sp
         })
         .await;
     let logs = server.logs();
-    assert!(logs.contains("rmcp_guard::audit"), "audit lines are in the log");
+    assert!(
+        logs.contains("rmcp_guard::audit"),
+        "audit lines are in the log: {}",
+        &logs[..logs.len().min(3000)]
+    );
     assert!(logs.lines().count() > 50, "trace level logs plenty");
     let exported = receiver.all_text();
     assert!(!exported.is_empty());
