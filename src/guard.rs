@@ -276,6 +276,10 @@ impl Guard {
                 )
             })
             .unzip();
+        #[cfg(feature = "telemetry")]
+        if let Some(layer) = &sessions {
+            layer.report_in_use();
+        }
         #[cfg(feature = "policy")]
         let policy = self
             .policy

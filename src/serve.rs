@@ -222,6 +222,13 @@ impl Serve {
             "accepting connections"
         );
         let table = Connections::new(max_connections);
+        #[cfg(feature = "telemetry")]
+        {
+            let table = Arc::downgrade(&table);
+            crate::telemetry::gauge_in_use(crate::telemetry::names::CONNECTIONS, "Open connections", move || {
+                table.upgrade().map(|t| t.len() as u64)
+            });
+        }
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         loop {
             let accepted = tokio::select! {

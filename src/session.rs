@@ -578,6 +578,20 @@ impl SessionBindingLayer {
     }
 }
 
+impl SessionBindingLayer {
+    /// Report the sessions this layer's table holds as the gauge
+    /// `rmcp_guard.sessions.active`, while the table lives.
+    #[cfg(feature = "telemetry")]
+    pub(crate) fn report_in_use(&self) {
+        let bindings = Arc::downgrade(&self.bindings);
+        crate::telemetry::gauge_in_use(
+            crate::telemetry::names::SESSIONS,
+            "MCP sessions bound to their caller in this replica",
+            move || bindings.upgrade().map(|b| b.sessions.len() as u64),
+        );
+    }
+}
+
 impl<S> Layer<S> for SessionBindingLayer {
     type Service = SessionBinding<S>;
 

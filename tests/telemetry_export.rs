@@ -138,8 +138,10 @@ async fn spans_of_a_call_reach_the_otlp_receiver_as_one_tree_under_the_callers_t
         &issuer,
         &[
             ("GUARD_OTLP_ENDPOINT", receiver.endpoint()),
-            ("GUARD_STATELESS", "1".to_owned()),
+            // Sessions on (for 2025-era clients): the sessions gauge is reported.
             ("RUST_LOG", "info".to_owned()),
+            // Metrics exported while serving too, not only at the exit's flush.
+            ("OTEL_METRIC_EXPORT_INTERVAL", "500".to_owned()),
         ],
         &dir,
     )
@@ -161,6 +163,15 @@ async fn spans_of_a_call_reach_the_otlp_receiver_as_one_tree_under_the_callers_t
         .await
         .expect("connect");
     assert!(refused.call_tool("whoami", json!({})).await.is_err());
+    // The gauges of sessions and connections are read at a periodic export,
+    // while the server serves.
+    let gauges = ["rmcp_guard.sessions.active", "rmcp_guard.connections.active"];
+    let reported = receiver
+        .wait_for(Duration::from_secs(10), |r| {
+            gauges.iter().all(|g| r.metrics().iter().any(|m| m.name == *g))
+        })
+        .await;
+    assert!(reported, "the gauges {gauges:?} are exported while serving");
     server.stop();
     let arrived = receiver
         .wait_for(Duration::from_secs(15), |r| {

@@ -109,7 +109,7 @@ impl Connections {
     }
 
     /// How many connections are open.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "telemetry"))]
     pub(super) fn len(&self) -> usize {
         self.lock().open.len()
     }

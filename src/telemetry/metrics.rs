@@ -55,6 +55,11 @@ pub mod names {
     /// Counter: every audit event. Attributes `event`, `outcome` (when the
     /// event has one).
     pub const AUDIT_EVENTS: &str = "rmcp_guard.audit.events";
+    /// Gauge: MCP sessions bound to their caller in this replica's table
+    /// (`SessionBindingLayer`; idle ones count until they are dropped).
+    pub const SESSIONS: &str = "rmcp_guard.sessions.active";
+    /// Gauge: open connections of [`serve`](crate::serve).
+    pub const CONNECTIONS: &str = "rmcp_guard.connections.active";
 }
 
 /// The upstreams whose calls are measured.
@@ -164,6 +169,25 @@ pub(crate) fn record_cache(cache: &'static str, result: &str) {
     INSTRUMENTS
         .cache
         .add(1, &[KeyValue::new("cache", cache), kv("result", result)]);
+}
+
+/// Report `read()` as the gauge `name` at each collection, for as long as
+/// it answers (it holds a weak reference to what it counts).
+#[cfg_attr(not(feature = "jwt"), allow(dead_code))] // `serve` and `Guard` report with it
+pub(crate) fn gauge_in_use(
+    name: &'static str,
+    description: &'static str,
+    read: impl Fn() -> Option<u64> + Send + Sync + 'static,
+) {
+    let _ = opentelemetry::global::meter("rmcp_guard")
+        .u64_observable_gauge(name)
+        .with_description(description)
+        .with_callback(move |gauge| {
+            if let Some(value) = read() {
+                gauge.observe(value, &[]);
+            }
+        })
+        .build();
 }
 
 /// Record a call to an upstream.

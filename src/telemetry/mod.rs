@@ -40,6 +40,6 @@ pub mod trace;
 pub use metrics::names;
 #[cfg(feature = "telemetry")]
 #[allow(unused_imports)] // each is used by the feature that records it
-pub(crate) use metrics::{Instruments, Upstream, client, instruments, kv, record_cache, record_upstream};
+pub(crate) use metrics::{Instruments, Upstream, client, gauge_in_use, instruments, kv, record_cache, record_upstream};
 #[cfg(feature = "telemetry")]
 pub(crate) use opentelemetry::KeyValue;
