@@ -13,6 +13,10 @@
 //! - **on**: metrics and spans exported over OTLP/HTTP to a receiver in this
 //!   program (which accepts and drops them) and the Prometheus endpoint
 //!   scraped once a second;
+//! - **metrics**: metrics only, on the Prometheus endpoint (no traces);
+//! - **on 10%**: like *on* without the scrape, sampling a tenth of the
+//!   traces (`OTEL_TRACES_SAMPLER=parentbased_traceidratio`, a common
+//!   production setting);
 //! - **no audit**: like *off*, with `rmcp_guard::audit=off` in the log
 //!   filter: the difference with *off*, divided by the audit events of a
 //!   request (read from the *on* server's counter), is the cost of one
@@ -207,6 +211,7 @@ fn main() {
     rt.block_on(async {
         let issuer = TestIssuer::start().await.expect("issuer");
         let (otlp, exported) = sink().await;
+        let (otlp_sampled, _) = sink().await;
         let metrics_bind = format!("127.0.0.1:{}", free_port());
         let servers = [
             start("off", &issuer, &[("RUST_LOG", "info".to_owned())]).await,
@@ -217,6 +222,26 @@ fn main() {
                     ("RUST_LOG", "info".to_owned()),
                     ("GUARD_OTLP_ENDPOINT", otlp),
                     ("GUARD_METRICS_BIND", metrics_bind),
+                ],
+            )
+            .await,
+            start(
+                "metrics",
+                &issuer,
+                &[
+                    ("RUST_LOG", "info".to_owned()),
+                    ("GUARD_METRICS_BIND", format!("127.0.0.1:{}", free_port())),
+                ],
+            )
+            .await,
+            start(
+                "on 10%",
+                &issuer,
+                &[
+                    ("RUST_LOG", "info".to_owned()),
+                    ("GUARD_OTLP_ENDPOINT", otlp_sampled),
+                    ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio".to_owned()),
+                    ("OTEL_TRACES_SAMPLER_ARG", "0.1".to_owned()),
                 ],
             )
             .await,
@@ -305,11 +330,21 @@ fn main() {
             cpu(0) / cpu(1)
         );
         println!(
-            "  exported over OTLP: {:.1} KiB ({:.0} bytes per request)",
+            "  exported over OTLP by `on`: {:.1} KiB ({:.0} bytes per request)",
             exported.load(Ordering::Relaxed) as f64 / 1024.0,
             exported.load(Ordering::Relaxed) as f64 / on_requests.max(1.0)
         );
-        let event_us = (cpu(0) - cpu(2)) / per_request.max(1.0);
+        println!(
+            "  metrics only (no traces) / off: {:.3} of the throughput, {:.3} of the CPU per request",
+            rate(2) / rate(0),
+            cpu(0) / cpu(2)
+        );
+        println!(
+            "  telemetry on with 10% of traces sampled / off: {:.3} of the throughput, {:.3} of the CPU per request",
+            rate(3) / rate(0),
+            cpu(0) / cpu(3)
+        );
+        let event_us = (cpu(0) - cpu(4)) / per_request.max(1.0);
         println!(
             "  audit events: {per_request:.2} per request; one costs {event_us:.2} us of CPU as an info log line \
              ((off - no audit) / events)"

@@ -41,7 +41,7 @@
 //! | `GUARD_REDIS_TIMEOUT_MS` | the longest a request waits for one Redis command (1 to 10000); past it, or while Redis is down, what needs Redis is refused with 503 | `50` |
 //! | `GUARD_METRICS_BIND` | serve the metrics in Prometheus text format at `http://{GUARD_METRICS_BIND}/metrics`, a listener of its own (`ip:port`) | unset: no scrape endpoint |
 //! | `GUARD_METRICS_TOKEN_FILE` | file holding the bearer token a scrape must send (Prometheus: `authorization: {credentials_file: ...}`); required when `GUARD_METRICS_BIND` is not a loopback address | unset: loopback scrapes need no token |
-//! | `GUARD_OTLP_ENDPOINT` | an OTLP/HTTP receiver (`http://collector:4318`): metrics (every 60 s, `OTEL_METRIC_EXPORT_INTERVAL` in ms) and spans are sent there as protobuf; `OTEL_SERVICE_NAME` names this server | unset: nothing is sent |
+//! | `GUARD_OTLP_ENDPOINT` | an OTLP/HTTP receiver (`http://collector:4318`): metrics (every 60 s, `OTEL_METRIC_EXPORT_INTERVAL` in ms) and the guard's spans are sent there as protobuf; `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` sample traces (e.g. `parentbased_traceidratio` and `0.1`); `OTEL_SERVICE_NAME` names this server | unset: nothing is sent |
 //! | `RUST_LOG` | log filter; audit events are on `rmcp_guard::audit` | `info` |
 //!
 //! Tools and what the embedded RBAC policy needs for them (groups claim):
@@ -827,20 +827,11 @@ mod telemetry {
 
     use super::env;
 
-    /// Crates whose own spans are not exported: the exporters and the HTTP
-    /// stack they send with (no telemetry about sending telemetry).
-    const NOT_TRACED: [&str; 10] = [
-        "opentelemetry",
-        "opentelemetry_sdk",
-        "opentelemetry_otlp",
-        "opentelemetry_http",
-        "hyper",
-        "hyper_util",
-        "h2",
-        "reqwest",
-        "tower",
-        "tonic",
-    ];
+    /// Whose spans are exported: the guard's span tree (`rmcp_guard.request`
+    /// and what runs under it) and this program's. Not rmcp's own spans, nor
+    /// the HTTP stack's, nor the exporters' (no telemetry about sending
+    /// telemetry): each exported span costs CPU on every request.
+    const TRACED: [&str; 2] = ["rmcp_guard", "secure_server"];
 
     /// The installed providers; dropping it flushes and shuts them down.
     pub(crate) struct Telemetry {
@@ -930,16 +921,17 @@ mod telemetry {
 
         /// The layer sending the guard's `tracing` spans over OTLP (with
         /// `GUARD_OTLP_ENDPOINT`). Its filter is its own: `RUST_LOG` sets
-        /// what is logged, not what is traced; the HTTP clients and the
-        /// exporters themselves are never traced.
+        /// what is logged, not what is traced ([`TRACED`] at INFO). The
+        /// standard `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` choose
+        /// the sampler (default: every trace, a caller's sampled flag
+        /// honoured).
         pub(crate) fn spans_layer<S>(&self) -> Option<impl Layer<S> + use<S>>
         where
             S: tracing::Subscriber + for<'a> LookupSpan<'a>,
         {
             let tracer = self.tracer.as_ref()?.tracer("secure_server");
             let filter = tracing_subscriber::filter::Targets::new()
-                .with_default(tracing::Level::INFO)
-                .with_targets(NOT_TRACED.map(|target| (target, tracing::level_filters::LevelFilter::OFF)));
+                .with_targets(TRACED.map(|target| (target, tracing::level_filters::LevelFilter::INFO)));
             Some(tracing_opentelemetry::layer().with_tracer(tracer).with_filter(filter))
         }
     }
