@@ -261,8 +261,8 @@ pub enum AuditEvent<'a> {
         /// The tool.
         resource: &'a str,
     },
-    /// A tool hidden or refused at runtime because its definition is not
-    /// the pinned one (feature `integrity`,
+    /// A tool, prompt or resource template hidden or refused at runtime
+    /// because its definition is not the pinned one (feature `integrity`,
     /// [`Pinned`](crate::integrity::Pinned)).
     Definitions {
         /// The caller, when the request has one.
@@ -271,7 +271,7 @@ pub enum AuditEvent<'a> {
         outcome: Outcome,
         /// `definition_not_pinned`.
         reason: &'a str,
-        /// The tool.
+        /// The tool's or prompt's name, or the template's `uriTemplate`.
         resource: &'a str,
     },
     /// Values removed from a tool's result before it left the server
