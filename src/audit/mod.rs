@@ -883,65 +883,26 @@ mod tests {
 
     #[test]
     fn names_are_stable() {
-        let p = Principal::unverified("i", "s").build();
-        let names: Vec<&str> = [
-            AuditEvent::Authn {
-                outcome: Outcome::Allow,
-                reason: "valid_token",
-                status: None,
-                caller: Caller::from(&p),
-                cached: false,
-            },
-            AuditEvent::Session {
-                reason: "session_not_owned",
-                subject: None,
-            },
-            AuditEvent::StepUp {
-                principal: &p,
-                resource: "t",
-                action: "tools/call",
-                required_scopes: &[],
-            },
-            AuditEvent::Circuit {
-                upstream: "introspection",
-                endpoint: "https://idp/introspect",
-                state: "open",
-                previous: "closed",
-                failures: 5,
-                retry_after: Some(10),
-            },
-        ]
-        .iter()
-        .map(AuditEvent::name)
-        .collect();
-        assert_eq!(names, ["authn", "session", "authz", "circuit"]);
-        let limit = AuditEvent::Limit {
-            principal: &p,
-            outcome: Outcome::Deny,
-            reason: "rate",
-            resource: "",
-            retry_after_secs: 1,
-        };
-        assert_eq!(limit.name(), "limit");
-        let confirmation = AuditEvent::Confirmation {
-            principal: &p,
-            resource: "t",
-            action: "tools/call",
-            step: "asked",
-            reason: "",
-        };
-        assert_eq!(confirmation.name(), "confirmation");
-        let revocation = AuditEvent::Revocation {
-            outcome: Outcome::Allow,
-            reason: "revoked",
-            kind: "subject",
-            value: "mallory",
-            issuer: None,
-            by: Some("root"),
-            revoked_at: 1,
-            expires_at: 2,
-        };
-        assert_eq!(revocation.name(), "revocation");
+        // Every event's name, pinned (a rename is a breaking change).
+        assert_eq!(
+            every_event_name(),
+            [
+                "authn",
+                "session",
+                "authz",
+                "policy_decision",
+                "policy_reload",
+                "secret_access",
+                "token_exchange",
+                "confirmation",
+                "limit",
+                "arguments",
+                "definitions",
+                "output_redacted",
+                "revocation",
+                "circuit",
+            ]
+        );
         assert_eq!(Outcome::Error.as_str(), "error");
     }
 }

@@ -375,21 +375,10 @@ impl<H> ToolSpans<H> {
     pub fn new(inner: H) -> Self {
         ToolSpans { inner }
     }
+}
 
-    /// The inner handler.
-    pub fn get_ref(&self) -> &H {
-        &self.inner
-    }
-
-    /// The inner handler, mutably.
-    pub fn get_mut(&mut self) -> &mut H {
-        &mut self.inner
-    }
-
-    /// Unwrap the inner handler.
-    pub fn into_inner(self) -> H {
-        self.inner
-    }
+impl<S> ToolSpans<S> {
+    define_inner_service_accessors!();
 }
 
 /// The span of a `tools/call` of `tool`.
