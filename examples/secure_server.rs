@@ -120,7 +120,9 @@ use rmcp_guard::{Guard, Principal, require_permission};
 /// for downstream APIs (`DownstreamTokens`).
 #[derive(Clone)]
 struct Tools {
-    tool_router: ToolRouter<Self>,
+    /// Built once (schemas, name checks) and shared: a stateless server
+    /// makes a `Tools` for every request.
+    tool_router: Arc<ToolRouter<Self>>,
     /// `GUARD_DOWNSTREAM_AUDIENCE`, for `call_downstream`.
     downstream_audience: Option<String>,
     /// The revocations the guard checks every request against, for `revoke`.
@@ -166,8 +168,10 @@ struct TicketArgs {
 #[tool_router]
 impl Tools {
     fn new(downstream_audience: Option<String>, revocations: Revocations) -> Self {
+        static ROUTER: std::sync::LazyLock<Arc<ToolRouter<Tools>>> =
+            std::sync::LazyLock::new(|| Arc::new(Tools::tool_router()));
         Tools {
-            tool_router: Self::tool_router(),
+            tool_router: ROUTER.clone(),
             downstream_audience,
             revocations,
         }
@@ -821,6 +825,7 @@ mod telemetry {
     use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
     use opentelemetry_sdk::propagation::TraceContextPropagator;
     use opentelemetry_sdk::trace::SdkTracerProvider;
+    use rmcp_guard::telemetry::trace::UNSAMPLED_TARGET;
     use sha2::{Digest, Sha256};
     use tracing_subscriber::Layer;
     use tracing_subscriber::registry::LookupSpan;
@@ -930,9 +935,26 @@ mod telemetry {
             S: tracing::Subscriber + for<'a> LookupSpan<'a>,
         {
             let tracer = self.tracer.as_ref()?.tracer("secure_server");
-            let filter = tracing_subscriber::filter::Targets::new()
-                .with_targets(TRACED.map(|target| (target, tracing::level_filters::LevelFilter::INFO)));
-            Some(tracing_opentelemetry::layer().with_tracer(tracer).with_filter(filter))
+            // The guard's spans and this server's, except those of traces
+            // the sampler did not sample (the guard opens them on
+            // `UNSAMPLED_TARGET`: they are for the logs only).
+            let targets = tracing_subscriber::filter::Targets::new()
+                .with_targets(TRACED.map(|target| (target, tracing::level_filters::LevelFilter::INFO)))
+                .with_target(UNSAMPLED_TARGET, tracing::level_filters::LevelFilter::OFF);
+            // Spans only: an audit event is a log line (and a metric), not
+            // a span event a second time.
+            let filter = tracing_subscriber::filter::FilterExt::and(
+                targets,
+                tracing_subscriber::filter::filter_fn(|meta| meta.is_span()),
+            );
+            // No source locations, thread names or busy/idle times on each
+            // span: attributes nobody reads, paid on every span.
+            let layer = tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_location(false)
+                .with_threads(false)
+                .with_tracked_inactivity(false);
+            Some(layer.with_filter(filter))
         }
     }
 

@@ -38,8 +38,10 @@
 //!   OpenTelemetry trace context propagation
 //!   (`docs/specification/2026-07-28/basic/index.mdx`, "OpenTelemetry trace
 //!   context"; SEP-414): string values in W3C Trace Context and W3C Baggage
-//!   form, read at the root of `_meta` without a prefix. The tool span keeps
-//!   a link to the HTTP request's span. Without them (or when they do not
+//!   form, read at the root of `_meta` without a prefix. The tool span is
+//!   then a root span (in logs too) that keeps a link to the HTTP request's
+//!   span, so that its trace is sampled or not as the caller's is, whatever
+//!   became of the request's own trace. Without them (or when they do not
 //!   parse), the tool span's parent is the HTTP request's span.
 //! - **Out**: every HTTP request the library makes (JWKS and metadata
 //!   discovery, introspection, the token endpoint, Vault reads and token
@@ -51,6 +53,16 @@
 //! keeps its local parent). The caller's sampling flag is whatever the
 //! application's sampler makes of it (a `ParentBased` sampler follows it: a
 //! caller can ask for its requests to be traced).
+//!
+//! # Head sampling (feature `telemetry`)
+//!
+//! The request's OpenTelemetry context is current while the guard handles
+//! the request (and the tool span's, or the request's, while a tool runs).
+//! When that context is a trace the sampler did not sample, the guard opens
+//! its steps' spans on [`UNSAMPLED_TARGET`]: leave that target out of the
+//! OpenTelemetry layer's filter and a request that is not sampled costs the
+//! layer its request span only. Upstream requests in such a trace still
+//! carry its `traceparent` (not sampled).
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -120,6 +132,61 @@ fn bounded(value: &str) -> &str {
     &value[..end]
 }
 
+/// The target of the guard's spans opened in a trace that is not sampled
+/// (feature `telemetry`): the same spans, with the same names and fields,
+/// for logs; the OpenTelemetry layer need not see them. Give that layer a
+/// filter that leaves this target out (as `secure_server` does) and a
+/// request whose trace is not sampled costs it one span (the request's, whose
+/// sampler decided) instead of one per step.
+///
+/// ```
+/// use rmcp_guard::telemetry::trace::UNSAMPLED_TARGET;
+/// use tracing::level_filters::LevelFilter;
+/// use tracing_subscriber::filter::Targets;
+///
+/// // For the OpenTelemetry layer: the guard's spans, but not those.
+/// let traced = Targets::new()
+///     .with_target("rmcp_guard", LevelFilter::INFO)
+///     .with_target(UNSAMPLED_TARGET, LevelFilter::OFF);
+/// # drop(traced);
+/// ```
+///
+/// "Not sampled" is read from the OpenTelemetry context current where the
+/// span opens: the guard makes the request's context current while it
+/// handles the request (and a tool call's while the tool runs), so it is
+/// the decision of the sampler on the request's span, which follows the
+/// caller's `traceparent` with the usual `ParentBased` sampler. A span with
+/// no trace around it (a key refresh in the background) is never on this
+/// target: its sampler decides.
+pub const UNSAMPLED_TARGET: &str = "rmcp_guard::unsampled";
+
+/// Whether the current OpenTelemetry context is a trace that is not
+/// sampled.
+fn unsampled_here() -> bool {
+    #[cfg(feature = "telemetry")]
+    {
+        use opentelemetry::trace::TraceContextExt as _;
+        opentelemetry::Context::map_current(|cx| {
+            let span = cx.span();
+            let context = span.span_context();
+            context.is_valid() && !context.is_sampled()
+        })
+    }
+    #[cfg(not(feature = "telemetry"))]
+    false
+}
+
+/// `info_span!`, on [`UNSAMPLED_TARGET`] when `$unsampled`.
+macro_rules! guard_span {
+    ($unsampled:expr; $($span:tt)*) => {
+        if $unsampled {
+            info_span!(target: UNSAMPLED_TARGET, $($span)*)
+        } else {
+            info_span!($($span)*)
+        }
+    };
+}
+
 /// Record how a span ended: its `outcome`, and `otel.status_code` `error`
 /// when it failed.
 pub(crate) fn outcome(span: &Span, outcome: &str, failed: bool) {
@@ -185,9 +252,38 @@ impl<S> RequestSpans<S> {
 }
 
 /// The request's span, kept in its extensions (and so in the
-/// `http::request::Parts` rmcp gives each handler call).
+/// `http::request::Parts` rmcp gives each handler call), with its
+/// OpenTelemetry context (feature `telemetry`, when an OpenTelemetry layer
+/// sees it).
+/// A span's OpenTelemetry context, when a layer sees the span (feature
+/// `telemetry`).
+#[cfg(feature = "telemetry")]
+type Otel = Option<opentelemetry::Context>;
+#[cfg(not(feature = "telemetry"))]
+type Otel = ();
+
 #[derive(Clone)]
-struct HttpSpan(Span);
+struct HttpSpan {
+    span: Span,
+    #[cfg(feature = "telemetry")]
+    otel: Option<opentelemetry::Context>,
+}
+
+impl HttpSpan {
+    /// Whether the request's trace is not sampled: its steps' spans go to
+    /// [`UNSAMPLED_TARGET`].
+    fn unsampled(&self) -> bool {
+        #[cfg(feature = "telemetry")]
+        {
+            use opentelemetry::trace::TraceContextExt as _;
+            self.otel
+                .as_ref()
+                .is_some_and(|cx| !cx.span().span_context().is_sampled())
+        }
+        #[cfg(not(feature = "telemetry"))]
+        false
+    }
+}
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RequestSpans<S>
 where
@@ -203,13 +299,31 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let span = request_span(&req);
+        // The request's OpenTelemetry context (its sampler decides now),
+        // current while the inner services handle the request.
+        #[cfg(feature = "telemetry")]
+        let otel: Otel = w3c::context_of(&span);
+        #[cfg(not(feature = "telemetry"))]
+        let otel: Otel = ();
         if !span.is_disabled() {
-            req.extensions_mut().insert(HttpSpan(span.clone()));
+            req.extensions_mut().insert(HttpSpan {
+                span: span.clone(),
+                #[cfg(feature = "telemetry")]
+                otel: otel.clone(),
+            });
         }
         // Entered while the inner services are called, so that a span one
         // of them opens in `call` is a child of this one.
-        let future = span.in_scope(|| self.inner.call(req));
-        RequestSpanFuture { inner: future, span }
+        let future = span.in_scope(|| {
+            #[cfg(feature = "telemetry")]
+            let _current = otel.as_ref().map(|cx| cx.clone().attach());
+            self.inner.call(req)
+        });
+        RequestSpanFuture {
+            inner: future,
+            span,
+            otel,
+        }
     }
 }
 
@@ -220,6 +334,7 @@ pin_project! {
         #[pin]
         inner: F,
         span: Span,
+        otel: Otel,
     }
 }
 
@@ -238,6 +353,8 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let _entered = this.span.enter();
+        #[cfg(feature = "telemetry")]
+        let _current = this.otel.as_ref().map(|otel| otel.clone().attach());
         let result = ready!(this.inner.poll(cx));
         if let Ok(response) = &result {
             let status = response.status();
@@ -306,7 +423,7 @@ fn mcp_method(headers: &http::HeaderMap) -> Option<&str> {
 
 /// The request span the HTTP layer kept, from an rmcp request's
 /// extensions (where rmcp put the HTTP request's parts).
-fn http_span(extensions: &Extensions) -> Option<Span> {
+fn http_span(extensions: &Extensions) -> Option<HttpSpan> {
     // Not even looked up when no subscriber takes `INFO` spans.
     if tracing::Level::INFO > tracing::level_filters::LevelFilter::current() {
         return None;
@@ -314,8 +431,8 @@ fn http_span(extensions: &Extensions) -> Option<Span> {
     extensions
         .get::<http::request::Parts>()
         .and_then(|parts| parts.extensions.get::<HttpSpan>())
-        .map(|kept| kept.0.clone())
-        .filter(|span| !span.is_disabled())
+        .filter(|kept| !kept.span.is_disabled())
+        .cloned()
 }
 
 // ----- The handler's spans -----
@@ -325,8 +442,9 @@ fn http_span(extensions: &Extensions) -> Option<Span> {
 #[cfg_attr(not(feature = "policy"), allow(dead_code))] // the policy's
 pub(crate) fn policy_span(extensions: &Extensions, action: &str, resource: &str) -> Span {
     macro_rules! policy {
-        ($($parent:tt)*) => {
-            info_span!(
+        ($unsampled:expr; $($parent:tt)*) => {
+            guard_span!(
+                $unsampled;
                 $($parent)*
                 spans::POLICY,
                 action,
@@ -339,8 +457,8 @@ pub(crate) fn policy_span(extensions: &Extensions, action: &str, resource: &str)
         };
     }
     match http_span(extensions) {
-        Some(parent) => policy!(parent: &parent,),
-        None => policy!(),
+        Some(http) => policy!(http.unsampled(); parent: &http.span,),
+        None => policy!(unsampled_here();),
     }
 }
 
@@ -381,11 +499,12 @@ impl<S> ToolSpans<S> {
     define_inner_service_accessors!();
 }
 
-/// The span of a `tools/call` of `tool`.
-fn tool_span(tool: &str, context: &RequestContext<RoleServer>) -> Span {
+/// The span of a `tools/call` of `tool`, and the HTTP request's span.
+fn tool_span(tool: &str, context: &RequestContext<RoleServer>) -> (Span, Option<HttpSpan>) {
     macro_rules! tool {
-        ($($parent:tt)*) => {
-            info_span!(
+        ($unsampled:expr; $($parent:tt)*) => {
+            guard_span!(
+                $unsampled;
                 $($parent)*
                 spans::TOOL,
                 mcp.method.name = "tools/call",
@@ -397,15 +516,22 @@ fn tool_span(tool: &str, context: &RequestContext<RoleServer>) -> Span {
         };
     }
     let http = http_span(&context.extensions);
-    let span = match &http {
-        Some(parent) => tool!(parent: parent,),
-        None => tool!(),
-    };
+    // A `_meta` trace context makes the tool span the root of the caller's
+    // trace (linked to the request's span): its sampler decides from that
+    // context, even when the request's own trace is not sampled.
     #[cfg(feature = "telemetry")]
-    if !span.is_disabled() {
-        w3c::parent_from_meta(&span, &context.meta, http.as_ref());
+    if let Some(cx) = w3c::meta_context(&context.meta) {
+        let span = tool!(false; parent: None,);
+        if !span.is_disabled() {
+            w3c::parent_to_meta(&span, cx, http.as_ref().map(|http| &http.span));
+        }
+        return (span, http);
     }
-    span
+    let span = match &http {
+        Some(http) => tool!(http.unsampled(); parent: &http.span,),
+        None => tool!(unsampled_here();),
+    };
+    (span, http)
 }
 
 #[allow(deprecated)] // every other method goes to the inner handler, the deprecated ones too
@@ -415,8 +541,24 @@ impl<H: ServerHandler> ServerHandler for ToolSpans<H> {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
-        let span = tool_span(&request.name, &context);
-        let result = self.inner.call_tool(request, context).instrument(span.clone()).await;
+        let (span, http) = tool_span(&request.name, &context);
+        let call = self.inner.call_tool(request, context).instrument(span.clone());
+        // The tool span's OpenTelemetry context (or, when the layer does not
+        // see it, the request's) is current while the tool runs: the spans
+        // the tool and the guard open in it follow its sampling decision.
+        #[cfg(feature = "telemetry")]
+        let result = {
+            use opentelemetry::context::FutureExt as _;
+            match w3c::context_of(&span).or_else(|| http.and_then(|http| http.otel)) {
+                Some(cx) => call.with_context(cx).await,
+                None => call.await,
+            }
+        };
+        #[cfg(not(feature = "telemetry"))]
+        let result = {
+            let _ = http;
+            call.await
+        };
         if !span.is_disabled() {
             match &result {
                 Ok(CallToolResponse::Complete(done)) if done.is_error == Some(true) => {
@@ -440,7 +582,8 @@ impl<H: ServerHandler> ServerHandler for ToolSpans<H> {
 /// The span of the bearer layer authenticating a request.
 #[cfg_attr(not(feature = "jwt"), allow(dead_code))] // the bearer layer's
 pub(crate) fn authenticate_span() -> Span {
-    info_span!(
+    guard_span!(
+        unsampled_here();
         spans::AUTHENTICATE,
         outcome = Empty,
         reason = Empty,
@@ -471,7 +614,8 @@ pub(crate) fn refused(span: &Span, reason: &str, unavailable: bool) {
 
 /// The span of a credential read for `service`.
 pub(crate) fn secret_span(service: &str) -> Span {
-    info_span!(
+    guard_span!(
+        unsampled_here();
         spans::SECRET,
         service = bounded(service),
         outcome = Empty,
@@ -484,7 +628,8 @@ pub(crate) fn secret_span(service: &str) -> Span {
 /// `token_exchange`, `client_credentials`).
 #[cfg_attr(not(feature = "exchange"), allow(dead_code))]
 pub(crate) fn exchange_span(grant: &'static str, target: &str) -> Span {
-    info_span!(
+    guard_span!(
+        unsampled_here();
         spans::EXCHANGE,
         grant,
         target = bounded(target),
@@ -540,9 +685,11 @@ impl Fetch {
     }
 
     fn span(self) -> Span {
+        let unsampled = unsampled_here();
         macro_rules! client {
             ($name:expr) => {
-                info_span!(
+                guard_span!(
+                    unsampled;
                     $name,
                     otel.kind = "client",
                     upstream = self.upstream(),
@@ -727,15 +874,16 @@ mod w3c {
         }
     }
 
-    /// Parent `span` (not started yet) to the trace context of the
+    /// The trace context of the request's `_meta`, if it names a valid
+    /// remote span.
+    pub(super) fn meta_context(meta: &MetaObject) -> Option<opentelemetry::Context> {
+        meta.get_traceparent()?;
+        extract(&Meta(meta))
+    }
+
+    /// Parent `span` (not started yet) to `cx`, the trace context of the
     /// request's `_meta`, linked to the HTTP request's span `http`.
-    pub(super) fn parent_from_meta(span: &Span, meta: &MetaObject, http: Option<&Span>) {
-        if meta.get_traceparent().is_none() {
-            return;
-        }
-        let Some(cx) = extract(&Meta(meta)) else {
-            return;
-        };
+    pub(super) fn parent_to_meta(span: &Span, cx: opentelemetry::Context, http: Option<&Span>) {
         if let Some(http) = http {
             let request = http.context().span().span_context().clone();
             if request.is_valid() && request != *cx.span().span_context() {
@@ -745,13 +893,27 @@ mod w3c {
         let _ = span.set_parent(cx);
     }
 
+    /// `span`'s OpenTelemetry context, when an OpenTelemetry layer sees
+    /// the span (starting it: its sampler decides now).
+    pub(super) fn context_of(span: &Span) -> Option<opentelemetry::Context> {
+        if span.is_disabled() {
+            return None;
+        }
+        let cx = span.context();
+        cx.span().span_context().is_valid().then_some(cx)
+    }
+
     /// Write `span`'s trace context, and only it (no baggage), into
-    /// `headers`.
+    /// `headers`; for a span the OpenTelemetry layer does not see (in a
+    /// trace that is not sampled), the current context's.
     pub(super) fn inject(span: &Span, headers: &mut http::HeaderMap) {
         if span.is_disabled() {
             return;
         }
-        let span_context = span.context().span().span_context().clone();
+        let mut span_context = span.context().span().span_context().clone();
+        if !span_context.is_valid() {
+            span_context = opentelemetry::Context::map_current(|cx| cx.span().span_context().clone());
+        }
         if !span_context.is_valid() {
             return;
         }
@@ -765,6 +927,112 @@ mod w3c {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Head sampling: under a request whose trace is not sampled, the
+    /// guard's spans open on [`UNSAMPLED_TARGET`] (and an upstream request
+    /// still carries the trace, unsampled); under a sampled one, on their
+    /// module's target.
+    #[cfg(feature = "telemetry")]
+    mod unsampled {
+        use std::sync::{Arc, Mutex, PoisonError};
+
+        use opentelemetry::trace::TracerProvider as _;
+        use opentelemetry_sdk::propagation::TraceContextPropagator;
+        use opentelemetry_sdk::trace::SdkTracerProvider;
+        use tower::{ServiceExt as _, service_fn};
+        use tracing::subscriber::with_default;
+        use tracing_subscriber::layer::SubscriberExt as _;
+
+        use super::*;
+
+        /// The name and target of every span opened.
+        #[derive(Clone, Default)]
+        struct Opened(Arc<Mutex<Vec<(&'static str, &'static str)>>>);
+
+        impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Opened {
+            fn on_new_span(
+                &self,
+                attrs: &tracing::span::Attributes<'_>,
+                _id: &tracing::span::Id,
+                _ctx: tracing_subscriber::layer::Context<'_, S>,
+            ) {
+                let meta = attrs.metadata();
+                self.0
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push((meta.name(), meta.target()));
+            }
+        }
+
+        /// One request with `traceparent` through [`RequestSpanLayer`]; the
+        /// inner service authenticates, reads a secret and calls an
+        /// upstream. The spans opened, and the upstream's `traceparent`.
+        fn request(traceparent: &str) -> (Vec<(&'static str, &'static str)>, Option<String>) {
+            opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+            let provider = SdkTracerProvider::builder().build();
+            let opened = Opened::default();
+            let subscriber = tracing_subscriber::registry()
+                .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
+                .with(opened.clone());
+            let upstream = with_default(subscriber, || {
+                let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+                let service = RequestSpanLayer::new().layer(service_fn(|_req: Request<()>| async {
+                    let _authenticate = authenticate_span();
+                    let secret = secret_span("catalyst");
+                    let call = Call::start(Fetch::VaultRead, "http://127.0.0.1:8200");
+                    let mut headers = http::HeaderMap::new();
+                    call.run(async { inject(&mut headers) }).await;
+                    call.finish(true);
+                    drop(secret);
+                    Ok::<_, std::convert::Infallible>(Response::new(headers))
+                }));
+                let request = Request::post("/mcp")
+                    .header("traceparent", traceparent)
+                    .body(())
+                    .expect("request");
+                let response = runtime.block_on(service.oneshot(request)).expect("response");
+                response
+                    .into_body()
+                    .get("traceparent")
+                    .map(|v| v.to_str().expect("ascii").to_owned())
+            });
+            let opened = opened.0.lock().unwrap_or_else(PoisonError::into_inner).clone();
+            (opened, upstream)
+        }
+
+        const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+
+        #[test]
+        fn steps_of_an_unsampled_trace_open_on_the_unsampled_target() {
+            let (opened, upstream) = request(&format!("00-{TRACE}-b7ad6b7169203331-00"));
+            let target = |name: &str| opened.iter().find(|(n, _)| *n == name).map(|(_, t)| *t);
+            // The request's span goes to the layer: its sampler decided.
+            assert_eq!(
+                target(spans::REQUEST),
+                Some(module_path!().trim_end_matches("::tests::unsampled"))
+            );
+            for step in [spans::AUTHENTICATE, spans::SECRET, spans::VAULT_READ] {
+                assert_eq!(target(step), Some(UNSAMPLED_TARGET), "{step}");
+            }
+            // The upstream still hears of the trace, as not sampled.
+            let upstream = upstream.expect("a traceparent upstream");
+            assert!(upstream.starts_with(&format!("00-{TRACE}-")), "{upstream}");
+            assert!(upstream.ends_with("-00"), "{upstream}");
+        }
+
+        #[test]
+        fn steps_of_a_sampled_trace_open_on_their_module() {
+            let (opened, upstream) = request(&format!("00-{TRACE}-b7ad6b7169203331-01"));
+            assert_eq!(opened.len(), 4, "{opened:?}");
+            assert!(
+                opened.iter().all(|(_, target)| *target != UNSAMPLED_TARGET),
+                "{opened:?}"
+            );
+            let upstream = upstream.expect("a traceparent upstream");
+            assert!(upstream.starts_with(&format!("00-{TRACE}-")), "{upstream}");
+            assert!(upstream.ends_with("-01"), "{upstream}");
+        }
+    }
 
     #[test]
     fn caller_values_are_bounded_at_a_char_boundary() {
