@@ -107,15 +107,8 @@ fn pin_self() {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
 async fn start(name: &'static str, issuer: &TestIssuer, vars: &[(&str, String)]) -> Server {
-    let port = free_port();
+    let port = example::free_port();
     let mut command = match pinning() {
         Some((_, server)) => {
             let mut c = Command::new("taskset");
@@ -274,7 +267,7 @@ fn main() {
         let issuer = TestIssuer::start().await.expect("issuer");
         let (otlp, exported) = sink().await;
         let (otlp_sampled, exported_sampled) = sink().await;
-        let metrics_bind = format!("127.0.0.1:{}", free_port());
+        let metrics_bind = format!("127.0.0.1:{}", example::free_port());
         let servers = [
             start("off", &issuer, &[("RUST_LOG", "info".to_owned())]).await,
             start(
@@ -292,7 +285,7 @@ fn main() {
                 &issuer,
                 &[
                     ("RUST_LOG", "info".to_owned()),
-                    ("GUARD_METRICS_BIND", format!("127.0.0.1:{}", free_port())),
+                    ("GUARD_METRICS_BIND", format!("127.0.0.1:{}", example::free_port())),
                 ],
             )
             .await,

@@ -18,6 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::example::free_port;
 use support::oidc::OidcProvider;
 
 const CLIENT_ID: &str = "rmcp-guard-dpop";
@@ -52,13 +53,6 @@ fn provider(jwt: bool) -> (OidcProvider, String) {
     let provider = OidcProvider::start(CLIENT_ID, CLIENT_SECRET, vars);
     let issuer = provider.issuer.clone();
     (provider, issuer)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 /// `examples/secure_server` trusting `issuer`, stateless, with `vars`;

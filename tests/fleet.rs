@@ -28,6 +28,7 @@ use reqwest::StatusCode;
 use rmcp_guard_testkit::TestIssuer;
 use rmcp_guard_testkit::client::{McpClient, McpError, Protocol};
 use serde_json::{Value, json};
+use support::example::free_port;
 use support::redis::Redis;
 
 /// The public resource URI every replica serves (what a load balancer
@@ -91,13 +92,6 @@ fn confine(redis: &Redis) {
 /// `target/<profile>/examples/secure_server`, built by `cargo test`.
 fn binary() -> PathBuf {
     support::example::example_binary("secure_server")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 /// One `secure_server` process; its stderr goes to a log file shown when it

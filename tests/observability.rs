@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use rmcp_guard_testkit::TestIssuer;
 use rmcp_guard_testkit::client::{McpClient, McpError, Protocol};
 use serde_json::{Value, json};
+use support::example::{free_port, temp_dir};
 
 /// The repository's operations kit.
 fn ops(path: &str) -> PathBuf {
@@ -79,20 +80,6 @@ fn alert_rules_pass_promtool_check_and_each_alert_fires_in_its_unit_test() {
             .any(|case| case.starts_with(alert) && case.lines().nth(1).is_some_and(|l| l.trim() == "exp_alerts:"));
         assert!(fires, "no test case of alerts_test.yml expects {alert} to fire");
     }
-}
-
-/// A free loopback port.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("rmcp-guard-{name}-{}-{}", std::process::id(), free_port()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
 }
 
 /// A child process killed (and reaped) when dropped.

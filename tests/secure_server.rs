@@ -25,6 +25,7 @@ use rmcp::{ClientHandler, ErrorData};
 use rmcp_guard_testkit::TestIssuer;
 use rmcp_guard_testkit::client::{McpClient, McpError, Protocol};
 use serde_json::{Value, json};
+use support::example::free_port;
 
 /// `target/<profile>/examples/secure_server`, built by `cargo test`.
 fn binary() -> PathBuf {
@@ -45,14 +46,6 @@ impl Drop for Server {
 
 async fn start(issuer: &TestIssuer) -> Server {
     start_with(issuer, &[]).await
-}
-
-/// A free loopback port (the resource URI must name it).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 async fn start_with(issuer: &TestIssuer, vars: &[(&str, &str)]) -> Server {

@@ -21,6 +21,7 @@ use rmcp_guard_testkit::TestIssuer;
 use rmcp_guard_testkit::client::{McpClient, Protocol};
 use serde_json::json;
 use support::bao::Bao;
+use support::example::{free_port, temp_dir};
 use support::otlp::{OtlpReceiver, attribute, counter_sum};
 
 /// The trace the caller is in (W3C `traceparent`).
@@ -59,19 +60,6 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("rmcp-guard-{name}-{}-{}", std::process::id(), free_port()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
 }
 
 /// Start `secure_server` on a free port with `vars`; its output (every log

@@ -18,3 +18,20 @@ pub fn example_binary(name: &str) -> PathBuf {
     );
     binary
 }
+
+/// A free loopback port, for a program that must be told its address
+/// before it starts (the resource URI names it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// A fresh directory for `name`'s files (logs, configuration) under the
+/// system's temporary directory.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("rmcp-guard-{name}-{}-{}", std::process::id(), free_port()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
