@@ -576,16 +576,23 @@ struct Escape {
 }
 
 impl Decoded {
+    /// The decoding of `raw` so far: its first `at` bytes, which hold no
+    /// escape.
+    fn up_to(raw: &[u8], at: usize) -> Decoded {
+        let mut bytes = Vec::with_capacity(raw.len());
+        bytes.extend_from_slice(&raw[..at]);
+        Decoded {
+            bytes,
+            escapes: Vec::new(),
+        }
+    }
+
     /// `%XX` decoded; `None` when there is none.
     fn percent(raw: &[u8]) -> Option<Decoded> {
         let hex = |b: u8| (b as char).to_digit(16);
         let at = memchr::memchr_iter(b'%', raw)
             .find(|&i| i + 2 < raw.len() && hex(raw[i + 1]).is_some() && hex(raw[i + 2]).is_some())?;
-        let mut decoded = Decoded {
-            bytes: Vec::with_capacity(raw.len()),
-            escapes: Vec::new(),
-        };
-        decoded.bytes.extend_from_slice(&raw[..at]);
+        let mut decoded = Decoded::up_to(raw, at);
         let mut i = at;
         while i < raw.len() {
             if raw[i] == b'%'
@@ -606,11 +613,7 @@ impl Decoded {
     /// `\r`, `\t`, `\uXXXX` and surrogate pairs); `None` when there is none.
     fn json(raw: &[u8]) -> Option<Decoded> {
         let at = memchr::memchr(b'\\', raw)?;
-        let mut decoded = Decoded {
-            bytes: Vec::with_capacity(raw.len()),
-            escapes: Vec::new(),
-        };
-        decoded.bytes.extend_from_slice(&raw[..at]);
+        let mut decoded = Decoded::up_to(raw, at);
         let mut i = at;
         while i < raw.len() {
             if raw[i] == b'\\'

@@ -160,18 +160,20 @@ fn bounded(value: &str) -> &str {
 /// target: its sampler decides.
 pub const UNSAMPLED_TARGET: &str = "rmcp_guard::unsampled";
 
+/// Whether `cx` is in a trace that is not sampled.
+#[cfg(feature = "telemetry")]
+fn unsampled(cx: &opentelemetry::Context) -> bool {
+    use opentelemetry::trace::TraceContextExt as _;
+    let span = cx.span();
+    let context = span.span_context();
+    context.is_valid() && !context.is_sampled()
+}
+
 /// Whether the current OpenTelemetry context is a trace that is not
 /// sampled.
 fn unsampled_here() -> bool {
     #[cfg(feature = "telemetry")]
-    {
-        use opentelemetry::trace::TraceContextExt as _;
-        opentelemetry::Context::map_current(|cx| {
-            let span = cx.span();
-            let context = span.span_context();
-            context.is_valid() && !context.is_sampled()
-        })
-    }
+    return opentelemetry::Context::map_current(unsampled);
     #[cfg(not(feature = "telemetry"))]
     false
 }
@@ -274,12 +276,7 @@ impl HttpSpan {
     /// [`UNSAMPLED_TARGET`].
     fn unsampled(&self) -> bool {
         #[cfg(feature = "telemetry")]
-        {
-            use opentelemetry::trace::TraceContextExt as _;
-            self.otel
-                .as_ref()
-                .is_some_and(|cx| !cx.span().span_context().is_sampled())
-        }
+        return self.otel.as_ref().is_some_and(unsampled);
         #[cfg(not(feature = "telemetry"))]
         false
     }
