@@ -15,9 +15,13 @@
 //! HTTP/1.1 keep-alive connection on which it calls `echo` statelessly
 //! (JSON answers), one call after the other, for a fixed time; every answer
 //! is checked. The limits are the load benchmark's (`generous_limits`: the
-//! limit layer runs but never refuses) so the measure is the admitted path:
-//! in Redis one admission script on the request path, and the releases sent
-//! in batches by a background task once the answers' bodies end.
+//! limit layer runs but never refuses) so the measure is the admitted path.
+//! Their bounds are large, so in Redis a replica takes a share of each
+//! budget per round trip (1/32 of it, at most 16 rate units and in-flight
+//! slots) and admits the requests that follow from it; a third variant has
+//! a burst and in-flight bound under 64 (as the defaults), which take one
+//! admission script per request; releases are sent in batches by a
+//! background task once the answers' bodies end.
 //!
 //! The phases alternate (memory, Redis, ...) for [`ROUNDS`] rounds so that
 //! a drift in machine load hits both; the summary gives the mean rates, the
@@ -70,7 +74,23 @@ fn variants() -> Vec<Variant> {
             redis: true,
             configure: Box::new(|guard| guard),
         },
+        Variant {
+            name: "Redis limits, 1 per round trip",
+            redis: true,
+            configure: Box::new(|guard| guard.limits(exact_limits())),
+        },
     ]
+}
+
+/// Limits as generous for this load, with a burst and an in-flight bound
+/// under `2 x 32`: a replica takes no share of the budget, so every request
+/// is its own admission round trip (as with the defaults, burst 40 and 16
+/// in flight).
+fn exact_limits() -> rmcp_guard::limit::RequestLimits {
+    rmcp_guard::limit::RequestLimits::default()
+        .rate(rmcp_guard::limit::Rate::per_second(std::num::NonZeroU32::MAX))
+        .burst(63)
+        .in_flight(63)
 }
 
 /// A throwaway `redis-server` on a free loopback port without persistence
@@ -402,8 +422,9 @@ fn main() {
         );
     }
     println!(
-        "  (target: Redis / memory >= 0.75; a Redis request sends 1 command on its path (the admission \
-         script); releases follow in batches, so round trips per request are between 1 and 2)"
+        "  (target: Redis / memory >= 0.75. \"Redis limits\" (bounds of 64 or more): a replica takes a share \
+         of 1/32 of a budget, up to 16 units and slots, per round trip. \"1 per round trip\": one admission \
+         script per request, its release sent later in a batch)"
     );
     println!("fleet: done in {:.0?}", started.elapsed());
     drop(servers);

@@ -431,6 +431,133 @@ async fn per_tool_rates_and_policy_limits_are_fleet_wide() {
     assert_too_many(&fleet.call(0, "tight", "whoami").await, "rate_limited");
 }
 
+/// A budget whose burst is 64 or more is shared out: a replica takes 1/32
+/// of it per round trip (2 units here) and admits the calls that follow
+/// from its share. The fleet still admits no more than the budget, and at
+/// most one share's worth per replica less (units taken and not used).
+#[tokio::test]
+async fn shares_of_a_large_rate_never_admit_more_than_the_budget() {
+    let redis = Redis::start().await;
+    // 64 per hour (one back every 56 s), burst 64, 64 in flight.
+    let limits = RequestLimits::default()
+        .rate("64/h".parse().unwrap())
+        .burst(64)
+        .in_flight(64);
+    let fleet = Fleet::start(&redis, limits, None).await;
+    let trips = || fleet.replicas.iter().map(|r| r.store.round_trips()).sum::<u64>();
+    let before = trips();
+    let mut allowed: u64 = 0;
+    for i in 0..100 {
+        let reply = fleet.call(i % 2, "alice", "echo").await;
+        if ran(&reply, "echo") {
+            allowed += 1;
+        } else {
+            assert_too_many(&reply, "rate_limited");
+        }
+    }
+    assert!((62..=64).contains(&allowed), "{allowed} of 100 allowed");
+    // One round trip per share of 2 admitted calls (slots stay in the
+    // shares: none released yet), one per refused call.
+    let trips = trips() - before;
+    let expected = allowed.div_ceil(2) + (100 - allowed);
+    assert!(
+        (expected - 2..=expected + 2).contains(&trips),
+        "{trips} round trips for {allowed} admitted and {} refused",
+        100 - allowed
+    );
+    // Another caller's budget is its own.
+    assert!(ran(&fleet.call(0, "bob", "echo").await, "echo"));
+}
+
+/// In-flight slots taken as shares are members of the budget's set in
+/// Redis: the fleet never holds more than the bound, short of it by at
+/// most the free slots the replicas' shares hold; a share unused for a
+/// second gives its slots back.
+#[tokio::test]
+async fn shares_of_in_flight_slots_stay_within_the_bound_and_go_back_when_idle() {
+    let redis = Redis::start().await;
+    let limits = RequestLimits::default()
+        .rate(rmcp_guard::limit::Rate::per_second(std::num::NonZeroU32::MAX))
+        .burst(1 << 20)
+        .in_flight(64);
+    let fleet = Arc::new(Fleet::start(&redis, limits, None).await);
+    let members = || {
+        let out = std::process::Command::new("redis-cli")
+            .args([
+                "-p",
+                &redis.port().to_string(),
+                "--scan",
+                "--pattern",
+                "rmcp-guard:limit:in_flight:*",
+            ])
+            .output()
+            .expect("redis-cli");
+        let keys = String::from_utf8(out.stdout).unwrap();
+        keys.lines()
+            .filter(|k| !k.is_empty())
+            .map(|key| {
+                let out = std::process::Command::new("redis-cli")
+                    .args(["-p", &redis.port().to_string(), "ZCARD", key])
+                    .output()
+                    .expect("redis-cli");
+                String::from_utf8(out.stdout).unwrap().trim().parse::<u64>().unwrap()
+            })
+            .sum::<u64>()
+    };
+    // Slow calls, alternating replicas, each started once the one before
+    // has entered its tool, until one is refused.
+    let mut held = Vec::new();
+    let refused = loop {
+        assert!(held.len() <= 64, "{} calls in flight over a bound of 64", held.len());
+        let i = held.len() % 2;
+        let call = {
+            let fleet = fleet.clone();
+            tokio::spawn(async move { fleet.call(i, "alice", "slow").await })
+        };
+        let deadline = Instant::now() + BOUND;
+        let entered = loop {
+            if fleet.gate.entered.load(Ordering::SeqCst) > held.len() {
+                break true;
+            }
+            if call.is_finished() {
+                break false;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "call {} neither entered nor refused",
+                held.len()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        if !entered {
+            break call;
+        }
+        held.push(call);
+    };
+    let reply = refused.await.unwrap();
+    assert_too_many(&reply, "too_many_in_flight");
+    assert!(
+        (62..=64).contains(&held.len()),
+        "{} calls held at the bound",
+        held.len()
+    );
+    let taken = members();
+    assert!(
+        (held.len() as u64..=64).contains(&taken),
+        "{taken} slots taken in Redis"
+    );
+    fleet.gate.release.add_permits(held.len());
+    for call in held {
+        assert!(ran(&tokio::time::timeout(BOUND, call).await.unwrap().unwrap(), "slow"));
+    }
+    // Idle for a second, the shares give their slots back.
+    let deadline = Instant::now() + BOUND;
+    while members() > 0 {
+        assert!(Instant::now() < deadline, "{} slots still taken", members());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn every_key_has_a_ttl() {
     let redis = Redis::start().await;
@@ -528,13 +655,14 @@ async fn a_hung_redis_is_503_not_a_hung_request() {
 #[tokio::test]
 async fn a_per_tool_limit_over_a_dead_redis_is_a_json_rpc_error() {
     let mut redis = Redis::start().await;
-    // Only a per-tool limit: admissions need no Redis, the tool's count does.
+    // Only a per-tool limit: admissions need no Redis, the tool's count does
+    // (a burst under 64: one unit per round trip, no share to draw on).
     let limits = RequestLimits::default()
         .dangerous()
         .no_rate()
         .dangerous()
         .no_in_flight()
-        .tool("echo", "100/h".parse().unwrap());
+        .tool("echo", "60/h".parse().unwrap());
     let policy = PolicyEngine::builder().module("a.rego", ALLOW_ALL).build().unwrap();
     let fleet = Fleet::start(&redis, limits, Some(policy)).await;
     assert!(ran(&fleet.call(0, "alice", "echo").await, "echo"));

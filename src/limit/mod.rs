@@ -80,9 +80,23 @@
 //! Cluster hash slot. A caller costs Redis well under 2 KB at the defaults
 //! (a set holds at most `in_flight` members), and every key expires.
 //! One admission is one Lua script (`EVALSHA`): the rate and the in-flight
-//! (or stream) count decided atomically, on the server's clock: **one round
-//! trip on the request path**. When the response body ends or is dropped
-//! the permit is queued for release; a background task sends the queued
+//! (or stream) count decided atomically, on the server's clock: **at most
+//! one round trip on the request path**. A budget whose burst and
+//! in-flight bound are each 64 or more (or unset) is shared out: one
+//! script takes a replica's share of it, 1/32 of the burst and of the
+//! bound (at most 16 rate units and 16 slots), and the replica admits the
+//! requests that follow from its share without a round trip. Shares never
+//! admit more than the budget: units and slots are taken in Redis before
+//! they are used (a slot is a member of the set; units are used within the
+//! time the budget takes to earn them back, at most a second). What a
+//! share costs is the other way: what a replica holds and does not use is
+//! not available to the others until it is used, or goes back after a
+//! second without requests of that budget on the replica (a slot starts
+//! requests for half its lease at most). A replica holds shares of 16 384
+//! budgets at most; past that a budget is counted one request per round
+//! trip. The defaults (burst 40, 16 in flight) take one round trip per
+//! request, as do streams. When the response body ends or is dropped
+//! the permit goes back to the replica's share, or is queued for release; a background task sends the queued
 //! releases in batches (one script, `ZREM`s, per batch of up to 256), off
 //! the request path. A release that is lost (the queue of 8 192 full, Redis
 //! down then, a replica that crashed) leaves the slot to the lease's expiry.
@@ -146,6 +160,8 @@
 mod fleet;
 mod layer;
 mod rate;
+#[cfg(feature = "redis")]
+mod share;
 mod table;
 
 use std::collections::HashMap;
