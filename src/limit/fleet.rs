@@ -242,11 +242,7 @@ impl Fleet {
         let sizes = Sizes::of(interval, burst, max);
         let (releases, shares) = self.local();
         if stream || !sizes.shared() {
-            let one = Sizes {
-                units: sizes.units.min(1),
-                slots: sizes.slots.min(1),
-                ..sizes
-            };
+            let one = sizes.one();
             let keys = keys(&self.store, &budget);
             let ids = [self.permit_id()];
             let ids = &ids[..one.slots as usize];
