@@ -263,21 +263,17 @@ impl Guard {
             config = config.with_legacy_session_mode(false);
         }
         let edge = crate::edge::EdgeLayer::new(&config.allowed_hosts, crate::edge::default_port_of(self.rs.resource()));
-        let path = self.rs.resource_path().to_owned();
         // One session manager, shared with the binding layer so that it can
         // close a principal's sessions beyond its bound.
-        let (sessions, stateful) = self
-            .sessions
-            .map(|layer| {
-                let manager = Arc::new(LocalSessionManager::default());
-                (
-                    layer.session_manager(manager.clone()).shared(self.store.clone()),
-                    manager,
-                )
-            })
-            .unzip();
+        let stateful = self.sessions.map(|layer| {
+            let manager = Arc::new(LocalSessionManager::default());
+            (
+                layer.session_manager(manager.clone()).shared(self.store.clone()),
+                manager,
+            )
+        });
         #[cfg(feature = "telemetry")]
-        if let Some(layer) = &sessions {
+        if let Some((layer, _)) = &stateful {
             layer.report_in_use();
         }
         #[cfg(feature = "policy")]
@@ -313,8 +309,35 @@ impl Guard {
         );
         #[cfg(not(feature = "integrity"))]
         let arguments = NoChecks;
+        #[allow(unused_mut)]
+        let mut bearer = crate::oauth::BearerAuthLayer::new(self.rs.clone()).revocations(self.store.revocations());
+        #[cfg(feature = "redis")]
+        if self.rs.dpop().mode() != crate::oauth::DpopMode::Off
+            && self.rs.dpop().replay.is_none()
+            && let Some(replay) = crate::state::RedisReplaySet::new(&self.store)
+        {
+            // DPoP proofs used on one replica are refused on every other.
+            let replay = replay.max_per_principal(crate::oauth::DEFAULT_REPLAY_PER_CALLER);
+            bearer = bearer.dpop_replay_set(Arc::new(replay));
+        }
+        #[cfg(feature = "exchange")]
+        if self.exchange.is_some() {
+            bearer = bearer.keep_inbound_token();
+        }
+        let stack = Stack {
+            path: self.rs.resource_path().to_owned(),
+            edge,
+            bearer,
+            limits: limits.layer(),
+            context: RequestContext {
+                credentials: self.credentials,
+                #[cfg(feature = "exchange")]
+                exchange: self.exchange,
+            },
+            metadata: self.rs.metadata_router(),
+        };
         #[cfg(feature = "policy")]
-        let mut mcp = match self.policy.clone() {
+        match self.policy.clone() {
             Some(engine) => {
                 let step_up = crate::policy::StepUpLayer::new(self.rs.challenges(), engine.clone());
                 let sealer = fleet_sealer(self.request_state.clone(), &self.store);
@@ -331,49 +354,22 @@ impl Guard {
                         Advertised::with_extensions(guarded, extensions.clone())
                     })
                 };
-                mcp_router(&path, factory, stateful, config, Some(step_up))
+                mcp_router(stack, factory, stateful, config, Some(step_up))
             }
             None => {
                 let factory = move || {
                     factory().map(|h| Advertised::with_extensions(checked(h, arguments.clone()), extensions.clone()))
                 };
-                mcp_router(&path, factory, stateful, config, None)
+                mcp_router(stack, factory, stateful, config, None)
             }
-        };
+        }
         #[cfg(not(feature = "policy"))]
-        let mut mcp = {
+        {
             let factory = move || {
                 factory().map(|h| Advertised::with_extensions(checked(h, arguments.clone()), extensions.clone()))
             };
-            mcp_router(&path, factory, stateful, config, None)
-        };
-        if let Some(sessions) = sessions {
-            mcp = mcp.layer(sessions);
+            mcp_router(stack, factory, stateful, config, None)
         }
-        if let Some(credentials) = self.credentials {
-            mcp = mcp.layer(axum::Extension(credentials));
-        }
-        #[allow(unused_mut)]
-        let mut bearer = crate::oauth::BearerAuthLayer::new(self.rs.clone()).revocations(self.store.revocations());
-        #[cfg(feature = "redis")]
-        if self.rs.dpop().mode() != crate::oauth::DpopMode::Off
-            && self.rs.dpop().replay.is_none()
-            && let Some(replay) = crate::state::RedisReplaySet::new(&self.store)
-        {
-            // DPoP proofs used on one replica are refused on every other.
-            let replay = replay.max_per_principal(crate::oauth::DEFAULT_REPLAY_PER_CALLER);
-            bearer = bearer.dpop_replay_set(Arc::new(replay));
-        }
-        #[cfg(feature = "exchange")]
-        if let Some(exchange) = self.exchange {
-            mcp = mcp.layer(axum::Extension(exchange));
-            bearer = bearer.keep_inbound_token();
-        }
-        mcp.layer(limits.layer())
-            .layer(bearer)
-            .merge(self.rs.metadata_router())
-            .layer(edge)
-            .layer(RequestSpanLayer::new())
     }
 }
 
@@ -449,12 +445,13 @@ type StepUp = crate::policy::StepUpLayer;
 #[cfg(not(feature = "policy"))]
 type StepUp = std::convert::Infallible;
 
-/// rmcp's Streamable HTTP service at `path`, with sessions (in `stateful`)
-/// or without, behind the step-up layer when there is one.
+/// rmcp's Streamable HTTP service, with sessions (bound to their callers
+/// by the layer in `stateful`) or without, behind the step-up layer when
+/// there is one, inside `stack`.
 fn mcp_router<H, F>(
-    path: &str,
+    stack: Stack,
     factory: F,
-    stateful: Option<Arc<LocalSessionManager>>,
+    stateful: Option<(SessionBindingLayer, Arc<LocalSessionManager>)>,
     config: StreamableHttpServerConfig,
     step_up: Option<StepUp>,
 ) -> axum::Router
@@ -462,35 +459,124 @@ where
     H: ServerHandler + Send + 'static,
     F: Fn() -> Result<H, std::io::Error> + Send + Sync + 'static,
 {
-    if let Some(manager) = stateful {
-        let service = StreamableHttpService::new(factory, manager, config);
-        route(path, service, step_up)
-    } else {
-        let service = StreamableHttpService::new(factory, Arc::new(NeverSessionManager::default()), config);
-        route(path, service, step_up)
+    use tower_layer::Layer as _;
+    match (stateful, step_up) {
+        (Some((sessions, manager)), None) => {
+            stack.router(sessions.layer(StreamableHttpService::new(factory, manager, config)))
+        }
+        (None, None) => stack.router(StreamableHttpService::new(
+            factory,
+            Arc::new(NeverSessionManager::default()),
+            config,
+        )),
+        #[cfg(feature = "policy")]
+        (Some((sessions, manager)), Some(step_up)) => {
+            stack.router(sessions.layer(step_up.layer(StreamableHttpService::new(factory, manager, config))))
+        }
+        #[cfg(feature = "policy")]
+        (None, Some(step_up)) => stack.router(step_up.layer(StreamableHttpService::new(
+            factory,
+            Arc::new(NeverSessionManager::default()),
+            config,
+        ))),
+        #[cfg(not(feature = "policy"))]
+        (_, Some(never)) => match never {},
     }
 }
 
-fn route<S, B>(path: &str, service: S, step_up: Option<StepUp>) -> axum::Router
+/// The layers in front of every MCP request, and the routes beside it.
+///
+/// The MCP endpoint is one service, its layers nested directly (one route,
+/// one boxed service): layered route by route, each layer would box the
+/// service, its future and the response body again on every request.
+struct Stack {
+    path: String,
+    edge: crate::edge::EdgeLayer,
+    bearer: crate::oauth::BearerAuthLayer,
+    limits: crate::limit::RequestLimitLayer,
+    context: RequestContext,
+    /// The RFC 9728 metadata routes.
+    metadata: axum::Router,
+}
+
+impl Stack {
+    /// The router: `service` at the resource path behind every layer, the
+    /// metadata routes (and the fallback) behind the request span and the
+    /// edge only.
+    fn router<S, B>(self, service: S) -> axum::Router
+    where
+        S: tower_service::Service<
+                http::Request<axum::body::Body>,
+                Response = http::Response<B>,
+                Error = std::convert::Infallible,
+            > + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
+        use tower_layer::Layer as _;
+        let endpoint = RequestSpanLayer::new().layer(
+            self.edge
+                .layer(self.bearer.layer(self.limits.layer(self.context.layer(service)))),
+        );
+        self.metadata
+            .layer(self.edge)
+            .layer(RequestSpanLayer::new())
+            .route_service(&self.path, endpoint)
+    }
+}
+
+/// What the extractors find in each MCP request's extensions: the
+/// [`Credentials`] and [`TokenExchange`](crate::oauth::TokenExchange), when
+/// configured.
+#[derive(Clone)]
+struct RequestContext {
+    credentials: Option<Credentials>,
+    #[cfg(feature = "exchange")]
+    exchange: Option<crate::oauth::TokenExchange>,
+}
+
+impl<S> tower_layer::Layer<S> for RequestContext {
+    type Service = WithContext<S>;
+
+    fn layer(&self, inner: S) -> WithContext<S> {
+        WithContext {
+            context: self.clone(),
+            inner,
+        }
+    }
+}
+
+/// The service of [`RequestContext`].
+#[derive(Clone)]
+struct WithContext<S> {
+    context: RequestContext,
+    inner: S,
+}
+
+impl<S, B> tower_service::Service<http::Request<B>> for WithContext<S>
 where
-    S: tower_service::Service<
-            http::Request<axum::body::Body>,
-            Response = http::Response<B>,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<axum::BoxError>,
+    S: tower_service::Service<http::Request<B>>,
 {
-    let router = axum::Router::new();
-    match step_up {
-        #[cfg(feature = "policy")]
-        Some(layer) => router.route_service(path, tower_layer::Layer::layer(&layer, service)),
-        #[cfg(not(feature = "policy"))]
-        Some(never) => match never {},
-        None => router.route_service(path, service),
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> S::Future {
+        if let Some(credentials) = &self.context.credentials {
+            request.extensions_mut().insert(credentials.clone());
+        }
+        #[cfg(feature = "exchange")]
+        if let Some(exchange) = &self.context.exchange {
+            request.extensions_mut().insert(exchange.clone());
+        }
+        self.inner.call(request)
     }
 }

@@ -46,7 +46,7 @@ pub const SCOPE: &str = "mcp:tools";
 /// Tools `whoami` and `echo`, as in `examples/secure_server.rs`.
 #[derive(Clone)]
 pub struct Tools {
-    tool_router: ToolRouter<Self>,
+    tool_router: Arc<ToolRouter<Self>>,
 }
 
 /// Arguments of `echo`.
@@ -58,9 +58,14 @@ pub struct EchoArgs {
 
 #[tool_router]
 impl Tools {
+    /// The tools, sharing one router: a stateless server makes a handler
+    /// per request, and building the router (every route and its schema)
+    /// each time would cost more than the guard itself.
     pub fn new() -> Self {
+        static ROUTER: std::sync::LazyLock<Arc<ToolRouter<Tools>>> =
+            std::sync::LazyLock::new(|| Arc::new(Tools::tool_router()));
         Tools {
-            tool_router: Self::tool_router(),
+            tool_router: ROUTER.clone(),
         }
     }
 
