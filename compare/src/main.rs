@@ -97,7 +97,7 @@ const MAX_CALLERS: usize = 100_000;
 /// One tool, `echo`.
 #[derive(Clone)]
 struct Tools {
-    tool_router: ToolRouter<Self>,
+    tool_router: Arc<ToolRouter<Self>>,
 }
 
 /// Arguments of `echo`.
@@ -109,9 +109,14 @@ struct EchoArgs {
 
 #[tool_router]
 impl Tools {
+    /// The tool, sharing one router (as `secure_server` does): stateless
+    /// servers make a handler per request, and building the router each
+    /// time would cost all three more than the guard itself.
     fn new() -> Self {
+        static ROUTER: std::sync::LazyLock<Arc<ToolRouter<Tools>>> =
+            std::sync::LazyLock::new(|| Arc::new(Tools::tool_router()));
         Tools {
-            tool_router: Self::tool_router(),
+            tool_router: ROUTER.clone(),
         }
     }
 
