@@ -63,6 +63,10 @@ struct Rules {
     /// Empty: any host.
     hosts: Vec<HostPort>,
     default_port: u16,
+    /// The usual spellings of the allowed hosts (`host:port`, and `host`
+    /// for the default port), lowercase: a `Host` equal to one of them
+    /// (ASCII case aside) is allowed without being parsed.
+    spellings: Vec<String>,
 }
 
 /// A host (lowercase, IPv6 without brackets) and its port, if written.
@@ -103,9 +107,13 @@ impl EdgeLayer {
             .map(|h| HostPort::allowed(h.as_ref()))
             .filter(|h| !h.host.is_empty())
             .collect();
-        EdgeLayer {
-            rules: Arc::new(Rules { hosts, default_port }),
-        }
+        let mut rules = Rules {
+            hosts,
+            default_port,
+            spellings: Vec::new(),
+        };
+        rules.spellings = rules.spellings();
+        EdgeLayer { rules: Arc::new(rules) }
     }
 }
 
@@ -142,11 +150,66 @@ impl<S> Edge<S> {
 }
 
 impl Rules {
+    /// The spellings of the allowed hosts a `Host` header usually carries;
+    /// only those the full parse accepts and allows, so that the shortcut
+    /// never lets through what the parse would refuse.
+    fn spellings(&self) -> Vec<String> {
+        let mut spellings: Vec<String> = Vec::new();
+        for allowed in &self.hosts {
+            let host = match allowed.host.contains(':') {
+                true => format!("[{}]", allowed.host),
+                false => allowed.host.clone(),
+            };
+            let port = allowed.port.unwrap_or(self.default_port);
+            let with_port = format!("{host}:{port}");
+            let forms = [Some(with_port), (port == self.default_port).then_some(host)];
+            for form in forms.into_iter().flatten() {
+                if parse_host(&form).is_some_and(|parsed| self.host_allowed(&parsed)) && !spellings.contains(&form) {
+                    spellings.push(form);
+                }
+            }
+        }
+        spellings
+    }
+
     /// `None` to let the request through, or the refusal.
     fn check<B>(&self, request: &Request<B>) -> Option<(StatusCode, &'static str)> {
-        let headers = request.headers();
-        let host = match one(headers, &header::HOST) {
+        if let Some(refusal) = self.check_host(request) {
+            return Some(refusal);
+        }
+        // An absolute-form target names the host that counts (RFC 9112
+        // §3.2.2); rmcp reads `Host`, so both must be allowed.
+        if let Some(target) = request.uri().authority() {
+            match parse_host(target.as_str()) {
+                None => return Some((StatusCode::BAD_REQUEST, "invalid request target")),
+                Some(target) if !self.hosts.is_empty() && !self.host_allowed(&target) => {
+                    return Some((StatusCode::FORBIDDEN, "request target host is not allowed"));
+                }
+                Some(_) => {}
+            }
+        }
+        match one(request.headers(), &header::ORIGIN) {
+            One::None => None,
+            One::Many => Some((StatusCode::FORBIDDEN, "more than one Origin header")),
+            One::Value(value) => match value.to_str().ok().is_some_and(origin_is_well_formed) {
+                true => None,
+                false => Some((StatusCode::FORBIDDEN, "invalid Origin header")),
+            },
+        }
+    }
+
+    /// The `Host` header: exactly one, well formed, allowed.
+    fn check_host<B>(&self, request: &Request<B>) -> Option<(StatusCode, &'static str)> {
+        let host = match one(request.headers(), &header::HOST) {
             One::Many => return Some((StatusCode::BAD_REQUEST, "more than one Host header")),
+            One::Value(value)
+                if self
+                    .spellings
+                    .iter()
+                    .any(|spelling| spelling.as_bytes().eq_ignore_ascii_case(value.as_bytes())) =>
+            {
+                return None;
+            }
             One::Value(value) => match value.to_str().ok().and_then(parse_host) {
                 Some(host) => Some(host),
                 None => return Some((StatusCode::BAD_REQUEST, "invalid Host header")),
@@ -160,25 +223,7 @@ impl Rules {
         if !self.hosts.is_empty() && !host.is_some_and(|host| self.host_allowed(&host)) {
             return Some((StatusCode::FORBIDDEN, "Host header is not allowed"));
         }
-        // An absolute-form target names the host that counts (RFC 9112
-        // §3.2.2); rmcp reads `Host`, so both must be allowed.
-        if let Some(target) = request.uri().authority() {
-            match parse_host(target.as_str()) {
-                None => return Some((StatusCode::BAD_REQUEST, "invalid request target")),
-                Some(target) if !self.hosts.is_empty() && !self.host_allowed(&target) => {
-                    return Some((StatusCode::FORBIDDEN, "request target host is not allowed"));
-                }
-                Some(_) => {}
-            }
-        }
-        match one(headers, &header::ORIGIN) {
-            One::None => None,
-            One::Many => Some((StatusCode::FORBIDDEN, "more than one Origin header")),
-            One::Value(value) => match value.to_str().ok().is_some_and(origin_is_well_formed) {
-                true => None,
-                false => Some((StatusCode::FORBIDDEN, "invalid Origin header")),
-            },
-        }
+        None
     }
 
     fn host_allowed(&self, host: &HostPort) -> bool {
@@ -389,6 +434,71 @@ mod tests {
         ] {
             assert_eq!(status(&layer, &request(&[host], None)), expected, "{host}");
         }
+    }
+
+    #[test]
+    fn the_spelling_shortcut_decides_as_the_parse_does() {
+        let configs: [(&[&str], u16); 4] = [
+            (&["127.0.0.1:8080", "[::1]:8080", "::1"], 80),
+            (&["MCP.example.com"], 443),
+            (&["mcp.example.com:443", "a.example:8443"], 443),
+            (&["not a host", "a@b", "x:y:z"], 443),
+        ];
+        let hosts = [
+            "127.0.0.1:8080",
+            "127.0.0.1",
+            "[::1]:8080",
+            "[::1]",
+            "[::1]:80",
+            "::1",
+            "mcp.example.com",
+            "MCP.EXAMPLE.COM:443",
+            "mcp.example.com:443",
+            "mcp.example.com:0443",
+            "a.example:8443",
+            "a.example",
+            "not a host",
+            "not a host:443",
+            "a@b",
+            "x:y:z",
+            "",
+        ];
+        for (allowed, default_port) in configs {
+            let layer = rules(allowed, default_port);
+            let mut parsed = Rules {
+                hosts: allowed
+                    .iter()
+                    .map(|h| HostPort::allowed(h))
+                    .filter(|h| !h.host.is_empty())
+                    .collect(),
+                default_port,
+                spellings: Vec::new(),
+            };
+            assert!(parsed.spellings.is_empty());
+            for host in hosts {
+                let request = request(&[host], None);
+                assert_eq!(
+                    layer.rules.check(&request),
+                    parsed.check(&request),
+                    "{host:?} against {allowed:?}"
+                );
+            }
+            parsed.spellings = parsed.spellings();
+            assert_eq!(parsed.spellings, layer.rules.spellings);
+        }
+        assert_eq!(
+            rules(&["127.0.0.1:8080", "[::1]:8080", "::1", "MCP.example.com"], 80)
+                .rules
+                .spellings,
+            [
+                "127.0.0.1:8080",
+                "[::1]:8080",
+                "[::1]:80",
+                "[::1]",
+                "mcp.example.com:80",
+                "mcp.example.com"
+            ]
+        );
     }
 
     #[test]

@@ -604,15 +604,18 @@ fn record_metrics(event: &AuditEvent<'_>) {
             caller,
             cached,
         } => {
-            let mut attrs = vec![
+            let (outcome_kv, reason, client) = (
                 KeyValue::new("outcome", outcome.as_str()),
                 kv("reason", reason),
                 client(caller.client_id),
-            ];
-            if let Some(status) = status {
-                attrs.push(KeyValue::new("status", i64::from(status)));
+            );
+            match status {
+                Some(status) => m.requests.add(
+                    1,
+                    &[outcome_kv, reason, client, KeyValue::new("status", i64::from(status))],
+                ),
+                None => m.requests.add(1, &[outcome_kv, reason, client]),
             }
-            m.requests.add(1, &attrs);
             if outcome == Outcome::Allow {
                 record_cache("token", if cached { "hit" } else { "miss" });
             }
