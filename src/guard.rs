@@ -42,7 +42,7 @@ use crate::telemetry::trace::{RequestSpanLayer, ToolSpans};
 /// | request context | the [`Credentials`] and [`TokenExchange`](crate::oauth::TokenExchange) for the extractors | when configured |
 /// | [`SessionBindingLayer`] | a session belongs to the caller that opened it | with sessions |
 /// | [`StepUpLayer`](crate::policy::StepUpLayer) | 403 `insufficient_scope` before rmcp when the policy names missing scopes | with a policy |
-/// | rmcp's `StreamableHttpService` | Host/Origin checks from the resource URI ([`HostPolicy`](crate::oauth::HostPolicy)) | always |
+/// | rmcp's `StreamableHttpService` | `Origin` checks from the resource URI ([`HostPolicy`](crate::oauth::HostPolicy)); its `Host` check is left to the edge, which is stricter | always |
 /// | [`Guarded`](crate::policy::Guarded) | every call, read, get and listing decided by the policy; the user's confirmation where the policy asks for it | with a policy |
 /// | [`ToolSpans`] | the span of each tool call (`rmcp_guard.tool`), its parent the trace context in the request's `_meta` (feature `telemetry`) | always |
 /// | [`OutputGuard`](crate::integrity::OutputGuard) | removes from each tool result the values of the credentials and tokens the call read, and credential-shaped text ([`Guard::output`]) | feature `integrity` |
@@ -221,6 +221,8 @@ impl Guard {
     /// cancellation token that ends open streams on shutdown. Defaults to
     /// [`ResourceServer::streamable_http_config`], whose `Host`/`Origin`
     /// checks come from the resource URI; keep them when you replace it.
+    /// The allowed hosts are checked by the edge in front of rmcp
+    /// ([`EdgeLayer`](crate::edge::EdgeLayer)), the allowed origins by rmcp.
     pub fn http_config(mut self, config: StreamableHttpServerConfig) -> Self {
         self.http = config;
         self
@@ -263,6 +265,11 @@ impl Guard {
             config = config.with_legacy_session_mode(false);
         }
         let edge = crate::edge::EdgeLayer::new(&config.allowed_hosts, crate::edge::default_port_of(self.rs.resource()));
+        // The edge checks `Host` against these hosts before rmcp, and more
+        // strictly (one header, the port, an absolute-form target): rmcp's
+        // own check would repeat it, parsing every allowed host again on
+        // every request. Its `Origin` check stays.
+        config.allowed_hosts.clear();
         // One session manager, shared with the binding layer so that it can
         // close a principal's sessions beyond its bound.
         let stateful = self.sessions.map(|layer| {

@@ -592,7 +592,7 @@ fn credentials<'h>(
     if values.next().is_some() {
         return Err(AuthError::InvalidRequest("more than one Authorization header"));
     }
-    let Ok(value) = value.to_str() else {
+    let Some(value) = header_text(value) else {
         return Err(AuthError::InvalidRequest("malformed Authorization header"));
     };
     let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
@@ -615,6 +615,20 @@ fn credentials<'h>(
         return Err(TokenRejection::Malformed.into());
     }
     Ok((scheme, token))
+}
+
+/// The header's text when it is all visible ASCII, spaces and tabs (what
+/// `HeaderValue::to_str` accepts), checked in one branch-free pass over a
+/// value as long as a token.
+fn header_text(value: &http::HeaderValue) -> Option<&str> {
+    let bytes = value.as_bytes();
+    let visible = bytes
+        .iter()
+        .fold(true, |ok, &b| ok & ((b' '..=b'~').contains(&b) | (b == b'\t')));
+    if !visible {
+        return None;
+    }
+    std::str::from_utf8(bytes).ok()
 }
 
 /// Builds a [`ResourceServer`]. Start with [`ResourceServer::builder`].
@@ -1111,6 +1125,19 @@ mod tests {
             .wildcard_origins()
             .build()
             .unwrap();
+    }
+
+    #[test]
+    fn header_text_accepts_what_to_str_accepts() {
+        for byte in 0..=u8::MAX {
+            let bytes = [b'a', byte, b'b'];
+            let Ok(value) = http::HeaderValue::from_bytes(&bytes) else {
+                continue;
+            };
+            assert_eq!(header_text(&value), value.to_str().ok(), "byte {byte:#04x}");
+        }
+        let long = http::HeaderValue::from_str(&format!("Bearer {}", "x".repeat(4000))).unwrap();
+        assert_eq!(header_text(&long), long.to_str().ok());
     }
 
     #[test]
