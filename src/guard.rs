@@ -468,26 +468,65 @@ where
 {
     use tower_layer::Layer as _;
     match (stateful, step_up) {
-        (Some((sessions, manager)), None) => {
-            stack.router(sessions.layer(StreamableHttpService::new(factory, manager, config)))
-        }
-        (None, None) => stack.router(StreamableHttpService::new(
-            factory,
-            Arc::new(NeverSessionManager::default()),
-            config,
-        )),
+        (Some((sessions, manager)), None) => stack.router(sessions.layer(Rmcp::new(factory, manager, config))),
+        (None, None) => stack.router(Rmcp::new(factory, Arc::new(NeverSessionManager::default()), config)),
         #[cfg(feature = "policy")]
         (Some((sessions, manager)), Some(step_up)) => {
-            stack.router(sessions.layer(step_up.layer(StreamableHttpService::new(factory, manager, config))))
+            stack.router(sessions.layer(step_up.layer(Rmcp::new(factory, manager, config))))
         }
         #[cfg(feature = "policy")]
-        (None, Some(step_up)) => stack.router(step_up.layer(StreamableHttpService::new(
-            factory,
-            Arc::new(NeverSessionManager::default()),
-            config,
-        ))),
+        (None, Some(step_up)) => {
+            stack.router(step_up.layer(Rmcp::new(factory, Arc::new(NeverSessionManager::default()), config)))
+        }
         #[cfg(not(feature = "policy"))]
         (_, Some(never)) => match never {},
+    }
+}
+
+/// rmcp's Streamable HTTP service, shared: each request is handled by
+/// [`StreamableHttpService::handle`] on the one service. Called as a tower
+/// service it clones itself, its whole configuration with every allowed
+/// host and origin, and axum clones a route's service for each request too.
+struct Rmcp<S, M>(Arc<StreamableHttpService<S, M>>);
+
+impl<S, M> Rmcp<S, M>
+where
+    S: ServerHandler + Send + 'static,
+    M: rmcp::transport::streamable_http_server::session::SessionManager,
+{
+    fn new(
+        factory: impl Fn() -> Result<S, std::io::Error> + Send + Sync + 'static,
+        manager: Arc<M>,
+        config: StreamableHttpServerConfig,
+    ) -> Self {
+        Rmcp(Arc::new(StreamableHttpService::new(factory, manager, config)))
+    }
+}
+
+impl<S, M> Clone for Rmcp<S, M> {
+    fn clone(&self) -> Self {
+        Rmcp(self.0.clone())
+    }
+}
+
+impl<S, M, B> tower_service::Service<http::Request<B>> for Rmcp<S, M>
+where
+    S: ServerHandler + Send + 'static,
+    M: rmcp::transport::streamable_http_server::session::SessionManager,
+    B: http_body::Body + Send + 'static,
+    B::Error: std::fmt::Display,
+{
+    type Response = http::Response<http_body_util::combinators::BoxBody<bytes::Bytes, std::convert::Infallible>>;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let service = self.0.clone();
+        Box::pin(async move { Ok(service.handle(request).await) })
     }
 }
 
