@@ -11,9 +11,13 @@
 //! with the same token every time: after the first request it is answered
 //! from the verified-token cache, as it is for a client that keeps its
 //! token. Without the network, the difference to plain rmcp is the guard's
-//! own CPU time per request. Rounds alternate the variants so that a drift
-//! in machine load hits each; the summary gives the median per-request time
-//! of each variant and its difference to plain rmcp's.
+//! own CPU time per request. Many short rounds alternate the variants so
+//! that a drift in machine load hits each; the summary gives, per variant,
+//! the median round's time per request and the best round's (a pause of a
+//! shared machine only ever adds), each with its difference to plain
+//! rmcp's, and the allocations per request (counted by a global allocator
+//! around the system's). `STACK_ONLY=<text>` keeps plain rmcp and the
+//! variants whose name has `<text>`, to profile one piece.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
