@@ -626,3 +626,44 @@ where
         self.inner.call(request)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rmcp::ServerHandler;
+
+    #[derive(Clone)]
+    struct Handler;
+    impl ServerHandler for Handler {}
+
+    /// The size of the future `X::call_tool` returns.
+    fn call_tool_future<X: ServerHandler + 'static>() -> usize {
+        fn returned<A, B, C, R, F: Fn(A, B, C) -> R>(_: &F) -> usize {
+            std::mem::size_of::<R>()
+        }
+        returned(&|handler: &'static X, request, context| handler.call_tool(request, context))
+    }
+
+    /// Each wrapper makes its inner handler's future in `call_tool` and
+    /// keeps only what it needs after it, not a second copy of the request
+    /// and its context (rmcp copies a handler's future when it spawns the
+    /// request's task). The whole chain was 3 KiB over the handler's.
+    #[test]
+    fn a_tool_calls_future_through_the_guards_handlers_stays_small() {
+        type Chain = Checked<Handler>;
+        let handler = call_tool_future::<Handler>();
+        let checked = call_tool_future::<Advertised<Chain>>();
+        assert!(
+            checked <= handler + 256,
+            "{checked} bytes against the handler's {handler}"
+        );
+        #[cfg(feature = "policy")]
+        {
+            let guarded = call_tool_future::<Advertised<crate::policy::Guarded<Chain>>>();
+            assert!(
+                guarded <= handler + 512,
+                "{guarded} bytes against the handler's {handler}"
+            );
+        }
+    }
+}

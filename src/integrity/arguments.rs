@@ -5,6 +5,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use futures_util::future::Either;
 use rmcp::ServerHandler;
 use rmcp::model::*;
 use rmcp::service::{MaybeSendFuture, NotificationContext, RequestContext, RoleServer, SubscriptionContext};
@@ -240,19 +241,21 @@ fn audit(context: &RequestContext<RoleServer>, tool: &str, reason: &str) {
 
 #[allow(deprecated)] // every other method goes to the inner handler, the deprecated ones too
 impl<S: ServerHandler> ServerHandler for ArgumentGuard<S> {
-    async fn call_tool(
+    // Checked before the inner future is made, which then runs as is: the
+    // call's future holds the inner one and nothing else.
+    fn call_tool(
         &self,
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
-    ) -> Result<CallToolResponse, McpError> {
+    ) -> impl Future<Output = Result<CallToolResponse, McpError>> + MaybeSendFuture + '_ {
         let mut request = request;
         if let Some((reason, message)) = self.refusal(&mut request) {
             audit(&context, &request.name, reason);
-            return Ok(CallToolResponse::Complete(CallToolResult::error(vec![
-                ContentBlock::text(message),
-            ])));
+            return Either::Left(std::future::ready(Ok(CallToolResponse::Complete(
+                CallToolResult::error(vec![ContentBlock::text(message)]),
+            ))));
         }
-        self.inner.call_tool(request, context).await
+        Either::Right(self.inner.call_tool(request, context))
     }
 
     forward_server_handler!(info);

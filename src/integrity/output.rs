@@ -5,6 +5,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use base64::Engine as _;
+use futures_util::FutureExt as _;
 use rmcp::ServerHandler;
 use rmcp::model::*;
 use rmcp::service::{MaybeSendFuture, NotificationContext, RequestContext, RoleServer, SubscriptionContext};
@@ -222,33 +223,37 @@ fn withheld(principal: Option<&Principal>, tool: &str) -> Result<CallToolRespons
 
 #[allow(deprecated)] // every other method goes to the inner handler, the deprecated ones too
 impl<S: ServerHandler> ServerHandler for OutputGuard<S> {
-    async fn call_tool(
+    // The inner future is made now and mapped: the call's future holds it
+    // and the few values the redaction needs, not a second copy of the
+    // request and its context.
+    fn call_tool(
         &self,
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
-    ) -> Result<CallToolResponse, McpError> {
+    ) -> impl Future<Output = Result<CallToolResponse, McpError>> + MaybeSendFuture + '_ {
         let mut context = context;
         let read = ReadSecrets::default();
         context.extensions.insert(read.clone());
         let principal = super::caller(&context).cloned();
         let tool = request.name.clone();
-        let mut outcome = self.inner.call_tool(request, context).await;
-        let Some(secrets) = read.secrets() else {
-            return withheld(principal.as_ref(), &tool);
-        };
-        let mut redactor = Redactor::new(&self.policy, &secrets);
-        match &mut outcome {
-            Ok(CallToolResponse::Complete(result)) => redact_result(&mut redactor, result),
-            Ok(CallToolResponse::InputRequired(input)) => {
-                if let Some(requests) = &mut input.input_requests {
-                    redact_as_json(&mut redactor, requests);
+        self.inner.call_tool(request, context).map(move |mut outcome| {
+            let Some(secrets) = read.secrets() else {
+                return withheld(principal.as_ref(), &tool);
+            };
+            let mut redactor = Redactor::new(&self.policy, &secrets);
+            match &mut outcome {
+                Ok(CallToolResponse::Complete(result)) => redact_result(&mut redactor, result),
+                Ok(CallToolResponse::InputRequired(input)) => {
+                    if let Some(requests) = &mut input.input_requests {
+                        redact_as_json(&mut redactor, requests);
+                    }
                 }
+                Ok(_) => {}
+                Err(error) => redact_error(&mut redactor, error),
             }
-            Ok(_) => {}
-            Err(error) => redact_error(&mut redactor, error),
-        }
-        audit(principal.as_ref(), &tool, &redactor.counts);
-        outcome
+            audit(principal.as_ref(), &tool, &redactor.counts);
+            outcome
+        })
     }
 
     forward_server_handler!(info);

@@ -5,6 +5,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use futures_util::future::Either;
 use rmcp::ServerHandler;
 use rmcp::model::*;
 use rmcp::service::{MaybeSendFuture, NotificationContext, RequestContext, RoleServer, SubscriptionContext};
@@ -183,21 +184,22 @@ fn audit(context: &RequestContext<RoleServer>, resource: &str) {
 
 #[allow(deprecated)] // every other method goes to the inner handler, the deprecated ones too
 impl<S: ServerHandler> ServerHandler for Pinned<S> {
-    async fn call_tool(
+    // Checked before the inner future is made, which then runs as is.
+    fn call_tool(
         &self,
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
-    ) -> Result<CallToolResponse, McpError> {
+    ) -> impl Future<Output = Result<CallToolResponse, McpError>> + MaybeSendFuture + '_ {
         // A tool the handler does not describe cannot be checked: refused.
         let pinned = self.pins.is_none() || self.inner.get_tool(&request.name).is_some_and(|t| self.serves_tool(&t));
         if !pinned {
             audit(&context, &request.name);
-            return Err(McpError::invalid_params(
+            return Either::Left(std::future::ready(Err(McpError::invalid_params(
                 format!("tool not found: {}", request.name),
                 None,
-            ));
+            ))));
         }
-        self.inner.call_tool(request, context).await
+        Either::Right(self.inner.call_tool(request, context))
     }
 
     async fn list_tools(

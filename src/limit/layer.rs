@@ -576,14 +576,18 @@ impl ToolBudget {
 /// The JSON-RPC error [`RATE_LIMITED`] over the tool's rate; a JSON-RPC
 /// error `-32000` when the shared store failed (see [`ToolBudget::check`]).
 pub async fn check_tool(extensions: &rmcp::model::Extensions, tool: &str) -> Result<(), rmcp::ErrorData> {
-    let budget = extensions
-        .get::<http::request::Parts>()
-        .and_then(|parts| parts.extensions.get::<ToolBudget>())
-        .or_else(|| extensions.get::<ToolBudget>());
-    match budget {
+    match tool_budget(extensions) {
         Some(budget) => budget.check(tool).await,
         None => Ok(()),
     }
+}
+
+/// The per-tool budget [`check_tool`] counts against, if the request has one.
+pub(crate) fn tool_budget(extensions: &rmcp::model::Extensions) -> Option<&ToolBudget> {
+    extensions
+        .get::<http::request::Parts>()
+        .and_then(|parts| parts.extensions.get::<ToolBudget>())
+        .or_else(|| extensions.get::<ToolBudget>())
 }
 
 #[cfg(test)]

@@ -172,6 +172,8 @@ use std::time::Duration;
 
 use serde::Deserialize as _;
 
+#[cfg(feature = "policy")]
+pub(crate) use layer::tool_budget;
 pub use layer::{RequestLimit, RequestLimitBody, RequestLimitLayer, ResponseFuture, ToolBudget, check_tool};
 pub use rate::{Rate, RateParseError};
 

@@ -54,8 +54,11 @@ tokio::task_local! {
 }
 
 /// Run `future` with `context` as the current authorization context.
-pub(crate) async fn scope<F: Future>(context: AuthzContext, future: F) -> F::Output {
-    CONTEXT.scope(context, future).await
+pub(crate) fn scope<F: Future>(
+    context: AuthzContext,
+    future: F,
+) -> tokio::task::futures::TaskLocalFuture<AuthzContext, F> {
+    CONTEXT.scope(context, future)
 }
 
 /// The principal of the request being handled, when inside a

@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 
 use rmcp::model::*;
-use rmcp::service::{NotificationContext, RequestContext, RoleServer, SubscriptionContext};
+use rmcp::service::{MaybeSendFuture, NotificationContext, RequestContext, RoleServer, SubscriptionContext};
 use rmcp::{ErrorData, ServerHandler};
 use serde_json::Value;
 
@@ -317,6 +317,41 @@ fn object(arguments: Option<JsonObject>) -> Option<Value> {
     arguments.map(Value::Object)
 }
 
+impl<H: ServerHandler> Guarded<H> {
+    /// An allowed `tools/call` with a per-tool budget to count against or a
+    /// confirmation to ask for.
+    async fn call_counted(
+        &self,
+        mut request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+        ctx: AuthzContext,
+        confirm: bool,
+    ) -> Result<CallToolResponse, ErrorData> {
+        // An allowed call counts against the caller's per-tool rate, if any.
+        crate::limit::check_tool(&context.extensions, &request.name).await?;
+        if confirm {
+            let pending = Pending {
+                principal: &ctx.principal,
+                action: &Action::CallTool,
+                name: &request.name,
+                binding: StateBinding::tool_call(&ctx.principal, &request.name, request.arguments.as_ref()),
+                in_session: self.sessions && ctx.session_id.is_some(),
+            };
+            let (state, responses) = (request.request_state.take(), request.input_responses.take());
+            match pending.confirm(&self.request_state, state, responses, &context).await? {
+                Confirmation::Granted => {}
+                Confirmation::Ask(ask) => return Ok(CallToolResponse::InputRequired(*ask)),
+                Confirmation::Refused => {
+                    return Ok(CallToolResponse::Complete(CallToolResult::error(vec![
+                        ContentBlock::text(pending.refused_message()),
+                    ])));
+                }
+            }
+        }
+        context::scope(ctx, self.inner.call_tool(request, context)).await
+    }
+}
+
 #[allow(deprecated)] // `subscribe`/`unsubscribe` are legacy but still routed.
 impl<H: ServerHandler> ServerHandler for Guarded<H> {
     async fn ping(&self, context: RequestContext<RoleServer>) -> Result<(), ErrorData> {
@@ -502,39 +537,34 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
         self.inner.unsubscribe(request, context).await
     }
 
-    async fn call_tool(
+    // The common call (allowed, no per-tool budget, nothing to confirm)
+    // returns the inner future in the authorization scope, made now; the
+    // rest is boxed. So the call's future holds the inner one, not a second
+    // copy of the request and its context plus the confirmation's state.
+    fn call_tool(
         &self,
-        mut request: CallToolRequestParams,
+        request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
-    ) -> Result<CallToolResponse, ErrorData> {
-        let (ctx, confirm) = self.authorize_confirmable(
+    ) -> impl Future<Output = Result<CallToolResponse, ErrorData>> + MaybeSendFuture + '_ {
+        use futures_util::future::Either;
+        let (ctx, confirm) = match self.authorize_confirmable(
             &context.extensions,
             &Action::CallTool,
             &request.name,
             object(request.arguments.clone()),
-        )?;
-        // An allowed call counts against the caller's per-tool rate, if any.
-        crate::limit::check_tool(&context.extensions, &request.name).await?;
-        if confirm {
-            let pending = Pending {
-                principal: &ctx.principal,
-                action: &Action::CallTool,
-                name: &request.name,
-                binding: StateBinding::tool_call(&ctx.principal, &request.name, request.arguments.as_ref()),
-                in_session: self.sessions && ctx.session_id.is_some(),
-            };
-            let (state, responses) = (request.request_state.take(), request.input_responses.take());
-            match pending.confirm(&self.request_state, state, responses, &context).await? {
-                Confirmation::Granted => {}
-                Confirmation::Ask(ask) => return Ok(CallToolResponse::InputRequired(*ask)),
-                Confirmation::Refused => {
-                    return Ok(CallToolResponse::Complete(CallToolResult::error(vec![
-                        ContentBlock::text(pending.refused_message()),
-                    ])));
-                }
-            }
+        ) {
+            Ok(decided) => decided,
+            Err(error) => return Either::Left(std::future::ready(Err(error))),
+        };
+        if !confirm && crate::limit::tool_budget(&context.extensions).is_none() {
+            return Either::Right(Either::Left(context::scope(
+                ctx,
+                self.inner.call_tool(request, context),
+            )));
         }
-        context::scope(ctx, self.inner.call_tool(request, context)).await
+        Either::Right(Either::Right(Box::pin(
+            self.call_counted(request, context, ctx, confirm),
+        )))
     }
 
     async fn list_tools(

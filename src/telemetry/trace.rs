@@ -533,43 +533,55 @@ fn tool_span(tool: &str, context: &RequestContext<RoleServer>) -> (Span, Option<
 
 #[allow(deprecated)] // every other method goes to the inner handler, the deprecated ones too
 impl<H: ServerHandler> ServerHandler for ToolSpans<H> {
-    async fn call_tool(
+    // The inner future is made now, inside the span, and mapped: the call's
+    // future holds it, the span and the context, not a second copy of the
+    // request and its context.
+    fn call_tool(
         &self,
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
-    ) -> Result<CallToolResponse, McpError> {
+    ) -> impl Future<Output = Result<CallToolResponse, McpError>> + MaybeSendFuture + '_ {
+        use futures_util::FutureExt as _;
         let (span, http) = tool_span(&request.name, &context);
-        let call = self.inner.call_tool(request, context).instrument(span.clone());
         // The tool span's OpenTelemetry context (or, when the layer does not
         // see it, the request's) is current while the tool runs: the spans
         // the tool and the guard open in it follow its sampling decision.
         #[cfg(feature = "telemetry")]
-        let result = {
-            use opentelemetry::context::FutureExt as _;
-            match w3c::context_of(&span).or_else(|| http.and_then(|http| http.otel)) {
-                Some(cx) => call.with_context(cx).await,
-                None => call.await,
-            }
-        };
+        let otel = w3c::context_of(&span).or_else(|| http.and_then(|http| http.otel));
         #[cfg(not(feature = "telemetry"))]
-        let result = {
-            let _ = http;
-            call.await
+        let _ = http;
+        let call = {
+            // What the inner handlers check before their futures run is
+            // inside the span and its context too.
+            let _entered = span.enter();
+            #[cfg(feature = "telemetry")]
+            let _current = otel.as_ref().map(|cx| cx.clone().attach());
+            self.inner.call_tool(request, context).instrument(span.clone())
         };
-        if !span.is_disabled() {
-            match &result {
-                Ok(CallToolResponse::Complete(done)) if done.is_error == Some(true) => {
-                    span.record("error.type", "tool_error");
-                    outcome(&span, "tool_error", true);
-                }
-                Ok(_) => outcome(&span, "ok", false),
-                Err(_) => {
-                    span.record("error.type", "jsonrpc_error");
-                    outcome(&span, "error", true);
+        #[cfg(feature = "telemetry")]
+        let call = {
+            use opentelemetry::context::FutureExt as _;
+            match otel {
+                Some(cx) => futures_util::future::Either::Left(call.with_context(cx)),
+                None => futures_util::future::Either::Right(call),
+            }
+        };
+        call.map(move |result| {
+            if !span.is_disabled() {
+                match &result {
+                    Ok(CallToolResponse::Complete(done)) if done.is_error == Some(true) => {
+                        span.record("error.type", "tool_error");
+                        outcome(&span, "tool_error", true);
+                    }
+                    Ok(_) => outcome(&span, "ok", false),
+                    Err(_) => {
+                        span.record("error.type", "jsonrpc_error");
+                        outcome(&span, "error", true);
+                    }
                 }
             }
-        }
-        result
+            result
+        })
     }
 
     forward_server_handler!(info);
