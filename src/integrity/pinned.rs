@@ -202,55 +202,66 @@ impl<S: ServerHandler> ServerHandler for Pinned<S> {
         Either::Right(self.inner.call_tool(request, context))
     }
 
-    async fn list_tools(
+    fn list_tools(
         &self,
         request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
-    ) -> Result<ListToolsResult, McpError> {
-        let mut result = self.inner.list_tools(request, context.clone()).await?;
-        if self.pins.is_some() {
-            result.tools.retain(|tool| {
-                let pinned = self.serves_tool(tool);
-                if !pinned {
-                    audit(&context, &tool.name);
-                }
-                pinned
-            });
-        }
-        Ok(result)
+    ) -> impl Future<Output = Result<ListToolsResult, McpError>> + MaybeSendFuture + '_ {
+        use futures_util::FutureExt as _;
+        self.inner.list_tools(request, context.clone()).map(move |result| {
+            let mut result = result?;
+            if self.pins.is_some() {
+                result.tools.retain(|tool| {
+                    let pinned = self.serves_tool(tool);
+                    if !pinned {
+                        audit(&context, &tool.name);
+                    }
+                    pinned
+                });
+            }
+            Ok(result)
+        })
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {
         self.inner.get_tool(name).filter(|t| self.serves_tool(t))
     }
 
-    async fn get_prompt(
+    // Without pins the inner future runs as is; with them the check (which
+    // lists the prompts) is boxed.
+    fn get_prompt(
         &self,
         request: GetPromptRequestParams,
         context: RequestContext<RoleServer>,
-    ) -> Result<GetPromptResponse, McpError> {
-        if let Some(lock) = self.lock() {
-            // A prompt the handler does not list cannot be checked: refused.
-            let listed = self.listed_prompt(&request.name, &context).await?;
-            if !listed.is_some_and(|p| lock.pins_prompt(&p)) {
-                audit(&context, &request.name);
-                return Err(McpError::invalid_params(
-                    format!("prompt not found: {}", request.name),
-                    None,
-                ));
-            }
+    ) -> impl Future<Output = Result<GetPromptResponse, McpError>> + MaybeSendFuture + '_ {
+        match self.lock() {
+            None => Either::Left(self.inner.get_prompt(request, context)),
+            Some(lock) => Either::Right(Box::pin(async move {
+                // A prompt the handler does not list cannot be checked: refused.
+                let listed = self.listed_prompt(&request.name, &context).await?;
+                if !listed.is_some_and(|p| lock.pins_prompt(&p)) {
+                    audit(&context, &request.name);
+                    return Err(McpError::invalid_params(
+                        format!("prompt not found: {}", request.name),
+                        None,
+                    ));
+                }
+                self.inner.get_prompt(request, context).await
+            })),
         }
-        self.inner.get_prompt(request, context).await
     }
 
-    async fn list_prompts(
+    fn list_prompts(
         &self,
         request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
-    ) -> Result<ListPromptsResult, McpError> {
-        let mut result = self.inner.list_prompts(request, context.clone()).await?;
-        self.retain_pinned(&mut result.prompts, &context, DefinitionsLock::pins_prompt, |p| &p.name);
-        Ok(result)
+    ) -> impl Future<Output = Result<ListPromptsResult, McpError>> + MaybeSendFuture + '_ {
+        use futures_util::FutureExt as _;
+        self.inner.list_prompts(request, context.clone()).map(move |result| {
+            let mut result = result?;
+            self.retain_pinned(&mut result.prompts, &context, DefinitionsLock::pins_prompt, |p| &p.name);
+            Ok(result)
+        })
     }
 
     async fn list_resource_templates(

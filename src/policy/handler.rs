@@ -350,6 +350,63 @@ impl<H: ServerHandler> Guarded<H> {
         }
         context::scope(ctx, self.inner.call_tool(request, context)).await
     }
+
+    /// An allowed `prompts/get` the policy wants confirmed.
+    async fn get_prompt_confirmed(
+        &self,
+        mut request: GetPromptRequestParams,
+        context: RequestContext<RoleServer>,
+        ctx: AuthzContext,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        let pending = Pending {
+            principal: &ctx.principal,
+            action: &Action::GetPrompt,
+            name: &request.name,
+            binding: StateBinding::new(&ctx.principal, "prompts/get", &request.name, ctx.arguments.as_ref()),
+            in_session: self.sessions && ctx.session_id.is_some(),
+        };
+        let (state, responses) = (request.request_state.take(), request.input_responses.take());
+        match pending.confirm(&self.request_state, state, responses, &context).await? {
+            Confirmation::Granted => {}
+            Confirmation::Ask(ask) => return Ok(GetPromptResponse::InputRequired(*ask)),
+            Confirmation::Refused => return Err(pending.refused_error()),
+        }
+        context::scope(ctx, self.inner.get_prompt(request, context)).await
+    }
+
+    /// An allowed `resources/read` the policy wants confirmed.
+    async fn read_resource_confirmed(
+        &self,
+        mut request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+        ctx: AuthzContext,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let pending = Pending {
+            principal: &ctx.principal,
+            action: &Action::ReadResource,
+            name: &request.uri,
+            binding: StateBinding::new(&ctx.principal, "resources/read", &request.uri, None),
+            in_session: self.sessions && ctx.session_id.is_some(),
+        };
+        let (state, responses) = (request.request_state.take(), request.input_responses.take());
+        match pending.confirm(&self.request_state, state, responses, &context).await? {
+            Confirmation::Granted => {}
+            Confirmation::Ask(ask) => return Ok(ReadResourceResponse::InputRequired(*ask)),
+            Confirmation::Refused => return Err(pending.refused_error()),
+        }
+        private_read(context::scope(ctx, self.inner.read_resource(request, context)).await)
+    }
+}
+
+/// A read's result is the caller's own: never cached for others.
+fn private_read(response: Result<ReadResourceResponse, ErrorData>) -> Result<ReadResourceResponse, ErrorData> {
+    Ok(match response? {
+        ReadResourceResponse::Complete(mut result) => {
+            result.cache_scope = Some(CacheScope::Private);
+            ReadResourceResponse::Complete(result)
+        }
+        other => other,
+    })
 }
 
 #[allow(deprecated)] // `subscribe`/`unsubscribe` are legacy but still routed.
@@ -402,33 +459,32 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
         self.inner.set_level(request, context).await
     }
 
-    async fn get_prompt(
+    // As `call_tool`: the common read returns the inner future, made now;
+    // a confirmation to ask for is boxed.
+    fn get_prompt(
         &self,
-        mut request: GetPromptRequestParams,
+        request: GetPromptRequestParams,
         context: RequestContext<RoleServer>,
-    ) -> Result<GetPromptResponse, ErrorData> {
-        let (ctx, confirm) = self.authorize_confirmable(
+    ) -> impl Future<Output = Result<GetPromptResponse, ErrorData>> + MaybeSendFuture + '_ {
+        use futures_util::future::Either;
+        let (ctx, confirm) = match self.authorize_confirmable(
             &context.extensions,
             &Action::GetPrompt,
             &request.name,
             object(request.arguments.clone()),
-        )?;
-        if confirm {
-            let pending = Pending {
-                principal: &ctx.principal,
-                action: &Action::GetPrompt,
-                name: &request.name,
-                binding: StateBinding::new(&ctx.principal, "prompts/get", &request.name, ctx.arguments.as_ref()),
-                in_session: self.sessions && ctx.session_id.is_some(),
-            };
-            let (state, responses) = (request.request_state.take(), request.input_responses.take());
-            match pending.confirm(&self.request_state, state, responses, &context).await? {
-                Confirmation::Granted => {}
-                Confirmation::Ask(ask) => return Ok(GetPromptResponse::InputRequired(*ask)),
-                Confirmation::Refused => return Err(pending.refused_error()),
-            }
+        ) {
+            Ok(decided) => decided,
+            Err(error) => return Either::Left(std::future::ready(Err(error))),
+        };
+        if !confirm {
+            return Either::Right(Either::Left(context::scope(
+                ctx,
+                self.inner.get_prompt(request, context),
+            )));
         }
-        context::scope(ctx, self.inner.get_prompt(request, context)).await
+        Either::Right(Either::Right(Box::pin(
+            self.get_prompt_confirmed(request, context, ctx),
+        )))
     }
 
     async fn list_prompts(
@@ -464,36 +520,27 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
         Ok(result.with_cache_scope(CacheScope::Private))
     }
 
-    async fn read_resource(
+    // As `call_tool`: the common read returns the inner future, made now
+    // (its result marked private); a confirmation to ask for is boxed.
+    fn read_resource(
         &self,
-        mut request: ReadResourceRequestParams,
+        request: ReadResourceRequestParams,
         context: RequestContext<RoleServer>,
-    ) -> Result<ReadResourceResponse, ErrorData> {
+    ) -> impl Future<Output = Result<ReadResourceResponse, ErrorData>> + MaybeSendFuture + '_ {
+        use futures_util::FutureExt as _;
+        use futures_util::future::Either;
         let (ctx, confirm) =
-            self.authorize_confirmable(&context.extensions, &Action::ReadResource, &request.uri, None)?;
-        if confirm {
-            let pending = Pending {
-                principal: &ctx.principal,
-                action: &Action::ReadResource,
-                name: &request.uri,
-                binding: StateBinding::new(&ctx.principal, "resources/read", &request.uri, None),
-                in_session: self.sessions && ctx.session_id.is_some(),
+            match self.authorize_confirmable(&context.extensions, &Action::ReadResource, &request.uri, None) {
+                Ok(decided) => decided,
+                Err(error) => return Either::Left(std::future::ready(Err(error))),
             };
-            let (state, responses) = (request.request_state.take(), request.input_responses.take());
-            match pending.confirm(&self.request_state, state, responses, &context).await? {
-                Confirmation::Granted => {}
-                Confirmation::Ask(ask) => return Ok(ReadResourceResponse::InputRequired(*ask)),
-                Confirmation::Refused => return Err(pending.refused_error()),
-            }
+        if !confirm {
+            let read = context::scope(ctx, self.inner.read_resource(request, context));
+            return Either::Right(Either::Left(read.map(private_read)));
         }
-        let response = context::scope(ctx, self.inner.read_resource(request, context)).await?;
-        Ok(match response {
-            ReadResourceResponse::Complete(mut result) => {
-                result.cache_scope = Some(CacheScope::Private);
-                ReadResourceResponse::Complete(result)
-            }
-            other => other,
-        })
+        Either::Right(Either::Right(Box::pin(
+            self.read_resource_confirmed(request, context, ctx),
+        )))
     }
 
     fn accepted_subscription_filter(&self, requested: &SubscriptionFilter) -> Option<SubscriptionFilter> {
