@@ -61,6 +61,55 @@ pub(crate) fn scope<F: Future>(
     CONTEXT.scope(context, future)
 }
 
+/// Make the inner handler's future with `make` and run it, both with
+/// `context` as the current authorization context: a handler whose method
+/// does its work when called (not when polled) does it inside the scope
+/// too. The future holds `make`'s captures until its first poll, then the
+/// made future in the same place.
+pub(crate) fn scope_made<M, F>(
+    context: AuthzContext,
+    make: M,
+) -> tokio::task::futures::TaskLocalFuture<AuthzContext, Made<M, F>>
+where
+    M: FnOnce() -> F,
+    F: Future,
+{
+    CONTEXT.scope(context, Made::Make { make: Some(make) })
+}
+
+pin_project_lite::pin_project! {
+    /// A future made at its first poll; see [`scope_made`].
+    #[project = MadeProj]
+    pub(crate) enum Made<M, F> {
+        Make { make: Option<M> },
+        Run { #[pin] future: F },
+    }
+}
+
+impl<M, F> Future for Made<M, F>
+where
+    M: FnOnce() -> F,
+    F: Future,
+{
+    type Output = F::Output;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
+        loop {
+            match self.as_mut().project() {
+                MadeProj::Make { make } => {
+                    // Taken once: the state becomes `Run` right after.
+                    let Some(make) = make.take() else {
+                        unreachable!("a Made future is made once");
+                    };
+                    let future = make();
+                    self.set(Made::Run { future });
+                }
+                MadeProj::Run { future } => return future.poll(cx),
+            }
+        }
+    }
+}
+
 /// The principal of the request being handled, when inside a
 /// [`Guarded`](super::Guarded) handler's tool, resource or prompt handler.
 #[cfg(test)]
@@ -128,6 +177,32 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.code, PERMISSION_DENIED);
         assert!(current_principal().is_none());
+    }
+
+    /// `Guarded` makes the inner handler's future inside the scope: a
+    /// handler method that works when called (a tool with a synchronous
+    /// body checking a permission) finds the context as one that works when
+    /// polled does. `scope` alone would make it outside.
+    #[tokio::test]
+    async fn scope_made_makes_and_runs_the_future_inside_the_scope() {
+        let engine = PolicyEngine::builder()
+            .module("p.rego", "package mcp.authz\nallow := false")
+            .build()
+            .unwrap();
+        let ctx = || AuthzContext {
+            engine: engine.clone(),
+            principal: Principal::unverified("i", "alice").build(),
+            session_id: None,
+            arguments: None,
+        };
+        let subject = || current_principal().map(|p| p.subject().to_owned());
+        let make = || {
+            let when_made = subject();
+            async move { (when_made, subject()) }
+        };
+        let alice = Some("alice".to_owned());
+        assert_eq!(scope_made(ctx(), make).await, (alice.clone(), alice.clone()));
+        assert_eq!(scope(ctx(), make()).await, (None, alice));
     }
 
     #[tokio::test]

@@ -477,10 +477,9 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
             Err(error) => return Either::Left(std::future::ready(Err(error))),
         };
         if !confirm {
-            return Either::Right(Either::Left(context::scope(
-                ctx,
-                self.inner.get_prompt(request, context),
-            )));
+            return Either::Right(Either::Left(context::scope_made(ctx, move || {
+                self.inner.get_prompt(request, context)
+            })));
         }
         Either::Right(Either::Right(Box::pin(
             self.get_prompt_confirmed(request, context, ctx),
@@ -535,7 +534,7 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
                 Err(error) => return Either::Left(std::future::ready(Err(error))),
             };
         if !confirm {
-            let read = context::scope(ctx, self.inner.read_resource(request, context));
+            let read = context::scope_made(ctx, move || self.inner.read_resource(request, context));
             return Either::Right(Either::Left(read.map(private_read)));
         }
         Either::Right(Either::Right(Box::pin(
@@ -604,10 +603,9 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
             Err(error) => return Either::Left(std::future::ready(Err(error))),
         };
         if !confirm && crate::limit::tool_budget(&context.extensions).is_none() {
-            return Either::Right(Either::Left(context::scope(
-                ctx,
-                self.inner.call_tool(request, context),
-            )));
+            return Either::Right(Either::Left(context::scope_made(ctx, move || {
+                self.inner.call_tool(request, context)
+            })));
         }
         Either::Right(Either::Right(Box::pin(
             self.call_counted(request, context, ctx, confirm),
