@@ -5,6 +5,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use futures_util::FutureExt as _;
 use futures_util::future::Either;
 use rmcp::ServerHandler;
 use rmcp::model::*;
@@ -207,7 +208,6 @@ impl<S: ServerHandler> ServerHandler for Pinned<S> {
         request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> impl Future<Output = Result<ListToolsResult, McpError>> + MaybeSendFuture + '_ {
-        use futures_util::FutureExt as _;
         self.inner.list_tools(request, context.clone()).map(move |result| {
             let mut result = result?;
             if self.pins.is_some() {
@@ -256,7 +256,6 @@ impl<S: ServerHandler> ServerHandler for Pinned<S> {
         request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> impl Future<Output = Result<ListPromptsResult, McpError>> + MaybeSendFuture + '_ {
-        use futures_util::FutureExt as _;
         self.inner.list_prompts(request, context.clone()).map(move |result| {
             let mut result = result?;
             self.retain_pinned(&mut result.prompts, &context, DefinitionsLock::pins_prompt, |p| &p.name);

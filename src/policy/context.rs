@@ -53,20 +53,12 @@ tokio::task_local! {
     static CONTEXT: AuthzContext;
 }
 
-/// Run `future` with `context` as the current authorization context.
-pub(crate) fn scope<F: Future>(
-    context: AuthzContext,
-    future: F,
-) -> tokio::task::futures::TaskLocalFuture<AuthzContext, F> {
-    CONTEXT.scope(context, future)
-}
-
 /// Make the inner handler's future with `make` and run it, both with
 /// `context` as the current authorization context: a handler whose method
 /// does its work when called (not when polled) does it inside the scope
 /// too. The future holds `make`'s captures until its first poll, then the
 /// made future in the same place.
-pub(crate) fn scope_made<M, F>(
+pub(crate) fn scope<M, F>(
     context: AuthzContext,
     make: M,
 ) -> tokio::task::futures::TaskLocalFuture<AuthzContext, Made<M, F>>
@@ -78,7 +70,7 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// A future made at its first poll; see [`scope_made`].
+    /// A future made at its first poll; see [`scope`].
     #[project = MadeProj]
     pub(crate) enum Made<M, F> {
         Make { make: Option<M> },
@@ -182,9 +174,9 @@ mod tests {
     /// `Guarded` makes the inner handler's future inside the scope: a
     /// handler method that works when called (a tool with a synchronous
     /// body checking a permission) finds the context as one that works when
-    /// polled does. `scope` alone would make it outside.
+    /// polled does. A future made before entering the scope would not.
     #[tokio::test]
-    async fn scope_made_makes_and_runs_the_future_inside_the_scope() {
+    async fn scope_makes_and_runs_the_future_inside_the_scope() {
         let engine = PolicyEngine::builder()
             .module("p.rego", "package mcp.authz\nallow := false")
             .build()
@@ -201,8 +193,8 @@ mod tests {
             async move { (when_made, subject()) }
         };
         let alice = Some("alice".to_owned());
-        assert_eq!(scope_made(ctx(), make).await, (alice.clone(), alice.clone()));
-        assert_eq!(scope(ctx(), make()).await, (None, alice));
+        assert_eq!(scope(ctx(), make).await, (alice.clone(), alice.clone()));
+        assert_eq!(CONTEXT.scope(ctx(), make()).await, (None, alice));
     }
 
     #[tokio::test]
@@ -221,20 +213,24 @@ mod tests {
             session_id: None,
             arguments: Some(serde_json::json!({ "n": n })),
         };
-        let ok = scope(ctx(1), async {
-            assert_eq!(current_principal().unwrap().subject(), "alice");
-            require_permission("x", Action::custom("write"), None).await
-        })
-        .await;
+        let ok = CONTEXT
+            .scope(ctx(1), async {
+                assert_eq!(current_principal().unwrap().subject(), "alice");
+                require_permission("x", Action::custom("write"), None).await
+            })
+            .await;
         assert!(ok.is_ok());
-        let denied = scope(ctx(50), require_permission("x", Action::custom("write"), None)).await;
+        let denied = CONTEXT
+            .scope(ctx(50), require_permission("x", Action::custom("write"), None))
+            .await;
         assert_eq!(denied.unwrap_err().code, PERMISSION_DENIED);
         let explicit = serde_json::json!({ "n": 2 });
-        let ok = scope(
-            ctx(50),
-            require_permission("x", Action::custom("write"), Some(&explicit)),
-        )
-        .await;
+        let ok = CONTEXT
+            .scope(
+                ctx(50),
+                require_permission("x", Action::custom("write"), Some(&explicit)),
+            )
+            .await;
         assert!(ok.is_ok());
     }
 

@@ -348,7 +348,7 @@ impl<H: ServerHandler> Guarded<H> {
                 }
             }
         }
-        context::scope(ctx, self.inner.call_tool(request, context)).await
+        context::scope(ctx, move || self.inner.call_tool(request, context)).await
     }
 
     /// An allowed `prompts/get` the policy wants confirmed.
@@ -371,7 +371,7 @@ impl<H: ServerHandler> Guarded<H> {
             Confirmation::Ask(ask) => return Ok(GetPromptResponse::InputRequired(*ask)),
             Confirmation::Refused => return Err(pending.refused_error()),
         }
-        context::scope(ctx, self.inner.get_prompt(request, context)).await
+        context::scope(ctx, move || self.inner.get_prompt(request, context)).await
     }
 
     /// An allowed `resources/read` the policy wants confirmed.
@@ -394,7 +394,7 @@ impl<H: ServerHandler> Guarded<H> {
             Confirmation::Ask(ask) => return Ok(ReadResourceResponse::InputRequired(*ask)),
             Confirmation::Refused => return Err(pending.refused_error()),
         }
-        private_read(context::scope(ctx, self.inner.read_resource(request, context)).await)
+        private_read(context::scope(ctx, move || self.inner.read_resource(request, context)).await)
     }
 }
 
@@ -477,7 +477,7 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
             Err(error) => return Either::Left(std::future::ready(Err(error))),
         };
         if !confirm {
-            return Either::Right(Either::Left(context::scope_made(ctx, move || {
+            return Either::Right(Either::Left(context::scope(ctx, move || {
                 self.inner.get_prompt(request, context)
             })));
         }
@@ -534,7 +534,7 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
                 Err(error) => return Either::Left(std::future::ready(Err(error))),
             };
         if !confirm {
-            let read = context::scope_made(ctx, move || self.inner.read_resource(request, context));
+            let read = context::scope(ctx, move || self.inner.read_resource(request, context));
             return Either::Right(Either::Left(read.map(private_read)));
         }
         Either::Right(Either::Right(Box::pin(
@@ -603,7 +603,7 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
             Err(error) => return Either::Left(std::future::ready(Err(error))),
         };
         if !confirm && crate::limit::tool_budget(&context.extensions).is_none() {
-            return Either::Right(Either::Left(context::scope_made(ctx, move || {
+            return Either::Right(Either::Left(context::scope(ctx, move || {
                 self.inner.call_tool(request, context)
             })));
         }
@@ -640,7 +640,7 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
                 request.params.clone(),
             )
             .map_err(|denied| hidden_method(denied, &request.method))?;
-        context::scope(ctx, self.inner.on_custom_request(request, context)).await
+        context::scope(ctx, move || self.inner.on_custom_request(request, context)).await
     }
 
     async fn on_cancelled(&self, notification: CancelledNotificationParam, context: NotificationContext<RoleServer>) {
@@ -668,7 +668,7 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
             "",
             notification.params.clone(),
         ) {
-            context::scope(ctx, self.inner.on_custom_notification(notification, context)).await
+            context::scope(ctx, move || self.inner.on_custom_notification(notification, context)).await
         }
     }
 
@@ -726,7 +726,7 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
         context: RequestContext<RoleServer>,
     ) -> Result<GetSkillResult, ErrorData> {
         let ctx = self.authorize(&context.extensions, Action::ReadResource, &request.uri, None)?;
-        let mut result = context::scope(ctx, self.inner.get_skill(request, context)).await?;
+        let mut result = context::scope(ctx, move || self.inner.get_skill(request, context)).await?;
         result.cache_scope = Some(CacheScope::Private);
         Ok(result)
     }
@@ -741,7 +741,7 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
             principal: ctx.principal.clone(),
             session_id: ctx.session_id.clone(),
         };
-        let mut result = context::scope(ctx, self.inner.read_resource_directory(request, context)).await?;
+        let mut result = context::scope(ctx, move || self.inner.read_resource_directory(request, context)).await?;
         result.resources.retain(|r| {
             self.engine
                 .evaluate(&input(&caller, &Action::ReadResource, &r.uri, None))
