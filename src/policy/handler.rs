@@ -3,6 +3,8 @@
 
 use std::borrow::Cow;
 
+use futures_util::FutureExt as _;
+use futures_util::future::Either;
 use rmcp::model::*;
 use rmcp::service::{MaybeSendFuture, NotificationContext, RequestContext, RoleServer, SubscriptionContext};
 use rmcp::{ErrorData, ServerHandler};
@@ -466,7 +468,6 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
         request: GetPromptRequestParams,
         context: RequestContext<RoleServer>,
     ) -> impl Future<Output = Result<GetPromptResponse, ErrorData>> + MaybeSendFuture + '_ {
-        use futures_util::future::Either;
         let (ctx, confirm) = match self.authorize_confirmable(
             &context.extensions,
             &Action::GetPrompt,
@@ -526,8 +527,6 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
         request: ReadResourceRequestParams,
         context: RequestContext<RoleServer>,
     ) -> impl Future<Output = Result<ReadResourceResponse, ErrorData>> + MaybeSendFuture + '_ {
-        use futures_util::FutureExt as _;
-        use futures_util::future::Either;
         let (ctx, confirm) =
             match self.authorize_confirmable(&context.extensions, &Action::ReadResource, &request.uri, None) {
                 Ok(decided) => decided,
@@ -592,7 +591,6 @@ impl<H: ServerHandler> ServerHandler for Guarded<H> {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> impl Future<Output = Result<CallToolResponse, ErrorData>> + MaybeSendFuture + '_ {
-        use futures_util::future::Either;
         let (ctx, confirm) = match self.authorize_confirmable(
             &context.extensions,
             &Action::CallTool,
