@@ -61,6 +61,39 @@ struct Inner {
     tenant: Option<String>,
     groups: Vec<String>,
     claims: Map<String, Value>,
+    /// Read from `claims` when the principal is built: every request checks
+    /// them, and a cached principal then answers without searching its
+    /// claims.
+    confirmation: Confirmation,
+    issued_at: Option<u64>,
+}
+
+/// How a token is bound to a key: its `cnf` claim (RFC 7800), read once when
+/// the principal is built.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Confirmation {
+    /// No `cnf`: a bearer token.
+    #[default]
+    Unbound,
+    /// Bound to the DPoP key with this RFC 7638 thumbprint (`cnf.jkt`,
+    /// RFC 9449).
+    Dpop(Box<str>),
+    /// A `cnf` without a usable `jkt` (an mTLS binding, or malformed): a
+    /// binding this server cannot check.
+    Unsupported,
+}
+
+impl Confirmation {
+    fn of(claims: &Map<String, Value>) -> Confirmation {
+        match claims.get("cnf") {
+            None => Confirmation::Unbound,
+            Some(Value::Object(cnf)) => match cnf.get("jkt") {
+                Some(Value::String(jkt)) if !jkt.is_empty() => Confirmation::Dpop(jkt.as_str().into()),
+                _ => Confirmation::Unsupported,
+            },
+            Some(_) => Confirmation::Unsupported,
+        }
+    }
 }
 
 impl Principal {
@@ -84,10 +117,15 @@ impl Principal {
     /// only with a proof of possession by that key, so this is also "the
     /// request proved possession of this key".
     pub fn dpop_thumbprint(&self) -> Option<&str> {
-        match self.claims().get("cnf")?.get("jkt")? {
-            serde_json::Value::String(jkt) if !jkt.is_empty() => Some(jkt),
-            _ => None,
+        match &self.inner.confirmation {
+            Confirmation::Dpop(jkt) => Some(jkt),
+            Confirmation::Unbound | Confirmation::Unsupported => None,
         }
+    }
+
+    /// How the token is bound to a key (its `cnf` claim).
+    pub(crate) fn confirmation(&self) -> &Confirmation {
+        &self.inner.confirmation
     }
 
     /// Whether the token speaks for a user or for the client itself; see
@@ -139,9 +177,7 @@ impl Principal {
     /// epoch (a fractional `iat` is rounded down); `None` when the token has
     /// no numeric `iat`. Revocations compare it with their time.
     pub fn issued_at_unix(&self) -> Option<u64> {
-        let iat = self.inner.claims.get("iat")?.as_f64()?;
-        // Negative or absurd values saturate; a NaN cannot come from JSON.
-        Some(iat.max(0.0).floor() as u64)
+        self.inner.issued_at
     }
 
     /// The token's identifier (`jti`), when it has one.
@@ -191,6 +227,8 @@ impl Principal {
                 tenant: None,
                 groups: Vec::new(),
                 claims: Map::new(),
+                confirmation: Confirmation::Unbound,
+                issued_at: None,
             },
         }
     }
@@ -357,7 +395,14 @@ impl PrincipalBuilder {
     }
 
     /// Finish.
-    pub fn build(self) -> Principal {
+    pub fn build(mut self) -> Principal {
+        let claims = &self.inner.claims;
+        self.inner.confirmation = Confirmation::of(claims);
+        // Negative or absurd values saturate; a NaN cannot come from JSON.
+        self.inner.issued_at = claims
+            .get("iat")
+            .and_then(Value::as_f64)
+            .map(|iat| iat.max(0.0).floor() as u64);
         Principal {
             inner: Arc::new(self.inner),
         }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use http::{Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tower_service::Service;
 
@@ -78,10 +78,12 @@ pub fn serve(listener: TcpListener, app: axum::Router) -> Serve {
 /// - **A request head limit** (default 96 KiB, see
 ///   [`max_header_bytes`](Self::max_header_bytes)): `431` over it.
 /// - **A header-read timeout** (default 10 s): a client that does not send a
-///   whole request head within it is disconnected. hyper starts this timer
-///   whenever the connection waits for a request head, also when a
-///   keep-alive connection waits for its next request, so it is the
-///   keep-alive idle timeout too.
+///   whole request head within it is disconnected. It counts from when the
+///   connection starts waiting for a request head: when it was accepted, and
+///   when a keep-alive connection is done with its previous request, so it
+///   is the keep-alive idle timeout too. The connection's own timer keeps
+///   it (a connection is waiting for a head exactly when it is idle, below),
+///   so a request costs no timer of its own.
 /// - **A request body timeout** (default 30 s, see
 ///   [`request_body_timeout`](Self::request_body_timeout)): `408` and the
 ///   connection closed when a body has not arrived whole within it.
@@ -230,6 +232,10 @@ impl Serve {
             });
         }
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        // An idle connection is one waiting for a request head (see
+        // `connections`): the header-read timeout and the idle timeout
+        // measure the same wait, and the shorter one closes it.
+        let idle_limit = header_read_timeout.min(idle_timeout);
         loop {
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
@@ -271,9 +277,10 @@ impl Serve {
                 conn: conn.clone(),
                 request_body_timeout,
             };
+            // No hyper timer: the header-read timeout is kept below, where
+            // a connection waiting for a head is an idle one.
             let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_read_timeout)
+                .header_read_timeout(None)
                 .max_buf_size(max_header_bytes)
                 .serve_connection(TokioIo::new(tcp), service);
             let connection = graceful.watch(connection);
@@ -281,7 +288,7 @@ impl Serve {
                 let _registration = registration;
                 let mut connection = std::pin::pin!(connection);
                 loop {
-                    let deadline = conn.idle_deadline(idle_timeout);
+                    let deadline = conn.idle_deadline(idle_limit);
                     tokio::select! {
                         result = &mut connection => {
                             if let Err(error) = result {
@@ -294,7 +301,7 @@ impl Serve {
                         // otherwise).
                         () = conn.shed() => break,
                         () = tokio::time::sleep_until(deadline) => {
-                            if conn.close_if_idle(idle_timeout) {
+                            if conn.close_if_idle(idle_limit) {
                                 tracing::debug!("idle connection closed");
                                 break;
                             }
@@ -560,9 +567,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_head_trickled_byte_by_byte_is_cut_at_the_header_read_timeout() {
+        // Bytes arriving do not restart the timer: the whole head must be
+        // in within it.
+        let (addr, stop, handle) = start(Duration::from_millis(300)).await;
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let head = b"GET / HTTP/1.1\r\nhost: x\r\nx-slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+        let mut cut = false;
+        for byte in head {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            if tcp.write_all(std::slice::from_ref(byte)).await.is_err() {
+                cut = true;
+                break;
+            }
+        }
+        // 97 bytes at 25 ms each take 2.4 s; the server cut the connection
+        // long before, and answered nothing.
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut rest)).await;
+        assert!(
+            cut || matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "the trickled head was answered or kept"
+        );
+        assert!(rest.is_empty(), "answered: {:?}", String::from_utf8_lossy(&rest));
+        stop.send(()).unwrap();
+        handle.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
     async fn the_header_read_timeout_also_closes_an_idle_keep_alive_connection() {
-        // hyper starts the header timer when a keep-alive connection waits
-        // for its next request, not at its first byte.
+        // The header timer starts when a keep-alive connection waits for
+        // its next request, not at its first byte.
         let (addr, stop, handle) = start_with(|s| {
             s.header_read_timeout(Duration::from_millis(200))
                 .idle_timeout(Duration::from_secs(60))

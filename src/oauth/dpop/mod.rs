@@ -53,7 +53,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
-use serde_json::Value;
 
 pub use nonce::DpopNonces;
 pub(crate) use proof::{Expected, VerifiedProof, normalize_htu, verify};
@@ -61,7 +60,7 @@ pub(crate) use proof::{Expected, VerifiedProof, normalize_htu, verify};
 pub use signer::DpopSigner;
 
 use crate::error::{AuthError, ConfigError, TokenRejection};
-use crate::principal::Principal;
+use crate::principal::{Confirmation, Principal};
 use crate::state::{MemoryReplaySet, ReplaySet};
 
 /// The proof algorithms accepted unless configured otherwise: ES256,
@@ -311,13 +310,10 @@ pub(crate) enum Scheme {
 /// The DPoP binding of a token: `cnf.jkt`. `Err` for a `cnf` this server
 /// cannot check (another confirmation method, or malformed).
 pub(crate) fn binding(principal: &Principal) -> Result<Option<&str>, TokenRejection> {
-    match principal.claims().get("cnf") {
-        None => Ok(None),
-        Some(Value::Object(cnf)) => match cnf.get("jkt") {
-            Some(Value::String(jkt)) if !jkt.is_empty() => Ok(Some(jkt)),
-            _ => Err(TokenRejection::UnsupportedBinding),
-        },
-        Some(_) => Err(TokenRejection::UnsupportedBinding),
+    match principal.confirmation() {
+        Confirmation::Unbound => Ok(None),
+        Confirmation::Dpop(jkt) => Ok(Some(jkt)),
+        Confirmation::Unsupported => Err(TokenRejection::UnsupportedBinding),
     }
 }
 
@@ -357,6 +353,7 @@ pub(crate) fn check_binding(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     fn principal(cnf: Option<Value>) -> Principal {
         let mut claims = serde_json::Map::new();
