@@ -66,6 +66,8 @@ struct Inner {
     /// claims.
     confirmation: Confirmation,
     issued_at: Option<u64>,
+    /// [`Principal::caller_key`], encoded once.
+    caller_key: Arc<[u8]>,
 }
 
 /// How a token is bound to a key: its `cnf` claim (RFC 7800), read once when
@@ -126,6 +128,16 @@ impl Principal {
     /// How the token is bound to a key (its `cnf` claim).
     pub(crate) fn confirmation(&self) -> &Confirmation {
         &self.inner.confirmation
+    }
+
+    /// The caller (issuer, subject, client id) in one slice, for keying
+    /// per-caller tables: `c`, then the issuer and the subject, each after
+    /// its length ([`push_part`]), then `1` and the client id, or `0`. No
+    /// two different callers encode alike. Encoded when the principal is
+    /// built, so a request that looks up its caller's budget hashes one
+    /// slice and allocates nothing.
+    pub(crate) fn caller_key(&self) -> &Arc<[u8]> {
+        &self.inner.caller_key
     }
 
     /// Whether the token speaks for a user or for the client itself; see
@@ -229,6 +241,7 @@ impl Principal {
                 claims: Map::new(),
                 confirmation: Confirmation::Unbound,
                 issued_at: None,
+                caller_key: Arc::from([].as_slice()),
             },
         }
     }
@@ -318,6 +331,30 @@ impl PrincipalKind {
     }
 }
 
+/// Append `text` to a key after its length (8 bytes, little-endian), so that
+/// no two different sequences of parts encode alike.
+pub(crate) fn push_part(key: &mut Vec<u8>, text: &str) {
+    key.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    key.extend_from_slice(text.as_bytes());
+}
+
+/// [`Principal::caller_key`] of `inner`.
+fn encode_caller(inner: &Inner) -> Arc<[u8]> {
+    let client = inner.client_id.as_deref();
+    let mut key = Vec::with_capacity(26 + inner.issuer.len() + inner.subject.len() + client.map_or(0, str::len));
+    key.push(b'c');
+    push_part(&mut key, &inner.issuer);
+    push_part(&mut key, &inner.subject);
+    match client {
+        Some(client) => {
+            key.push(1);
+            push_part(&mut key, client);
+        }
+        None => key.push(0),
+    }
+    key.into()
+}
+
 /// Builds a [`Principal`]; see [`Principal::unverified`].
 #[derive(Debug)]
 pub struct PrincipalBuilder {
@@ -403,6 +440,7 @@ impl PrincipalBuilder {
             .get("iat")
             .and_then(Value::as_f64)
             .map(|iat| iat.max(0.0).floor() as u64);
+        self.inner.caller_key = encode_caller(&self.inner);
         Principal {
             inner: Arc::new(self.inner),
         }

@@ -13,7 +13,7 @@ use governor::state::{InMemoryState, NotKeyed};
 
 use super::CallerLimits;
 use crate::cache::{Limits, Timestamp, TtlCache};
-use crate::principal::Principal;
+use crate::principal::{Principal, push_part};
 
 /// A budget is forgotten this long after its last request. Forgetting resets
 /// it (see "At the bound" in the module docs); at the default rate its GCRA
@@ -41,38 +41,24 @@ type Gcra = RateLimiter<NotKeyed, InMemoryState, Clock, NoOpMiddleware<Nanos>>;
 /// by its callers (issuer, tenant), and for a per-tool budget the tool.
 /// Encoded in one allocation, each part after its length, so no two
 /// different keys encode alike and a lookup hashes and compares one slice.
+/// A caller's key is the principal's own [`Principal::caller_key`]: taking
+/// it copies nothing.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct Who(Box<[u8]>);
-
-fn part(key: &mut Vec<u8>, text: &str) {
-    key.extend_from_slice(&(text.len() as u64).to_le_bytes());
-    key.extend_from_slice(text.as_bytes());
-}
+pub(crate) struct Who(Arc<[u8]>);
 
 impl Who {
     pub(crate) fn of(principal: &Principal, by_tenant: bool) -> Who {
-        let issuer = principal.issuer();
-        let mut key = Vec::with_capacity(64 + issuer.len() + principal.subject().len());
         match principal.tenant() {
             Some(tenant) if by_tenant => {
+                let issuer = principal.issuer();
+                let mut key = Vec::with_capacity(17 + issuer.len() + tenant.len());
                 key.push(b't');
-                part(&mut key, issuer);
-                part(&mut key, tenant);
+                push_part(&mut key, issuer);
+                push_part(&mut key, tenant);
+                Who(key.into())
             }
-            _ => {
-                key.push(b'c');
-                part(&mut key, issuer);
-                part(&mut key, principal.subject());
-                match principal.client_id() {
-                    Some(client) => {
-                        key.push(1);
-                        part(&mut key, client);
-                    }
-                    None => key.push(0),
-                }
-            }
+            _ => Who(principal.caller_key().clone()),
         }
-        Who(key.into_boxed_slice())
     }
 
     /// The key of this caller's (or tenant's) budget for `tool`.
@@ -80,8 +66,8 @@ impl Who {
         let mut key = Vec::with_capacity(self.0.len() + 9 + tool.len());
         key.extend_from_slice(&self.0);
         key.push(b'T');
-        part(&mut key, tool);
-        Who(key.into_boxed_slice())
+        push_part(&mut key, tool);
+        Who(key.into())
     }
 
     /// The encoded key.
@@ -327,6 +313,11 @@ mod tests {
         assert!(Who::of(&with, true).is_tenant());
         assert!(!Who::of(&with, false).is_tenant());
         assert!(!Who::of(&without, true).is_tenant());
+        // Another token of the same caller (another principal) has the same key.
+        assert_eq!(
+            Who::of(&Principal::unverified("i", "a").build(), false),
+            Who::of(&without, false)
+        );
         // The client is part of a caller's key; the tool makes another key.
         let desktop = Principal::unverified("i", "a").client_id("desktop").build();
         assert_ne!(Who::of(&desktop, false), Who::of(&without, false));
