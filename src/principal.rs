@@ -126,6 +126,7 @@ impl Principal {
     }
 
     /// How the token is bound to a key (its `cnf` claim).
+    #[cfg_attr(not(feature = "jwt"), allow(dead_code))] // the DPoP binding check
     pub(crate) fn confirmation(&self) -> &Confirmation {
         &self.inner.confirmation
     }
